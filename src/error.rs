@@ -1,0 +1,60 @@
+//! One error type for the library. Every variant names the thing that was wrong and, where there
+//! is one, what the user can do about it: the CLI prints `error: {self}` on one line.
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+
+    #[error("{path}:{line}: {msg}")]
+    Data { path: PathBuf, line: usize, msg: String },
+
+    #[error("unknown question id {0:?}: run `mores survey stats` to list the questions in the survey data")]
+    UnknownQuestion(String),
+
+    #[error("unknown country {0:?}: use an ISO 3166-1 alpha-3 code listed in data/wvs/countries.csv")]
+    UnknownCountry(String),
+
+    #[error("{path}: {msg}")]
+    Model { path: PathBuf, msg: String },
+
+    #[error("recipe {path}: {msg}")]
+    Recipe { path: PathBuf, msg: String },
+
+    #[error("{0}")]
+    Invalid(String),
+
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+    pub fn model(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::Model { path: path.into(), msg: msg.into() }
+    }
+    pub fn data(path: impl Into<PathBuf>, line: usize, msg: impl Into<String>) -> Self {
+        Error::Data { path: path.into(), line, msg: msg.into() }
+    }
+}
+
+/// Tokenizers' errors are boxed trait objects; wrap them once here.
+pub(crate) fn tok_err(e: impl std::fmt::Display) -> Error {
+    Error::Tokenizer(e.to_string())
+}
+
+#[macro_export]
+macro_rules! bail {
+    ($($arg:tt)*) => { return Err($crate::error::Error::Invalid(format!($($arg)*))) };
+}

@@ -1,0 +1,13 @@
+//! mores: how language models judge cultural values across countries.
+//!
+//! The probe pipeline reads in stage order:
+//! [`survey`] (WVS-7 questions, countries, human answers) -> [`prompt`] (one multiple-choice
+//! prompt per question and country persona) -> [`model`] (GGUF / Hugging Face models in candle)
+//! -> [`score`] (next-token probabilities of the option labels) -> [`probe`] (expected scores,
+//! cached and resumable) -> [`correlate`] (per-country Pearson r and aggregates) -> [`report`].
+pub mod error;
+pub mod model;
+pub mod survey;
+pub mod prompt;
+pub mod recipe;
+pub mod score;

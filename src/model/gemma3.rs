@@ -1,0 +1,198 @@
+//! Gemma 3 text decoder (Gemma-3-270M and up). Differs from llama in ways that matter for
+//! correctness: GELU-tanh MLP (candle-transformers' quantized_gemma3 uses SiLU, which doubles
+//! perplexity), RMSNorm before and after both attention and MLP, per-head Q/K norms, embeddings
+//! scaled by sqrt(hidden), and local sliding-window layers with their own RoPE base.
+//! GGUF norm weights already include Gemma's "+1"; Hugging Face checkpoints store w and need 1 + w.
+use super::gguf::GgufFile;
+use super::layers::{attention, gather, rope, Batch, Linear, RmsNorm, RopeStyle};
+use super::weights::{key, Weights};
+use crate::error::{Error, Result};
+use candle_core::Tensor;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_theta")]
+    pub rope_theta: f64,
+    #[serde(default = "default_local_theta")]
+    pub rope_local_base_freq: f64,
+    #[serde(default)]
+    pub rope_scaling: Option<RopeScaling>,
+    #[serde(default = "default_window")]
+    pub sliding_window: usize,
+    #[serde(default = "default_pattern")]
+    pub sliding_window_pattern: usize,
+    #[serde(default)]
+    pub layer_types: Option<Vec<String>>,
+    #[serde(default)]
+    pub query_pre_attn_scalar: Option<f64>,
+    pub vocab_size: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RopeScaling {
+    #[serde(default)]
+    pub factor: Option<f64>,
+}
+
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_theta() -> f64 {
+    1_000_000.0
+}
+fn default_local_theta() -> f64 {
+    10_000.0
+}
+fn default_window() -> usize {
+    512
+}
+fn default_pattern() -> usize {
+    6
+}
+
+impl Config {
+    pub fn from_gguf(g: &GgufFile) -> Result<Self> {
+        let p = "gemma3";
+        let u = |k: &str| g.u32(&format!("{p}.{k}")).map(|x| x as usize);
+        Ok(Self {
+            hidden_size: u("embedding_length")?,
+            intermediate_size: u("feed_forward_length")?,
+            num_hidden_layers: u("block_count")?,
+            num_attention_heads: u("attention.head_count")?,
+            num_key_value_heads: u("attention.head_count_kv")?,
+            head_dim: u("attention.key_length")?,
+            rms_norm_eps: g.opt_f32(&format!("{p}.attention.layer_norm_rms_epsilon")).unwrap_or(1e-6) as f64,
+            rope_theta: g.opt_f32(&format!("{p}.rope.freq_base")).unwrap_or(1e6) as f64,
+            rope_local_base_freq: g.opt_f32(&format!("{p}.rope.local_freq_base")).unwrap_or(1e4) as f64,
+            rope_scaling: g.opt_f32(&format!("{p}.rope.scaling.factor")).map(|f| RopeScaling { factor: Some(f as f64) }),
+            sliding_window: u("attention.sliding_window").unwrap_or(512),
+            sliding_window_pattern: g.opt_u32(&format!("{p}.attention.sliding_window_pattern")).unwrap_or(6) as usize,
+            layer_types: None,
+            query_pre_attn_scalar: None,
+            vocab_size: g.strings("tokenizer.ggml.tokens")?.len(),
+        })
+    }
+
+    fn is_sliding(&self, layer: usize) -> bool {
+        match &self.layer_types {
+            Some(t) => t.get(layer).map(|s| s == "sliding_attention").unwrap_or(false),
+            None => (layer + 1) % self.sliding_window_pattern != 0,
+        }
+    }
+}
+
+struct Layer {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+    q_norm: RmsNorm,
+    k_norm: RmsNorm,
+    input_norm: RmsNorm,
+    post_attn_norm: RmsNorm,
+    pre_ffn_norm: RmsNorm,
+    post_ffn_norm: RmsNorm,
+    sliding: bool,
+}
+
+pub struct Model {
+    pub cfg: Config,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+}
+
+impl Model {
+    pub fn load(cfg: Config, w: &mut Weights) -> Result<Self> {
+        let eps = cfg.rms_norm_eps as f32;
+        let plus_one = !w.is_gguf();
+        let norm = |w: &mut Weights, hf: &str, gguf: &str| -> Result<RmsNorm> {
+            let t = w.tensor(key(hf, gguf))?;
+            Ok(RmsNorm { weight: if plus_one { (t + 1.0)? } else { t }, eps })
+        };
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let hf = |s: &str| format!("model.layers.{i}.{s}.weight");
+            let gg = |s: &str| format!("blk.{i}.{s}.weight");
+            let mut lin = |a: &str, b: &str| -> Result<Linear> { Ok(Linear(w.linear(key(&hf(a), &gg(b)))?)) };
+            let (q, k, v, o) = (
+                lin("self_attn.q_proj", "attn_q")?,
+                lin("self_attn.k_proj", "attn_k")?,
+                lin("self_attn.v_proj", "attn_v")?,
+                lin("self_attn.o_proj", "attn_output")?,
+            );
+            let (gate, up, down) = (lin("mlp.gate_proj", "ffn_gate")?, lin("mlp.up_proj", "ffn_up")?, lin("mlp.down_proj", "ffn_down")?);
+            layers.push(Layer {
+                q,
+                k,
+                v,
+                o,
+                gate,
+                up,
+                down,
+                q_norm: norm(w, &hf("self_attn.q_norm"), &gg("attn_q_norm"))?,
+                k_norm: norm(w, &hf("self_attn.k_norm"), &gg("attn_k_norm"))?,
+                input_norm: norm(w, &hf("input_layernorm"), &gg("attn_norm"))?,
+                post_attn_norm: norm(w, &hf("post_attention_layernorm"), &gg("post_attention_norm"))?,
+                pre_ffn_norm: norm(w, &hf("pre_feedforward_layernorm"), &gg("ffn_norm"))?,
+                post_ffn_norm: norm(w, &hf("post_feedforward_layernorm"), &gg("post_ffw_norm"))?,
+                sliding: cfg.is_sliding(i),
+            });
+        }
+        let embed_key = key("model.embed_tokens.weight", "token_embd.weight");
+        let embed = w.tensor(embed_key)?;
+        if embed.dims2()? != (cfg.vocab_size, cfg.hidden_size) {
+            return Err(Error::model(
+                w.path(),
+                format!("embedding shape {:?} does not match vocab {} x hidden {}", embed.shape(), cfg.vocab_size, cfg.hidden_size),
+            ));
+        }
+        // Gemma ties the output projection to the embedding.
+        let lm_head = Linear(w.linear(embed_key)?);
+        Ok(Self { norm: norm(w, "model.norm.weight", "output_norm.weight")?, cfg, embed, layers, lm_head })
+    }
+
+    pub fn forward_read(&self, batch: &Batch, read: &Tensor) -> Result<Tensor> {
+        let dev = batch.ids.device();
+        let c = &self.cfg;
+        let (b, t) = (batch.rows, batch.len);
+        let (hd, nh, nkv) = (c.head_dim, c.num_attention_heads, c.num_key_value_heads);
+        let global_mask = batch.mask(None, dev)?;
+        let local_mask = batch.mask(Some(c.sliding_window), dev)?;
+        let factor = c.rope_scaling.as_ref().and_then(|r| r.factor).unwrap_or(1.0);
+        let global_rope = batch.rope_tables(hd, c.rope_theta, factor, dev)?;
+        let local_rope = batch.rope_tables(hd, c.rope_local_base_freq, 1.0, dev)?;
+        let scale = 1.0 / c.query_pre_attn_scalar.unwrap_or(hd as f64).sqrt();
+        let ids = batch.ids.flatten_all()?;
+        let mut x = (self.embed.index_select(&ids, 0)?.reshape((b, t, c.hidden_size))? * (c.hidden_size as f64).sqrt())?;
+        for l in &self.layers {
+            let (mask, (cos, sin)) = if l.sliding { (&local_mask, &local_rope) } else { (&global_mask, &global_rope) };
+            let h = l.input_norm.forward(&x)?;
+            let q = l.q.forward(&h)?.reshape((b, t, nh, hd))?.transpose(1, 2)?;
+            let k = l.k.forward(&h)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+            let v = l.v.forward(&h)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+            let q = rope(&l.q_norm.forward(&q)?, cos, sin, RopeStyle::Halves)?;
+            let k = rope(&l.k_norm.forward(&k)?, cos, sin, RopeStyle::Halves)?;
+            let a = attention(&q, &k, &v, mask, scale)?;
+            x = (x + l.post_attn_norm.forward(&l.o.forward(&a)?)?)?;
+            let h = l.pre_ffn_norm.forward(&x)?;
+            let m = (l.gate.forward(&h)?.gelu()? * l.up.forward(&h)?)?;
+            x = (x + l.post_ffn_norm.forward(&l.down.forward(&m)?)?)?;
+        }
+        let x = gather(&x, read)?;
+        self.lm_head.forward(&self.norm.forward(&x)?)
+    }
+}

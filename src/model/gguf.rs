@@ -1,0 +1,134 @@
+//! Reading GGUF files: header, metadata and tensor table, with the checks that turn a truncated or
+//! foreign file into a clear error before any tensor is touched.
+use crate::error::{Error, Result};
+use candle_core::quantized::gguf_file::{Content, Value};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+pub struct GgufFile {
+    pub path: PathBuf,
+    pub content: Content,
+    pub file: File,
+}
+
+impl GgufFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let content = Content::read(&mut file).map_err(|e| {
+            Error::model(
+                path,
+                format!("not a readable GGUF file ({e}); if it was downloaded, it may be truncated: run scripts/fetch-models.sh again"),
+            )
+        })?;
+        // Tensor data lives after the header; a file cut short still parses its header, so check
+        // every tensor's extent against the file length here rather than fail mid-load.
+        for (name, info) in &content.tensor_infos {
+            let block = info.ggml_dtype.block_size();
+            let n = info.shape.elem_count();
+            let bytes = n / block * info.ggml_dtype.type_size();
+            let end = content.tensor_data_offset + info.offset + bytes as u64;
+            if end > len {
+                return Err(Error::model(
+                    path,
+                    format!(
+                        "truncated GGUF: tensor {name} ends at byte {end} but the file has {len} bytes; download it again (scripts/fetch-models.sh checks sha256)"
+                    ),
+                ));
+            }
+        }
+        Ok(Self { path: path.to_path_buf(), content, file })
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.content.metadata.get(key)
+    }
+
+    pub fn architecture(&self) -> Result<String> {
+        self.string("general.architecture")
+    }
+
+    pub fn string(&self, key: &str) -> Result<String> {
+        match self.get(key) {
+            Some(v) => v.to_string().map(|s| s.clone()).map_err(|e| self.bad(key, e)),
+            None => Err(self.missing(key)),
+        }
+    }
+
+    pub fn u32(&self, key: &str) -> Result<u32> {
+        match self.get(key) {
+            Some(v) => to_u64(v).map(|x| x as u32).ok_or_else(|| self.bad(key, "not an integer")),
+            None => Err(self.missing(key)),
+        }
+    }
+
+    pub fn f32(&self, key: &str) -> Result<f32> {
+        match self.get(key) {
+            Some(Value::F32(x)) => Ok(*x),
+            Some(Value::F64(x)) => Ok(*x as f32),
+            Some(v) => to_u64(v).map(|x| x as f32).ok_or_else(|| self.bad(key, "not a number")),
+            None => Err(self.missing(key)),
+        }
+    }
+
+    pub fn opt_u32(&self, key: &str) -> Option<u32> {
+        self.get(key).and_then(to_u64).map(|x| x as u32)
+    }
+
+    pub fn opt_f32(&self, key: &str) -> Option<f32> {
+        self.f32(key).ok()
+    }
+
+    pub fn opt_bool(&self, key: &str) -> Option<bool> {
+        self.get(key).and_then(|v| v.to_bool().ok())
+    }
+
+    pub fn strings(&self, key: &str) -> Result<Vec<String>> {
+        let v = self.get(key).ok_or_else(|| self.missing(key))?;
+        v.to_vec()
+            .map_err(|e| self.bad(key, e))?
+            .iter()
+            .map(|x| x.to_string().cloned().map_err(|e| self.bad(key, e)))
+            .collect()
+    }
+
+    pub fn f32s(&self, key: &str) -> Result<Vec<f32>> {
+        let v = self.get(key).ok_or_else(|| self.missing(key))?;
+        v.to_vec()
+            .map_err(|e| self.bad(key, e))?
+            .iter()
+            .map(|x| x.to_f32().map_err(|e| self.bad(key, e)))
+            .collect()
+    }
+
+    pub fn i32s(&self, key: &str) -> Result<Vec<i32>> {
+        let v = self.get(key).ok_or_else(|| self.missing(key))?;
+        v.to_vec()
+            .map_err(|e| self.bad(key, e))?
+            .iter()
+            .map(|x| to_u64(x).map(|u| u as i32).or_else(|| x.to_i32().ok()).ok_or_else(|| self.bad(key, "not an integer")))
+            .collect()
+    }
+
+    fn missing(&self, key: &str) -> Error {
+        Error::model(&self.path, format!("GGUF metadata has no {key}"))
+    }
+
+    fn bad(&self, key: &str, e: impl std::fmt::Display) -> Error {
+        Error::model(&self.path, format!("GGUF metadata {key}: {e}"))
+    }
+}
+
+fn to_u64(v: &Value) -> Option<u64> {
+    Some(match v {
+        Value::U8(x) => *x as u64,
+        Value::I8(x) => *x as u64,
+        Value::U16(x) => *x as u64,
+        Value::I16(x) => *x as u64,
+        Value::U32(x) => *x as u64,
+        Value::I32(x) => *x as u64,
+        Value::U64(x) => *x,
+        Value::I64(x) => *x as u64,
+        _ => return None,
+    })
+}

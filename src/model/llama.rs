@@ -1,0 +1,146 @@
+//! Llama-family decoder (SmolLM2, Llama 2/3, TinyLlama): RMSNorm, rotary attention with grouped KV
+//! heads, SwiGLU MLP. Built from GGUF (`llama.*` metadata) or a Hugging Face folder (config.json).
+use super::gguf::GgufFile;
+use super::layers::{attention, gather, rope, Batch, Linear, RmsNorm, RopeStyle};
+use super::weights::{key, Weights};
+use crate::error::{Error, Result};
+use candle_core::Tensor;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_theta")]
+    pub rope_theta: f64,
+    pub vocab_size: usize,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+}
+
+fn default_eps() -> f64 {
+    1e-5
+}
+fn default_theta() -> f64 {
+    10_000.0
+}
+
+impl Config {
+    pub fn from_gguf(g: &GgufFile) -> Result<Self> {
+        let p = "llama";
+        let heads = g.u32(&format!("{p}.attention.head_count"))? as usize;
+        let hidden = g.u32(&format!("{p}.embedding_length"))? as usize;
+        Ok(Self {
+            hidden_size: hidden,
+            intermediate_size: g.u32(&format!("{p}.feed_forward_length"))? as usize,
+            num_hidden_layers: g.u32(&format!("{p}.block_count"))? as usize,
+            num_attention_heads: heads,
+            num_key_value_heads: g.opt_u32(&format!("{p}.attention.head_count_kv")).map(|x| x as usize),
+            head_dim: g.opt_u32(&format!("{p}.rope.dimension_count")).map(|x| x as usize),
+            rms_norm_eps: g.opt_f32(&format!("{p}.attention.layer_norm_rms_epsilon")).unwrap_or(1e-5) as f64,
+            rope_theta: g.opt_f32(&format!("{p}.rope.freq_base")).unwrap_or(10_000.0) as f64,
+            vocab_size: g.strings("tokenizer.ggml.tokens")?.len(),
+            tie_word_embeddings: !g.content.tensor_infos.contains_key("output.weight"),
+        })
+    }
+
+    fn head_dim(&self) -> usize {
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+    fn kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+}
+
+struct Layer {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+    input_norm: RmsNorm,
+    post_norm: RmsNorm,
+}
+
+pub struct Model {
+    pub cfg: Config,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rope_style: RopeStyle,
+}
+
+impl Model {
+    pub fn load(cfg: Config, w: &mut Weights) -> Result<Self> {
+        let eps = cfg.rms_norm_eps as f32;
+        let norm = |w: &mut Weights, hf: &str, gguf: &str| -> Result<RmsNorm> {
+            Ok(RmsNorm { weight: w.tensor(key(hf, gguf))?, eps })
+        };
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let hf = |s: &str| format!("model.layers.{i}.{s}.weight");
+            let gg = |s: &str| format!("blk.{i}.{s}.weight");
+            let mut lin = |a: &str, b: &str| -> Result<Linear> { Ok(Linear(w.linear(key(&hf(a), &gg(b)))?)) };
+            layers.push(Layer {
+                q: lin("self_attn.q_proj", "attn_q")?,
+                k: lin("self_attn.k_proj", "attn_k")?,
+                v: lin("self_attn.v_proj", "attn_v")?,
+                o: lin("self_attn.o_proj", "attn_output")?,
+                gate: lin("mlp.gate_proj", "ffn_gate")?,
+                up: lin("mlp.up_proj", "ffn_up")?,
+                down: lin("mlp.down_proj", "ffn_down")?,
+                input_norm: norm(w, &hf("input_layernorm"), &gg("attn_norm"))?,
+                post_norm: norm(w, &hf("post_attention_layernorm"), &gg("ffn_norm"))?,
+            });
+        }
+        let embed_key = key("model.embed_tokens.weight", "token_embd.weight");
+        let embed = w.tensor(embed_key)?;
+        if embed.dims2()? != (cfg.vocab_size, cfg.hidden_size) {
+            return Err(Error::model(
+                w.path(),
+                format!("embedding shape {:?} does not match vocab {} x hidden {}", embed.shape(), cfg.vocab_size, cfg.hidden_size),
+            ));
+        }
+        let head_key = key("lm_head.weight", "output.weight");
+        let lm_head = Linear(if w.has(head_key) && !cfg.tie_word_embeddings { w.linear(head_key)? } else { w.linear(embed_key)? });
+        let rope_style = if w.is_gguf() { RopeStyle::Interleaved } else { RopeStyle::Halves };
+        Ok(Self { norm: norm(w, "model.norm.weight", "output_norm.weight")?, cfg, embed, layers, lm_head, rope_style })
+    }
+
+    /// Logits [n, vocab] at the flat positions `read` of a padded batch.
+    pub fn forward_read(&self, batch: &Batch, read: &Tensor) -> Result<Tensor> {
+        let dev = batch.ids.device();
+        let (b, t) = (batch.rows, batch.len);
+        let (hd, nh, nkv) = (self.cfg.head_dim(), self.cfg.num_attention_heads, self.cfg.kv_heads());
+        let mask = batch.mask(None, dev)?;
+        let (cos, sin) = batch.rope_tables(hd, self.cfg.rope_theta, 1.0, dev)?;
+        let mut x = self.embed.index_select(&batch.ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        for l in &self.layers {
+            let h = l.input_norm.forward(&x)?;
+            let q = l.q.forward(&h)?.reshape((b, t, nh, hd))?.transpose(1, 2)?;
+            let k = l.k.forward(&h)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+            let v = l.v.forward(&h)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+            let q = rope(&q, &cos, &sin, self.rope_style)?;
+            let k = rope(&k, &cos, &sin, self.rope_style)?;
+            let a = attention(&q, &k, &v, &mask, scale)?;
+            x = (x + l.o.forward(&a)?)?;
+            let h = l.post_norm.forward(&x)?;
+            let m = (candle_nn::ops::silu(&l.gate.forward(&h)?)? * l.up.forward(&h)?)?;
+            x = (x + l.down.forward(&m)?)?;
+        }
+        let x = gather(&x, read)?;
+        self.lm_head.forward(&self.norm.forward(&x)?)
+    }
+}

@@ -1,0 +1,246 @@
+//! Model runtime: load a GGUF file or a Hugging Face folder, with its tokenizer and chat template,
+//! into one of mores' own architecture files, and run batched forward passes that return logits
+//! at chosen positions.
+pub mod chat;
+pub mod gemma3;
+pub mod gguf;
+pub mod layers;
+pub mod llama;
+pub mod tokenizer;
+pub mod weights;
+
+use crate::error::{Error, Result};
+use candle_core::{Device, Tensor};
+use chat::ChatTemplate;
+use gguf::GgufFile;
+use layers::Batch;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use tokenizer::Tok;
+use weights::{Source, Weights};
+
+pub const SUPPORTED: &str = "llama (SmolLM2, Llama), gemma3";
+
+pub enum Arch {
+    Llama(llama::Model),
+    Gemma3(gemma3::Model),
+}
+
+/// What a run manifest records about a model.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelInfo {
+    pub name: String,
+    pub path: PathBuf,
+    pub architecture: String,
+    pub format: String,
+    pub sha256: String,
+    pub tokenizer: String,
+    pub chat_template: Option<String>,
+    pub vocab_size: usize,
+}
+
+pub struct LoadOptions {
+    pub device: Device,
+    pub requantize_slow: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { device: Device::Cpu, requantize_slow: false }
+    }
+}
+
+pub struct Model {
+    pub arch: Arch,
+    pub tok: Tok,
+    pub chat: Option<ChatTemplate>,
+    pub info: ModelInfo,
+    pub device: Device,
+}
+
+impl Model {
+    pub fn load(path: &Path, opts: &LoadOptions) -> Result<Self> {
+        if !path.exists() {
+            return Err(Error::model(path, "model not found: give a .gguf file or a Hugging Face model folder (run scripts/fetch-models.sh for the defaults)"));
+        }
+        if path.is_dir() {
+            load_hf_dir(path, opts)
+        } else {
+            load_gguf(path, opts)
+        }
+    }
+
+    /// Logits [n, vocab] (f32) at `read` = (row, position) pairs of the given token rows.
+    pub fn logits_at(&self, rows: &[Vec<u32>], read: &[(usize, usize)]) -> Result<Tensor> {
+        let batch = Batch::new(rows, &self.device)?;
+        let idx: Vec<u32> = read.iter().map(|&(r, p)| batch.flat_index(r, p)).collect();
+        let idx = Tensor::from_vec(idx, read.len(), &self.device)?;
+        match &self.arch {
+            Arch::Llama(m) => m.forward_read(&batch, &idx),
+            Arch::Gemma3(m) => m.forward_read(&batch, &idx),
+        }
+    }
+
+    pub fn is_chat(&self) -> bool {
+        self.chat.is_some()
+    }
+
+    /// Wrap a user message in the model's chat template (with the generation prompt).
+    pub fn render_chat(&self, user: &str) -> Result<String> {
+        let tmpl = self.chat.as_ref().ok_or_else(|| Error::model(&self.info.path, "the model has no chat template"))?;
+        let bos = self.tok.bos.as_ref().map(|b| b.1.as_str()).unwrap_or("");
+        let eos = self.tok.eos.as_ref().map(|b| b.1.as_str()).unwrap_or("");
+        tmpl.render(&[chat::Message { role: "user".into(), content: user.into() }], bos, eos, true)
+    }
+}
+
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(|e| Error::io(path, e))?;
+    Ok(hex::encode(h.finalize()))
+}
+
+fn unsupported(path: &Path, arch: &str) -> Error {
+    Error::model(path, format!("unsupported architecture {arch:?} (supported: {SUPPORTED})"))
+}
+
+fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Model> {
+    let g = GgufFile::open(path)?;
+    let arch_name = g.architecture()?;
+    let tok = Tok::from_gguf(&g)?;
+    let chat = match g.string("tokenizer.chat_template") {
+        Ok(t) => Some(ChatTemplate::new(t, format!("GGUF metadata of {}", path.display()))?),
+        Err(_) => None,
+    };
+    let (arch, vocab) = {
+        let llama_cfg = (arch_name == "llama").then(|| llama::Config::from_gguf(&g)).transpose()?;
+        let gemma_cfg = (arch_name == "gemma3").then(|| gemma3::Config::from_gguf(&g)).transpose()?;
+        let mut w = Weights { source: Source::Gguf(g), device: opts.device.clone(), requantize_slow: opts.requantize_slow };
+        match (llama_cfg, gemma_cfg) {
+            (Some(c), _) => (Arch::Llama(llama::Model::load(c.clone(), &mut w)?), c.vocab_size),
+            (_, Some(c)) => (Arch::Gemma3(gemma3::Model::load(c.clone(), &mut w)?), c.vocab_size),
+            _ => return Err(unsupported(path, &arch_name)),
+        }
+    };
+    let info = ModelInfo {
+        name: path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default(),
+        path: path.to_path_buf(),
+        architecture: arch_name,
+        format: "gguf".into(),
+        sha256: sha256_file(path)?,
+        tokenizer: tok.source.clone(),
+        chat_template: chat.as_ref().map(|c| c.source.clone()),
+        vocab_size: vocab,
+    };
+    Ok(Model { arch, tok, chat, info, device: opts.device.clone() })
+}
+
+#[derive(Deserialize, Default)]
+struct TokenizerConfig {
+    #[serde(default)]
+    chat_template: Option<serde_json::Value>,
+    #[serde(default)]
+    bos_token: Option<serde_json::Value>,
+    #[serde(default)]
+    eos_token: Option<serde_json::Value>,
+    #[serde(default)]
+    add_bos_token: Option<bool>,
+}
+
+fn token_string(v: &Option<serde_json::Value>) -> Option<String> {
+    match v {
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(serde_json::Value::Object(o)) => o.get("content").and_then(|c| c.as_str()).map(String::from),
+        _ => None,
+    }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::model(path, format!("malformed JSON: {e}")))
+}
+
+fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Model> {
+    let cfg_path = dir.join("config.json");
+    let raw: serde_json::Value = read_json(&cfg_path)?;
+    let arch_name = raw
+        .get("architectures")
+        .and_then(|a| a.get(0))
+        .and_then(|a| a.as_str())
+        .or_else(|| raw.get("model_type").and_then(|m| m.as_str()))
+        .unwrap_or("unknown")
+        .to_string();
+    let family = match arch_name.as_str() {
+        "LlamaForCausalLM" | "llama" => "llama",
+        "Gemma3ForCausalLM" | "gemma3_text" => "gemma3",
+        _ => return Err(unsupported(&cfg_path, &arch_name)),
+    };
+    let tc_path = dir.join("tokenizer_config.json");
+    let tc: TokenizerConfig = if tc_path.exists() { read_json(&tc_path)? } else { TokenizerConfig::default() };
+    let tok_path = dir.join("tokenizer.json");
+    let tok = Tok::from_json(&tok_path, token_string(&tc.bos_token), token_string(&tc.eos_token), tc.add_bos_token.unwrap_or(family == "gemma3"))?;
+    let chat = match &tc.chat_template {
+        Some(serde_json::Value::String(s)) => Some(ChatTemplate::new(s.clone(), tc_path.display().to_string())?),
+        Some(serde_json::Value::Array(list)) => list
+            .iter()
+            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+            .and_then(|t| t.get("template").and_then(|t| t.as_str()))
+            .map(|t| ChatTemplate::new(t.to_string(), tc_path.display().to_string()))
+            .transpose()?,
+        _ => None,
+    };
+    let mut files: Vec<PathBuf> = Vec::new();
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let idx: serde_json::Value = read_json(&index)?;
+        let mut shards: Vec<String> = idx
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .map(|m| m.values().filter_map(|v| v.as_str().map(String::from)).collect())
+            .unwrap_or_default();
+        shards.sort();
+        shards.dedup();
+        files.extend(shards.into_iter().map(|s| dir.join(s)));
+    } else {
+        files.push(dir.join("model.safetensors"));
+    }
+    for f in &files {
+        if !f.exists() {
+            return Err(Error::model(f, "safetensors file not found in the model folder"));
+        }
+    }
+    // Safety: the files are memory-mapped read-only and not modified while the model lives.
+    let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }
+        .map_err(|e| Error::model(dir, format!("cannot read safetensors: {e}")))?;
+    let mut w = Weights { source: Source::Safetensors { path: dir.to_path_buf(), st }, device: opts.device.clone(), requantize_slow: false };
+    let (arch, vocab) = match family {
+        "llama" => {
+            let c: llama::Config = serde_json::from_value(raw).map_err(|e| Error::model(&cfg_path, format!("llama config: {e}")))?;
+            (Arch::Llama(llama::Model::load(c.clone(), &mut w)?), c.vocab_size)
+        }
+        _ => {
+            let c: gemma3::Config = serde_json::from_value(raw).map_err(|e| Error::model(&cfg_path, format!("gemma3 config: {e}")))?;
+            (Arch::Gemma3(gemma3::Model::load(c.clone(), &mut w)?), c.vocab_size)
+        }
+    };
+    // One hash over the files that define the model's outputs.
+    let mut parts = vec![sha256_file(&cfg_path)?, sha256_file(&tok_path)?];
+    for f in &files {
+        parts.push(sha256_file(f)?);
+    }
+    use sha2::{Digest, Sha256};
+    let sha256 = hex::encode(Sha256::digest(parts.join("\n").as_bytes()));
+    let info = ModelInfo {
+        name: dir.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default(),
+        path: dir.to_path_buf(),
+        architecture: family.into(),
+        format: "huggingface".into(),
+        sha256,
+        tokenizer: tok.source.clone(),
+        chat_template: chat.as_ref().map(|c| c.source.clone()),
+        vocab_size: vocab,
+    };
+    Ok(Model { arch, tok, chat, info, device: opts.device.clone() })
+}

@@ -1,0 +1,130 @@
+//! Option-label scoring: the probability a model gives to each answer label right after a prompt.
+//!
+//! A label may be reached by several token sequences ("1" and " 1"; "10" is two tokens), so each
+//! label's probability is the sum over its distinct sequences of the product of conditional
+//! token probabilities. Every prefix that needs a distribution is read from one batched forward
+//! pass: the prompt plus the longest continuation of each branch, with logits taken at each
+//! position along it. Probabilities are then renormalised over the labels; the mass that fell
+//! outside them is kept, since a low mass means the prompt did not elicit an answer.
+use crate::error::Result;
+use crate::model::Model;
+use candle_core::D;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+#[derive(Debug, Clone)]
+pub struct ScoreRequest {
+    pub prompt: String,
+    pub labels: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OptionScores {
+    /// Probability of each label before renormalising.
+    pub raw: Vec<f64>,
+    /// Sum of `raw`: the share of next-token mass that landed on the labels.
+    pub mass: f64,
+    /// `raw / mass`.
+    pub probs: Vec<f64>,
+    pub n_tokens: usize,
+}
+
+/// A backend that scores multiple-choice prompts. One trait at the seam, so a cached or remote
+/// scorer can stand in for the in-process model.
+pub trait Scorer {
+    fn score_batch(&self, items: &[ScoreRequest]) -> Result<Vec<OptionScores>>;
+}
+
+/// Token sequences continuing `prompt_ids` for each label: the label and " label", as the
+/// tokenizer would split prompt + label, de-duplicated.
+pub fn label_sequences(model: &Model, prompt: &str, prompt_ids: &[u32], labels: &[String]) -> Result<Vec<Vec<Vec<u32>>>> {
+    let mut out = Vec::with_capacity(labels.len());
+    for label in labels {
+        let mut seqs: Vec<Vec<u32>> = Vec::new();
+        for v in [label.clone(), format!(" {label}")] {
+            let full = model.tok.encode_prompt(&format!("{prompt}{v}"))?;
+            let seq = if full.len() > prompt_ids.len() && full.starts_with(prompt_ids) {
+                full[prompt_ids.len()..].to_vec()
+            } else {
+                // The label merged with the prompt's last token: score the variant on its own.
+                model.tok.encode(&v)?
+            };
+            if !seq.is_empty() && !seqs.contains(&seq) {
+                seqs.push(seq);
+            }
+        }
+        out.push(seqs);
+    }
+    Ok(out)
+}
+
+struct Plan {
+    prompt_ids: Vec<u32>,
+    seqs: Vec<Vec<Vec<u32>>>,
+    /// Continuations to run after the prompt (maximal branches of the label trie).
+    branches: Vec<Vec<u32>>,
+}
+
+impl Plan {
+    fn new(model: &Model, req: &ScoreRequest) -> Result<Self> {
+        let prompt_ids = model.tok.encode_prompt(&req.prompt)?;
+        let seqs = label_sequences(model, &req.prompt, &prompt_ids, &req.labels)?;
+        let mut contexts: Vec<Vec<u32>> = seqs.iter().flatten().map(|s| s[..s.len() - 1].to_vec()).collect();
+        contexts.sort_by_key(|c| std::cmp::Reverse(c.len()));
+        let mut branches: Vec<Vec<u32>> = Vec::new();
+        for c in contexts {
+            if !branches.iter().any(|b| b.starts_with(&c)) {
+                branches.push(c);
+            }
+        }
+        Ok(Self { prompt_ids, seqs, branches })
+    }
+}
+
+impl Scorer for Model {
+    fn score_batch(&self, items: &[ScoreRequest]) -> Result<Vec<OptionScores>> {
+        let plans: Vec<Plan> = items.iter().map(|r| Plan::new(self, r)).collect::<Result<_>>()?;
+        let mut rows: Vec<Vec<u32>> = Vec::new();
+        let mut reads: Vec<(usize, usize)> = Vec::new();
+        // (item, context) -> index into `reads`
+        let mut where_read: Vec<HashMap<Vec<u32>, usize>> = Vec::with_capacity(plans.len());
+        for plan in &plans {
+            let mut map = HashMap::new();
+            for branch in &plan.branches {
+                let row = rows.len();
+                let mut ids = plan.prompt_ids.clone();
+                ids.extend_from_slice(branch);
+                rows.push(ids);
+                for k in 0..=branch.len() {
+                    let ctx = branch[..k].to_vec();
+                    if let std::collections::hash_map::Entry::Vacant(e) = map.entry(ctx) {
+                        e.insert(reads.len());
+                        reads.push((row, plan.prompt_ids.len() - 1 + k));
+                    }
+                }
+            }
+            where_read.push(map);
+        }
+        let logits = self.logits_at(&rows, &reads)?;
+        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?.to_vec2::<f32>()?;
+        let mut out = Vec::with_capacity(plans.len());
+        for (plan, map) in plans.iter().zip(&where_read) {
+            let raw: Vec<f64> = plan
+                .seqs
+                .iter()
+                .map(|seqs| {
+                    seqs.iter()
+                        .map(|s| {
+                            let lp: f64 = (0..s.len()).map(|i| logp[map[&s[..i].to_vec()]][s[i] as usize] as f64).sum();
+                            lp.exp()
+                        })
+                        .sum()
+                })
+                .collect();
+            let mass: f64 = raw.iter().sum();
+            let probs = raw.iter().map(|r| if mass > 0.0 { r / mass } else { f64::NAN }).collect();
+            out.push(OptionScores { raw, mass, probs, n_tokens: plan.prompt_ids.len() });
+        }
+        Ok(out)
+    }
+}
