@@ -1,17 +1,65 @@
-//! `mores` command line: a thin layer over the library.
+//! `mores` command line: parses flags and calls the library.
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use mores::commands::{self, ProbeArgs};
+use mores::probe::Shard;
 use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(name = "mores", version, about = "Measure how language models judge cultural values across countries (WVS-7)")]
 struct Cli {
+    /// CPU threads for the model (sets RAYON_NUM_THREADS and CANDLE_NUM_THREADS).
+    #[arg(long, global = true, env = "MORES_THREADS")]
+    threads: Option<usize>,
+    /// No progress bar.
+    #[arg(long, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
+fn list(s: &str) -> Vec<String> {
+    s.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect()
+}
+
 #[derive(Subcommand)]
 enum Cmd {
+    /// Probe a model on WVS questions and correlate with human answers.
+    Probe {
+        #[arg(long, default_value = "recipes/probe/wvs.toml")]
+        recipe: PathBuf,
+        /// GGUF file or Hugging Face model folder (overrides the recipe).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Comma-separated ISO3 codes (overrides the recipe).
+        #[arg(long)]
+        countries: Option<String>,
+        /// Comma-separated question ids (overrides the recipe).
+        #[arg(long, conflicts_with = "limit")]
+        questions: Option<String>,
+        /// First N scored questions.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Prompts per forward pass (results do not depend on it beyond float noise).
+        #[arg(long)]
+        batch: Option<usize>,
+        /// Do slice I of N (0-based); defaults to SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT.
+        #[arg(long)]
+        shard: Option<Shard>,
+        /// Scoring cache folder (default OUT/cache).
+        #[arg(long)]
+        cache: Option<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Join the output folders of sharded probe runs.
+    Merge {
+        #[arg(long)]
+        out: PathBuf,
+        shards: Vec<PathBuf>,
+    },
+    /// Side-by-side table of probe runs.
+    Compare { runs: Vec<PathBuf> },
     /// Score one prompt: next-token probabilities of option labels.
     Score {
         #[arg(long)]
@@ -21,8 +69,12 @@ enum Cmd {
         /// Comma-separated option labels.
         #[arg(long, default_value = "1,2,3,4")]
         labels: String,
+        /// Wrap the prompt in the model's chat template.
         #[arg(long)]
         chat: bool,
+        /// Run the model dequantized to f32.
+        #[arg(long)]
+        f32: bool,
     },
     /// Survey data commands.
     Survey {
@@ -42,27 +94,74 @@ enum SurveyCmd {
 
 fn main() {
     let cli = Cli::parse();
-    if let Err(e) = run(cli) {
+    let threads = cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    // Before any candle or rayon pool exists: both read these once.
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
+    if let Err(e) = run(cli, threads) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn slurm_shard() -> Option<Shard> {
+    let id = std::env::var("SLURM_ARRAY_TASK_ID").ok()?;
+    let n = std::env::var("SLURM_ARRAY_TASK_COUNT").ok()?;
+    format!("{id}/{n}").parse().ok()
+}
+
+fn run(cli: Cli, threads: usize) -> Result<()> {
     match cli.cmd {
-        Cmd::Score { model, prompt, labels, chat } => {
-            let m = mores::model::Model::load(&model, &Default::default())?;
+        Cmd::Probe { recipe, model, countries, questions, limit, batch, shard, cache, out } => {
+            let args = ProbeArgs {
+                recipe,
+                model,
+                countries: countries.as_deref().map(list),
+                questions: questions.as_deref().map(list),
+                limit,
+                threads,
+                batch,
+                shard: shard.or_else(slurm_shard),
+                out: out.clone(),
+                cache,
+                progress: !cli.quiet,
+            };
+            let r = commands::probe(&args)?;
+            print_summary(&r, &out);
+        }
+        Cmd::Merge { out, shards } => {
+            let r = commands::merge(&shards, &out)?;
+            print_summary(&r, &out);
+        }
+        Cmd::Compare { runs } => print!("{}", commands::compare(&runs)?),
+        Cmd::Score { model, prompt, labels, chat, f32 } => {
+            let opts = mores::model::LoadOptions { dequantize: f32, ..Default::default() };
+            let m = mores::model::Model::load(&model, &opts)?;
             let text = if chat { m.render_chat(&prompt)? } else { prompt };
-            let req = mores::score::ScoreRequest { prompt: text.clone(), labels: labels.split(',').map(String::from).collect() };
-            let ids = m.tok.encode_prompt(&text)?;
-            eprintln!("{} tokens: {:?}", ids.len(), ids);
+            let req = mores::score::ScoreRequest { prompt: text, labels: list(&labels) };
             let s = mores::score::Scorer::score_batch(&m, &[req])?;
             println!("{}", serde_json::to_string_pretty(&s[0])?);
         }
         Cmd::Survey { cmd: SurveyCmd::Stats { data } } => {
-            let s = mores::survey::Survey::load(&data)?;
-            print!("{}", s.stats_table());
+            print!("{}", mores::survey::Survey::load(&data)?.stats_table());
         }
     }
     Ok(())
+}
+
+fn print_summary(r: &mores::results::Results, out: &std::path::Path) {
+    let o = &r.overall;
+    let f = |x: Option<f64>| x.map(|v| format!("{v:.3}")).unwrap_or_else(|| "–".into());
+    println!(
+        "{}: {} prompts, {} countries, label mass {:.3}; mean r raw {} (uniform baseline {}), normalised {}, cross-country {}",
+        r.model.name,
+        o.n_samples,
+        o.n_countries,
+        o.mean_mass,
+        f(o.mean_r_raw),
+        f(o.uniform_mean_r_raw),
+        f(o.mean_r_normalised),
+        f(o.cross_country_r)
+    );
+    println!("wrote {}/{{results.json,samples.jsonl,report.md,manifest.json}}", out.display());
 }

@@ -42,11 +42,12 @@ pub struct ModelInfo {
 pub struct LoadOptions {
     pub device: Device,
     pub requantize_slow: bool,
+    pub dequantize: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { device: Device::Cpu, requantize_slow: false }
+        Self { device: Device::Cpu, requantize_slow: false, dequantize: false }
     }
 }
 
@@ -117,7 +118,7 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Model> {
     let (arch, vocab) = {
         let llama_cfg = (arch_name == "llama").then(|| llama::Config::from_gguf(&g)).transpose()?;
         let gemma_cfg = (arch_name == "gemma3").then(|| gemma3::Config::from_gguf(&g)).transpose()?;
-        let mut w = Weights { source: Source::Gguf(g), device: opts.device.clone(), requantize_slow: opts.requantize_slow };
+        let mut w = Weights { source: Source::Gguf(g), device: opts.device.clone(), requantize_slow: opts.requantize_slow, dequantize: opts.dequantize };
         match (llama_cfg, gemma_cfg) {
             (Some(c), _) => (Arch::Llama(llama::Model::load(c.clone(), &mut w)?), c.vocab_size),
             (_, Some(c)) => (Arch::Gemma3(gemma3::Model::load(c.clone(), &mut w)?), c.vocab_size),
@@ -214,7 +215,7 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Model> {
     // Safety: the files are memory-mapped read-only and not modified while the model lives.
     let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }
         .map_err(|e| Error::model(dir, format!("cannot read safetensors: {e}")))?;
-    let mut w = Weights { source: Source::Safetensors { path: dir.to_path_buf(), st }, device: opts.device.clone(), requantize_slow: false };
+    let mut w = Weights { source: Source::Safetensors { path: dir.to_path_buf(), st }, device: opts.device.clone(), requantize_slow: false, dequantize: true };
     let (arch, vocab) = match family {
         "llama" => {
             let c: llama::Config = serde_json::from_value(raw).map_err(|e| Error::model(&cfg_path, format!("llama config: {e}")))?;

@@ -29,6 +29,8 @@ pub struct Weights {
     pub device: Device,
     /// Re-quantize Q4_1/Q5_x tensors to Q8_0 at load: candle 0.11 has no SIMD kernel for them.
     pub requantize_slow: bool,
+    /// Dequantize every weight to f32 (the trainable form; also a reference for the quantized path).
+    pub dequantize: bool,
 }
 
 impl Weights {
@@ -60,10 +62,13 @@ impl Weights {
         if !self.has(k) {
             return Err(self.missing(k));
         }
-        let requantize = self.requantize_slow;
+        let (requantize, dequantize) = (self.requantize_slow, self.dequantize);
         match &mut self.source {
             Source::Gguf(g) => {
                 let q = g.content.tensor(&mut g.file, k.gguf, &self.device)?;
+                if dequantize {
+                    return Ok(QMatMul::Tensor(q.dequantize(&self.device)?));
+                }
                 let q = match q.dtype() {
                     GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 if requantize => {
                         let f = q.dequantize(&self.device)?;

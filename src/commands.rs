@@ -1,0 +1,174 @@
+//! What the CLI subcommands do, as library functions (main.rs only parses flags).
+use crate::error::{Error, Result};
+use crate::io::{read_jsonl, write_json, write_jsonl};
+use crate::manifest::{self, Manifest};
+use crate::model::{LoadOptions, Model};
+use crate::probe::{self, ProbeOptions, Sample, Shard};
+use crate::recipe::ProbeRecipe;
+use crate::results::{self, Results};
+use crate::survey::{self, Survey};
+use std::path::{Path, PathBuf};
+
+pub struct ProbeArgs {
+    pub recipe: PathBuf,
+    pub model: Option<PathBuf>,
+    pub countries: Option<Vec<String>>,
+    pub questions: Option<Vec<String>>,
+    pub limit: Option<usize>,
+    pub threads: usize,
+    pub batch: Option<usize>,
+    pub shard: Option<Shard>,
+    pub out: PathBuf,
+    pub cache: Option<PathBuf>,
+    pub progress: bool,
+}
+
+/// Recipe plus command-line overrides, validated before any model is loaded.
+pub fn resolve_recipe(a: &ProbeArgs, survey_check: bool) -> Result<(ProbeRecipe, Survey)> {
+    let mut recipe = ProbeRecipe::load(&a.recipe)?;
+    if let Some(m) = &a.model {
+        recipe.model.path = Some(m.clone());
+    }
+    if let Some(c) = &a.countries {
+        recipe.survey.countries = c.clone();
+    }
+    if let Some(q) = &a.questions {
+        recipe.survey.questions = q.clone();
+    }
+    if let Some(b) = a.batch {
+        if b == 0 {
+            return Err(Error::Invalid("--batch must be at least 1".into()));
+        }
+        recipe.scoring.batch = b;
+    }
+    let survey = Survey::load(&recipe.survey.data)?;
+    if let Some(limit) = a.limit {
+        // First N scored questions in questionnaire order, the same for every country.
+        if recipe.survey.questions.is_empty() {
+            recipe.survey.questions = survey.questions.iter().filter(|q| q.is_scored()).take(limit).map(|q| q.id.clone()).collect();
+        } else {
+            recipe.survey.questions.truncate(limit);
+        }
+    }
+    if survey_check {
+        probe::select_pairs(&recipe, &survey)?;
+    }
+    Ok((recipe, survey))
+}
+
+pub fn probe(a: &ProbeArgs) -> Result<Results> {
+    let (recipe, survey) = resolve_recipe(a, true)?;
+    let model_path = recipe
+        .model
+        .path
+        .clone()
+        .ok_or_else(|| Error::Recipe { path: a.recipe.clone(), msg: "no model: set [model] path or pass --model".into() })?;
+    let opts = LoadOptions { requantize_slow: recipe.model.requantize_slow, ..Default::default() };
+    let model = Model::load(&model_path, &opts)?;
+    eprintln!("model {} ({}, {}), tokenizer: {}", model.info.name, model.info.architecture, model.info.format, model.tok.source);
+    std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
+    let popts = ProbeOptions {
+        batch: recipe.scoring.batch,
+        shard: a.shard,
+        cache_dir: a.cache.clone().unwrap_or_else(|| a.out.join("cache")),
+        progress: a.progress,
+    };
+    let started = manifest::now_utc();
+    let t0 = std::time::Instant::now();
+    let samples = probe::run(&recipe, &survey, &model, &popts)?;
+    let secs = t0.elapsed().as_secs_f64();
+    eprintln!("scored {} prompts in {secs:.1}s", samples.len());
+    let (git_commit, git_dirty) = manifest::git();
+    let data = &recipe.survey.data;
+    let inputs = manifest::hash_inputs(&[
+        &data.join(survey::QUESTIONS_FILE),
+        &data.join(survey::DISTRIBUTIONS_FILE),
+        &data.join(survey::COUNTRIES_FILE),
+    ])?;
+    let recipe_json = serde_json::to_value(&recipe)?;
+    let m = Manifest {
+        command: std::env::args().collect(),
+        mores_version: env!("CARGO_PKG_VERSION").into(),
+        crates: manifest::crate_versions(),
+        git_commit,
+        git_dirty,
+        recipe_sha256: crate::io::sha256_hex(serde_json::to_string(&recipe_json)?.as_bytes()),
+        recipe: recipe_json,
+        model: model.info.clone(),
+        inputs,
+        seed: recipe.scoring.seed,
+        threads: a.threads,
+        batch: recipe.scoring.batch,
+        shard: a.shard,
+        device: "cpu".into(),
+        dtype: if opts.requantize_slow { "gguf (Q4_1/Q5_x as Q8_0)".into() } else { format!("{} weights as stored", model.info.format) },
+        started,
+    };
+    write_outputs(&a.out, &samples, &survey, &recipe, &m)
+}
+
+pub fn write_outputs(out: &Path, samples: &[Sample], survey: &Survey, recipe: &ProbeRecipe, m: &Manifest) -> Result<Results> {
+    let res = results::compute(samples, survey, m.model.clone(), &recipe.name, &recipe.prompt.template_name);
+    write_jsonl(&out.join("samples.jsonl"), samples)?;
+    write_json(&out.join("results.json"), &res)?;
+    crate::io::atomic_write(&out.join("report.md"), crate::report::markdown(&res).as_bytes())?;
+    write_json(&out.join("manifest.json"), m)?;
+    Ok(res)
+}
+
+fn read_manifest(dir: &Path) -> Result<Manifest> {
+    let p = dir.join("manifest.json");
+    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::data(&p, 0, format!("malformed manifest: {e}")))
+}
+
+/// Join the outputs of `--shard I/N` runs into one run.
+pub fn merge(shards: &[PathBuf], out: &Path) -> Result<Results> {
+    let mut manifests = Vec::new();
+    let mut samples: Vec<Sample> = Vec::new();
+    for dir in shards {
+        let m = read_manifest(dir)?;
+        if let Some(first) = manifests.first() {
+            let first: &Manifest = first;
+            if first.model.sha256 != m.model.sha256 || first.recipe_sha256 != m.recipe_sha256 {
+                return Err(Error::Invalid(format!(
+                    "{}: shard was run with a different model or recipe than {}",
+                    dir.display(),
+                    shards[0].display()
+                )));
+            }
+        }
+        samples.extend(read_jsonl::<Sample>(&dir.join("samples.jsonl"))?);
+        manifests.push(m);
+    }
+    let Some(mut m) = manifests.first().cloned() else { return Err(Error::Invalid("merge needs at least one shard directory".into())) };
+    let mut seen = std::collections::HashSet::new();
+    samples.retain(|s| seen.insert(s.id.clone()));
+    let recipe: ProbeRecipe = serde_json::from_value(m.recipe.clone())?;
+    let survey = Survey::load(&recipe.survey.data)?;
+    // Same order as a single unsharded run.
+    let order: std::collections::HashMap<String, usize> = probe::select_pairs(&recipe, &survey)?
+        .iter()
+        .enumerate()
+        .map(|(i, (q, c))| (format!("{}-{}-{}", q.id, c.iso3, recipe.prompt.template_name), i))
+        .collect();
+    samples.sort_by_key(|s| order.get(&s.id).copied().unwrap_or(usize::MAX));
+    if samples.len() < order.len() {
+        eprintln!("warning: merged {} of {} prompts; some shards are missing", samples.len(), order.len());
+    }
+    m.shard = None;
+    m.command = std::env::args().collect();
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    write_outputs(out, &samples, &survey, &recipe, &m)
+}
+
+pub fn compare(runs: &[PathBuf]) -> Result<String> {
+    let mut rs = Vec::new();
+    for dir in runs {
+        let p = dir.join("results.json");
+        let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+        let r: Results = serde_json::from_str(&text).map_err(|e| Error::data(&p, 0, format!("malformed results: {e}")))?;
+        rs.push((dir.display().to_string(), r));
+    }
+    Ok(crate::report::compare(&rs))
+}

@@ -1,0 +1,57 @@
+//! manifest.json: everything needed to reproduce a run's numbers.
+use crate::error::Result;
+use crate::model::ModelInfo;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub command: Vec<String>,
+    pub mores_version: String,
+    pub crates: BTreeMap<String, String>,
+    pub git_commit: Option<String>,
+    pub git_dirty: Option<bool>,
+    pub recipe: serde_json::Value,
+    pub recipe_sha256: String,
+    pub model: ModelInfo,
+    /// sha256 of every input data file.
+    pub inputs: BTreeMap<String, String>,
+    pub seed: u64,
+    pub threads: usize,
+    pub batch: usize,
+    pub shard: Option<crate::probe::Shard>,
+    pub device: String,
+    pub dtype: String,
+    pub started: String,
+}
+
+pub fn crate_versions() -> BTreeMap<String, String> {
+    env!("MORES_DEP_VERSIONS")
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+pub fn git() -> (Option<String>, Option<bool>) {
+    let run = |args: &[&str]| {
+        std::process::Command::new("git").args(args).output().ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let commit = run(&["rev-parse", "HEAD"]);
+    let dirty = commit.as_ref().and_then(|_| run(&["status", "--porcelain", "--untracked-files=no"])).map(|s| !s.is_empty());
+    (commit, dirty)
+}
+
+pub fn hash_inputs(files: &[&Path]) -> Result<BTreeMap<String, String>> {
+    let mut m = BTreeMap::new();
+    for f in files {
+        m.insert(f.display().to_string(), crate::model::sha256_file(f)?);
+    }
+    Ok(m)
+}
+
+pub fn now_utc() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    format!("{secs} (unix seconds)")
+}

@@ -1,0 +1,203 @@
+//! The probe: build prompts for the selected (question, country) pairs, score them with a model
+//! (resuming from a scoring cache), and turn option probabilities into expected scores.
+use crate::error::{Error, Result};
+use crate::io::{read_jsonl, sha256_hex};
+use crate::model::Model;
+use crate::prompt::{self, Prompt};
+use crate::recipe::ProbeRecipe;
+use crate::score::{OptionScores, ScoreRequest, Scorer};
+use crate::survey::{Question, Survey};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// One scored prompt: everything needed to audit or recompute a number in the report.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Sample {
+    pub id: String,
+    pub question_id: String,
+    pub country: String,
+    pub category: String,
+    pub template: String,
+    pub prompt: String,
+    pub prompt_sha256: String,
+    pub labels: Vec<String>,
+    pub codes: Vec<i64>,
+    pub raw: Vec<f64>,
+    pub probs: Vec<f64>,
+    /// Probability mass on the option labels before renormalising.
+    pub mass: f64,
+    pub n_tokens: usize,
+    pub expected_score: Option<f64>,
+    pub human_mean: Option<f64>,
+    pub human_distribution: Vec<f64>,
+}
+
+/// Which slice of the work this process does: `index` of `count` (from `--shard I/N`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (i, n) = s.split_once('/').ok_or_else(|| format!("shard {s:?}: expected I/N, e.g. 0/4"))?;
+        let (index, count): (usize, usize) =
+            (i.parse().map_err(|_| format!("shard {s:?}: I is not a number"))?, n.parse().map_err(|_| format!("shard {s:?}: N is not a number"))?);
+        if count == 0 || index >= count {
+            return Err(format!("shard {s:?}: need 0 <= I < N"));
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+/// The (question, country) pairs a recipe selects, in a stable order (country, then questionnaire).
+pub fn select_pairs<'a>(recipe: &ProbeRecipe, survey: &'a Survey) -> Result<Vec<(&'a Question, &'a crate::survey::Country)>> {
+    let s = &recipe.survey;
+    let countries: Vec<&crate::survey::Country> = if s.countries.is_empty() {
+        survey.countries_with(s.min_questions)
+    } else {
+        s.countries.iter().map(|c| survey.country(c)).collect::<Result<_>>()?
+    };
+    let questions: Option<Vec<&Question>> =
+        (!s.questions.is_empty()).then(|| s.questions.iter().map(|q| survey.question(q)).collect::<Result<_>>()).transpose()?;
+    let cats = survey.categories();
+    for c in &s.categories {
+        if !cats.contains(c) {
+            return Err(Error::Invalid(format!("unknown category {c:?}; categories: {}", cats.join("; "))));
+        }
+    }
+    let mut pairs = Vec::new();
+    for c in countries {
+        for q in survey.questions_for(&c.iso3) {
+            let wanted = questions.as_ref().map(|qs| qs.iter().any(|x| x.id == q.id)).unwrap_or(true)
+                && (s.categories.is_empty() || s.categories.contains(&q.category));
+            if wanted {
+                pairs.push((q, c));
+            }
+        }
+    }
+    if pairs.is_empty() {
+        return Err(Error::Invalid("the selection has no (question, country) pair with human answers".into()));
+    }
+    Ok(pairs)
+}
+
+/// Append-only cache of option scores, keyed by model hash and prompt hash. Each batch is
+/// appended and flushed, so a killed run loses at most the batch in flight.
+pub struct ScoreCache {
+    path: PathBuf,
+    entries: HashMap<String, OptionScores>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CacheLine {
+    key: String,
+    scores: OptionScores,
+}
+
+impl ScoreCache {
+    pub fn open(dir: &Path, model_sha: &str) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let path = dir.join(format!("scores-{}.jsonl", &model_sha[..16.min(model_sha.len())]));
+        let entries = if path.exists() {
+            read_jsonl::<CacheLine>(&path)?.into_iter().map(|l| (l.key, l.scores)).collect()
+        } else {
+            HashMap::new()
+        };
+        Ok(Self { path, entries })
+    }
+
+    pub fn key(prompt: &Prompt) -> String {
+        sha256_hex(format!("{}\u{1f}{}", prompt.text, prompt.labels.join("\u{1f}")).as_bytes())
+    }
+
+    pub fn get(&self, key: &str) -> Option<&OptionScores> {
+        self.entries.get(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn append(&mut self, new: Vec<(String, OptionScores)>) -> Result<()> {
+        // A previous kill may have left a partial last line: start ours on a fresh line.
+        let needs_newline = std::fs::read(&self.path).map(|b| !b.is_empty() && !b.ends_with(b"\n")).unwrap_or(false);
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        let mut buf = String::new();
+        if needs_newline {
+            buf.push('\n');
+        }
+        for (key, scores) in &new {
+            buf.push_str(&serde_json::to_string(&CacheLine { key: key.clone(), scores: scores.clone() })?);
+            buf.push('\n');
+        }
+        f.write_all(buf.as_bytes()).and_then(|_| f.sync_data()).map_err(|e| Error::io(&self.path, e))?;
+        self.entries.extend(new);
+        Ok(())
+    }
+}
+
+pub struct ProbeOptions {
+    pub batch: usize,
+    pub shard: Option<Shard>,
+    pub cache_dir: PathBuf,
+    pub progress: bool,
+}
+
+/// Score every selected pair and return samples in selection order.
+pub fn run(recipe: &ProbeRecipe, survey: &Survey, model: &Model, opts: &ProbeOptions) -> Result<Vec<Sample>> {
+    let mut pairs = select_pairs(recipe, survey)?;
+    if let Some(sh) = opts.shard {
+        pairs = pairs.into_iter().enumerate().filter(|(i, _)| i % sh.count == sh.index).map(|(_, p)| p).collect();
+    }
+    let prompts: Vec<Prompt> = pairs.iter().map(|(q, c)| prompt::build(&recipe.prompt, q, c, model)).collect::<Result<_>>()?;
+    let mut cache = ScoreCache::open(&opts.cache_dir, &model.info.sha256)?;
+    let keys: Vec<String> = prompts.iter().map(ScoreCache::key).collect();
+    // Longest first: similar lengths share a batch (less padding), and the ETA starts pessimistic.
+    let mut todo: Vec<usize> = (0..prompts.len()).filter(|&i| cache.get(&keys[i]).is_none()).collect();
+    todo.sort_by_key(|&i| std::cmp::Reverse(prompts[i].text.len()));
+    todo.dedup_by_key(|i| keys[*i].clone());
+    let bar = crate::progress::bar(todo.len() as u64, "scoring", opts.progress);
+    if prompts.len() > todo.len() {
+        bar.println(format!("{} of {} prompts found in the scoring cache {}", prompts.len() - todo.len(), prompts.len(), cache.path.display()));
+    }
+    for chunk in todo.chunks(opts.batch.max(1)) {
+        let reqs: Vec<ScoreRequest> = chunk.iter().map(|&i| ScoreRequest { prompt: prompts[i].text.clone(), labels: prompts[i].labels.clone() }).collect();
+        let scores = model.score_batch(&reqs)?;
+        cache.append(chunk.iter().map(|&i| keys[i].clone()).zip(scores).collect())?;
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    let mut samples = Vec::with_capacity(prompts.len());
+    for ((p, (q, _)), key) in prompts.into_iter().zip(&pairs).zip(&keys) {
+        let s = cache.get(key).expect("scored above").clone();
+        let human = survey.answers(&q.id, &p.country).expect("pairs have human answers");
+        samples.push(Sample {
+            id: p.id,
+            question_id: p.question_id,
+            country: p.country,
+            category: q.category.clone(),
+            template: p.template,
+            prompt_sha256: sha256_hex(p.text.as_bytes()),
+            prompt: p.text,
+            labels: p.labels,
+            codes: p.codes,
+            expected_score: q.expected_score(&s.probs),
+            raw: s.raw,
+            probs: s.probs,
+            mass: s.mass,
+            n_tokens: s.n_tokens,
+            human_mean: human.mean,
+            human_distribution: human.distribution.clone(),
+        });
+    }
+    Ok(samples)
+}

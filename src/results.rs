@@ -1,0 +1,243 @@
+//! From samples to numbers: per-country correlation of model expected scores with human means
+//! across questions (raw, as the paper; and scale-normalised), the uniform-answer baseline beside
+//! it, per-question cross-country alignment, and category / continent aggregates.
+use crate::correlate::{fisher_mean, mean, Corr};
+use crate::model::ModelInfo;
+use crate::probe::Sample;
+use crate::survey::Survey;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub const SCHEMA: &str = "mores.probe.results/1";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CountryResult {
+    pub iso3: String,
+    pub name: String,
+    pub continent: String,
+    /// Scored questions (with both a model score and a human mean).
+    pub n: usize,
+    /// Pearson r across questions on raw WVS scores (the paper's metric).
+    pub raw: Option<Corr>,
+    /// Pearson r after mapping each question's scores to [0, 1] with its option range.
+    pub normalised: Option<Corr>,
+    /// Raw r of a model answering every question uniformly at random: what scale alone gives.
+    pub uniform_raw_r: Option<f64>,
+    pub mean_mass: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GroupResult {
+    pub name: String,
+    /// Countries whose r is defined within the group (at least 3 questions).
+    pub n_countries: usize,
+    pub n_questions: usize,
+    /// Fisher-z mean over countries.
+    pub mean_r_raw: Option<f64>,
+    pub mean_r_normalised: Option<f64>,
+    pub uniform_mean_r_raw: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct QuestionResult {
+    pub id: String,
+    pub category: String,
+    pub n_countries: usize,
+    /// r across countries between model scores and human means for this one question.
+    pub cross_country: Option<Corr>,
+    /// Standard deviation across countries of normalised scores: model, humans.
+    pub model_spread: f64,
+    pub human_spread: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Overall {
+    pub n_countries: usize,
+    pub n_samples: usize,
+    pub mean_mass: f64,
+    pub mean_r_raw: Option<f64>,
+    pub fisher_r_raw: Option<f64>,
+    pub mean_r_normalised: Option<f64>,
+    pub fisher_r_normalised: Option<f64>,
+    pub uniform_mean_r_raw: Option<f64>,
+    /// Fisher-z mean of per-question cross-country r (questions with at least 3 countries).
+    pub cross_country_r: Option<f64>,
+    pub cross_country_questions: usize,
+    pub cross_country_positive: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Results {
+    pub schema: String,
+    pub model: ModelInfo,
+    pub recipe: String,
+    pub template: String,
+    pub overall: Overall,
+    pub countries: Vec<CountryResult>,
+    pub categories: Vec<GroupResult>,
+    pub continents: Vec<GroupResult>,
+    pub questions: Vec<QuestionResult>,
+}
+
+struct Point<'a> {
+    s: &'a Sample,
+    model: f64,
+    human: f64,
+    model_n: f64,
+    human_n: f64,
+    uniform: f64,
+}
+
+fn std_dev(xs: &[f64]) -> f64 {
+    let m = mean(xs).unwrap_or(0.0);
+    (xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / xs.len().max(1) as f64).sqrt()
+}
+
+pub fn compute(samples: &[Sample], survey: &Survey, model: ModelInfo, recipe: &str, template: &str) -> Results {
+    let mut points: Vec<Point> = Vec::new();
+    for s in samples {
+        let Ok(q) = survey.question(&s.question_id) else { continue };
+        let (Some(m), Some(h)) = (s.expected_score, s.human_mean) else { continue };
+        let (Some(mn), Some(hn)) = (q.normalise(m), q.normalise(h)) else { continue };
+        let uniform = q.expected_score(&vec![1.0; q.options.len()]).expect("scored question");
+        points.push(Point { s, model: m, human: h, model_n: mn, human_n: hn, uniform });
+    }
+    let by_country = group(&points, |p| p.s.country.clone());
+    let corr_set = |ps: &[&Point]| {
+        let m: Vec<f64> = ps.iter().map(|p| p.model).collect();
+        let h: Vec<f64> = ps.iter().map(|p| p.human).collect();
+        let mn: Vec<f64> = ps.iter().map(|p| p.model_n).collect();
+        let hn: Vec<f64> = ps.iter().map(|p| p.human_n).collect();
+        let u: Vec<f64> = ps.iter().map(|p| p.uniform).collect();
+        (Corr::of(&m, &h), Corr::of(&mn, &hn), Corr::of(&u, &h).map(|c| c.r))
+    };
+    let mut countries = Vec::new();
+    for (iso, ps) in &by_country {
+        let c = survey.country(iso).ok();
+        let (raw, normalised, uniform_raw_r) = corr_set(ps);
+        let masses: Vec<f64> = samples.iter().filter(|s| &s.country == iso).map(|s| s.mass).collect();
+        countries.push(CountryResult {
+            iso3: iso.clone(),
+            name: c.map(|c| c.name.clone()).unwrap_or_default(),
+            continent: c.map(|c| c.continent.clone()).unwrap_or_default(),
+            n: ps.len(),
+            raw,
+            normalised,
+            uniform_raw_r,
+            mean_mass: mean(&masses).unwrap_or(f64::NAN),
+        });
+    }
+    let group_result = |name: String, ps: &[&Point]| -> GroupResult {
+        let per_country = group_refs(ps, |p| p.s.country.clone());
+        let (mut raw, mut norm, mut uni) = (vec![], vec![], vec![]);
+        for cps in per_country.values() {
+            let (r, n, u) = corr_set(cps);
+            raw.extend(r.map(|c| c.r));
+            norm.extend(n.map(|c| c.r));
+            uni.extend(u);
+        }
+        let mut qs: Vec<&str> = ps.iter().map(|p| p.s.question_id.as_str()).collect();
+        qs.sort();
+        qs.dedup();
+        GroupResult {
+            name,
+            n_countries: raw.len(),
+            n_questions: qs.len(),
+            mean_r_raw: fisher_mean(&raw),
+            mean_r_normalised: fisher_mean(&norm),
+            uniform_mean_r_raw: fisher_mean(&uni),
+        }
+    };
+    let categories = survey
+        .categories()
+        .into_iter()
+        .filter_map(|cat| {
+            let ps: Vec<&Point> = points.iter().filter(|p| p.s.category == cat).collect();
+            (!ps.is_empty()).then(|| group_result(cat, &ps))
+        })
+        .collect();
+    // Continent aggregates are over whole-country r values, not within-continent questions.
+    let mut continents = Vec::new();
+    let mut by_continent: BTreeMap<String, Vec<&CountryResult>> = BTreeMap::new();
+    for c in &countries {
+        by_continent.entry(c.continent.clone()).or_default().push(c);
+    }
+    for (name, cs) in by_continent {
+        let raw: Vec<f64> = cs.iter().filter_map(|c| c.raw.as_ref().map(|x| x.r)).collect();
+        let norm: Vec<f64> = cs.iter().filter_map(|c| c.normalised.as_ref().map(|x| x.r)).collect();
+        let uni: Vec<f64> = cs.iter().filter_map(|c| c.uniform_raw_r).collect();
+        let mut qs: Vec<&str> =
+            points.iter().filter(|p| cs.iter().any(|c| c.iso3 == p.s.country)).map(|p| p.s.question_id.as_str()).collect();
+        qs.sort();
+        qs.dedup();
+        continents.push(GroupResult {
+            name,
+            n_countries: raw.len(),
+            n_questions: qs.len(),
+            mean_r_raw: fisher_mean(&raw),
+            mean_r_normalised: fisher_mean(&norm),
+            uniform_mean_r_raw: fisher_mean(&uni),
+        });
+    }
+    let mut questions = Vec::new();
+    let by_question = group(&points, |p| p.s.question_id.clone());
+    let mut qids: Vec<&String> = by_question.keys().collect();
+    qids.sort_by_key(|q| crate::survey::question_sort_key(q));
+    for qid in qids {
+        let ps = &by_question[qid];
+        let m: Vec<f64> = ps.iter().map(|p| p.model_n).collect();
+        let h: Vec<f64> = ps.iter().map(|p| p.human_n).collect();
+        questions.push(QuestionResult {
+            id: qid.clone(),
+            category: ps[0].s.category.clone(),
+            n_countries: ps.len(),
+            cross_country: Corr::of(&m, &h),
+            model_spread: std_dev(&m),
+            human_spread: std_dev(&h),
+        });
+    }
+    let raw: Vec<f64> = countries.iter().filter_map(|c| c.raw.as_ref().map(|x| x.r)).collect();
+    let norm: Vec<f64> = countries.iter().filter_map(|c| c.normalised.as_ref().map(|x| x.r)).collect();
+    let uni: Vec<f64> = countries.iter().filter_map(|c| c.uniform_raw_r).collect();
+    let cross: Vec<f64> = questions.iter().filter_map(|q| q.cross_country.as_ref().map(|c| c.r)).collect();
+    let overall = Overall {
+        n_countries: countries.len(),
+        n_samples: samples.len(),
+        mean_mass: mean(&samples.iter().map(|s| s.mass).collect::<Vec<_>>()).unwrap_or(f64::NAN),
+        mean_r_raw: mean(&raw),
+        fisher_r_raw: fisher_mean(&raw),
+        mean_r_normalised: mean(&norm),
+        fisher_r_normalised: fisher_mean(&norm),
+        uniform_mean_r_raw: mean(&uni),
+        cross_country_r: fisher_mean(&cross),
+        cross_country_questions: cross.len(),
+        cross_country_positive: cross.iter().filter(|r| **r > 0.0).count(),
+    };
+    Results {
+        schema: SCHEMA.into(),
+        model,
+        recipe: recipe.into(),
+        template: template.into(),
+        overall,
+        countries,
+        categories,
+        continents,
+        questions,
+    }
+}
+
+fn group<'a, F: Fn(&Point<'a>) -> String>(points: &'a [Point<'a>], key: F) -> BTreeMap<String, Vec<&'a Point<'a>>> {
+    let mut m: BTreeMap<String, Vec<&Point>> = BTreeMap::new();
+    for p in points {
+        m.entry(key(p)).or_default().push(p);
+    }
+    m
+}
+
+fn group_refs<'a, F: Fn(&Point<'a>) -> String>(points: &[&'a Point<'a>], key: F) -> BTreeMap<String, Vec<&'a Point<'a>>> {
+    let mut m: BTreeMap<String, Vec<&Point>> = BTreeMap::new();
+    for p in points {
+        m.entry(key(p)).or_default().push(*p);
+    }
+    m
+}
