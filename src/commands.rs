@@ -4,7 +4,7 @@ use crate::io::{read_jsonl, write_json, write_jsonl};
 use crate::manifest::{self, Manifest};
 use crate::model::{LoadOptions, Model};
 use crate::probe::{self, ProbeOptions, Sample, Shard};
-use crate::recipe::ProbeRecipe;
+use crate::recipe::{ProbeRecipe, WeightMode};
 use crate::results::{self, Results};
 use crate::survey::{self, Survey};
 use std::path::{Path, PathBuf};
@@ -20,6 +20,7 @@ pub struct ProbeArgs {
     pub shard: Option<Shard>,
     pub out: PathBuf,
     pub cache: Option<PathBuf>,
+    pub weights: Option<WeightMode>,
     pub progress: bool,
 }
 
@@ -28,6 +29,9 @@ pub fn resolve_recipe(a: &ProbeArgs, survey_check: bool) -> Result<(ProbeRecipe,
     let mut recipe = ProbeRecipe::load(&a.recipe)?;
     if let Some(m) = &a.model {
         recipe.model.path = Some(m.clone());
+    }
+    if let Some(w) = a.weights {
+        recipe.model.weights = w;
     }
     if let Some(c) = &a.countries {
         recipe.survey.countries = c.clone();
@@ -45,7 +49,8 @@ pub fn resolve_recipe(a: &ProbeArgs, survey_check: bool) -> Result<(ProbeRecipe,
     if let Some(limit) = a.limit {
         // First N scored questions in questionnaire order, the same for every country.
         if recipe.survey.questions.is_empty() {
-            recipe.survey.questions = survey.questions.iter().filter(|q| q.is_scored()).take(limit).map(|q| q.id.clone()).collect();
+            recipe.survey.questions =
+                survey.questions.iter().filter(|q| q.is_scored()).take(limit).map(|q| q.id.clone()).collect();
         } else {
             recipe.survey.questions.truncate(limit);
         }
@@ -58,14 +63,16 @@ pub fn resolve_recipe(a: &ProbeArgs, survey_check: bool) -> Result<(ProbeRecipe,
 
 pub fn probe(a: &ProbeArgs) -> Result<Results> {
     let (recipe, survey) = resolve_recipe(a, true)?;
-    let model_path = recipe
-        .model
-        .path
-        .clone()
-        .ok_or_else(|| Error::Recipe { path: a.recipe.clone(), msg: "no model: set [model] path or pass --model".into() })?;
-    let opts = LoadOptions { requantize_slow: recipe.model.requantize_slow, ..Default::default() };
+    let model_path = recipe.model.path.clone().ok_or_else(|| Error::Recipe {
+        path: a.recipe.clone(),
+        msg: "no model: set [model] path or pass --model".into(),
+    })?;
+    let opts = load_options(recipe.model.weights);
     let model = Model::load(&model_path, &opts)?;
-    eprintln!("model {} ({}, {}), tokenizer: {}", model.info.name, model.info.architecture, model.info.format, model.tok.source);
+    eprintln!(
+        "model {} ({}, {}), tokenizer: {}",
+        model.info.name, model.info.architecture, model.info.format, model.tok.source
+    );
     std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
     let popts = ProbeOptions {
         batch: recipe.scoring.batch,
@@ -101,13 +108,23 @@ pub fn probe(a: &ProbeArgs) -> Result<Results> {
         batch: recipe.scoring.batch,
         shard: a.shard,
         device: "cpu".into(),
-        dtype: if opts.requantize_slow { "gguf (Q4_1/Q5_x as Q8_0)".into() } else { format!("{} weights as stored", model.info.format) },
+        dtype: format!("{:?}", recipe.model.weights).to_lowercase(),
         started,
     };
     write_outputs(&a.out, &samples, &survey, &recipe, &m)
 }
 
-pub fn write_outputs(out: &Path, samples: &[Sample], survey: &Survey, recipe: &ProbeRecipe, m: &Manifest) -> Result<Results> {
+pub fn load_options(w: WeightMode) -> LoadOptions {
+    LoadOptions { requantize_slow: w == WeightMode::Q8, dequantize: w == WeightMode::F32, ..Default::default() }
+}
+
+pub fn write_outputs(
+    out: &Path,
+    samples: &[Sample],
+    survey: &Survey,
+    recipe: &ProbeRecipe,
+    m: &Manifest,
+) -> Result<Results> {
     let res = results::compute(samples, survey, m.model.clone(), &recipe.name, &recipe.prompt.template_name);
     write_jsonl(&out.join("samples.jsonl"), samples)?;
     write_json(&out.join("results.json"), &res)?;
@@ -141,7 +158,9 @@ pub fn merge(shards: &[PathBuf], out: &Path) -> Result<Results> {
         samples.extend(read_jsonl::<Sample>(&dir.join("samples.jsonl"))?);
         manifests.push(m);
     }
-    let Some(mut m) = manifests.first().cloned() else { return Err(Error::Invalid("merge needs at least one shard directory".into())) };
+    let Some(mut m) = manifests.first().cloned() else {
+        return Err(Error::Invalid("merge needs at least one shard directory".into()));
+    };
     let mut seen = std::collections::HashSet::new();
     samples.retain(|s| seen.insert(s.id.clone()));
     let recipe: ProbeRecipe = serde_json::from_value(m.recipe.clone())?;
@@ -167,7 +186,8 @@ pub fn compare(runs: &[PathBuf]) -> Result<String> {
     for dir in runs {
         let p = dir.join("results.json");
         let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-        let r: Results = serde_json::from_str(&text).map_err(|e| Error::data(&p, 0, format!("malformed results: {e}")))?;
+        let r: Results =
+            serde_json::from_str(&text).map_err(|e| Error::data(&p, 0, format!("malformed results: {e}")))?;
         rs.push((dir.display().to_string(), r));
     }
     Ok(crate::report::compare(&rs))

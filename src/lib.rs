@@ -5,17 +5,17 @@
 //! prompt per question and country persona) -> [`model`] (GGUF / Hugging Face models in candle)
 //! -> [`score`] (next-token probabilities of the option labels) -> [`probe`] (expected scores,
 //! cached and resumable) -> [`correlate`] (per-country Pearson r and aggregates) -> [`report`].
-pub mod error;
-pub mod model;
-pub mod survey;
-pub mod prompt;
-pub mod recipe;
-pub mod score;
+pub mod commands;
 pub mod correlate;
+pub mod error;
 pub mod io;
+pub mod manifest;
+pub mod model;
 pub mod probe;
 pub mod progress;
-pub mod results;
-pub mod manifest;
+pub mod prompt;
+pub mod recipe;
 pub mod report;
-pub mod commands;
+pub mod results;
+pub mod score;
+pub mod survey;

@@ -6,7 +6,11 @@ use mores::probe::Shard;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "mores", version, about = "Measure how language models judge cultural values across countries (WVS-7)")]
+#[command(
+    name = "mores",
+    version,
+    about = "Measure how language models judge cultural values across countries (WVS-7)"
+)]
 struct Cli {
     /// CPU threads for the model (sets RAYON_NUM_THREADS and CANDLE_NUM_THREADS).
     #[arg(long, global = true, env = "MORES_THREADS")]
@@ -46,6 +50,9 @@ enum Cmd {
         /// Do slice I of N (0-based); defaults to SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT.
         #[arg(long)]
         shard: Option<Shard>,
+        /// stored | q8 | f32 (overrides the recipe's [model] weights).
+        #[arg(long)]
+        weights: Option<String>,
         /// Scoring cache folder (default OUT/cache).
         #[arg(long)]
         cache: Option<PathBuf>,
@@ -112,7 +119,7 @@ fn slurm_shard() -> Option<Shard> {
 
 fn run(cli: Cli, threads: usize) -> Result<()> {
     match cli.cmd {
-        Cmd::Probe { recipe, model, countries, questions, limit, batch, shard, cache, out } => {
+        Cmd::Probe { recipe, model, countries, questions, limit, batch, shard, weights, cache, out } => {
             let args = ProbeArgs {
                 recipe,
                 model,
@@ -124,6 +131,7 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
                 shard: shard.or_else(slurm_shard),
                 out: out.clone(),
                 cache,
+                weights: weights.map(|w| w.parse()).transpose().map_err(anyhow::Error::msg)?,
                 progress: !cli.quiet,
             };
             let r = commands::probe(&args)?;

@@ -45,8 +45,10 @@ impl std::str::FromStr for Shard {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         let (i, n) = s.split_once('/').ok_or_else(|| format!("shard {s:?}: expected I/N, e.g. 0/4"))?;
-        let (index, count): (usize, usize) =
-            (i.parse().map_err(|_| format!("shard {s:?}: I is not a number"))?, n.parse().map_err(|_| format!("shard {s:?}: N is not a number"))?);
+        let (index, count): (usize, usize) = (
+            i.parse().map_err(|_| format!("shard {s:?}: I is not a number"))?,
+            n.parse().map_err(|_| format!("shard {s:?}: N is not a number"))?,
+        );
         if count == 0 || index >= count {
             return Err(format!("shard {s:?}: need 0 <= I < N"));
         }
@@ -55,15 +57,19 @@ impl std::str::FromStr for Shard {
 }
 
 /// The (question, country) pairs a recipe selects, in a stable order (country, then questionnaire).
-pub fn select_pairs<'a>(recipe: &ProbeRecipe, survey: &'a Survey) -> Result<Vec<(&'a Question, &'a crate::survey::Country)>> {
+pub fn select_pairs<'a>(
+    recipe: &ProbeRecipe,
+    survey: &'a Survey,
+) -> Result<Vec<(&'a Question, &'a crate::survey::Country)>> {
     let s = &recipe.survey;
     let countries: Vec<&crate::survey::Country> = if s.countries.is_empty() {
         survey.countries_with(s.min_questions)
     } else {
         s.countries.iter().map(|c| survey.country(c)).collect::<Result<_>>()?
     };
-    let questions: Option<Vec<&Question>> =
-        (!s.questions.is_empty()).then(|| s.questions.iter().map(|q| survey.question(q)).collect::<Result<_>>()).transpose()?;
+    let questions: Option<Vec<&Question>> = (!s.questions.is_empty())
+        .then(|| s.questions.iter().map(|q| survey.question(q)).collect::<Result<_>>())
+        .transpose()?;
     let cats = survey.categories();
     for c in &s.categories {
         if !cats.contains(c) {
@@ -130,7 +136,11 @@ impl ScoreCache {
     pub fn append(&mut self, new: Vec<(String, OptionScores)>) -> Result<()> {
         // A previous kill may have left a partial last line: start ours on a fresh line.
         let needs_newline = std::fs::read(&self.path).map(|b| !b.is_empty() && !b.ends_with(b"\n")).unwrap_or(false);
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| Error::io(&self.path, e))?;
         let mut buf = String::new();
         if needs_newline {
             buf.push('\n');
@@ -158,7 +168,8 @@ pub fn run(recipe: &ProbeRecipe, survey: &Survey, model: &Model, opts: &ProbeOpt
     if let Some(sh) = opts.shard {
         pairs = pairs.into_iter().enumerate().filter(|(i, _)| i % sh.count == sh.index).map(|(_, p)| p).collect();
     }
-    let prompts: Vec<Prompt> = pairs.iter().map(|(q, c)| prompt::build(&recipe.prompt, q, c, model)).collect::<Result<_>>()?;
+    let prompts: Vec<Prompt> =
+        pairs.iter().map(|(q, c)| prompt::build(&recipe.prompt, q, c, model)).collect::<Result<_>>()?;
     let mut cache = ScoreCache::open(&opts.cache_dir, &model.info.sha256)?;
     let keys: Vec<String> = prompts.iter().map(ScoreCache::key).collect();
     // Longest first: similar lengths share a batch (less padding), and the ETA starts pessimistic.
@@ -167,10 +178,18 @@ pub fn run(recipe: &ProbeRecipe, survey: &Survey, model: &Model, opts: &ProbeOpt
     todo.dedup_by_key(|i| keys[*i].clone());
     let bar = crate::progress::bar(todo.len() as u64, "scoring", opts.progress);
     if prompts.len() > todo.len() {
-        bar.println(format!("{} of {} prompts found in the scoring cache {}", prompts.len() - todo.len(), prompts.len(), cache.path.display()));
+        bar.println(format!(
+            "{} of {} prompts found in the scoring cache {}",
+            prompts.len() - todo.len(),
+            prompts.len(),
+            cache.path.display()
+        ));
     }
     for chunk in todo.chunks(opts.batch.max(1)) {
-        let reqs: Vec<ScoreRequest> = chunk.iter().map(|&i| ScoreRequest { prompt: prompts[i].text.clone(), labels: prompts[i].labels.clone() }).collect();
+        let reqs: Vec<ScoreRequest> = chunk
+            .iter()
+            .map(|&i| ScoreRequest { prompt: prompts[i].text.clone(), labels: prompts[i].labels.clone() })
+            .collect();
         let scores = model.score_batch(&reqs)?;
         cache.append(chunk.iter().map(|&i| keys[i].clone()).zip(scores).collect())?;
         bar.inc(chunk.len() as u64);

@@ -26,10 +26,7 @@ pub fn user_text(p: &PromptSection, q: &Question, country: &Country) -> String {
         .enumerate()
         .map(|(i, o)| p.option.replace("{label}", &(i + 1).to_string()).replace("{text}", &o.label))
         .collect();
-    p.user
-        .replace("{country}", &country.name)
-        .replace("{question}", &q.text)
-        .replace("{options}", &options.join("\n"))
+    p.user.replace("{country}", &country.name).replace("{question}", &q.text).replace("{options}", &options.join("\n"))
 }
 
 pub fn use_chat(p: &PromptSection, model: &Model) -> bool {

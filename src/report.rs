@@ -8,7 +8,10 @@ fn f(x: Option<f64>) -> String {
 
 fn group_table(out: &mut String, title: &str, rows: &[GroupResult]) {
     let _ = writeln!(out, "\n## {title}\n");
-    let _ = writeln!(out, "| {title} | countries | questions | mean r (raw) | mean r (normalised) | uniform baseline r (raw) |");
+    let _ = writeln!(
+        out,
+        "| {title} | countries | questions | mean r (raw) | mean r (normalised) | uniform baseline r (raw) |"
+    );
     let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
     for g in rows {
         let _ = writeln!(
@@ -62,7 +65,10 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(out, "| mean probability mass on option labels | {:.3} |", o.mean_mass);
 
     let _ = writeln!(out, "\n## Countries\n");
-    let _ = writeln!(out, "| country | name | continent | n | r (raw) | p | r (normalised) | p | uniform r (raw) | label mass |");
+    let _ = writeln!(
+        out,
+        "| country | name | continent | n | r (raw) | p | r (normalised) | p | uniform r (raw) | label mass |"
+    );
     let _ = writeln!(out, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for c in &r.countries {
         let (rr, rp) = c.raw.as_ref().map(|x| (Some(x.r), Some(x.p))).unwrap_or((None, None));

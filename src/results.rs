@@ -166,8 +166,11 @@ pub fn compute(samples: &[Sample], survey: &Survey, model: ModelInfo, recipe: &s
         let raw: Vec<f64> = cs.iter().filter_map(|c| c.raw.as_ref().map(|x| x.r)).collect();
         let norm: Vec<f64> = cs.iter().filter_map(|c| c.normalised.as_ref().map(|x| x.r)).collect();
         let uni: Vec<f64> = cs.iter().filter_map(|c| c.uniform_raw_r).collect();
-        let mut qs: Vec<&str> =
-            points.iter().filter(|p| cs.iter().any(|c| c.iso3 == p.s.country)).map(|p| p.s.question_id.as_str()).collect();
+        let mut qs: Vec<&str> = points
+            .iter()
+            .filter(|p| cs.iter().any(|c| c.iso3 == p.s.country))
+            .map(|p| p.s.question_id.as_str())
+            .collect();
         qs.sort();
         qs.dedup();
         continents.push(GroupResult {
@@ -234,7 +237,10 @@ fn group<'a, F: Fn(&Point<'a>) -> String>(points: &'a [Point<'a>], key: F) -> BT
     m
 }
 
-fn group_refs<'a, F: Fn(&Point<'a>) -> String>(points: &[&'a Point<'a>], key: F) -> BTreeMap<String, Vec<&'a Point<'a>>> {
+fn group_refs<'a, F: Fn(&Point<'a>) -> String>(
+    points: &[&'a Point<'a>],
+    key: F,
+) -> BTreeMap<String, Vec<&'a Point<'a>>> {
     let mut m: BTreeMap<String, Vec<&Point>> = BTreeMap::new();
     for p in points {
         m.entry(key(p)).or_default().push(*p);

@@ -37,7 +37,12 @@ pub trait Scorer {
 
 /// Token sequences continuing `prompt_ids` for each label: the label and " label", as the
 /// tokenizer would split prompt + label, de-duplicated.
-pub fn label_sequences(model: &Model, prompt: &str, prompt_ids: &[u32], labels: &[String]) -> Result<Vec<Vec<Vec<u32>>>> {
+pub fn label_sequences(
+    model: &Model,
+    prompt: &str,
+    prompt_ids: &[u32],
+    labels: &[String],
+) -> Result<Vec<Vec<Vec<u32>>>> {
     let mut out = Vec::with_capacity(labels.len());
     for label in labels {
         let mut seqs: Vec<Vec<u32>> = Vec::new();

@@ -142,12 +142,7 @@ pub fn question_sort_key(id: &str) -> (u32, String) {
 
 fn read_lines(path: &Path) -> Result<Vec<(usize, String)>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    Ok(text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| (i + 1, l.to_string()))
-        .collect())
+    Ok(text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).map(|(i, l)| (i + 1, l.to_string())).collect())
 }
 
 impl Survey {
@@ -214,9 +209,9 @@ impl Survey {
         let mut dist = vec![0.0; q.options.len()];
         for (code, p) in &raw.distribution {
             let code: i64 = code.parse().map_err(|_| format!("{}: option code {code:?} is not an integer", raw.qid))?;
-            let idx = q
-                .option_index(code)
-                .ok_or_else(|| format!("{} {}: option code {code} is not an option of the question", raw.qid, raw.country))?;
+            let idx = q.option_index(code).ok_or_else(|| {
+                format!("{} {}: option code {code} is not an option of the question", raw.qid, raw.country)
+            })?;
             if !(0.0..=1.0 + 1e-9).contains(p) {
                 return Err(format!("{} {}: proportion {p} for code {code} is outside [0, 1]", raw.qid, raw.country));
             }
@@ -237,10 +232,7 @@ impl Survey {
     }
 
     pub fn question(&self, id: &str) -> Result<&Question> {
-        self.question_index
-            .get(id)
-            .map(|&i| &self.questions[i])
-            .ok_or_else(|| Error::UnknownQuestion(id.to_string()))
+        self.question_index.get(id).map(|&i| &self.questions[i]).ok_or_else(|| Error::UnknownQuestion(id.to_string()))
     }
 
     pub fn country(&self, iso3: &str) -> Result<&Country> {

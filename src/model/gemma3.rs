@@ -73,7 +73,9 @@ impl Config {
             rms_norm_eps: g.opt_f32(&format!("{p}.attention.layer_norm_rms_epsilon")).unwrap_or(1e-6) as f64,
             rope_theta: g.opt_f32(&format!("{p}.rope.freq_base")).unwrap_or(1e6) as f64,
             rope_local_base_freq: g.opt_f32(&format!("{p}.rope.local_freq_base")).unwrap_or(1e4) as f64,
-            rope_scaling: g.opt_f32(&format!("{p}.rope.scaling.factor")).map(|f| RopeScaling { factor: Some(f as f64) }),
+            rope_scaling: g
+                .opt_f32(&format!("{p}.rope.scaling.factor"))
+                .map(|f| RopeScaling { factor: Some(f as f64) }),
             sliding_window: u("attention.sliding_window").unwrap_or(512),
             sliding_window_pattern: g.opt_u32(&format!("{p}.attention.sliding_window_pattern")).unwrap_or(6) as usize,
             layer_types: None,
@@ -134,7 +136,8 @@ impl Model {
                 lin("self_attn.v_proj", "attn_v")?,
                 lin("self_attn.o_proj", "attn_output")?,
             );
-            let (gate, up, down) = (lin("mlp.gate_proj", "ffn_gate")?, lin("mlp.up_proj", "ffn_up")?, lin("mlp.down_proj", "ffn_down")?);
+            let (gate, up, down) =
+                (lin("mlp.gate_proj", "ffn_gate")?, lin("mlp.up_proj", "ffn_up")?, lin("mlp.down_proj", "ffn_down")?);
             layers.push(Layer {
                 q,
                 k,
@@ -157,7 +160,12 @@ impl Model {
         if embed.dims2()? != (cfg.vocab_size, cfg.hidden_size) {
             return Err(Error::model(
                 w.path(),
-                format!("embedding shape {:?} does not match vocab {} x hidden {}", embed.shape(), cfg.vocab_size, cfg.hidden_size),
+                format!(
+                    "embedding shape {:?} does not match vocab {} x hidden {}",
+                    embed.shape(),
+                    cfg.vocab_size,
+                    cfg.hidden_size
+                ),
             ));
         }
         // Gemma ties the output projection to the embedding.
@@ -177,7 +185,8 @@ impl Model {
         let local_rope = batch.rope_tables(hd, c.rope_local_base_freq, 1.0, dev)?;
         let scale = 1.0 / c.query_pre_attn_scalar.unwrap_or(hd as f64).sqrt();
         let ids = batch.ids.flatten_all()?;
-        let mut x = (self.embed.index_select(&ids, 0)?.reshape((b, t, c.hidden_size))? * (c.hidden_size as f64).sqrt())?;
+        let mut x =
+            (self.embed.index_select(&ids, 0)?.reshape((b, t, c.hidden_size))? * (c.hidden_size as f64).sqrt())?;
         for l in &self.layers {
             let (mask, (cos, sin)) = if l.sliding { (&local_mask, &local_rope) } else { (&global_mask, &global_rope) };
             let h = l.input_norm.forward(&x)?;

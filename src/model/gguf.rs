@@ -94,11 +94,7 @@ impl GgufFile {
 
     pub fn f32s(&self, key: &str) -> Result<Vec<f32>> {
         let v = self.get(key).ok_or_else(|| self.missing(key))?;
-        v.to_vec()
-            .map_err(|e| self.bad(key, e))?
-            .iter()
-            .map(|x| x.to_f32().map_err(|e| self.bad(key, e)))
-            .collect()
+        v.to_vec().map_err(|e| self.bad(key, e))?.iter().map(|x| x.to_f32().map_err(|e| self.bad(key, e))).collect()
     }
 
     pub fn i32s(&self, key: &str) -> Result<Vec<i32>> {
@@ -106,7 +102,9 @@ impl GgufFile {
         v.to_vec()
             .map_err(|e| self.bad(key, e))?
             .iter()
-            .map(|x| to_u64(x).map(|u| u as i32).or_else(|| x.to_i32().ok()).ok_or_else(|| self.bad(key, "not an integer")))
+            .map(|x| {
+                to_u64(x).map(|u| u as i32).or_else(|| x.to_i32().ok()).ok_or_else(|| self.bad(key, "not an integer"))
+            })
             .collect()
     }
 

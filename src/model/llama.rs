@@ -109,11 +109,20 @@ impl Model {
         if embed.dims2()? != (cfg.vocab_size, cfg.hidden_size) {
             return Err(Error::model(
                 w.path(),
-                format!("embedding shape {:?} does not match vocab {} x hidden {}", embed.shape(), cfg.vocab_size, cfg.hidden_size),
+                format!(
+                    "embedding shape {:?} does not match vocab {} x hidden {}",
+                    embed.shape(),
+                    cfg.vocab_size,
+                    cfg.hidden_size
+                ),
             ));
         }
         let head_key = key("lm_head.weight", "output.weight");
-        let lm_head = Linear(if w.has(head_key) && !cfg.tie_word_embeddings { w.linear(head_key)? } else { w.linear(embed_key)? });
+        let lm_head = Linear(if w.has(head_key) && !cfg.tie_word_embeddings {
+            w.linear(head_key)?
+        } else {
+            w.linear(embed_key)?
+        });
         let rope_style = if w.is_gguf() { RopeStyle::Interleaved } else { RopeStyle::Halves };
         Ok(Self { norm: norm(w, "model.norm.weight", "output_norm.weight")?, cfg, embed, layers, lm_head, rope_style })
     }

@@ -118,7 +118,12 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Model> {
     let (arch, vocab) = {
         let llama_cfg = (arch_name == "llama").then(|| llama::Config::from_gguf(&g)).transpose()?;
         let gemma_cfg = (arch_name == "gemma3").then(|| gemma3::Config::from_gguf(&g)).transpose()?;
-        let mut w = Weights { source: Source::Gguf(g), device: opts.device.clone(), requantize_slow: opts.requantize_slow, dequantize: opts.dequantize };
+        let mut w = Weights {
+            source: Source::Gguf(g),
+            device: opts.device.clone(),
+            requantize_slow: opts.requantize_slow,
+            dequantize: opts.dequantize,
+        };
         match (llama_cfg, gemma_cfg) {
             (Some(c), _) => (Arch::Llama(llama::Model::load(c.clone(), &mut w)?), c.vocab_size),
             (_, Some(c)) => (Arch::Gemma3(gemma3::Model::load(c.clone(), &mut w)?), c.vocab_size),
@@ -181,7 +186,12 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Model> {
     let tc_path = dir.join("tokenizer_config.json");
     let tc: TokenizerConfig = if tc_path.exists() { read_json(&tc_path)? } else { TokenizerConfig::default() };
     let tok_path = dir.join("tokenizer.json");
-    let tok = Tok::from_json(&tok_path, token_string(&tc.bos_token), token_string(&tc.eos_token), tc.add_bos_token.unwrap_or(family == "gemma3"))?;
+    let tok = Tok::from_json(
+        &tok_path,
+        token_string(&tc.bos_token),
+        token_string(&tc.eos_token),
+        tc.add_bos_token.unwrap_or(family == "gemma3"),
+    )?;
     let chat = match &tc.chat_template {
         Some(serde_json::Value::String(s)) => Some(ChatTemplate::new(s.clone(), tc_path.display().to_string())?),
         Some(serde_json::Value::Array(list)) => list
@@ -215,14 +225,21 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Model> {
     // Safety: the files are memory-mapped read-only and not modified while the model lives.
     let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }
         .map_err(|e| Error::model(dir, format!("cannot read safetensors: {e}")))?;
-    let mut w = Weights { source: Source::Safetensors { path: dir.to_path_buf(), st }, device: opts.device.clone(), requantize_slow: false, dequantize: true };
+    let mut w = Weights {
+        source: Source::Safetensors { path: dir.to_path_buf(), st },
+        device: opts.device.clone(),
+        requantize_slow: false,
+        dequantize: true,
+    };
     let (arch, vocab) = match family {
         "llama" => {
-            let c: llama::Config = serde_json::from_value(raw).map_err(|e| Error::model(&cfg_path, format!("llama config: {e}")))?;
+            let c: llama::Config =
+                serde_json::from_value(raw).map_err(|e| Error::model(&cfg_path, format!("llama config: {e}")))?;
             (Arch::Llama(llama::Model::load(c.clone(), &mut w)?), c.vocab_size)
         }
         _ => {
-            let c: gemma3::Config = serde_json::from_value(raw).map_err(|e| Error::model(&cfg_path, format!("gemma3 config: {e}")))?;
+            let c: gemma3::Config =
+                serde_json::from_value(raw).map_err(|e| Error::model(&cfg_path, format!("gemma3 config: {e}")))?;
             (Arch::Gemma3(gemma3::Model::load(c.clone(), &mut w)?), c.vocab_size)
         }
     };

@@ -60,7 +60,8 @@ impl Tok {
     }
 
     pub fn from_json(path: &Path, bos: Option<String>, eos: Option<String>, add_bos: bool) -> Result<Self> {
-        let inner = Tokenizer::from_file(path).map_err(|e| Error::model(path, format!("cannot read tokenizer: {e}")))?;
+        let inner =
+            Tokenizer::from_file(path).map_err(|e| Error::model(path, format!("cannot read tokenizer: {e}")))?;
         let lookup = |t: Option<String>| t.and_then(|t| inner.token_to_id(&t).map(|id| (id, t)));
         let (bos, eos) = (lookup(bos), lookup(eos));
         Ok(Self { inner, bos, eos, add_bos, source: path.display().to_string() })
@@ -161,7 +162,8 @@ fn sentencepiece_bpe(g: &GgufFile, tokens: &[String], types: Option<&[i32]>) -> 
     if let Some(unk) = unk {
         builder = builder.unk_token(unk);
     }
-    let bpe = builder.build().map_err(|e| Error::model(&g.path, format!("cannot build SentencePiece-BPE tokenizer: {e}")))?;
+    let bpe =
+        builder.build().map_err(|e| Error::model(&g.path, format!("cannot build SentencePiece-BPE tokenizer: {e}")))?;
     let mut tk = Tokenizer::new(bpe);
     let add_prefix = g.opt_bool("tokenizer.ggml.add_space_prefix").unwrap_or(false);
     let space = Replace::new(" ", "▁").map_err(tok_err)?;

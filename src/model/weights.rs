@@ -54,7 +54,10 @@ impl Weights {
 
     fn missing(&self, k: Key) -> Error {
         let name = if self.is_gguf() { k.gguf } else { k.hf };
-        Error::model(self.path(), format!("tensor {name} not found: the file does not match the architecture it declares"))
+        Error::model(
+            self.path(),
+            format!("tensor {name} not found: the file does not match the architecture it declares"),
+        )
     }
 
     /// A weight for a linear layer `[out, in]`, kept quantized when the source is.
