@@ -5,6 +5,7 @@
 //! prompt per question and country persona) -> [`model`] (GGUF / Hugging Face models in candle)
 //! -> [`score`] (next-token probabilities of the option labels) -> [`probe`] (expected scores,
 //! cached and resumable) -> [`correlate`] (per-country Pearson r and aggregates) -> [`report`].
+pub mod bench;
 pub mod commands;
 pub mod correlate;
 pub mod error;

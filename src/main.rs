@@ -83,10 +83,57 @@ enum Cmd {
         #[arg(long)]
         f32: bool,
     },
+    /// Benchmarks against the Python reference stack, measured in the same run.
+    Bench {
+        #[command(subcommand)]
+        cmd: BenchCmd,
+    },
     /// Survey data commands.
     Survey {
         #[command(subcommand)]
         cmd: SurveyCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Probe throughput (prompts/s) and peak memory per model, beside transformers and llama.cpp.
+    Probe {
+        /// Models to measure (comma-separated).
+        #[arg(
+            long,
+            default_value = "checkpoints/SmolLM2-135M-Instruct.Q4_1.gguf,checkpoints/gemma-3-270m-q4_k_m.gguf"
+        )]
+        models: String,
+        #[arg(long, default_value_t = 40)]
+        n: usize,
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// mores weight modes to measure (comma-separated: stored, q8, f32).
+        #[arg(long, default_value = "f32,stored")]
+        weights: String,
+        /// Folder with the reference scripts (probe_bench.py); omitted: mores rows only.
+        #[arg(long, env = "MORES_PEERS")]
+        peers: Option<PathBuf>,
+        /// Python with torch, transformers, gguf and llama-cpp-python installed.
+        #[arg(long, env = "MORES_PEERS_PYTHON", default_value = "python3")]
+        python: String,
+        #[arg(long, default_value = "recipes/probe/wvs.toml")]
+        recipe: PathBuf,
+        #[arg(long, default_value = "runs/bench")]
+        work: PathBuf,
+    },
+    /// (internal) one measurement in a fresh process, printed as JSON.
+    #[command(hide = true)]
+    ProbeOne {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        prompts: PathBuf,
+        #[arg(long)]
+        batch: usize,
+        #[arg(long)]
+        weights: String,
     },
 }
 
@@ -149,6 +196,26 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
             let req = mores::score::ScoreRequest { prompt: text, labels: list(&labels) };
             let s = mores::score::Scorer::score_batch(&m, &[req])?;
             println!("{}", serde_json::to_string_pretty(&s[0])?);
+        }
+        Cmd::Bench { cmd: BenchCmd::Probe { models, n, batch, weights, peers, python, recipe, work } } => {
+            let weights =
+                list(&weights).iter().map(|w| w.parse()).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg)?;
+            let args = mores::bench::BenchArgs {
+                models: list(&models).into_iter().map(PathBuf::from).collect(),
+                n,
+                batch,
+                threads,
+                weights,
+                peers,
+                python,
+                recipe,
+                work,
+            };
+            print!("{}", mores::bench::probe_bench(&args)?);
+        }
+        Cmd::Bench { cmd: BenchCmd::ProbeOne { model, prompts, batch, weights } } => {
+            let w = weights.parse().map_err(anyhow::Error::msg)?;
+            println!("{}", serde_json::to_string(&mores::bench::measure_one(&model, &prompts, batch, w)?)?);
         }
         Cmd::Survey { cmd: SurveyCmd::Stats { data } } => {
             print!("{}", mores::survey::Survey::load(&data)?.stats_table());

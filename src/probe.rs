@@ -79,7 +79,8 @@ pub fn select_pairs<'a>(
     let mut pairs = Vec::new();
     for c in countries {
         for q in survey.questions_for(&c.iso3) {
-            let wanted = questions.as_ref().map(|qs| qs.iter().any(|x| x.id == q.id)).unwrap_or(true)
+            let wanted = q.probeable()
+                && questions.as_ref().map(|qs| qs.iter().any(|x| x.id == q.id)).unwrap_or(true)
                 && (s.categories.is_empty() || s.categories.contains(&q.category));
             if wanted {
                 pairs.push((q, c));
@@ -178,12 +179,12 @@ pub fn run(recipe: &ProbeRecipe, survey: &Survey, model: &Model, opts: &ProbeOpt
     todo.dedup_by_key(|i| keys[*i].clone());
     let bar = crate::progress::bar(todo.len() as u64, "scoring", opts.progress);
     if prompts.len() > todo.len() {
-        bar.println(format!(
+        eprintln!(
             "{} of {} prompts found in the scoring cache {}",
             prompts.len() - todo.len(),
             prompts.len(),
             cache.path.display()
-        ));
+        );
     }
     for chunk in todo.chunks(opts.batch.max(1)) {
         let reqs: Vec<ScoreRequest> = chunk

@@ -45,6 +45,11 @@ impl Question {
         (hi > lo).then_some((lo, hi))
     }
 
+    /// Whether the question can be asked as one multiple-choice prompt (not a 969-party list).
+    pub fn probeable(&self) -> bool {
+        self.options.len() <= MAX_SCALE_OPTIONS
+    }
+
     /// Whether the question takes part in mean-based correlation.
     pub fn is_scored(&self) -> bool {
         self.score_range().is_some()

@@ -1,1 +1,18 @@
-
+//! The one integration-test binary.
+//!
+//! - `common`: paths to the fetched models, the CLI runner, tiny random-weight model builders
+//! - `survey`: shipped data loads; malformed data is rejected with the file and line
+//! - `correlate`: statistics against hand-checked values
+//! - `tokenizer`: GGUF tokenizers against transformers' ids; round trips
+//! - `reference`: option distributions against a stored transformers reference
+//! - `batch`: batched scoring equals one-at-a-time scoring
+//! - `cli`: bad input gives one clear line and a non-zero exit, never a panic
+//! - `probe`: end to end on the real SmolLM2: outputs, resume from cache, shards merge
+mod batch;
+mod cli;
+mod common;
+mod correlate;
+mod probe;
+mod reference;
+mod survey;
+mod tokenizer;
