@@ -77,7 +77,20 @@ pub struct Linear(pub QMatMul);
 
 impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.0.forward(x)?)
+        match &self.0 {
+            // One [rows * len, in] x [in, out] product instead of candle's per-row broadcast
+            // matmul: a single large GEMM parallelises far better on CPU.
+            QMatMul::Tensor(w) => {
+                let dims = x.dims().to_vec();
+                let (last, lead) = dims.split_last().expect("at least one dim");
+                let n: usize = lead.iter().product();
+                let y = x.reshape((n, *last))?.matmul(&w.t()?)?;
+                let mut out = lead.to_vec();
+                out.push(w.dim(0)?);
+                Ok(y.reshape(out)?)
+            }
+            q => Ok(q.forward(x)?),
+        }
     }
 }
 
