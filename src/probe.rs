@@ -173,9 +173,12 @@ pub fn run(recipe: &ProbeRecipe, survey: &Survey, model: &Model, opts: &ProbeOpt
         pairs.iter().map(|(q, c)| prompt::build(&recipe.prompt, q, c, model)).collect::<Result<_>>()?;
     let mut cache = ScoreCache::open(&opts.cache_dir, &model.info.sha256)?;
     let keys: Vec<String> = prompts.iter().map(ScoreCache::key).collect();
-    // Longest first: similar lengths share a batch (less padding), and the ETA starts pessimistic.
+    // One country at a time (its prompts share the persona prefix, computed once per batch),
+    // longest first within it (similar lengths share a batch: less padding).
     let mut todo: Vec<usize> = (0..prompts.len()).filter(|&i| cache.get(&keys[i]).is_none()).collect();
-    todo.sort_by_key(|&i| std::cmp::Reverse(prompts[i].text.len()));
+    todo.sort_by(|&a, &b| {
+        prompts[a].country.cmp(&prompts[b].country).then(prompts[b].text.len().cmp(&prompts[a].text.len()))
+    });
     todo.dedup_by_key(|i| keys[*i].clone());
     let bar = crate::progress::bar(todo.len() as u64, "scoring", opts.progress);
     if prompts.len() > todo.len() {

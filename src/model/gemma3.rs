@@ -4,7 +4,7 @@
 //! scaled by sqrt(hidden), and local sliding-window layers with their own RoPE base.
 //! GGUF norm weights already include Gemma's "+1"; Hugging Face checkpoints store w and need 1 + w.
 use super::gguf::GgufFile;
-use super::layers::{attention, gather, rope, Batch, Linear, RmsNorm, RopeStyle};
+use super::layers::{attention, gather, rope, Batch, Kv, Linear, RmsNorm, RopeStyle};
 use super::weights::{key, Weights};
 use crate::error::{Error, Result};
 use candle_core::Tensor;
@@ -87,7 +87,7 @@ impl Config {
     fn is_sliding(&self, layer: usize) -> bool {
         match &self.layer_types {
             Some(t) => t.get(layer).map(|s| s == "sliding_attention").unwrap_or(false),
-            None => (layer + 1) % self.sliding_window_pattern != 0,
+            None => !(layer + 1).is_multiple_of(self.sliding_window_pattern),
         }
     }
 }
@@ -173,7 +173,15 @@ impl Model {
         Ok(Self { norm: norm(w, "model.norm.weight", "output_norm.weight")?, cfg, embed, layers, lm_head })
     }
 
-    pub fn forward_read(&self, batch: &Batch, read: &Tensor) -> Result<Tensor> {
+    /// Run `batch` after the shared `prefix`. Returns logits [n, vocab] at the flat positions
+    /// `read` (if given) and, when `record`, the batch's own keys and values per layer.
+    pub fn forward(
+        &self,
+        batch: &Batch,
+        prefix: &Kv,
+        read: Option<&Tensor>,
+        record: bool,
+    ) -> Result<(Option<Tensor>, Kv)> {
         let dev = batch.ids.device();
         let c = &self.cfg;
         let (b, t) = (batch.rows, batch.len);
@@ -187,7 +195,8 @@ impl Model {
         let ids = batch.ids.flatten_all()?;
         let mut x =
             (self.embed.index_select(&ids, 0)?.reshape((b, t, c.hidden_size))? * (c.hidden_size as f64).sqrt())?;
-        for l in &self.layers {
+        let mut kv = Kv { len: t, ..Kv::new() };
+        for (li, l) in self.layers.iter().enumerate() {
             let (mask, (cos, sin)) = if l.sliding { (&local_mask, &local_rope) } else { (&global_mask, &global_rope) };
             let h = l.input_norm.forward(&x)?;
             let q = l.q.forward(&h)?.reshape((b, t, nh, hd))?.transpose(1, 2)?;
@@ -195,13 +204,21 @@ impl Model {
             let v = l.v.forward(&h)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
             let q = rope(&l.q_norm.forward(&q)?, cos, sin, RopeStyle::Halves)?;
             let k = rope(&l.k_norm.forward(&k)?, cos, sin, RopeStyle::Halves)?;
+            if record {
+                kv.k.push(k.clone());
+                kv.v.push(v.clone());
+            }
+            let (k, v) = prefix.extend(li, k, v)?;
             let a = attention(&q, &k, &v, mask, scale)?;
             x = (x + l.post_attn_norm.forward(&l.o.forward(&a)?)?)?;
             let h = l.pre_ffn_norm.forward(&x)?;
             let m = (l.gate.forward(&h)?.gelu()? * l.up.forward(&h)?)?;
             x = (x + l.post_ffn_norm.forward(&l.down.forward(&m)?)?)?;
         }
-        let x = gather(&x, read)?;
-        self.lm_head.forward(&self.norm.forward(&x)?)
+        let logits = match read {
+            Some(read) => Some(self.lm_head.forward(&self.norm.forward(&gather(&x, read)?)?)?),
+            None => None,
+        };
+        Ok((logits, kv))
     }
 }

@@ -50,7 +50,7 @@ impl GgufFile {
 
     pub fn string(&self, key: &str) -> Result<String> {
         match self.get(key) {
-            Some(v) => v.to_string().map(|s| s.clone()).map_err(|e| self.bad(key, e)),
+            Some(v) => v.to_string().cloned().map_err(|e| self.bad(key, e)),
             None => Err(self.missing(key)),
         }
     }

@@ -11,11 +11,51 @@ pub struct Batch {
     pub pad: Vec<usize>,
     pub rows: usize,
     pub len: usize,
+    /// Tokens of a shared prefix whose keys and values are already computed (see [`Kv`]).
+    pub offset: usize,
     positions: Vec<u32>,
+}
+
+/// Keys and values per layer for a prefix shared by every row ([1, kv_heads, len, head_dim]).
+pub struct Kv {
+    pub k: Vec<Tensor>,
+    pub v: Vec<Tensor>,
+    pub len: usize,
+}
+
+impl Kv {
+    pub fn new() -> Self {
+        Kv { k: Vec::new(), v: Vec::new(), len: 0 }
+    }
+
+    /// Prepend layer `i`'s prefix keys/values (if any) to a batch's own.
+    pub fn extend(&self, i: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        if self.len == 0 {
+            return Ok((k, v));
+        }
+        let b = k.dim(0)?;
+        let pk = self.k[i].broadcast_left(b)?.squeeze(1)?;
+        let pv = self.v[i].broadcast_left(b)?.squeeze(1)?;
+        Ok((
+            Tensor::cat(&[&pk.contiguous()?, &k.contiguous()?], 2)?,
+            Tensor::cat(&[&pv.contiguous()?, &v.contiguous()?], 2)?,
+        ))
+    }
+}
+
+impl Default for Kv {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Batch {
     pub fn new(rows: &[Vec<u32>], device: &Device) -> Result<Self> {
+        Self::after_prefix(rows, 0, device)
+    }
+
+    /// Rows that continue a shared prefix of `offset` tokens: positions start at `offset`.
+    pub fn after_prefix(rows: &[Vec<u32>], offset: usize, device: &Device) -> Result<Self> {
         let len = rows.iter().map(|r| r.len()).max().unwrap_or(0);
         let mut ids = Vec::with_capacity(rows.len() * len);
         let mut positions = Vec::with_capacity(rows.len() * len);
@@ -26,10 +66,10 @@ impl Batch {
             ids.extend(std::iter::repeat_n(0u32, p));
             ids.extend_from_slice(r);
             positions.extend(std::iter::repeat_n(0u32, p));
-            positions.extend(0..r.len() as u32);
+            positions.extend(offset as u32..(offset + r.len()) as u32);
         }
         let ids = Tensor::from_vec(ids, (rows.len(), len), device)?;
-        Ok(Self { ids, pad, rows: rows.len(), len, positions })
+        Ok(Self { ids, pad, rows: rows.len(), len, offset, positions })
     }
 
     /// Flat index (row * len + column) of token `pos` of `row` (unpadded position).
@@ -37,26 +77,35 @@ impl Batch {
         (row * self.len + self.pad[row] + pos) as u32
     }
 
-    /// Additive attention mask [rows, 1, len, len]: 0 where query i may see key j, -inf elsewhere.
+    /// Additive attention mask [rows, 1, len, offset + len]: 0 where query i may see key j,
+    /// -inf elsewhere. Keys are the shared prefix, then the row's own tokens.
     /// `window`: keys at most `window - 1` positions back (Gemma's sliding-window layers).
     pub fn mask(&self, window: Option<usize>, device: &Device) -> Result<Tensor> {
-        let (b, t) = (self.rows, self.len);
-        let mut m = vec![f32::NEG_INFINITY; b * t * t];
+        let (b, t, o) = (self.rows, self.len, self.offset);
+        let cols = o + t;
+        let mut m = vec![f32::NEG_INFINITY; b * t * cols];
         for (r, &p) in self.pad.iter().enumerate() {
             for i in 0..t {
-                let row = &mut m[(r * t + i) * t..(r * t + i + 1) * t];
+                let row = &mut m[(r * t + i) * cols..(r * t + i + 1) * cols];
                 if i < p {
-                    row[i] = 0.0; // padding query: attend to itself only, never read
+                    row[o + i] = 0.0; // padding query: attend to itself only, never read
                     continue;
                 }
-                let lo = match window {
-                    Some(w) => (i + 1).saturating_sub(w).max(p),
-                    None => p,
-                };
-                row[lo..=i].iter_mut().for_each(|x| *x = 0.0);
+                let q = o + i - p; // absolute position of this query
+                let visible = |abs_k: usize| window.is_none_or(|w| q - abs_k < w);
+                for (j, x) in row[..o].iter_mut().enumerate() {
+                    if visible(j) {
+                        *x = 0.0;
+                    }
+                }
+                for j in p..=i {
+                    if visible(o + j - p) {
+                        row[o + j] = 0.0;
+                    }
+                }
             }
         }
-        Ok(Tensor::from_vec(m, (b, 1, t, t), device)?)
+        Ok(Tensor::from_vec(m, (b, 1, t, cols), device)?)
     }
 
     /// cos and sin tables [rows, len, dim/2] at every token's own position.
@@ -122,8 +171,8 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, style: RopeStyle) -> Result<
     })
 }
 
-/// Scaled dot-product attention with grouped KV heads. q: [b, h, t, d], k/v: [b, kv, t, d],
-/// mask: [b, 1, t, t]. Returns [b, t, h * d].
+/// Scaled dot-product attention with grouped KV heads. q: [b, h, t, d], k/v: [b, kv, s, d],
+/// mask: [b, 1, t, s]. Returns [b, t, h * d].
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
     let (b, h, t, d) = q.dims4()?;
     let kv = k.dim(1)?;

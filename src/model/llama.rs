@@ -1,7 +1,7 @@
 //! Llama-family decoder (SmolLM2, Llama 2/3, TinyLlama): RMSNorm, rotary attention with grouped KV
 //! heads, SwiGLU MLP. Built from GGUF (`llama.*` metadata) or a Hugging Face folder (config.json).
 use super::gguf::GgufFile;
-use super::layers::{attention, gather, rope, Batch, Linear, RmsNorm, RopeStyle};
+use super::layers::{attention, gather, rope, Batch, Kv, Linear, RmsNorm, RopeStyle};
 use super::weights::{key, Weights};
 use crate::error::{Error, Result};
 use candle_core::Tensor;
@@ -127,8 +127,15 @@ impl Model {
         Ok(Self { norm: norm(w, "model.norm.weight", "output_norm.weight")?, cfg, embed, layers, lm_head, rope_style })
     }
 
-    /// Logits [n, vocab] at the flat positions `read` of a padded batch.
-    pub fn forward_read(&self, batch: &Batch, read: &Tensor) -> Result<Tensor> {
+    /// Run `batch` after the shared `prefix`. Returns logits [n, vocab] at the flat positions
+    /// `read` (if given) and, when `record`, the batch's own keys and values per layer.
+    pub fn forward(
+        &self,
+        batch: &Batch,
+        prefix: &Kv,
+        read: Option<&Tensor>,
+        record: bool,
+    ) -> Result<(Option<Tensor>, Kv)> {
         let dev = batch.ids.device();
         let (b, t) = (batch.rows, batch.len);
         let (hd, nh, nkv) = (self.cfg.head_dim(), self.cfg.num_attention_heads, self.cfg.kv_heads());
@@ -136,20 +143,29 @@ impl Model {
         let (cos, sin) = batch.rope_tables(hd, self.cfg.rope_theta, 1.0, dev)?;
         let mut x = self.embed.index_select(&batch.ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?;
         let scale = 1.0 / (hd as f64).sqrt();
-        for l in &self.layers {
+        let mut kv = Kv { len: t, ..Kv::new() };
+        for (li, l) in self.layers.iter().enumerate() {
             let h = l.input_norm.forward(&x)?;
             let q = l.q.forward(&h)?.reshape((b, t, nh, hd))?.transpose(1, 2)?;
             let k = l.k.forward(&h)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
             let v = l.v.forward(&h)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
             let q = rope(&q, &cos, &sin, self.rope_style)?;
             let k = rope(&k, &cos, &sin, self.rope_style)?;
+            if record {
+                kv.k.push(k.clone());
+                kv.v.push(v.clone());
+            }
+            let (k, v) = prefix.extend(li, k, v)?;
             let a = attention(&q, &k, &v, &mask, scale)?;
             x = (x + l.o.forward(&a)?)?;
             let h = l.post_norm.forward(&x)?;
             let m = (candle_nn::ops::silu(&l.gate.forward(&h)?)? * l.up.forward(&h)?)?;
             x = (x + l.down.forward(&m)?)?;
         }
-        let x = gather(&x, read)?;
-        self.lm_head.forward(&self.norm.forward(&x)?)
+        let logits = match read {
+            Some(read) => Some(self.lm_head.forward(&self.norm.forward(&gather(&x, read)?)?)?),
+            None => None,
+        };
+        Ok((logits, kv))
     }
 }

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use candle_core::{Device, Tensor};
 use chat::ChatTemplate;
 use gguf::GgufFile;
-use layers::Batch;
+use layers::{Batch, Kv};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tokenizer::Tok;
@@ -57,6 +57,8 @@ pub struct Model {
     pub chat: Option<ChatTemplate>,
     pub info: ModelInfo,
     pub device: Device,
+    /// All weights dense (f32): safe to share prefix computation across rows.
+    pub dense: bool,
 }
 
 impl Model {
@@ -71,15 +73,31 @@ impl Model {
         }
     }
 
-    /// Logits [n, vocab] (f32) at `read` = (row, position) pairs of the given token rows.
-    pub fn logits_at(&self, rows: &[Vec<u32>], read: &[(usize, usize)]) -> Result<Tensor> {
-        let batch = Batch::new(rows, &self.device)?;
-        let idx: Vec<u32> = read.iter().map(|&(r, p)| batch.flat_index(r, p)).collect();
-        let idx = Tensor::from_vec(idx, read.len(), &self.device)?;
+    fn forward(&self, batch: &Batch, prefix: &Kv, read: Option<&Tensor>, record: bool) -> Result<(Option<Tensor>, Kv)> {
         match &self.arch {
-            Arch::Llama(m) => m.forward_read(&batch, &idx),
-            Arch::Gemma3(m) => m.forward_read(&batch, &idx),
+            Arch::Llama(m) => m.forward(batch, prefix, read, record),
+            Arch::Gemma3(m) => m.forward(batch, prefix, read, record),
         }
+    }
+
+    /// Logits [n, vocab] (f32) at `read` = (row, position) pairs of the given token rows.
+    ///
+    /// With dense weights, the tokens every row starts with (a chat template's system prompt, a
+    /// persona line) are run once and their keys and values shared by all rows. Quantized
+    /// kernels are left on whole rows: their results depend on how rows are grouped.
+    pub fn logits_at(&self, rows: &[Vec<u32>], read: &[(usize, usize)]) -> Result<Tensor> {
+        let shared = if self.dense { shared_prefix(rows, read) } else { 0 };
+        let prefix = if shared > 0 {
+            let b = Batch::new(&[rows[0][..shared].to_vec()], &self.device)?;
+            self.forward(&b, &Kv::new(), None, true)?.1
+        } else {
+            Kv::new()
+        };
+        let rest: Vec<Vec<u32>> = rows.iter().map(|r| r[shared..].to_vec()).collect();
+        let batch = Batch::after_prefix(&rest, shared, &self.device)?;
+        let idx: Vec<u32> = read.iter().map(|&(r, p)| batch.flat_index(r, p - shared)).collect();
+        let idx = Tensor::from_vec(idx, read.len(), &self.device)?;
+        Ok(self.forward(&batch, &prefix, Some(&idx), false)?.0.expect("read positions given"))
     }
 
     pub fn is_chat(&self) -> bool {
@@ -93,6 +111,16 @@ impl Model {
         let eos = self.tok.eos.as_ref().map(|b| b.1.as_str()).unwrap_or("");
         tmpl.render(&[chat::Message { role: "user".into(), content: user.into() }], bos, eos, true)
     }
+}
+
+/// Length of the token prefix common to all rows, leaving every read position after it.
+fn shared_prefix(rows: &[Vec<u32>], read: &[(usize, usize)]) -> usize {
+    let Some(first) = rows.first() else { return 0 };
+    let mut n = rows.iter().map(|r| first.iter().zip(r).take_while(|(a, b)| a == b).count()).min().unwrap_or(0);
+    if let Some(min_read) = read.iter().map(|&(_, p)| p).min() {
+        n = n.min(min_read);
+    }
+    n
 }
 
 pub fn sha256_file(path: &Path) -> Result<String> {
@@ -140,7 +168,7 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Model> {
         chat_template: chat.as_ref().map(|c| c.source.clone()),
         vocab_size: vocab,
     };
-    Ok(Model { arch, tok, chat, info, device: opts.device.clone() })
+    Ok(Model { arch, tok, chat, info, device: opts.device.clone(), dense: opts.dequantize })
 }
 
 #[derive(Deserialize, Default)]
@@ -260,5 +288,5 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Model> {
         chat_template: chat.as_ref().map(|c| c.source.clone()),
         vocab_size: vocab,
     };
-    Ok(Model { arch, tok, chat, info, device: opts.device.clone() })
+    Ok(Model { arch, tok, chat, info, device: opts.device.clone(), dense: true })
 }
