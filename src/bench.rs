@@ -122,7 +122,7 @@ fn run_peer(
     if !o.status.success() {
         let err = String::from_utf8_lossy(&o.stderr);
         let last = err.lines().last().unwrap_or("");
-        return Err(Error::Invalid(format!("peer {backend} failed: {last}")));
+        return Err(Error::Invalid(format!("peer {backend} failed ({}): {last}", o.status)));
     }
     #[derive(Deserialize)]
     struct PeerOut {
