@@ -119,7 +119,15 @@ impl ScoreCache {
     }
 
     pub fn key(prompt: &Prompt) -> String {
-        sha256_hex(format!("{}\u{1f}{}", prompt.text, prompt.labels.join("\u{1f}")).as_bytes())
+        let mut key = format!("{}\u{1f}{}", prompt.text, prompt.labels.join("\u{1f}"));
+        // Scores of prompts whose labels prefix each other ("1", "10") changed when such labels
+        // stopped double counting; their old cache entries must not be reused.
+        let nested =
+            prompt.labels.iter().any(|a| prompt.labels.iter().any(|b| b.len() > a.len() && b.starts_with(a.as_str())));
+        if nested {
+            key.push_str("\u{1f}exclusive-prefix");
+        }
+        sha256_hex(key.as_bytes())
     }
 
     pub fn get(&self, key: &str) -> Option<&OptionScores> {

@@ -1,5 +1,7 @@
 //! Option-label scoring: the probability a model gives to each answer label right after a prompt.
 //!
+//! Where one label's tokens begin another's ("1" and "10"), the shorter label's probability
+//! excludes the continuations that spell the longer one, so the labels' mass never exceeds 1.
 //! A label may be reached by several token sequences ("1" and " 1"; "10" is two tokens), so each
 //! label's probability is the sum over its distinct sequences of the product of conditional
 //! token probabilities. Every prefix that needs a distribution is read from one batched forward
@@ -114,14 +116,21 @@ impl Scorer for Model {
         let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?.to_vec2::<f32>()?;
         let mut out = Vec::with_capacity(plans.len());
         for (plan, map) in plans.iter().zip(&where_read) {
+            let seq_p = |s: &Vec<u32>| -> f64 {
+                (0..s.len()).map(|i| logp[map[&s[..i].to_vec()]][s[i] as usize] as f64).sum::<f64>().exp()
+            };
+            let all: Vec<&Vec<u32>> = plan.seqs.iter().flatten().collect();
             let raw: Vec<f64> = plan
                 .seqs
                 .iter()
                 .map(|seqs| {
                     seqs.iter()
                         .map(|s| {
-                            let lp: f64 = (0..s.len()).map(|i| logp[map[&s[..i].to_vec()]][s[i] as usize] as f64).sum();
-                            lp.exp()
+                            // "1" followed by "0" is the answer "10", not "1": a label's sequence
+                            // only counts when no other label's sequence continues it.
+                            let longer: f64 =
+                                all.iter().filter(|t| t.len() > s.len() && t.starts_with(s)).map(|t| seq_p(t)).sum();
+                            (seq_p(s) - longer).max(0.0)
                         })
                         .sum()
                 })

@@ -64,3 +64,25 @@ fn multi_token_label_is_scored_as_a_sequence() {
     assert_eq!(seqs[0][0].len(), 2);
     assert_eq!(seqs[0][1].len(), 3);
 }
+
+#[test]
+fn label_one_does_not_count_the_answer_ten() {
+    // Regression: with labels 1..10, P("1") also covered "1" followed by "0" (the answer 10), so
+    // the labels' mass could exceed 1 (1.021 on SmolLM2 over the main job). Label 1 must get
+    // exactly P(1) - P(10) of the mass label "1" alone gets.
+    let dir = tempfile::tempdir().unwrap();
+    let m = Model::load(&tiny_model(dir.path(), "llama", 4), &LoadOptions::default()).unwrap();
+    let prompt = "Rate 1 to 10.\nAnswer: ".to_string();
+    let alone = m.score_batch(&[ScoreRequest { prompt: prompt.clone(), labels: vec!["1".into()] }]).unwrap().remove(0);
+    let ten =
+        m.score_batch(&[ScoreRequest { prompt, labels: (1..=10).map(|i| i.to_string()).collect() }]).unwrap().remove(0);
+    assert!(ten.raw[9] > 0.0);
+    assert!(
+        (ten.raw[0] + ten.raw[9] - alone.raw[0]).abs() < 1e-9,
+        "{} + {} vs {}",
+        ten.raw[0],
+        ten.raw[9],
+        alone.raw[0]
+    );
+    assert!(ten.mass <= 1.0 + 1e-9);
+}
