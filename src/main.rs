@@ -226,7 +226,7 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
 
 fn print_summary(r: &mores::results::Results, out: &std::path::Path) {
     let o = &r.overall;
-    let f = |x: Option<f64>| x.map(|v| format!("{v:.3}")).unwrap_or_else(|| "–".into());
+    let f = mores::report::f;
     println!(
         "{}: {} prompts, {} countries, label mass {:.3}; mean r raw {} (uniform baseline {}), normalised {}, cross-country {}",
         r.model.name,

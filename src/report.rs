@@ -2,7 +2,8 @@
 use crate::results::{GroupResult, Results};
 use std::fmt::Write;
 
-fn f(x: Option<f64>) -> String {
+/// A correlation or mean to 3 decimals, or "–" when undefined.
+pub fn f(x: Option<f64>) -> String {
     x.map(|v| format!("{v:.3}")).unwrap_or_else(|| "–".into())
 }
 

@@ -128,7 +128,7 @@ pub fn compute(samples: &[Sample], survey: &Survey, model: ModelInfo, recipe: &s
         });
     }
     let group_result = |name: String, ps: &[&Point]| -> GroupResult {
-        let per_country = group_refs(ps, |p| p.s.country.clone());
+        let per_country = group(ps.iter().copied(), |p| p.s.country.clone());
         let (mut raw, mut norm, mut uni) = (vec![], vec![], vec![]);
         for cps in per_country.values() {
             let (r, n, u) = corr_set(cps);
@@ -229,21 +229,13 @@ pub fn compute(samples: &[Sample], survey: &Survey, model: ModelInfo, recipe: &s
     }
 }
 
-fn group<'a, F: Fn(&Point<'a>) -> String>(points: &'a [Point<'a>], key: F) -> BTreeMap<String, Vec<&'a Point<'a>>> {
+fn group<'a, 'b: 'a>(
+    points: impl IntoIterator<Item = &'a Point<'b>>,
+    key: impl Fn(&Point<'b>) -> String,
+) -> BTreeMap<String, Vec<&'a Point<'b>>> {
     let mut m: BTreeMap<String, Vec<&Point>> = BTreeMap::new();
     for p in points {
         m.entry(key(p)).or_default().push(p);
-    }
-    m
-}
-
-fn group_refs<'a, F: Fn(&Point<'a>) -> String>(
-    points: &[&'a Point<'a>],
-    key: F,
-) -> BTreeMap<String, Vec<&'a Point<'a>>> {
-    let mut m: BTreeMap<String, Vec<&Point>> = BTreeMap::new();
-    for p in points {
-        m.entry(key(p)).or_default().push(*p);
     }
     m
 }
