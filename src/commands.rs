@@ -21,6 +21,7 @@ pub struct ProbeArgs {
     pub out: PathBuf,
     pub cache: Option<PathBuf>,
     pub weights: Option<WeightMode>,
+    pub adapter: Option<PathBuf>,
     pub progress: bool,
 }
 
@@ -68,7 +69,11 @@ pub fn probe(a: &ProbeArgs) -> Result<Results> {
         msg: "no model: set [model] path or pass --model".into(),
     })?;
     let opts = load_options(recipe.model.weights);
-    let model = Model::load(&model_path, &opts)?;
+    let mut model = Model::load(&model_path, &opts)?;
+    if let Some(dir) = &a.adapter {
+        let ad = crate::adapter::Adapter::load(&mut model, dir)?;
+        eprintln!("adapter {} (rank {}, {} modules)", dir.display(), ad.spec.rank, ad.params.len());
+    }
     eprintln!(
         "model {} ({}, {}), tokenizer: {}",
         model.info.name, model.info.architecture, model.info.format, model.tok.source

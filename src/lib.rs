@@ -5,13 +5,17 @@
 //! prompt per question and country persona) -> [`model`] (GGUF / Hugging Face models in candle)
 //! -> [`score`] (next-token probabilities of the option labels) -> [`probe`] (expected scores,
 //! cached and resumable) -> [`correlate`] (per-country Pearson r and aggregates) -> [`report`].
+pub mod adapter;
 pub mod bench;
 pub mod commands;
 pub mod correlate;
+pub mod dataset;
 pub mod error;
+pub mod export;
 pub mod io;
 pub mod manifest;
 pub mod model;
+pub mod plot;
 pub mod probe;
 pub mod progress;
 pub mod prompt;
@@ -20,3 +24,4 @@ pub mod report;
 pub mod results;
 pub mod score;
 pub mod survey;
+pub mod train;

@@ -56,8 +56,39 @@ enum Cmd {
         /// Scoring cache folder (default OUT/cache).
         #[arg(long)]
         cache: Option<PathBuf>,
+        /// LoRA adapter folder (PEFT format, e.g. a `mores train` output).
+        #[arg(long)]
+        adapter: Option<PathBuf>,
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Fine-tune a LoRA adapter on a synthetic dataset.
+    Train {
+        #[arg(long, default_value = "recipes/distill/default.toml")]
+        recipe: PathBuf,
+        /// Dataset (JSONL records, see `mores generate`).
+        #[arg(long)]
+        data: PathBuf,
+        /// Output folder: adapter (PEFT format), checkpoint, loss.jsonl, loss.svg, manifest.json.
+        #[arg(long)]
+        out: PathBuf,
+        /// Continue the checkpoint in OUT.
+        #[arg(long)]
+        resume: bool,
+        /// Student model (overrides the recipe's [student] path).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Total optimizer steps (overrides the recipe).
+        #[arg(long)]
+        max_steps: Option<usize>,
+        /// Checkpoint and stop after N steps of this invocation; continue later with --resume.
+        #[arg(long)]
+        stop_after: Option<usize>,
+    },
+    /// LoRA adapter tools.
+    Adapter {
+        #[command(subcommand)]
+        cmd: AdapterCmd,
     },
     /// Join the output folders of sharded probe runs.
     Merge {
@@ -82,6 +113,9 @@ enum Cmd {
         /// Run the model dequantized to f32.
         #[arg(long)]
         f32: bool,
+        /// LoRA adapter folder.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
     },
     /// Benchmarks against the Python reference stack, measured in the same run.
     Bench {
@@ -138,6 +172,20 @@ enum BenchCmd {
 }
 
 #[derive(Subcommand)]
+enum AdapterCmd {
+    /// Fold an adapter into its base model and write a Hugging Face folder (config.json,
+    /// model.safetensors, tokenizer.json) that needs no LoRA at inference.
+    Merge {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        adapter: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum SurveyCmd {
     /// Coverage per country and category.
     Stats {
@@ -166,7 +214,7 @@ fn slurm_shard() -> Option<Shard> {
 
 fn run(cli: Cli, threads: usize) -> Result<()> {
     match cli.cmd {
-        Cmd::Probe { recipe, model, countries, questions, limit, batch, shard, weights, cache, out } => {
+        Cmd::Probe { recipe, model, countries, questions, limit, batch, shard, weights, cache, adapter, out } => {
             let args = ProbeArgs {
                 recipe,
                 model,
@@ -178,6 +226,7 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
                 shard: shard.or_else(slurm_shard),
                 out: out.clone(),
                 cache,
+                adapter,
                 weights: weights.map(|w| w.parse()).transpose().map_err(anyhow::Error::msg)?,
                 progress: !cli.quiet,
             };
@@ -189,9 +238,12 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
             print_summary(&r, &out);
         }
         Cmd::Compare { runs } => print!("{}", commands::compare(&runs)?),
-        Cmd::Score { model, prompt, labels, chat, f32 } => {
+        Cmd::Score { model, prompt, labels, chat, f32, adapter } => {
             let opts = mores::model::LoadOptions { dequantize: f32, ..Default::default() };
-            let m = mores::model::Model::load(&model, &opts)?;
+            let mut m = mores::model::Model::load(&model, &opts)?;
+            if let Some(dir) = adapter {
+                mores::adapter::Adapter::load(&mut m, &dir)?;
+            }
             let text = if chat { m.render_chat(&prompt)? } else { prompt };
             let req = mores::score::ScoreRequest { prompt: text, labels: list(&labels) };
             let s = mores::score::Scorer::score_batch(&m, &[req])?;
@@ -216,6 +268,36 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
         Cmd::Bench { cmd: BenchCmd::ProbeOne { model, prompts, batch, weights } } => {
             let w = weights.parse().map_err(anyhow::Error::msg)?;
             println!("{}", serde_json::to_string(&mores::bench::measure_one(&model, &prompts, batch, w)?)?);
+        }
+        Cmd::Train { recipe, data, out, resume, model, max_steps, stop_after } => {
+            let args = mores::train::TrainArgs {
+                recipe,
+                data,
+                out: out.clone(),
+                resume,
+                model,
+                max_steps,
+                stop_after,
+                threads,
+                progress: !cli.quiet,
+            };
+            let s = mores::train::train(&args)?;
+            let f = |x: Option<f64>| x.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
+            println!(
+                "trained {} steps: loss {} -> {}, validation loss {}",
+                s.steps,
+                f(s.first_loss),
+                f(s.last_loss),
+                f(s.val_loss)
+            );
+            println!(
+                "wrote {}/{{adapter_model.safetensors,adapter_config.json,loss.jsonl,loss.svg,checkpoint/}}",
+                out.display()
+            );
+        }
+        Cmd::Adapter { cmd: AdapterCmd::Merge { model, adapter, out } } => {
+            let n = mores::export::merge_and_export(&model, &adapter, &out)?;
+            println!("merged {n} LoRA modules; wrote {}", out.display());
         }
         Cmd::Survey { cmd: SurveyCmd::Stats { data } } => {
             print!("{}", mores::survey::Survey::load(&data)?.stats_table());

@@ -179,7 +179,7 @@ pub fn run(recipe: &ProbeRecipe, survey: &Survey, model: &Model, opts: &ProbeOpt
     }
     let prompts: Vec<Prompt> =
         pairs.iter().map(|(q, c)| prompt::build(&recipe.prompt, q, c, model)).collect::<Result<_>>()?;
-    let mut cache = ScoreCache::open(&opts.cache_dir, &model.info.sha256)?;
+    let mut cache = ScoreCache::open(&opts.cache_dir, &model.scoring_id())?;
     let keys: Vec<String> = prompts.iter().map(ScoreCache::key).collect();
     // One country at a time (its prompts share the persona prefix, computed once per batch),
     // longest first within it (similar lengths share a batch: less padding).

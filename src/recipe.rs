@@ -225,3 +225,170 @@ impl std::str::FromStr for WeightMode {
         }
     }
 }
+
+/// `recipes/distill/*.toml`: how a student is fine-tuned on a synthetic dataset.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DistillRecipe {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub student: ModelSection,
+    #[serde(default)]
+    pub lora: crate::adapter::LoraSpec,
+    #[serde(default)]
+    pub train: TrainSection,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Objective {
+    /// Whatever the records carry: text targets train "lm", distributions train "kl".
+    Auto,
+    /// Causal LM, loss on the answer tokens only.
+    Lm,
+    /// KL(target || student) over the option labels, renormalised as the probe does.
+    Kl,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    Cosine,
+    Linear,
+    Constant,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    #[serde(default = "objective_auto")]
+    pub objective: Objective,
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    #[serde(default = "default_epochs")]
+    pub epochs: usize,
+    /// Stop after this many optimizer steps (overrides `epochs`).
+    #[serde(default)]
+    pub max_steps: Option<usize>,
+    /// Examples per forward pass.
+    #[serde(default = "default_micro_batch")]
+    pub batch: usize,
+    /// Micro-batches per optimizer step.
+    #[serde(default = "one")]
+    pub grad_accum: usize,
+    #[serde(default)]
+    pub warmup_steps: usize,
+    #[serde(default = "default_schedule")]
+    pub schedule: Schedule,
+    #[serde(default = "default_wd")]
+    pub weight_decay: f64,
+    #[serde(default = "default_betas")]
+    pub betas: (f64, f64),
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    /// Global gradient-norm clip; 0 disables it.
+    #[serde(default = "one_f")]
+    pub clip: f64,
+    #[serde(default)]
+    pub seed: u64,
+    /// Share of records held out for validation loss (split seeded by record id).
+    #[serde(default = "default_val")]
+    pub val_fraction: f64,
+    #[serde(default = "default_eval_every")]
+    pub eval_every: usize,
+    #[serde(default = "default_save_every")]
+    pub save_every: usize,
+    /// Longest training sequence in tokens; longer answers are cut, longer prompts skipped.
+    #[serde(default = "default_max_len")]
+    pub max_len: usize,
+    #[serde(default = "default_chat")]
+    pub chat: ChatMode,
+}
+
+fn objective_auto() -> Objective {
+    Objective::Auto
+}
+fn default_lr() -> f64 {
+    2e-4
+}
+fn default_epochs() -> usize {
+    1
+}
+fn default_micro_batch() -> usize {
+    4
+}
+fn one() -> usize {
+    1
+}
+fn one_f() -> f64 {
+    1.0
+}
+fn default_schedule() -> Schedule {
+    Schedule::Cosine
+}
+fn default_wd() -> f64 {
+    0.01
+}
+fn default_betas() -> (f64, f64) {
+    (0.9, 0.999)
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+fn default_val() -> f64 {
+    0.1
+}
+fn default_eval_every() -> usize {
+    20
+}
+fn default_save_every() -> usize {
+    50
+}
+fn default_max_len() -> usize {
+    512
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        toml::Value::Table(toml::Table::new()).try_into().expect("all fields have defaults")
+    }
+}
+
+impl DistillRecipe {
+    pub fn load(path: &Path) -> Result<Self> {
+        let table = load_table(path)?;
+        let mut r: DistillRecipe = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::Recipe { path: path.to_path_buf(), msg: e.message().to_string() })?;
+        if r.name.is_empty() {
+            r.name = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+        }
+        r.validate().map_err(|msg| Error::Recipe { path: path.to_path_buf(), msg })?;
+        Ok(r)
+    }
+
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        self.lora.validate()?;
+        let t = &self.train;
+        if t.batch == 0 || t.grad_accum == 0 {
+            return Err("train.batch and train.grad_accum must be at least 1".into());
+        }
+        if !(t.lr > 0.0 && t.lr.is_finite()) {
+            return Err(format!("train.lr {} must be positive", t.lr));
+        }
+        if !(0.0..1.0).contains(&t.val_fraction) {
+            return Err(format!("train.val_fraction {} must be in [0, 1)", t.val_fraction));
+        }
+        if t.epochs == 0 && t.max_steps.is_none() {
+            return Err("train.epochs must be at least 1 (or set train.max_steps)".into());
+        }
+        if t.max_len < 8 {
+            return Err("train.max_len must be at least 8 tokens".into());
+        }
+        if self.student.weights != WeightMode::F32 {
+            return Err("student.weights must be \"f32\": quantized matmul passes no gradient".into());
+        }
+        Ok(())
+    }
+}

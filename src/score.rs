@@ -65,15 +65,46 @@ pub fn label_sequences(
     Ok(out)
 }
 
-struct Plan {
-    prompt_ids: Vec<u32>,
-    seqs: Vec<Vec<Vec<u32>>>,
+/// The token rows and read positions that score one request.
+pub struct Plan {
+    pub prompt_ids: Vec<u32>,
+    /// Per label, its distinct token sequences.
+    pub seqs: Vec<Vec<Vec<u32>>>,
     /// Continuations to run after the prompt (maximal branches of the label trie).
-    branches: Vec<Vec<u32>>,
+    pub branches: Vec<Vec<u32>>,
 }
 
+/// Rows (prompt + branch), read positions (row, position) within them, and for each context
+/// (tokens after the prompt) the index of the read that gives its next-token distribution.
+pub type PlanLayout = (Vec<Vec<u32>>, Vec<(usize, usize)>, HashMap<Vec<u32>, usize>);
+
 impl Plan {
-    fn new(model: &Model, req: &ScoreRequest) -> Result<Self> {
+    pub fn layout(&self) -> PlanLayout {
+        let (mut rows, mut reads, mut map) = (Vec::new(), Vec::new(), HashMap::new());
+        for branch in &self.branches {
+            let row = rows.len();
+            let mut ids = self.prompt_ids.clone();
+            ids.extend_from_slice(branch);
+            rows.push(ids);
+            for k in 0..=branch.len() {
+                if let std::collections::hash_map::Entry::Vacant(e) = map.entry(branch[..k].to_vec()) {
+                    e.insert(reads.len());
+                    reads.push((row, self.prompt_ids.len() - 1 + k));
+                }
+            }
+        }
+        (rows, reads, map)
+    }
+
+    /// For each sequence (flattened over labels), the sequences of other labels that continue it.
+    pub fn longer(&self) -> Vec<Vec<usize>> {
+        let all: Vec<&Vec<u32>> = self.seqs.iter().flatten().collect();
+        all.iter()
+            .map(|s| (0..all.len()).filter(|&j| all[j].len() > s.len() && all[j].starts_with(s)).collect())
+            .collect()
+    }
+
+    pub fn new(model: &Model, req: &ScoreRequest) -> Result<Self> {
         let prompt_ids = model.tok.encode_prompt(&req.prompt)?;
         let seqs = label_sequences(model, &req.prompt, &prompt_ids, &req.labels)?;
         let mut contexts: Vec<Vec<u32>> = seqs.iter().flatten().map(|s| s[..s.len() - 1].to_vec()).collect();
@@ -96,21 +127,11 @@ impl Scorer for Model {
         // (item, context) -> index into `reads`
         let mut where_read: Vec<HashMap<Vec<u32>, usize>> = Vec::with_capacity(plans.len());
         for plan in &plans {
-            let mut map = HashMap::new();
-            for branch in &plan.branches {
-                let row = rows.len();
-                let mut ids = plan.prompt_ids.clone();
-                ids.extend_from_slice(branch);
-                rows.push(ids);
-                for k in 0..=branch.len() {
-                    let ctx = branch[..k].to_vec();
-                    if let std::collections::hash_map::Entry::Vacant(e) = map.entry(ctx) {
-                        e.insert(reads.len());
-                        reads.push((row, plan.prompt_ids.len() - 1 + k));
-                    }
-                }
-            }
-            where_read.push(map);
+            let (r, rd, map) = plan.layout();
+            let (row0, read0) = (rows.len(), reads.len());
+            rows.extend(r);
+            reads.extend(rd.into_iter().map(|(row, pos)| (row0 + row, pos)));
+            where_read.push(map.into_iter().map(|(k, v)| (k, read0 + v)).collect());
         }
         let logits = self.logits_at(&rows, &reads)?;
         let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?.to_vec2::<f32>()?;

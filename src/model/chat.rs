@@ -2,9 +2,9 @@
 //! `chat_template` in tokenizer_config.json), rendered with minijinja the way transformers does
 //! (trim_blocks, lstrip_blocks, Python string methods).
 use crate::error::{Error, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Message {
     pub role: String,
     pub content: String,
@@ -13,6 +13,7 @@ pub struct Message {
 #[derive(Debug, Clone)]
 pub struct ChatTemplate {
     pub source: String,
+    text: String,
     env: minijinja::Environment<'static>,
 }
 
@@ -25,9 +26,14 @@ impl ChatTemplate {
         env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
             Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
         });
-        env.add_template_owned("chat", template)
+        env.add_template_owned("chat", template.clone())
             .map_err(|e| Error::Invalid(format!("chat template from {source} does not parse: {e}")))?;
-        Ok(Self { source, env })
+        Ok(Self { source, text: template, env })
+    }
+
+    /// The template's Jinja source.
+    pub fn template(&self) -> &str {
+        &self.text
     }
 
     pub fn render(&self, messages: &[Message], bos: &str, eos: &str, add_generation_prompt: bool) -> Result<String> {

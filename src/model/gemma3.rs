@@ -4,13 +4,14 @@
 //! scaled by sqrt(hidden), and local sliding-window layers with their own RoPE base.
 //! GGUF norm weights already include Gemma's "+1"; Hugging Face checkpoints store w and need 1 + w.
 use super::gguf::GgufFile;
-use super::layers::{attention, gather, rope, Batch, Kv, Linear, RmsNorm, RopeStyle};
+use super::layers::{attention, gather, rope, Batch, Kv, Linear, Mode, RmsNorm, RopeStyle};
+use super::lora::{Slot, Target};
 use super::weights::{key, Weights};
 use crate::error::{Error, Result};
 use candle_core::Tensor;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Config {
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -37,7 +38,7 @@ pub struct Config {
     pub vocab_size: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RopeScaling {
     #[serde(default)]
     pub factor: Option<f64>,
@@ -129,7 +130,7 @@ impl Model {
         for i in 0..cfg.num_hidden_layers {
             let hf = |s: &str| format!("model.layers.{i}.{s}.weight");
             let gg = |s: &str| format!("blk.{i}.{s}.weight");
-            let mut lin = |a: &str, b: &str| -> Result<Linear> { Ok(Linear(w.linear(key(&hf(a), &gg(b)))?)) };
+            let mut lin = |a: &str, b: &str| -> Result<Linear> { Ok(Linear::new(w.linear(key(&hf(a), &gg(b)))?)) };
             let (q, k, v, o) = (
                 lin("self_attn.q_proj", "attn_q")?,
                 lin("self_attn.k_proj", "attn_k")?,
@@ -169,7 +170,7 @@ impl Model {
             ));
         }
         // Gemma ties the output projection to the embedding.
-        let lm_head = Linear(w.linear(embed_key)?);
+        let lm_head = Linear::new(w.linear(embed_key)?);
         Ok(Self { norm: norm(w, "model.norm.weight", "output_norm.weight")?, cfg, embed, layers, lm_head })
     }
 
@@ -181,6 +182,7 @@ impl Model {
         prefix: &Kv,
         read: Option<&Tensor>,
         record: bool,
+        mode: Mode,
     ) -> Result<(Option<Tensor>, Kv)> {
         let dev = batch.ids.device();
         let c = &self.cfg;
@@ -198,27 +200,108 @@ impl Model {
         let mut kv = Kv { len: t, ..Kv::new() };
         for (li, l) in self.layers.iter().enumerate() {
             let (mask, (cos, sin)) = if l.sliding { (&local_mask, &local_rope) } else { (&global_mask, &global_rope) };
-            let h = l.input_norm.forward(&x)?;
-            let q = l.q.forward(&h)?.reshape((b, t, nh, hd))?.transpose(1, 2)?;
-            let k = l.k.forward(&h)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
-            let v = l.v.forward(&h)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
-            let q = rope(&l.q_norm.forward(&q)?, cos, sin, RopeStyle::Halves)?;
-            let k = rope(&l.k_norm.forward(&k)?, cos, sin, RopeStyle::Halves)?;
+            let h = l.input_norm.forward(&x, mode)?;
+            let q = l.q.forward(&h, mode)?.reshape((b, t, nh, hd))?.transpose(1, 2)?;
+            let k = l.k.forward(&h, mode)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+            let v = l.v.forward(&h, mode)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+            let q = rope(&l.q_norm.forward(&q, mode)?, cos, sin, RopeStyle::Halves, mode)?;
+            let k = rope(&l.k_norm.forward(&k, mode)?, cos, sin, RopeStyle::Halves, mode)?;
             if record {
                 kv.k.push(k.clone());
                 kv.v.push(v.clone());
             }
             let (k, v) = prefix.extend(li, k, v)?;
-            let a = attention(&q, &k, &v, mask, scale)?;
-            x = (x + l.post_attn_norm.forward(&l.o.forward(&a)?)?)?;
-            let h = l.pre_ffn_norm.forward(&x)?;
-            let m = (l.gate.forward(&h)?.gelu()? * l.up.forward(&h)?)?;
-            x = (x + l.post_ffn_norm.forward(&l.down.forward(&m)?)?)?;
+            let a = attention(&q, &k, &v, mask, scale, mode)?;
+            x = (x + l.post_attn_norm.forward(&l.o.forward(&a, mode)?, mode)?)?;
+            let h = l.pre_ffn_norm.forward(&x, mode)?;
+            let m = (l.gate.forward(&h, mode)?.gelu()? * l.up.forward(&h, mode)?)?;
+            x = (x + l.post_ffn_norm.forward(&l.down.forward(&m, mode)?, mode)?)?;
         }
         let logits = match read {
-            Some(read) => Some(self.lm_head.forward(&self.norm.forward(&gather(&x, read)?)?)?),
+            Some(read) => Some(self.lm_head.forward(&self.norm.forward(&gather(&x, read)?, mode)?, mode)?),
             None => None,
         };
         Ok((logits, kv))
+    }
+
+    /// The projections LoRA can adapt, in layer order.
+    pub fn lora_slots(&mut self) -> Vec<Slot<'_>> {
+        let (nh, nkv, permuted) = (0, 0, false);
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let all = [
+                (Target::Q, &mut l.q),
+                (Target::K, &mut l.k),
+                (Target::V, &mut l.v),
+                (Target::O, &mut l.o),
+                (Target::Gate, &mut l.gate),
+                (Target::Up, &mut l.up),
+                (Target::Down, &mut l.down),
+            ];
+            for (target, linear) in all {
+                let permuted_heads = match target {
+                    Target::Q if permuted => Some(nh),
+                    Target::K if permuted => Some(nkv),
+                    _ => None,
+                };
+                out.push(Slot { layer: i, target, linear, permuted_heads });
+            }
+        }
+        out
+    }
+
+    /// Every weight under its Hugging Face name and layout (norms stored as w, not 1 + w).
+    pub fn hf_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let dense = |l: &Linear| -> Result<Tensor> {
+            Ok(match &l.base {
+                candle_core::quantized::QMatMul::Tensor(w) => w.clone(),
+                candle_core::quantized::QMatMul::TensorF16(w) => w.to_dtype(candle_core::DType::F32)?,
+                candle_core::quantized::QMatMul::QTensor(q) => q.dequantize(&q.device())?,
+            })
+        };
+        let norm = |n: &RmsNorm| -> Result<Tensor> { Ok((&n.weight - 1.0)?) };
+        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed.clone())];
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = |s: &str| format!("model.layers.{i}.{s}.weight");
+            for (name, lin) in [
+                ("self_attn.q_proj", &l.q),
+                ("self_attn.k_proj", &l.k),
+                ("self_attn.v_proj", &l.v),
+                ("self_attn.o_proj", &l.o),
+                ("mlp.gate_proj", &l.gate),
+                ("mlp.up_proj", &l.up),
+                ("mlp.down_proj", &l.down),
+            ] {
+                out.push((p(name), dense(lin)?));
+            }
+            for (name, n) in [
+                ("self_attn.q_norm", &l.q_norm),
+                ("self_attn.k_norm", &l.k_norm),
+                ("input_layernorm", &l.input_norm),
+                ("post_attention_layernorm", &l.post_attn_norm),
+                ("pre_feedforward_layernorm", &l.pre_ffn_norm),
+                ("post_feedforward_layernorm", &l.post_ffn_norm),
+            ] {
+                out.push((p(name), norm(n)?));
+            }
+        }
+        out.push(("model.norm.weight".into(), norm(&self.norm)?));
+        Ok(out)
+    }
+
+    pub fn hf_config(&self) -> serde_json::Value {
+        let c = &self.cfg;
+        let mut v = serde_json::to_value(c).expect("config serialises");
+        let o = v.as_object_mut().expect("object");
+        let types: Vec<&str> = (0..c.num_hidden_layers)
+            .map(|i| if c.is_sliding(i) { "sliding_attention" } else { "full_attention" })
+            .collect();
+        o.insert("layer_types".into(), serde_json::json!(types));
+        o.insert("architectures".into(), serde_json::json!(["Gemma3ForCausalLM"]));
+        o.insert("model_type".into(), "gemma3_text".into());
+        o.insert("hidden_activation".into(), "gelu_pytorch_tanh".into());
+        o.insert("query_pre_attn_scalar".into(), c.query_pre_attn_scalar.unwrap_or(c.head_dim as f64).into());
+        o.insert("torch_dtype".into(), "float32".into());
+        v
     }
 }

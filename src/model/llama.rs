@@ -1,13 +1,14 @@
 //! Llama-family decoder (SmolLM2, Llama 2/3, TinyLlama): RMSNorm, rotary attention with grouped KV
 //! heads, SwiGLU MLP. Built from GGUF (`llama.*` metadata) or a Hugging Face folder (config.json).
 use super::gguf::GgufFile;
-use super::layers::{attention, gather, rope, Batch, Kv, Linear, RmsNorm, RopeStyle};
+use super::layers::{attention, gather, rope, Batch, Kv, Linear, Mode, RmsNorm, RopeStyle};
+use super::lora::{Slot, Target};
 use super::weights::{key, Weights};
 use crate::error::{Error, Result};
 use candle_core::Tensor;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Config {
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -91,7 +92,7 @@ impl Model {
         for i in 0..cfg.num_hidden_layers {
             let hf = |s: &str| format!("model.layers.{i}.{s}.weight");
             let gg = |s: &str| format!("blk.{i}.{s}.weight");
-            let mut lin = |a: &str, b: &str| -> Result<Linear> { Ok(Linear(w.linear(key(&hf(a), &gg(b)))?)) };
+            let mut lin = |a: &str, b: &str| -> Result<Linear> { Ok(Linear::new(w.linear(key(&hf(a), &gg(b)))?)) };
             layers.push(Layer {
                 q: lin("self_attn.q_proj", "attn_q")?,
                 k: lin("self_attn.k_proj", "attn_k")?,
@@ -118,7 +119,7 @@ impl Model {
             ));
         }
         let head_key = key("lm_head.weight", "output.weight");
-        let lm_head = Linear(if w.has(head_key) && !cfg.tie_word_embeddings {
+        let lm_head = Linear::new(if w.has(head_key) && !cfg.tie_word_embeddings {
             w.linear(head_key)?
         } else {
             w.linear(embed_key)?
@@ -135,6 +136,7 @@ impl Model {
         prefix: &Kv,
         read: Option<&Tensor>,
         record: bool,
+        mode: Mode,
     ) -> Result<(Option<Tensor>, Kv)> {
         let dev = batch.ids.device();
         let (b, t) = (batch.rows, batch.len);
@@ -145,27 +147,102 @@ impl Model {
         let scale = 1.0 / (hd as f64).sqrt();
         let mut kv = Kv { len: t, ..Kv::new() };
         for (li, l) in self.layers.iter().enumerate() {
-            let h = l.input_norm.forward(&x)?;
-            let q = l.q.forward(&h)?.reshape((b, t, nh, hd))?.transpose(1, 2)?;
-            let k = l.k.forward(&h)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
-            let v = l.v.forward(&h)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
-            let q = rope(&q, &cos, &sin, self.rope_style)?;
-            let k = rope(&k, &cos, &sin, self.rope_style)?;
+            let h = l.input_norm.forward(&x, mode)?;
+            let q = l.q.forward(&h, mode)?.reshape((b, t, nh, hd))?.transpose(1, 2)?;
+            let k = l.k.forward(&h, mode)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+            let v = l.v.forward(&h, mode)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+            let q = rope(&q, &cos, &sin, self.rope_style, mode)?;
+            let k = rope(&k, &cos, &sin, self.rope_style, mode)?;
             if record {
                 kv.k.push(k.clone());
                 kv.v.push(v.clone());
             }
             let (k, v) = prefix.extend(li, k, v)?;
-            let a = attention(&q, &k, &v, &mask, scale)?;
-            x = (x + l.o.forward(&a)?)?;
-            let h = l.post_norm.forward(&x)?;
-            let m = (candle_nn::ops::silu(&l.gate.forward(&h)?)? * l.up.forward(&h)?)?;
-            x = (x + l.down.forward(&m)?)?;
+            let a = attention(&q, &k, &v, &mask, scale, mode)?;
+            x = (x + l.o.forward(&a, mode)?)?;
+            let h = l.post_norm.forward(&x, mode)?;
+            let m = (candle_nn::ops::silu(&l.gate.forward(&h, mode)?)? * l.up.forward(&h, mode)?)?;
+            x = (x + l.down.forward(&m, mode)?)?;
         }
         let logits = match read {
-            Some(read) => Some(self.lm_head.forward(&self.norm.forward(&gather(&x, read)?)?)?),
+            Some(read) => Some(self.lm_head.forward(&self.norm.forward(&gather(&x, read)?, mode)?, mode)?),
             None => None,
         };
         Ok((logits, kv))
+    }
+
+    /// The projections LoRA can adapt, in layer order.
+    pub fn lora_slots(&mut self) -> Vec<Slot<'_>> {
+        let (nh, nkv) = (self.cfg.num_attention_heads, self.cfg.kv_heads());
+        // GGUF llama files store Q and K rows permuted for interleaved RoPE; adapters in PEFT
+        // layout use the Hugging Face order and are permuted on the way in and out.
+        let permuted = self.rope_style == RopeStyle::Interleaved;
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let all = [
+                (Target::Q, &mut l.q),
+                (Target::K, &mut l.k),
+                (Target::V, &mut l.v),
+                (Target::O, &mut l.o),
+                (Target::Gate, &mut l.gate),
+                (Target::Up, &mut l.up),
+                (Target::Down, &mut l.down),
+            ];
+            for (target, linear) in all {
+                let permuted_heads = match target {
+                    Target::Q if permuted => Some(nh),
+                    Target::K if permuted => Some(nkv),
+                    _ => None,
+                };
+                out.push(Slot { layer: i, target, linear, permuted_heads });
+            }
+        }
+        out
+    }
+
+    /// Every weight under its Hugging Face name and layout (Q/K rows back in HF order).
+    pub fn hf_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let dense = |l: &Linear| -> Result<Tensor> {
+            Ok(match &l.base {
+                candle_core::quantized::QMatMul::Tensor(w) => w.clone(),
+                candle_core::quantized::QMatMul::TensorF16(w) => w.to_dtype(candle_core::DType::F32)?,
+                candle_core::quantized::QMatMul::QTensor(q) => q.dequantize(&q.device())?,
+            })
+        };
+        let permuted = self.rope_style == RopeStyle::Interleaved;
+        let (nh, nkv) = (self.cfg.num_attention_heads, self.cfg.kv_heads());
+        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed.clone())];
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = |s: &str| format!("model.layers.{i}.{s}.weight");
+            let (q, k) = (dense(&l.q)?, dense(&l.k)?);
+            let (q, k) =
+                if permuted { (super::lora::rows_to_hf(&q, nh)?, super::lora::rows_to_hf(&k, nkv)?) } else { (q, k) };
+            out.push((p("self_attn.q_proj"), q));
+            out.push((p("self_attn.k_proj"), k));
+            out.push((p("self_attn.v_proj"), dense(&l.v)?));
+            out.push((p("self_attn.o_proj"), dense(&l.o)?));
+            out.push((p("mlp.gate_proj"), dense(&l.gate)?));
+            out.push((p("mlp.up_proj"), dense(&l.up)?));
+            out.push((p("mlp.down_proj"), dense(&l.down)?));
+            out.push((p("input_layernorm"), l.input_norm.weight.clone()));
+            out.push((p("post_attention_layernorm"), l.post_norm.weight.clone()));
+        }
+        out.push(("model.norm.weight".into(), self.norm.weight.clone()));
+        if !self.cfg.tie_word_embeddings {
+            out.push(("lm_head.weight".into(), dense(&self.lm_head)?));
+        }
+        Ok(out)
+    }
+
+    pub fn hf_config(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(&self.cfg).expect("config serialises");
+        let o = v.as_object_mut().expect("object");
+        o.insert("architectures".into(), serde_json::json!(["LlamaForCausalLM"]));
+        o.insert("model_type".into(), "llama".into());
+        o.insert("num_key_value_heads".into(), self.cfg.kv_heads().into());
+        o.insert("head_dim".into(), self.cfg.head_dim().into());
+        o.insert("hidden_act".into(), "silu".into());
+        o.insert("torch_dtype".into(), "float32".into());
+        v
     }
 }

@@ -6,6 +6,7 @@ pub mod gemma3;
 pub mod gguf;
 pub mod layers;
 pub mod llama;
+pub mod lora;
 pub mod tokenizer;
 pub mod weights;
 
@@ -13,7 +14,7 @@ use crate::error::{Error, Result};
 use candle_core::{Device, Tensor};
 use chat::ChatTemplate;
 use gguf::GgufFile;
-use layers::{Batch, Kv};
+use layers::{Batch, Kv, Mode};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tokenizer::Tok;
@@ -37,12 +38,33 @@ pub struct ModelInfo {
     pub tokenizer: String,
     pub chat_template: Option<String>,
     pub vocab_size: usize,
+    /// A LoRA adapter applied on top (folder and sha256 of its weights file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<AdapterInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AdapterInfo {
+    pub path: PathBuf,
+    pub sha256: String,
 }
 
 pub struct LoadOptions {
     pub device: Device,
     pub requantize_slow: bool,
     pub dequantize: bool,
+}
+
+impl LoadOptions {
+    pub fn form(&self) -> &'static str {
+        if self.dequantize {
+            "f32"
+        } else if self.requantize_slow {
+            "q8"
+        } else {
+            "stored"
+        }
+    }
 }
 
 impl Default for LoadOptions {
@@ -59,6 +81,8 @@ pub struct Model {
     pub device: Device,
     /// All weights dense (f32): safe to share prefix computation across rows.
     pub dense: bool,
+    /// How the weights are held: "f32", "q8" or "stored".
+    pub form: &'static str,
 }
 
 impl Model {
@@ -73,11 +97,52 @@ impl Model {
         }
     }
 
-    fn forward(&self, batch: &Batch, prefix: &Kv, read: Option<&Tensor>, record: bool) -> Result<(Option<Tensor>, Kv)> {
+    fn forward(
+        &self,
+        batch: &Batch,
+        prefix: &Kv,
+        read: Option<&Tensor>,
+        record: bool,
+        mode: Mode,
+    ) -> Result<(Option<Tensor>, Kv)> {
         match &self.arch {
-            Arch::Llama(m) => m.forward(batch, prefix, read, record),
-            Arch::Gemma3(m) => m.forward(batch, prefix, read, record),
+            Arch::Llama(m) => m.forward(batch, prefix, read, record, mode),
+            Arch::Gemma3(m) => m.forward(batch, prefix, read, record, mode),
         }
+    }
+
+    /// Logits at `read` = (row, position) pairs, run as one padded batch with no shared-prefix
+    /// reuse: the training path, where `mode` decides whether gradients can flow.
+    pub fn logits_rows(&self, rows: &[Vec<u32>], read: &[(usize, usize)], mode: Mode) -> Result<Tensor> {
+        let batch = Batch::new(rows, &self.device)?;
+        let idx: Vec<u32> = read.iter().map(|&(r, p)| batch.flat_index(r, p)).collect();
+        let idx = Tensor::from_vec(idx, read.len(), &self.device)?;
+        Ok(self.forward(&batch, &Kv::new(), Some(&idx), false, mode)?.0.expect("read positions given"))
+    }
+
+    /// The projections LoRA can adapt.
+    pub fn lora_slots(&mut self) -> Vec<lora::Slot<'_>> {
+        match &mut self.arch {
+            Arch::Llama(m) => m.lora_slots(),
+            Arch::Gemma3(m) => m.lora_slots(),
+        }
+    }
+
+    /// Identifies the numbers this model produces: file, weight form and adapter. Scoring caches
+    /// are keyed by it, so f32 and quantized runs, or runs with different adapters, never mix.
+    pub fn scoring_id(&self) -> String {
+        let form = self.form;
+        let adapter = self.info.adapter.as_ref().map(|a| a.sha256.as_str()).unwrap_or("-");
+        crate::io::sha256_hex(format!("{}|{form}|{adapter}", self.info.sha256).as_bytes())
+    }
+
+    /// Whether any layer carries an unmerged LoRA adapter.
+    pub fn lora_attached(&mut self) -> bool {
+        self.lora_slots().iter().any(|s| s.linear.lora.is_some())
+    }
+
+    pub fn architecture(&self) -> &str {
+        &self.info.architecture
     }
 
     /// Logits [n, vocab] (f32) at `read` = (row, position) pairs of the given token rows.
@@ -89,7 +154,7 @@ impl Model {
         let shared = if self.dense { shared_prefix(rows, read) } else { 0 };
         let prefix = if shared > 0 {
             let b = Batch::new(&[rows[0][..shared].to_vec()], &self.device)?;
-            self.forward(&b, &Kv::new(), None, true)?.1
+            self.forward(&b, &Kv::new(), None, true, Mode::INFER)?.1
         } else {
             Kv::new()
         };
@@ -97,7 +162,7 @@ impl Model {
         let batch = Batch::after_prefix(&rest, shared, &self.device)?;
         let idx: Vec<u32> = read.iter().map(|&(r, p)| batch.flat_index(r, p - shared)).collect();
         let idx = Tensor::from_vec(idx, read.len(), &self.device)?;
-        Ok(self.forward(&batch, &prefix, Some(&idx), false)?.0.expect("read positions given"))
+        Ok(self.forward(&batch, &prefix, Some(&idx), false, Mode::INFER)?.0.expect("read positions given"))
     }
 
     pub fn is_chat(&self) -> bool {
@@ -167,8 +232,9 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Model> {
         tokenizer: tok.source.clone(),
         chat_template: chat.as_ref().map(|c| c.source.clone()),
         vocab_size: vocab,
+        adapter: None,
     };
-    Ok(Model { arch, tok, chat, info, device: opts.device.clone(), dense: opts.dequantize })
+    Ok(Model { arch, tok, chat, info, device: opts.device.clone(), dense: opts.dequantize, form: opts.form() })
 }
 
 #[derive(Deserialize, Default)]
@@ -287,6 +353,7 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Model> {
         tokenizer: tok.source.clone(),
         chat_template: chat.as_ref().map(|c| c.source.clone()),
         vocab_size: vocab,
+        adapter: None,
     };
-    Ok(Model { arch, tok, chat, info, device: opts.device.clone(), dense: true })
+    Ok(Model { arch, tok, chat, info, device: opts.device.clone(), dense: true, form: "f32" })
 }

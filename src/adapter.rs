@@ -1,0 +1,438 @@
+//! LoRA adapters in PEFT's on-disk format: `adapter_config.json` plus `adapter_model.safetensors`
+//! with keys like `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight` (A [r, in],
+//! B [out, r]) and metadata format=pt, so Python PEFT loads what mores trains and the reverse.
+use crate::error::{Error, Result};
+use crate::model::lora::{init_pair, rows_from_hf, rows_to_hf, LoraLayer, Target};
+use crate::model::Model;
+use candle_core::{Tensor, Var};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+pub const CONFIG_FILE: &str = "adapter_config.json";
+pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+/// What PEFT's files have no place for: the base model an adapter was trained on.
+pub const MORES_FILE: &str = "mores_adapter.json";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BaseInfo {
+    pub architecture: String,
+    pub base_name: String,
+    pub base_sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LoraSpec {
+    #[serde(default = "default_rank")]
+    pub rank: usize,
+    #[serde(default = "default_alpha")]
+    pub alpha: f64,
+    #[serde(default)]
+    pub dropout: f64,
+    /// PEFT module names: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj.
+    #[serde(default = "default_targets")]
+    pub targets: Vec<String>,
+    /// Scale alpha / sqrt(rank) instead of alpha / rank (rsLoRA).
+    #[serde(default)]
+    pub rslora: bool,
+}
+
+fn default_rank() -> usize {
+    8
+}
+fn default_alpha() -> f64 {
+    16.0
+}
+fn default_targets() -> Vec<String> {
+    vec!["q_proj".into(), "v_proj".into()]
+}
+
+impl Default for LoraSpec {
+    fn default() -> Self {
+        Self { rank: default_rank(), alpha: default_alpha(), dropout: 0.0, targets: default_targets(), rslora: false }
+    }
+}
+
+impl LoraSpec {
+    pub fn scale(&self) -> f64 {
+        if self.rslora {
+            self.alpha / (self.rank as f64).sqrt()
+        } else {
+            self.alpha / self.rank as f64
+        }
+    }
+
+    pub fn target_modules(&self) -> std::result::Result<Vec<Target>, String> {
+        if self.targets.is_empty() {
+            return Err("lora.targets is empty: name at least one module".into());
+        }
+        self.targets
+            .iter()
+            .map(|t| {
+                Target::parse(t).ok_or_else(|| {
+                    let all: Vec<&str> = Target::ALL.iter().map(|t| t.peft_name()).collect();
+                    format!("lora.targets: no module {t:?} in this model (choose from {})", all.join(", "))
+                })
+            })
+            .collect()
+    }
+
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.rank == 0 {
+            return Err("lora.rank must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(format!("lora.dropout {} must be in [0, 1)", self.dropout));
+        }
+        self.target_modules().map(|_| ())
+    }
+}
+
+pub struct Param {
+    pub layer: usize,
+    pub target: Target,
+    pub a: Var,
+    pub b: Var,
+    pub permuted_heads: Option<usize>,
+}
+
+impl Param {
+    fn key(&self, which: &str) -> String {
+        format!("base_model.model.model.layers.{}.{}.lora_{which}.weight", self.layer, self.target.module_path())
+    }
+}
+
+/// The LoRA parameters attached to a model. The model's linear layers hold the same `Var`s, so
+/// an optimizer step on these is seen by the next forward pass.
+pub struct Adapter {
+    pub spec: LoraSpec,
+    pub params: Vec<Param>,
+}
+
+impl Adapter {
+    /// Fresh adapter: A Kaiming-uniform from `seed` (one stream per layer and module), B zeros.
+    pub fn attach_new(model: &mut Model, spec: &LoraSpec, seed: u64) -> Result<Self> {
+        spec.validate().map_err(Error::Invalid)?;
+        let targets = spec.target_modules().map_err(Error::Invalid)?;
+        let device = model.device.clone();
+        let mut params = Vec::new();
+        for slot in model.lora_slots() {
+            if !targets.contains(&slot.target) {
+                continue;
+            }
+            let (inp, out) = slot.linear.dims()?;
+            let id = (slot.layer * Target::ALL.len() + slot.target as usize) as u64;
+            let (a, b) = init_pair(seed ^ (id + 1).wrapping_mul(0xD6E8_FEB8_6659_FD93), spec.rank, inp, out, &device)?;
+            slot.linear.lora =
+                Some(LoraLayer { a: a.clone(), b: b.clone(), scale: spec.scale(), dropout: spec.dropout, id });
+            params.push(Param { layer: slot.layer, target: slot.target, a, b, permuted_heads: slot.permuted_heads });
+        }
+        Ok(Self { spec: spec.clone(), params })
+    }
+
+    pub fn vars(&self) -> Vec<Var> {
+        self.params.iter().flat_map(|p| [p.a.clone(), p.b.clone()]).collect()
+    }
+
+    /// Tensors under PEFT key names, B rows in Hugging Face order.
+    pub fn peft_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = Vec::with_capacity(self.params.len() * 2);
+        for p in &self.params {
+            let b = p.b.as_tensor().detach();
+            let b = match p.permuted_heads {
+                Some(h) => rows_to_hf(&b, h)?,
+                None => b,
+            };
+            out.push((p.key("A"), p.a.as_tensor().detach()));
+            out.push((p.key("B"), b));
+        }
+        Ok(out)
+    }
+
+    /// Write `adapter_config.json` and `adapter_model.safetensors` into `dir`.
+    pub fn save(&self, dir: &Path, model: &Model) -> Result<()> {
+        let config = PeftConfig::from_spec(&self.spec, &model.info.path.display().to_string());
+        crate::io::write_json(&dir.join(CONFIG_FILE), &config)?;
+        // One metadata key only: safetensors writes the map in hash order, and the bytes of an
+        // adapter must not change from run to run.
+        let mut meta = HashMap::new();
+        meta.insert("format".to_string(), "pt".to_string());
+        let bytes = save_safetensors(&self.peft_tensors()?, meta)?;
+        crate::io::atomic_write(&dir.join(WEIGHTS_FILE), &bytes)?;
+        let base = BaseInfo {
+            architecture: model.architecture().to_string(),
+            base_name: model.info.name.clone(),
+            base_sha256: model.info.sha256.clone(),
+        };
+        crate::io::write_json(&dir.join(MORES_FILE), &base)
+    }
+
+    /// Load a PEFT adapter folder (made by mores or by Python PEFT) onto `model`.
+    pub fn load(model: &mut Model, dir: &Path) -> Result<Self> {
+        let cfg_path = dir.join(CONFIG_FILE);
+        let err = |msg: String| Error::model(dir, msg);
+        if !cfg_path.exists() {
+            return Err(err(format!("no {CONFIG_FILE}: not a PEFT adapter folder")));
+        }
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+        let cfg: PeftConfig =
+            serde_json::from_str(&text).map_err(|e| Error::model(&cfg_path, format!("not a PEFT LoRA config: {e}")))?;
+        let spec = cfg.to_spec().map_err(|m| Error::model(&cfg_path, m))?;
+        let w_path = dir.join(WEIGHTS_FILE);
+        let bytes = std::fs::read(&w_path).map_err(|e| Error::io(&w_path, e))?;
+        let (tensors, _) = read_safetensors(&bytes, &model.device).map_err(|m| Error::model(&w_path, m))?;
+        let base_path = dir.join(MORES_FILE);
+        if base_path.exists() {
+            let text = std::fs::read_to_string(&base_path).map_err(|e| Error::io(&base_path, e))?;
+            let base: BaseInfo = serde_json::from_str(&text).map_err(|e| Error::model(&base_path, e.to_string()))?;
+            if base.architecture != model.architecture() {
+                return Err(Error::model(
+                    dir,
+                    format!(
+                        "adapter was trained on a {} model ({}), not {} ({})",
+                        base.architecture,
+                        base.base_name,
+                        model.architecture(),
+                        model.info.name
+                    ),
+                ));
+            }
+        }
+        let mut by_slot: BTreeMap<(usize, String), [Option<Tensor>; 2]> = BTreeMap::new();
+        for (name, t) in tensors {
+            let (layer, module, which) = parse_key(&name).ok_or_else(|| {
+                Error::model(&w_path, format!("tensor {name:?} is not a LoRA A/B weight of a decoder layer projection"))
+            })?;
+            by_slot.entry((layer, module)).or_default()[which] = Some(t);
+        }
+        let scale = spec.scale();
+        let mut params = Vec::new();
+        let n_layers = model.lora_slots().iter().map(|s| s.layer + 1).max().unwrap_or(0);
+        for ((layer, module), [a, b]) in by_slot {
+            let (Some(a), Some(b)) = (a, b) else {
+                return Err(Error::model(&w_path, format!("layer {layer} {module}: lora_A or lora_B missing")));
+            };
+            let target = Target::parse(module.rsplit('.').next().unwrap_or(""))
+                .filter(|t| t.module_path() == module)
+                .ok_or_else(|| Error::model(&w_path, format!("layer {layer}: unknown module {module:?}")))?;
+            if layer >= n_layers {
+                return Err(Error::model(
+                    &w_path,
+                    format!(
+                        "adapter has layer {layer} but {} has {n_layers} layers: adapter for another model",
+                        model.info.name
+                    ),
+                ));
+            }
+            let mut slots = model.lora_slots();
+            let slot = slots.iter_mut().find(|s| s.layer == layer && s.target == target).expect("layer checked");
+            let (inp, out) = slot.linear.dims()?;
+            if a.dims() != [spec.rank, inp] || b.dims() != [out, spec.rank] {
+                return Err(Error::model(
+                    &w_path,
+                    format!(
+                        "layer {layer} {module}: A {:?} / B {:?} do not fit this model (expected A [{}, {inp}], B [{out}, {}]): adapter for another model",
+                        a.dims(),
+                        b.dims(),
+                        spec.rank,
+                        spec.rank
+                    ),
+                ));
+            }
+            let b = match slot.permuted_heads {
+                Some(h) => rows_from_hf(&b, h)?,
+                None => b,
+            };
+            let (a, b) = (Var::from_tensor(&a)?, Var::from_tensor(&b)?);
+            let id = (layer * Target::ALL.len() + target as usize) as u64;
+            slot.linear.lora = Some(LoraLayer { a: a.clone(), b: b.clone(), scale, dropout: spec.dropout, id });
+            params.push(Param { layer, target, a, b, permuted_heads: slot.permuted_heads });
+        }
+        if params.is_empty() {
+            return Err(Error::model(&w_path, "no LoRA weights in the file"));
+        }
+        model.info.adapter =
+            Some(crate::model::AdapterInfo { path: dir.to_path_buf(), sha256: crate::io::sha256_hex(&bytes) });
+        Ok(Self { spec, params })
+    }
+
+    /// Copy another adapter's values (same layout) into this one's variables.
+    pub fn set_from(&self, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        for p in &self.params {
+            for (which, var) in [("A", &p.a), ("B", &p.b)] {
+                let t =
+                    tensors.get(&p.key(which)).ok_or_else(|| Error::Invalid(format!("missing {}", p.key(which))))?;
+                let t = match (which, p.permuted_heads) {
+                    ("B", Some(h)) => rows_from_hf(t, h)?,
+                    _ => t.clone(),
+                };
+                var.set(&t)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Fold every attached adapter into its base weight (W + scale B A) and detach it. The result is
+/// a plain dense model that needs no LoRA at inference.
+pub fn merge_into(model: &mut Model) -> Result<usize> {
+    let mut n = 0;
+    for slot in model.lora_slots() {
+        let Some(l) = slot.linear.lora.take() else { continue };
+        let w = match &slot.linear.base {
+            candle_core::quantized::QMatMul::Tensor(w) => w.clone(),
+            candle_core::quantized::QMatMul::TensorF16(w) => w.to_dtype(candle_core::DType::F32)?,
+            candle_core::quantized::QMatMul::QTensor(q) => q.dequantize(&q.device())?,
+        };
+        slot.linear.base = candle_core::quantized::QMatMul::Tensor((w + l.delta()?)?);
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// "base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight" -> (3, "self_attn.q_proj", 0).
+/// PEFT also writes an adapter name before ".weight" in some versions ("lora_A.default.weight").
+fn parse_key(name: &str) -> Option<(usize, String, usize)> {
+    let rest = name.strip_prefix("base_model.model.")?;
+    let rest = rest.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (module, tail) = rest.split_once(".lora_")?;
+    let which = match tail {
+        "A.weight" | "A.default.weight" => 0,
+        "B.weight" | "B.default.weight" => 1,
+        _ => return None,
+    };
+    Some((layer, module.to_string(), which))
+}
+
+/// The subset of PEFT's LoraConfig that mores writes and understands. Fields mores cannot honour
+/// (DoRA, bias training, fan-in-fan-out, per-layer patterns) are rejected on load, not ignored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeftConfig {
+    pub peft_type: String,
+    #[serde(default)]
+    pub task_type: Option<String>,
+    pub r: usize,
+    pub lora_alpha: f64,
+    #[serde(default)]
+    pub lora_dropout: f64,
+    pub target_modules: serde_json::Value,
+    #[serde(default)]
+    pub bias: Option<String>,
+    #[serde(default)]
+    pub use_rslora: bool,
+    #[serde(default)]
+    pub use_dora: bool,
+    #[serde(default)]
+    pub fan_in_fan_out: bool,
+    #[serde(default)]
+    pub base_model_name_or_path: Option<String>,
+    #[serde(default)]
+    pub inference_mode: bool,
+    #[serde(default)]
+    pub rank_pattern: serde_json::Value,
+    #[serde(default)]
+    pub alpha_pattern: serde_json::Value,
+    #[serde(default)]
+    pub modules_to_save: serde_json::Value,
+    #[serde(default)]
+    pub layers_to_transform: serde_json::Value,
+}
+
+impl PeftConfig {
+    fn from_spec(s: &LoraSpec, base: &str) -> Self {
+        Self {
+            peft_type: "LORA".into(),
+            task_type: Some("CAUSAL_LM".into()),
+            r: s.rank,
+            lora_alpha: s.alpha,
+            lora_dropout: s.dropout,
+            target_modules: serde_json::json!(s.targets),
+            bias: Some("none".into()),
+            use_rslora: s.rslora,
+            use_dora: false,
+            fan_in_fan_out: false,
+            base_model_name_or_path: Some(base.into()),
+            inference_mode: true,
+            rank_pattern: serde_json::json!({}),
+            alpha_pattern: serde_json::json!({}),
+            modules_to_save: serde_json::Value::Null,
+            layers_to_transform: serde_json::Value::Null,
+        }
+    }
+
+    fn to_spec(&self) -> std::result::Result<LoraSpec, String> {
+        if self.peft_type != "LORA" {
+            return Err(format!("peft_type {:?}: only LORA adapters are supported", self.peft_type));
+        }
+        let empty = |v: &serde_json::Value| v.is_null() || v.as_object().is_some_and(|o| o.is_empty());
+        if self.use_dora
+            || self.fan_in_fan_out
+            || self.bias.as_deref().is_some_and(|b| b != "none")
+            || !empty(&self.rank_pattern)
+            || !empty(&self.alpha_pattern)
+            || !self.modules_to_save.is_null()
+            || !self.layers_to_transform.is_null()
+        {
+            return Err("uses LoRA options mores does not support (DoRA, bias, fan_in_fan_out, rank/alpha patterns, modules_to_save, layers_to_transform)".into());
+        }
+        let targets: Vec<String> = match &self.target_modules {
+            serde_json::Value::Array(a) => a.iter().filter_map(|v| v.as_str().map(String::from)).collect(),
+            serde_json::Value::String(s) => vec![s.clone()],
+            _ => return Err("target_modules must be a list of module names".into()),
+        };
+        let spec = LoraSpec {
+            rank: self.r,
+            alpha: self.lora_alpha,
+            dropout: self.lora_dropout,
+            targets,
+            rslora: self.use_rslora,
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+pub fn save_safetensors(tensors: &[(String, Tensor)], meta: HashMap<String, String>) -> Result<Vec<u8>> {
+    let data: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+        .iter()
+        .map(|(k, t)| {
+            let v = t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            Ok((k.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect(), t.dims().to_vec()))
+        })
+        .collect::<Result<_>>()?;
+    let views: Vec<(String, safetensors::tensor::TensorView)> = data
+        .iter()
+        .map(|(k, b, s)| {
+            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .map_err(|e| Error::Invalid(format!("safetensors: {e}")))?;
+            Ok((k.clone(), v))
+        })
+        .collect::<Result<_>>()?;
+    safetensors::serialize(views, Some(meta)).map_err(|e| Error::Invalid(format!("safetensors: {e}")))
+}
+
+type Loaded = (Vec<(String, Tensor)>, HashMap<String, String>);
+
+pub fn read_safetensors(bytes: &[u8], device: &candle_core::Device) -> std::result::Result<Loaded, String> {
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(bytes).map_err(|e| format!("not a safetensors file: {e}"))?;
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| format!("not a safetensors file: {e}"))?;
+    let mut out = Vec::new();
+    for (name, view) in st.tensors() {
+        let dtype = match view.dtype() {
+            safetensors::Dtype::F32 => candle_core::DType::F32,
+            safetensors::Dtype::F16 => candle_core::DType::F16,
+            safetensors::Dtype::BF16 => candle_core::DType::BF16,
+            d => return Err(format!("tensor {name}: unsupported dtype {d:?}")),
+        };
+        let t = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), device)
+            .and_then(|t| t.to_dtype(candle_core::DType::F32))
+            .map_err(|e| format!("tensor {name}: {e}"))?;
+        out.push((name, t));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok((out, meta.metadata().clone().unwrap_or_default()))
+}

@@ -1,0 +1,132 @@
+//! LoRA on a frozen linear layer: y = W x + scale * B (A dropout(x)), A [r, in], B [out, r].
+use super::layers::{Linear, Mode};
+use crate::error::Result;
+use candle_core::{Tensor, Var};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+/// A projection inside a decoder layer that LoRA can adapt, named as PEFT names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl Target {
+    pub const ALL: [Target; 7] = [Target::Q, Target::K, Target::V, Target::O, Target::Gate, Target::Up, Target::Down];
+
+    /// PEFT's `target_modules` name.
+    pub fn peft_name(self) -> &'static str {
+        match self {
+            Target::Q => "q_proj",
+            Target::K => "k_proj",
+            Target::V => "v_proj",
+            Target::O => "o_proj",
+            Target::Gate => "gate_proj",
+            Target::Up => "up_proj",
+            Target::Down => "down_proj",
+        }
+    }
+
+    /// Module path inside `model.layers.N` (Hugging Face and PEFT key names).
+    pub fn module_path(self) -> &'static str {
+        match self {
+            Target::Q => "self_attn.q_proj",
+            Target::K => "self_attn.k_proj",
+            Target::V => "self_attn.v_proj",
+            Target::O => "self_attn.o_proj",
+            Target::Gate => "mlp.gate_proj",
+            Target::Up => "mlp.up_proj",
+            Target::Down => "mlp.down_proj",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Target> {
+        Target::ALL.into_iter().find(|t| t.peft_name() == name)
+    }
+}
+
+/// One adaptable projection of a loaded model.
+pub struct Slot<'a> {
+    pub layer: usize,
+    pub target: Target,
+    pub linear: &'a mut Linear,
+    /// GGUF llama Q/K weights have their rows permuted per head (for interleaved RoPE); an
+    /// adapter's B rows follow the same order inside mores and are converted at the PEFT boundary.
+    pub permuted_heads: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoraLayer {
+    pub a: Var,
+    pub b: Var,
+    pub scale: f64,
+    pub dropout: f64,
+    /// Distinguishes this layer's dropout masks from every other layer's in the same step.
+    pub id: u64,
+}
+
+impl LoraLayer {
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let (last, lead) = dims.split_last().expect("at least one dim");
+        let n: usize = lead.iter().product();
+        let mut x2 = x.reshape((n, *last))?;
+        if let (Some(seed), true) = (mode.dropout_seed, self.dropout > 0.0) {
+            x2 = x2.broadcast_mul(&dropout_mask(seed, self.id, n * last, self.dropout, x)?.reshape((n, *last))?)?;
+        }
+        let (a, b) = if mode.grad {
+            (self.a.as_tensor().clone(), self.b.as_tensor().clone())
+        } else {
+            (self.a.as_tensor().detach(), self.b.as_tensor().detach())
+        };
+        let y = (x2.matmul(&a.t()?)?.matmul(&b.t()?)? * self.scale)?;
+        let mut out = lead.to_vec();
+        out.push(b.dim(0)?);
+        Ok(y.reshape(out)?)
+    }
+
+    /// B A scaled: the dense update this adapter adds to W [out, in].
+    pub fn delta(&self) -> Result<Tensor> {
+        Ok((self.b.as_tensor().detach().matmul(&self.a.as_tensor().detach())? * self.scale)?)
+    }
+}
+
+/// Inverted dropout mask drawn from the run's portable RNG: candle's own CPU RNG cannot be seeded.
+fn dropout_mask(seed: u64, id: u64, n: usize, p: f64, like: &Tensor) -> Result<Tensor> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let keep = (1.0 / (1.0 - p)) as f32;
+    let m: Vec<f32> = (0..n).map(|_| if rng.random::<f64>() < p { 0.0 } else { keep }).collect();
+    Ok(Tensor::from_vec(m, n, like.device())?)
+}
+
+/// A [r, in] initialised as PEFT does (Kaiming-uniform with a = sqrt(5): U(-1/sqrt(in), 1/sqrt(in)))
+/// from a seed, B [out, r] zeros, so the adapted model starts equal to the base.
+pub fn init_pair(seed: u64, rank: usize, inp: usize, out: usize, device: &candle_core::Device) -> Result<(Var, Var)> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let bound = 1.0 / (inp as f64).sqrt();
+    let a: Vec<f32> = (0..rank * inp).map(|_| rng.random_range(-bound..bound) as f32).collect();
+    let a = Var::from_tensor(&Tensor::from_vec(a, (rank, inp), device)?)?;
+    let b = Var::zeros((out, rank), candle_core::DType::F32, device)?;
+    Ok((a, b))
+}
+
+/// B rows from mores' (GGUF) order to Hugging Face order, and back.
+pub fn rows_to_hf(b: &Tensor, heads: usize) -> Result<Tensor> {
+    let (out, r) = b.dims2()?;
+    let hd = out / heads;
+    Ok(b.reshape((heads, hd / 2, 2, r))?.transpose(1, 2)?.contiguous()?.reshape((out, r))?)
+}
+
+pub fn rows_from_hf(b: &Tensor, heads: usize) -> Result<Tensor> {
+    let (out, r) = b.dims2()?;
+    let hd = out / heads;
+    Ok(b.reshape((heads, 2, hd / 2, r))?.transpose(1, 2)?.contiguous()?.reshape((out, r))?)
+}

@@ -1,0 +1,190 @@
+//! Records -> token rows and the positions whose next-token distributions carry the loss.
+use crate::dataset::{Lesson, Record};
+use crate::error::Result;
+use crate::model::Model;
+use crate::score::{Plan, ScoreRequest};
+use candle_core::{Tensor, D};
+
+#[derive(Debug, Clone)]
+pub struct Example {
+    pub id: String,
+    pub rows: Vec<Vec<u32>>,
+    /// (row, position) pairs whose next-token logits the loss reads.
+    pub reads: Vec<(usize, usize)>,
+    pub kind: Kind,
+}
+
+#[derive(Debug, Clone)]
+pub enum Kind {
+    /// Next-token targets, one per read.
+    Tokens(Vec<u32>),
+    Labels(LabelLoss),
+}
+
+/// Option-label probabilities computed exactly as the probe scores them (both "k" and " k",
+/// multi-token labels, shorter labels excluding their continuations), so training moves the
+/// quantity that evaluation measures.
+#[derive(Debug, Clone)]
+pub struct LabelLoss {
+    /// Per sequence (flattened over labels): its (read, token) steps.
+    pub seqs: Vec<Vec<(usize, u32)>>,
+    /// Per sequence: the label it belongs to.
+    pub label_of: Vec<usize>,
+    /// Per sequence: the sequences that continue it (another label's tokens).
+    pub longer: Vec<Vec<usize>>,
+    pub target: Vec<f64>,
+}
+
+impl Example {
+    pub fn n_tokens(&self) -> usize {
+        self.rows.iter().map(|r| r.len()).sum()
+    }
+    /// How much this example weighs in its loss's denominator.
+    pub fn weight(&self) -> usize {
+        match &self.kind {
+            Kind::Tokens(t) => t.len(),
+            Kind::Labels(_) => 1,
+        }
+    }
+}
+
+/// The text before the answer: the user turn in the chat template (with the generation prompt)
+/// when `chat`, else the plain turn and a newline, as the probe builds prompts.
+pub fn context(model: &Model, user: &str, prefix: &str, chat: bool) -> Result<String> {
+    Ok(if chat { format!("{}{prefix}", model.render_chat(user)?) } else { format!("{user}\n{prefix}") })
+}
+
+pub enum Built {
+    Ok(Example),
+    /// The prompt alone is longer than `max_len`.
+    TooLong,
+}
+
+pub fn build(model: &Model, rec: &Record, lesson: &Lesson, chat: bool, max_len: usize) -> Result<Built> {
+    let prefix = rec.answer_prefix.as_deref().unwrap_or("");
+    match lesson {
+        Lesson::Text { user, answer } => {
+            let ctx = model.tok.encode_prompt(&context(model, user, prefix, chat)?)?;
+            let mut ans = model.tok.encode(answer)?;
+            if let Some((eos, _)) = &model.tok.eos {
+                ans.push(*eos);
+            }
+            if ctx.len() + 1 > max_len {
+                return Ok(Built::TooLong);
+            }
+            ans.truncate(max_len - ctx.len());
+            let start = ctx.len();
+            let mut row = ctx;
+            row.extend_from_slice(&ans);
+            let reads = (0..ans.len()).map(|i| (0, start - 1 + i)).collect();
+            Ok(Built::Ok(Example { id: rec.id.clone(), rows: vec![row], reads, kind: Kind::Tokens(ans) }))
+        }
+        Lesson::Labels { user, labels, target } => {
+            let prompt = context(model, user, prefix, chat)?;
+            let plan = Plan::new(model, &ScoreRequest { prompt, labels: labels.clone() })?;
+            let (rows, reads, map) = plan.layout();
+            if rows.iter().any(|r| r.len() > max_len) {
+                return Ok(Built::TooLong);
+            }
+            let mut seqs = Vec::new();
+            let mut label_of = Vec::new();
+            for (k, variants) in plan.seqs.iter().enumerate() {
+                for s in variants {
+                    seqs.push((0..s.len()).map(|i| (map[&s[..i].to_vec()], s[i])).collect());
+                    label_of.push(k);
+                }
+            }
+            let kind = Kind::Labels(LabelLoss { seqs, label_of, longer: plan.longer(), target: target.clone() });
+            Ok(Built::Ok(Example { id: rec.id.clone(), rows, reads, kind }))
+        }
+    }
+}
+
+/// Summed loss of a micro-batch over its examples: token NLL summed over answer tokens (Tokens)
+/// and KL(target || model) summed over examples (Labels), each divided by its denominator.
+/// Returns the loss tensor and the two raw sums for logging.
+pub fn batch_loss(
+    model: &Model,
+    batch: &[&Example],
+    mode: crate::model::layers::Mode,
+    denom: (f64, f64),
+) -> Result<(Tensor, f64, f64)> {
+    let mut rows = Vec::new();
+    let mut reads = Vec::new();
+    let mut read0 = Vec::with_capacity(batch.len());
+    for ex in batch {
+        let row0 = rows.len();
+        read0.push(reads.len());
+        rows.extend(ex.rows.iter().cloned());
+        reads.extend(ex.reads.iter().map(|&(r, p)| (row0 + r, p)));
+    }
+    let logits = model.logits_rows(&rows, &reads, mode)?;
+    let vocab = logits.dim(D::Minus1)?;
+    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?.flatten_all()?;
+    let dev = logits.device();
+    let pick = |idx: Vec<u32>| -> Result<Tensor> {
+        let n = idx.len();
+        Ok(logp.index_select(&Tensor::from_vec(idx, n, dev)?, 0)?)
+    };
+    let mut total = Tensor::zeros((), candle_core::DType::F32, dev)?;
+    let (mut lm_sum, mut kl_sum) = (0.0, 0.0);
+    // Token targets of every example at once.
+    let mut tok_idx = Vec::new();
+    for (ex, &r0) in batch.iter().zip(&read0) {
+        if let Kind::Tokens(t) = &ex.kind {
+            tok_idx.extend(t.iter().enumerate().map(|(i, &tok)| ((r0 + i) * vocab + tok as usize) as u32));
+        }
+    }
+    if !tok_idx.is_empty() {
+        let nll = pick(tok_idx)?.sum_all()?.neg()?;
+        lm_sum = nll.to_scalar::<f32>()? as f64;
+        total = (total + (nll / denom.0)?)?;
+    }
+    for (ex, &r0) in batch.iter().zip(&read0) {
+        let Kind::Labels(l) = &ex.kind else { continue };
+        let kl = label_kl(l, r0, vocab, &pick)?;
+        kl_sum += kl.to_scalar::<f32>()? as f64;
+        total = (total + (kl / denom.1)?)?;
+    }
+    Ok((total, lm_sum, kl_sum))
+}
+
+fn label_kl(l: &LabelLoss, r0: usize, vocab: usize, pick: &dyn Fn(Vec<u32>) -> Result<Tensor>) -> Result<Tensor> {
+    let (n_seq, n_lab) = (l.seqs.len(), l.target.len());
+    let mut idx = Vec::new();
+    let mut owner = Vec::new(); // step -> sequence
+    for (s, steps) in l.seqs.iter().enumerate() {
+        for &(read, tok) in steps {
+            idx.push(((r0 + read) * vocab + tok as usize) as u32);
+            owner.push(s);
+        }
+    }
+    let n_steps = idx.len();
+    let g = pick(idx)?; // [n_steps] log-probs
+    let dev = g.device();
+    // Sequence log-prob = sum of its steps; then exclusion of longer continuations; then label sums.
+    let mut sum_m = vec![0f32; n_seq * n_steps];
+    for (j, &s) in owner.iter().enumerate() {
+        sum_m[s * n_steps + j] = 1.0;
+    }
+    let sum_m = Tensor::from_vec(sum_m, (n_seq, n_steps), dev)?;
+    let p_seq = sum_m.matmul(&g.unsqueeze(1)?)?.exp()?; // [n_seq, 1]
+    let mut excl = vec![0f32; n_seq * n_seq];
+    for (s, longer) in l.longer.iter().enumerate() {
+        excl[s * n_seq + s] = 1.0;
+        for &t in longer {
+            excl[s * n_seq + t] -= 1.0;
+        }
+    }
+    let own = Tensor::from_vec(excl, (n_seq, n_seq), dev)?.matmul(&p_seq)?.relu()?;
+    let mut lab_m = vec![0f32; n_lab * n_seq];
+    for (s, &k) in l.label_of.iter().enumerate() {
+        lab_m[k * n_seq + s] = 1.0;
+    }
+    let raw = (Tensor::from_vec(lab_m, (n_lab, n_seq), dev)?.matmul(&own)?.squeeze(1)? + 1e-12)?;
+    let logq = (raw.log()? - raw.sum_all()?.log()?.broadcast_as(n_lab)?)?;
+    let t: Vec<f32> = l.target.iter().map(|&p| p as f32).collect();
+    let ent: f32 = t.iter().filter(|&&p| p > 0.0).map(|&p| p * p.ln()).sum();
+    let t = Tensor::from_vec(t, n_lab, dev)?;
+    Ok(((t * logq)?.sum_all()?.neg()? + ent as f64)?)
+}

@@ -1,0 +1,425 @@
+//! LoRA fine-tuning of a student on a synthetic dataset: seeded data order and dropout, AdamW with
+//! warmup and decay, gradient accumulation and clipping, validation loss, atomic checkpoints in
+//! PEFT format, and exact resume (the step number determines every random choice, so a resumed
+//! run replays the uninterrupted one).
+pub mod examples;
+pub mod optim;
+
+use crate::adapter::{self, Adapter};
+use crate::dataset::{self, Lesson};
+use crate::error::{Error, Result};
+use crate::io::{sha256_hex, write_json};
+use crate::model::layers::Mode;
+use crate::model::Model;
+use crate::recipe::{ChatMode, DistillRecipe, Objective};
+use candle_core::Tensor;
+use examples::{Built, Example};
+use optim::AdamW;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const CHECKPOINT: &str = "checkpoint";
+const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+const STATE_FILE: &str = "trainer_state.json";
+pub const LOSS_FILE: &str = "loss.jsonl";
+
+pub struct TrainArgs {
+    pub recipe: PathBuf,
+    pub data: PathBuf,
+    pub out: PathBuf,
+    pub resume: bool,
+    pub model: Option<PathBuf>,
+    pub max_steps: Option<usize>,
+    /// Checkpoint and stop after this many steps in this invocation (the schedule still spans
+    /// the whole run; continue with `--resume`).
+    pub stop_after: Option<usize>,
+    pub threads: usize,
+    pub progress: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainerState {
+    /// Optimizer steps completed.
+    pub step: usize,
+    pub total_steps: usize,
+    pub seed: u64,
+    pub data_sha256: String,
+    pub recipe_sha256: String,
+    pub base_sha256: String,
+    pub tokens_seen: u64,
+    pub n_train: usize,
+    pub n_val: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LogLine {
+    pub step: usize,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub tokens: u64,
+    pub tokens_per_s: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_loss: Option<f64>,
+}
+
+pub struct Summary {
+    pub steps: usize,
+    pub first_loss: Option<f64>,
+    pub last_loss: Option<f64>,
+    pub val_loss: Option<f64>,
+    pub skipped_too_long: usize,
+}
+
+/// The train/validation split: a record is held out when a seeded hash of its id falls below
+/// `val_fraction`, so the split does not depend on file order.
+pub fn is_val(seed: u64, id: &str, val_fraction: f64) -> bool {
+    let h = sha256_hex(format!("{seed}:{id}").as_bytes());
+    let x = u64::from_str_radix(&h[..16], 16).expect("hex") as f64 / u64::MAX as f64;
+    x < val_fraction
+}
+
+/// Examples for optimizer step `step`: epoch `step / steps_per_epoch` is a seeded permutation.
+pub fn step_indices(n: usize, per_step: usize, seed: u64, step: usize) -> Vec<usize> {
+    let spe = n.div_ceil(per_step).max(1);
+    let (epoch, within) = (step / spe, step % spe);
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ ((epoch as u64 + 1) * 0x2545_F491_4F6C_DD1D)));
+    order[within * per_step..((within + 1) * per_step).min(n)].to_vec()
+}
+
+fn denominators(exs: &[&Example]) -> (f64, f64) {
+    let lm: usize = exs.iter().filter(|e| matches!(e.kind, examples::Kind::Tokens(_))).map(|e| e.weight()).sum();
+    let kl = exs.iter().filter(|e| matches!(e.kind, examples::Kind::Labels(_))).count();
+    (lm.max(1) as f64, kl.max(1) as f64)
+}
+
+/// Loss over `exs` with gradients accumulated over micro-batches of `micro`. Returns the step's
+/// loss and the gradient of each adapter variable (in `vars` order).
+pub fn step_grads(
+    model: &Model,
+    adapter: &Adapter,
+    exs: &[&Example],
+    micro: usize,
+    dropout_seed: Option<u64>,
+) -> Result<(f64, Vec<Tensor>)> {
+    let denom = denominators(exs);
+    let vars = adapter.vars();
+    let mut acc: Vec<Option<Tensor>> = vec![None; vars.len()];
+    let mut loss = 0.0;
+    for (mi, chunk) in exs.chunks(micro).enumerate() {
+        let seed = dropout_seed.map(|s| s ^ ((mi as u64 + 1) << 40));
+        let (l, lm, kl) = examples::batch_loss(model, chunk, Mode::train(seed), denom)?;
+        loss += lm / denom.0 + kl / denom.1;
+        let grads = l.backward()?;
+        for (i, v) in vars.iter().enumerate() {
+            let g = grads.get(v.as_tensor()).ok_or_else(|| {
+                let p = &adapter.params[i / 2];
+                Error::Invalid(format!(
+                    "no gradient reached layer {} {} (an op without backward is in the training graph)",
+                    p.layer,
+                    p.target.peft_name()
+                ))
+            })?;
+            acc[i] = Some(match acc[i].take() {
+                Some(a) => (a + g)?,
+                None => g.clone(),
+            });
+        }
+    }
+    Ok((loss, acc.into_iter().map(|g| g.expect("at least one micro-batch")).collect()))
+}
+
+/// Mean loss over `exs` without gradients (the probe's numerics).
+pub fn eval_loss(model: &Model, exs: &[&Example], micro: usize) -> Result<f64> {
+    let denom = denominators(exs);
+    let mut loss = 0.0;
+    for chunk in exs.chunks(micro) {
+        let (_, lm, kl) = examples::batch_loss(model, chunk, Mode::INFER, denom)?;
+        loss += lm / denom.0 + kl / denom.1;
+    }
+    Ok(loss)
+}
+
+/// If a checkpoint swap was interrupted between its two renames, put the previous one back.
+fn recover(out: &Path) -> Result<()> {
+    let (cur, old) = (out.join(CHECKPOINT), out.join(format!("{CHECKPOINT}.old")));
+    if !cur.exists() && old.exists() {
+        std::fs::rename(&old, &cur).map_err(|e| Error::io(&old, e))?;
+    }
+    Ok(())
+}
+
+fn save_checkpoint(out: &Path, adapter: &Adapter, model: &Model, opt: &AdamW, state: &TrainerState) -> Result<()> {
+    let tmp = out.join(format!("{CHECKPOINT}.tmp"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    adapter.save(&tmp, model)?;
+    let mut tensors = Vec::new();
+    let names = adapter.peft_tensors()?;
+    for (i, (name, _)) in names.iter().enumerate() {
+        tensors.push((format!("{name}.exp_avg"), opt.m[i].clone()));
+        tensors.push((format!("{name}.exp_avg_sq"), opt.v[i].clone()));
+    }
+    let bytes = adapter::save_safetensors(&tensors, HashMap::new())?;
+    crate::io::atomic_write(&tmp.join(OPTIMIZER_FILE), &bytes)?;
+    write_json(&tmp.join(STATE_FILE), state)?;
+    let (cur, old) = (out.join(CHECKPOINT), out.join(format!("{CHECKPOINT}.old")));
+    if cur.exists() {
+        std::fs::rename(&cur, &old).map_err(|e| Error::io(&cur, e))?;
+    }
+    std::fs::rename(&tmp, &cur).map_err(|e| Error::io(&tmp, e))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+    }
+    // The newest adapter also sits at the top of OUT, so `--adapter OUT` and PEFT load it.
+    for f in [adapter::CONFIG_FILE, adapter::WEIGHTS_FILE, adapter::MORES_FILE] {
+        let bytes = std::fs::read(cur.join(f)).map_err(|e| Error::io(cur.join(f), e))?;
+        crate::io::atomic_write(&out.join(f), &bytes)?;
+    }
+    Ok(())
+}
+
+fn load_optimizer(dir: &Path, adapter: &Adapter, opt: &mut AdamW, model: &Model) -> Result<()> {
+    let p = dir.join(OPTIMIZER_FILE);
+    let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+    let (tensors, _) = adapter::read_safetensors(&bytes, &model.device).map_err(|m| Error::model(&p, m))?;
+    let t: HashMap<String, Tensor> = tensors.into_iter().collect();
+    for (i, (name, _)) in adapter.peft_tensors()?.iter().enumerate() {
+        let get = |suffix: &str| {
+            t.get(&format!("{name}.{suffix}"))
+                .cloned()
+                .ok_or_else(|| Error::model(&p, format!("missing {name}.{suffix}")))
+        };
+        opt.m[i] = get("exp_avg")?;
+        opt.v[i] = get("exp_avg_sq")?;
+    }
+    Ok(())
+}
+
+fn read_log(path: &Path) -> Result<Vec<LogLine>> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    crate::io::read_jsonl(path)
+}
+
+pub fn plot_loss(out: &Path) -> Result<()> {
+    let log = read_log(&out.join(LOSS_FILE))?;
+    let train = crate::plot::Series {
+        name: "train loss".into(),
+        points: log.iter().map(|l| ((l.step + 1) as f64, l.loss)).collect(),
+    };
+    let val = crate::plot::Series {
+        name: "validation loss".into(),
+        points: log.iter().filter_map(|l| l.val_loss.map(|v| ((l.step + 1) as f64, v))).collect(),
+    };
+    crate::plot::lines(&out.join("loss.svg"), "LoRA training loss", "optimizer step", "loss", &[train, val])
+}
+
+pub fn train(a: &TrainArgs) -> Result<Summary> {
+    let mut recipe = DistillRecipe::load(&a.recipe)?;
+    if let Some(m) = &a.model {
+        recipe.student.path = Some(m.clone());
+    }
+    if let Some(s) = a.max_steps {
+        recipe.train.max_steps = Some(s);
+    }
+    let t = recipe.train.clone();
+    let model_path = recipe.student.path.clone().ok_or_else(|| Error::Recipe {
+        path: a.recipe.clone(),
+        msg: "no student model: set [student] path or pass --model".into(),
+    })?;
+    // Check the output folder before any work: a finished or running job's checkpoint is
+    // continued only on request and never overwritten by a fresh run.
+    recover(&a.out)?;
+    let ckpt = a.out.join(CHECKPOINT);
+    if ckpt.exists() && !a.resume {
+        return Err(Error::Invalid(format!(
+            "{} already holds a checkpoint: pass --resume to continue it, or choose another --out",
+            a.out.display()
+        )));
+    }
+    if a.resume && !ckpt.exists() {
+        return Err(Error::Invalid(format!("--resume: no checkpoint in {}", a.out.display())));
+    }
+    let data = dataset::read(&a.data)?;
+    for (r, lesson) in &data {
+        let bad = match (t.objective, lesson) {
+            (Objective::Lm, Lesson::Labels { .. }) => Some("a distribution target, but train.objective = \"lm\""),
+            (Objective::Kl, Lesson::Text { .. }) => Some("a text target, but train.objective = \"kl\""),
+            _ => None,
+        };
+        if let Some(why) = bad {
+            return Err(Error::Invalid(format!("{}: record {:?} has {why}", a.data.display(), r.id)));
+        }
+    }
+    let data_sha256 = crate::model::sha256_file(&a.data)?;
+    let recipe_json = serde_json::to_value(&recipe)?;
+    let recipe_sha256 = sha256_hex(serde_json::to_string(&recipe_json)?.as_bytes());
+
+    let mut model = Model::load(&model_path, &crate::commands::load_options(recipe.student.weights))?;
+    let chat = match t.chat {
+        ChatMode::Auto => model.is_chat(),
+        ChatMode::Always => true,
+        ChatMode::Never => false,
+    };
+    let (mut train_ex, mut val_ex, mut too_long) = (Vec::new(), Vec::new(), 0);
+    for (r, lesson) in &data {
+        match examples::build(&model, r, lesson, chat, t.max_len)? {
+            Built::Ok(ex) if is_val(t.seed, &r.id, t.val_fraction) => val_ex.push(ex),
+            Built::Ok(ex) => train_ex.push(ex),
+            Built::TooLong => too_long += 1,
+        }
+    }
+    if too_long > 0 {
+        eprintln!("warning: skipped {too_long} records whose prompt is longer than train.max_len = {}", t.max_len);
+    }
+    if train_ex.is_empty() {
+        return Err(Error::Invalid(format!(
+            "{}: no training examples left after the validation split and length limit",
+            a.data.display()
+        )));
+    }
+    let per_step = t.batch * t.grad_accum;
+    let total = t.max_steps.unwrap_or(t.epochs * train_ex.len().div_ceil(per_step));
+
+    let (adapter, mut state) = if a.resume {
+        let state: TrainerState = {
+            let p = ckpt.join(STATE_FILE);
+            let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+            serde_json::from_str(&text).map_err(|e| Error::data(&p, 0, format!("malformed trainer state: {e}")))?
+        };
+        let mismatch = [
+            (state.data_sha256 != data_sha256, "data file"),
+            (state.recipe_sha256 != recipe_sha256, "recipe"),
+            (state.base_sha256 != model.info.sha256, "student model"),
+        ];
+        if let Some((_, what)) = mismatch.iter().find(|m| m.0) {
+            return Err(Error::Invalid(format!(
+                "--resume: the {what} differs from the one {} was trained with; resume with the same inputs or start a new --out",
+                a.out.display()
+            )));
+        }
+        (Adapter::load(&mut model, &ckpt)?, state)
+    } else {
+        let adapter = Adapter::attach_new(&mut model, &recipe.lora, t.seed)?;
+        let state = TrainerState {
+            step: 0,
+            total_steps: total,
+            seed: t.seed,
+            data_sha256,
+            recipe_sha256,
+            base_sha256: model.info.sha256.clone(),
+            tokens_seen: 0,
+            n_train: train_ex.len(),
+            n_val: val_ex.len(),
+        };
+        (adapter, state)
+    };
+    state.total_steps = total;
+    let mut opt = AdamW::new(adapter.vars(), t.betas, t.eps, t.weight_decay)?;
+    if a.resume {
+        load_optimizer(&ckpt, &adapter, &mut opt, &model)?;
+        opt.step = state.step;
+    }
+    std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
+    let log_path = a.out.join(LOSS_FILE);
+    // The curve up to the checkpoint; steps logged after it are replayed.
+    let kept: Vec<LogLine> = read_log(&log_path)?.into_iter().filter(|l| a.resume && l.step < state.step).collect();
+    crate::io::write_jsonl(&log_path, &kept)?;
+    let mut log = std::fs::OpenOptions::new().append(true).open(&log_path).map_err(|e| Error::io(&log_path, e))?;
+    write_manifest(a, &recipe, &model)?;
+    eprintln!(
+        "training {} LoRA parameters ({} tensors) on {} examples ({} validation), {} steps of {} examples",
+        adapter.vars().iter().map(|v| v.elem_count()).sum::<usize>(),
+        adapter.params.len() * 2,
+        train_ex.len(),
+        val_ex.len(),
+        total,
+        per_step
+    );
+
+    let bar = crate::progress::bar(total.saturating_sub(state.step) as u64, "train", a.progress);
+    let val_refs: Vec<&Example> = val_ex.iter().collect();
+    let (mut first, mut last, mut last_val) = (None, None, None);
+    let t0 = std::time::Instant::now();
+    let mut tokens_run = 0u64;
+    let end = a.stop_after.map(|n| (state.step + n).min(total)).unwrap_or(total);
+    for step in state.step..end {
+        let idx = step_indices(train_ex.len(), per_step, t.seed, step);
+        let exs: Vec<&Example> = idx.iter().map(|&i| &train_ex[i]).collect();
+        let dropout_seed = (recipe.lora.dropout > 0.0).then(|| t.seed ^ ((step as u64 + 1) * 0x9E37_79B9));
+        let (loss, mut grads) = step_grads(&model, &adapter, &exs, t.batch, dropout_seed)?;
+        let grad_norm = optim::clip(&mut grads, t.clip)?;
+        let lr = optim::lr_at(t.lr, t.schedule, t.warmup_steps, step, total);
+        opt.step(&grads, lr)?;
+        let tokens: u64 = exs.iter().map(|e| e.n_tokens() as u64).sum();
+        state.tokens_seen += tokens;
+        tokens_run += tokens;
+        state.step = step + 1;
+        let done = state.step == total;
+        let pausing = state.step == end;
+        let val_loss = if !val_refs.is_empty() && (state.step.is_multiple_of(t.eval_every.max(1)) || done) {
+            Some(eval_loss(&model, &val_refs, t.batch)?)
+        } else {
+            None
+        };
+        let tps = tokens_run as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+        let line = LogLine { step, loss, lr, grad_norm, tokens: state.tokens_seen, tokens_per_s: tps, val_loss };
+        writeln!(log, "{}", serde_json::to_string(&line)?).map_err(|e| Error::io(&log_path, e))?;
+        first.get_or_insert(loss);
+        last = Some(loss);
+        if val_loss.is_some() {
+            last_val = val_loss;
+        }
+        if state.step.is_multiple_of(t.save_every.max(1)) || done || pausing {
+            save_checkpoint(&a.out, &adapter, &model, &opt, &state)?;
+        }
+        bar.set_message(format!("train loss {loss:.4} {tps:.0} tok/s"));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    if state.step == total && total > 0 && !ckpt.exists() {
+        save_checkpoint(&a.out, &adapter, &model, &opt, &state)?;
+    }
+    plot_loss(&a.out)?;
+    Ok(Summary {
+        steps: state.step,
+        first_loss: first,
+        last_loss: last,
+        val_loss: last_val,
+        skipped_too_long: too_long,
+    })
+}
+
+fn write_manifest(a: &TrainArgs, recipe: &DistillRecipe, model: &Model) -> Result<()> {
+    let (git_commit, git_dirty) = crate::manifest::git();
+    let recipe_json = serde_json::to_value(recipe)?;
+    let m = crate::manifest::Manifest {
+        command: std::env::args().collect(),
+        mores_version: env!("CARGO_PKG_VERSION").into(),
+        crates: crate::manifest::crate_versions(),
+        git_commit,
+        git_dirty,
+        recipe_sha256: sha256_hex(serde_json::to_string(&recipe_json)?.as_bytes()),
+        recipe: recipe_json,
+        model: model.info.clone(),
+        inputs: crate::manifest::hash_inputs(&[&a.data])?,
+        seed: recipe.train.seed,
+        threads: a.threads,
+        batch: recipe.train.batch,
+        shard: None,
+        device: "cpu".into(),
+        dtype: "f32".into(),
+        started: crate::manifest::now_utc(),
+    };
+    write_json(&a.out.join("manifest.json"), &m)
+}

@@ -1,0 +1,295 @@
+//! LoRA maths on tiny random-weight models: gradients against finite differences, B = 0 leaves
+//! the base untouched, merged == unmerged, PEFT key names and round trips.
+use crate::common::{smollm2, tiny_model};
+use candle_core::{Device, Tensor};
+use mores::adapter::{merge_into, Adapter, LoraSpec};
+use mores::dataset::{Lesson, Record};
+use mores::model::layers::Mode;
+use mores::model::{LoadOptions, Model};
+use mores::train::examples::{batch_loss, build, Built, Example};
+use rand::{Rng, SeedableRng};
+
+fn spec(targets: &[&str], rank: usize) -> LoraSpec {
+    LoraSpec {
+        rank,
+        alpha: 2.0 * rank as f64,
+        dropout: 0.0,
+        targets: targets.iter().map(|s| s.to_string()).collect(),
+        rslora: false,
+    }
+}
+
+const ALL: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
+fn randomise_b(ad: &Adapter, seed: u64, std: f32) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    for p in &ad.params {
+        let dims = p.b.as_tensor().dims().to_vec();
+        let v: Vec<f32> =
+            (0..dims.iter().product::<usize>()).map(|_| (rng.random::<f32>() * 2.0 - 1.0) * std).collect();
+        p.b.set(&Tensor::from_vec(v, dims, &Device::Cpu).unwrap()).unwrap();
+    }
+}
+
+fn rec(id: &str, json: serde_json::Value) -> Record {
+    let mut v = json;
+    v["id"] = id.into();
+    serde_json::from_value(v).unwrap()
+}
+
+fn examples(m: &Model) -> Vec<Example> {
+    let recs = [
+        rec("t", serde_json::json!({"prompt": "How important is family?", "target": "Very important."})),
+        rec(
+            "k",
+            serde_json::json!({"prompt": "Rate 1-10: trust in police?", "answer_prefix": "Answer: ",
+            "labels": ["1","2","3","4","5","6","7","8","9","10"],
+            "target": [0.02,0.03,0.05,0.1,0.2,0.2,0.15,0.1,0.1,0.05]}),
+        ),
+    ];
+    recs.iter()
+        .map(|r| match build(m, r, &r.lesson().unwrap(), false, 256).unwrap() {
+            Built::Ok(e) => e,
+            Built::TooLong => panic!("too long"),
+        })
+        .collect()
+}
+
+fn loss_value(m: &Model, exs: &[Example]) -> f64 {
+    let refs: Vec<&Example> = exs.iter().collect();
+    let denom = (
+        exs.iter()
+            .filter(|e| matches!(e.kind, mores::train::examples::Kind::Tokens(_)))
+            .map(|e| e.weight())
+            .sum::<usize>() as f64,
+        1.0,
+    );
+    batch_loss(m, &refs, Mode::train(None), denom).unwrap().0.to_scalar::<f32>().unwrap() as f64
+}
+
+#[test]
+fn lora_gradients_match_finite_differences() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = Model::load(&tiny_model(dir.path(), "llama", 3), &LoadOptions::default()).unwrap();
+    let ad = Adapter::attach_new(&mut m, &spec(&ALL, 2), 7).unwrap();
+    randomise_b(&ad, 8, 0.3);
+    let exs = examples(&m);
+    let refs: Vec<&Example> = exs.iter().collect();
+    // Two micro-batches of one: also checks gradient accumulation.
+    let (loss, grads) = mores::train::step_grads(&m, &ad, &refs, 1, None).unwrap();
+    assert!((loss - loss_value(&m, &exs)).abs() < 1e-5, "accumulated loss {loss} vs one batch");
+    let vars = ad.vars();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let mut checked = 0;
+    for (vi, var) in vars.iter().enumerate() {
+        let g = grads[vi].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(g.iter().any(|x| *x != 0.0), "variable {vi} got an all-zero gradient");
+        // Two coordinates per variable, one of them the largest-gradient one.
+        let big = g.iter().enumerate().max_by(|a, b| a.1.abs().total_cmp(&b.1.abs())).unwrap().0;
+        for idx in [big, rng.random_range(0..g.len())] {
+            let orig = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let eps = 1e-2f32;
+            let at = |d: f32| {
+                let mut v = orig.clone();
+                v[idx] += d;
+                var.set(&Tensor::from_vec(v, var.as_tensor().dims(), &Device::Cpu).unwrap()).unwrap();
+                loss_value(&m, &exs)
+            };
+            let fd = (at(eps) - at(-eps)) / (2.0 * eps as f64);
+            var.set(&Tensor::from_vec(orig, var.as_tensor().dims(), &Device::Cpu).unwrap()).unwrap();
+            let an = g[idx] as f64;
+            assert!(
+                (fd - an).abs() <= 2e-3 + 0.03 * an.abs(),
+                "var {vi} idx {idx}: analytic {an} vs finite difference {fd}"
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, vars.len() * 2);
+}
+
+fn logits(m: &Model, mode: Mode) -> Vec<f32> {
+    let rows = vec![m.tok.encode_prompt("Family is very important").unwrap(), m.tok.encode_prompt("Hi").unwrap()];
+    let reads: Vec<(usize, usize)> = vec![(0, 3), (0, rows[0].len() - 1), (1, rows[1].len() - 1)];
+    m.logits_rows(&rows, &reads, mode).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+}
+
+/// Next-token probabilities at the same reads.
+fn probs(m: &Model) -> Vec<f32> {
+    let rows = vec![m.tok.encode_prompt("Family is very important").unwrap(), m.tok.encode_prompt("Hi").unwrap()];
+    let reads: Vec<(usize, usize)> = vec![(0, 3), (0, rows[0].len() - 1), (1, rows[1].len() - 1)];
+    let l = m.logits_rows(&rows, &reads, Mode::INFER).unwrap();
+    candle_nn::ops::softmax_last_dim(&l).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn lora_with_zero_b_equals_base_exactly() {
+    for arch in ["llama", "gemma3"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Model::load(&tiny_model(dir.path(), arch, 5), &LoadOptions::default()).unwrap();
+        let base_train = logits(&m, Mode::train(None));
+        let base_infer = logits(&m, Mode::INFER);
+        Adapter::attach_new(&mut m, &spec(&ALL, 4), 1).unwrap();
+        assert_eq!(max_diff(&base_train, &logits(&m, Mode::train(None))), 0.0, "{arch}: training path");
+        assert_eq!(max_diff(&base_infer, &logits(&m, Mode::INFER)), 0.0, "{arch}: inference path");
+        // The explicit (differentiable) ops agree with the fused kernels.
+        assert!(max_diff(&base_train, &base_infer) < 1e-4, "{arch}: explicit vs fused ops");
+    }
+}
+
+#[test]
+fn merged_equals_unmerged_and_export_round_trips() {
+    for arch in ["llama", "gemma3"] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = tiny_model(&dir.path().join("base"), arch, 9);
+        let mut m = Model::load(&path, &LoadOptions::default()).unwrap();
+        let base = logits(&m, Mode::INFER);
+        let ad = Adapter::attach_new(&mut m, &spec(&ALL, 4), 2).unwrap();
+        randomise_b(&ad, 3, 0.2);
+        let adapted = logits(&m, Mode::INFER);
+        assert!(max_diff(&base, &adapted) > 1e-2, "{arch}: the adapter must change the logits");
+        let adapted_p = probs(&m);
+        assert_eq!(merge_into(&mut m).unwrap(), ad.params.len());
+        let merged = probs(&m);
+        assert!(max_diff(&adapted_p, &merged) < 1e-5, "{arch}: merged vs unmerged {}", max_diff(&adapted_p, &merged));
+        let out = dir.path().join("merged");
+        mores::export::export_hf(&mut m, &out).unwrap();
+        let reloaded = Model::load(&out, &LoadOptions::default()).unwrap();
+        let d = max_diff(&merged, &probs(&reloaded));
+        assert!(d < 1e-5, "{arch}: exported folder differs by {d}");
+    }
+}
+
+#[test]
+fn peft_keys_shapes_and_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_model(&dir.path().join("base"), "llama", 4);
+    let mut m = Model::load(&path, &LoadOptions::default()).unwrap();
+    let ad = Adapter::attach_new(&mut m, &spec(&["q_proj", "v_proj", "down_proj"], 3), 5).unwrap();
+    randomise_b(&ad, 6, 0.1);
+    let out = dir.path().join("adapter");
+    std::fs::create_dir_all(&out).unwrap();
+    ad.save(&out, &m).unwrap();
+    let bytes = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    assert_eq!(meta.metadata().as_ref().unwrap().get("format").map(String::as_str), Some("pt"));
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names = st.names();
+    names.sort();
+    assert_eq!(names.len(), 3 * 3 * 2);
+    let q_a = st.tensor("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight").unwrap();
+    assert_eq!(q_a.shape(), &[3, 32]);
+    let q_b = st.tensor("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight").unwrap();
+    assert_eq!(q_b.shape(), &[32, 3]);
+    let d_b = st.tensor("base_model.model.model.layers.2.mlp.down_proj.lora_B.weight").unwrap();
+    assert_eq!(d_b.shape(), &[32, 3]);
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["peft_type"], "LORA");
+    assert_eq!(cfg["r"], 3);
+    assert_eq!(cfg["target_modules"], serde_json::json!(["q_proj", "v_proj", "down_proj"]));
+
+    let before = logits(&m, Mode::INFER);
+    let mut fresh = Model::load(&path, &LoadOptions::default()).unwrap();
+    let loaded = Adapter::load(&mut fresh, &out).unwrap();
+    assert_eq!(loaded.params.len(), ad.params.len());
+    assert_eq!(max_diff(&before, &logits(&fresh, Mode::INFER)), 0.0);
+}
+
+/// llama.cpp's converter permutes Q/K rows per head: HF row h*hd + s*hd/2 + i is GGUF row
+/// h*hd + 2i + s. PEFT adapters are in HF order; the conversion must be exactly that map.
+#[test]
+fn gguf_rope_permutation_of_adapter_rows() {
+    let (heads, hd, r) = (3usize, 8usize, 2usize);
+    let hf: Vec<f32> = (0..heads * hd * r).map(|x| x as f32).collect();
+    let hf = Tensor::from_vec(hf, (heads * hd, r), &Device::Cpu).unwrap();
+    let gguf = mores::model::lora::rows_from_hf(&hf, heads).unwrap();
+    let (hfv, gv) = (hf.to_vec2::<f32>().unwrap(), gguf.to_vec2::<f32>().unwrap());
+    for h in 0..heads {
+        for s in 0..2 {
+            for i in 0..hd / 2 {
+                assert_eq!(gv[h * hd + 2 * i + s], hfv[h * hd + s * hd / 2 + i]);
+            }
+        }
+    }
+    let back = mores::model::lora::rows_to_hf(&gguf, heads).unwrap();
+    assert_eq!(back.to_vec2::<f32>().unwrap(), hfv);
+}
+
+#[test]
+fn adapter_round_trip_on_smollm2_gguf() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = LoadOptions { dequantize: true, ..Default::default() };
+    let mut m = Model::load(&smollm2(), &opts).unwrap();
+    let ad = Adapter::attach_new(&mut m, &spec(&["q_proj", "k_proj", "v_proj"], 4), 1).unwrap();
+    randomise_b(&ad, 2, 0.05);
+    let ids = m.tok.encode_prompt(crate::common::PROMPT).unwrap();
+    let read = [(0usize, ids.len() - 1)];
+    let before = m.logits_rows(std::slice::from_ref(&ids), &read, Mode::INFER).unwrap().flatten_all().unwrap();
+    ad.save(dir.path(), &m).unwrap();
+    let mut fresh = Model::load(&smollm2(), &opts).unwrap();
+    Adapter::load(&mut fresh, dir.path()).unwrap();
+    let after = fresh.logits_rows(std::slice::from_ref(&ids), &read, Mode::INFER).unwrap().flatten_all().unwrap();
+    let d = (before - after).unwrap().abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    assert_eq!(d, 0.0);
+    assert!(fresh.info.adapter.is_some());
+    assert_ne!(fresh.scoring_id(), Model::load(&smollm2(), &opts).unwrap().scoring_id());
+}
+
+#[test]
+fn adapter_for_another_model_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut gemma = Model::load(&tiny_model(&dir.path().join("g"), "gemma3", 1), &LoadOptions::default()).unwrap();
+    let ad = Adapter::attach_new(&mut gemma, &spec(&["q_proj"], 2), 1).unwrap();
+    let out = dir.path().join("ad");
+    std::fs::create_dir_all(&out).unwrap();
+    ad.save(&out, &gemma).unwrap();
+    let mut llama = Model::load(&tiny_model(&dir.path().join("l"), "llama", 1), &LoadOptions::default()).unwrap();
+    let err = Adapter::load(&mut llama, &out).err().expect("must fail").to_string();
+    assert!(err.contains("gemma3") && err.contains("llama"), "{err}");
+    // Same architecture, other shapes: SmolLM2's q_proj is 576 wide, the tiny llama's 32.
+    let mut big = Model::load(&smollm2(), &LoadOptions { dequantize: true, ..Default::default() }).unwrap();
+    let ad = Adapter::attach_new(&mut big, &spec(&["q_proj"], 2), 1).unwrap();
+    let out2 = dir.path().join("ad2");
+    std::fs::create_dir_all(&out2).unwrap();
+    ad.save(&out2, &big).unwrap();
+    let err = Adapter::load(&mut llama, &out2).err().expect("must fail").to_string();
+    assert!(err.contains("another model"), "{err}");
+}
+
+#[test]
+fn unknown_target_module_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = Model::load(&tiny_model(dir.path(), "llama", 1), &LoadOptions::default()).unwrap();
+    let err = Adapter::attach_new(&mut m, &spec(&["qkv_proj"], 2), 1).err().expect("must fail").to_string();
+    assert!(err.contains("qkv_proj") && err.contains("q_proj"), "{err}");
+}
+
+#[test]
+fn label_lesson_matches_the_probe_scorer() {
+    // The KL objective's label probabilities are the probe's: at the target equal to the probe's
+    // own distribution, the KL is zero.
+    let dir = tempfile::tempdir().unwrap();
+    let m = Model::load(&tiny_model(dir.path(), "llama", 2), &LoadOptions::default()).unwrap();
+    let labels: Vec<String> = (1..=10).map(|i| i.to_string()).collect();
+    let prompt = "Rate 1-10: trust?\nAnswer: ";
+    let probs = mores::score::Scorer::score_batch(
+        &m,
+        &[mores::score::ScoreRequest { prompt: prompt.into(), labels: labels.clone() }],
+    )
+    .unwrap()
+    .remove(0)
+    .probs;
+    let r = rec(
+        "x",
+        serde_json::json!({"prompt": "Rate 1-10: trust?", "answer_prefix": "Answer: ", "labels": labels, "target": probs}),
+    );
+    let Lesson::Labels { .. } = r.lesson().unwrap() else { panic!("labels lesson") };
+    let Built::Ok(ex) = build(&m, &r, &r.lesson().unwrap(), false, 256).unwrap() else { panic!() };
+    let kl = batch_loss(&m, &[&ex], Mode::INFER, (1.0, 1.0)).unwrap().2;
+    assert!(kl.abs() < 1e-5, "KL to its own distribution: {kl}");
+}

@@ -1,0 +1,210 @@
+//! `mores train`: resume replays the uninterrupted run; bad input fails before anything is
+//! written; on the real SmolLM2 the loss falls on a tiny overfit set.
+use crate::common::{assert_clean_error, mores, smollm2, stderr, tiny_model};
+use std::path::Path;
+
+fn write_data(path: &Path, n: usize) {
+    let countries = ["Nigeria", "Japan", "Brazil", "Germany", "India", "Egypt"];
+    let answers = ["Very important", "Rather important", "Not very important", "Not at all important"];
+    let mut s = String::new();
+    for i in 0..n {
+        let c = countries[i % countries.len()];
+        let rec = if i % 3 == 2 {
+            let mut t = vec![0.1; 4];
+            t[i % 4] = 0.7;
+            serde_json::json!({"id": format!("r{i}"), "prompt": format!("How important is religion to a person in {c}?"),
+                "answer_prefix": "Answer: ", "labels": ["1", "2", "3", "4"], "target": t})
+        } else {
+            serde_json::json!({"id": format!("r{i}"), "messages": [
+                {"role": "user", "content": format!("How important is family to a person in {c}?")},
+                {"role": "assistant", "content": format!("{}.", answers[i % 4])}]})
+        };
+        s.push_str(&rec.to_string());
+        s.push('\n');
+    }
+    std::fs::write(path, s).unwrap();
+}
+
+fn write_recipe(path: &Path, model: &Path, extra: &str) {
+    let text = format!(
+        r#"name = "test"
+[student]
+path = "{}"
+[lora]
+rank = 4
+alpha = 8
+dropout = 0.1
+targets = ["q_proj", "v_proj", "down_proj"]
+[train]
+lr = 5e-3
+batch = 2
+grad_accum = 2
+warmup_steps = 2
+max_steps = 6
+save_every = 2
+eval_every = 2
+val_fraction = 0.2
+seed = 3
+{extra}
+"#,
+        model.display()
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+fn run(args: &[&str]) -> std::process::Output {
+    let o = mores(args);
+    assert!(o.status.success(), "mores {args:?} failed: {}", stderr(&o));
+    o
+}
+
+/// Loss curve without the timing column, which differs between runs.
+fn curve(out: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join("loss.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("tokens_per_s");
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn resumed_training_replays_the_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(&dir.path().join("m"), "llama", 1);
+    let (data, recipe) = (dir.path().join("d.jsonl"), dir.path().join("r.toml"));
+    write_data(&data, 14);
+    write_recipe(&recipe, &model, "");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    run(&["train", "--recipe", &s(&recipe), "--data", &s(&data), "--out", &s(&a)]);
+    run(&["train", "--recipe", &s(&recipe), "--data", &s(&data), "--out", &s(&b), "--stop-after", "3"]);
+    assert_eq!(curve(&b).len(), 3);
+    run(&["train", "--recipe", &s(&recipe), "--data", &s(&data), "--out", &s(&b), "--resume"]);
+    let (ca, cb) = (curve(&a), curve(&b));
+    assert_eq!(ca.len(), 6);
+    assert_eq!(ca, cb, "resumed loss curve differs from the uninterrupted one");
+    let w = |d: &Path| std::fs::read(d.join("adapter_model.safetensors")).unwrap();
+    assert!(w(&a) == w(&b), "final adapters differ");
+    // Every step logged a finite loss, validation ran, and the plot exists.
+    assert!(ca.iter().all(|v| v["loss"].as_f64().unwrap().is_finite()));
+    assert!(ca.iter().any(|v| v.get("val_loss").is_some()));
+    let svg = std::fs::read_to_string(a.join("loss.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("train loss") && svg.contains("<polyline"));
+    // The trained adapter is usable by the probe path.
+    let o =
+        run(&["score", "--model", &s(&model), "--prompt", "How important is family?\nAnswer: ", "--adapter", &s(&a)]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("probs"));
+}
+
+#[test]
+fn failed_run_never_touches_the_previous_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(&dir.path().join("m"), "llama", 1);
+    let (data, recipe, out) = (dir.path().join("d.jsonl"), dir.path().join("r.toml"), dir.path().join("out"));
+    write_data(&data, 8);
+    write_recipe(&recipe, &model, "");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    run(&["train", "--recipe", &s(&recipe), "--data", &s(&data), "--out", &s(&out), "--max-steps", "2"]);
+    let snapshot = |d: &Path| -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<(String, Vec<u8>)> =
+            walk(d).into_iter().map(|p| (p.display().to_string(), std::fs::read(&p).unwrap())).collect();
+        v.sort();
+        v
+    };
+    let before = snapshot(&out);
+
+    // A fresh run into a folder with a checkpoint.
+    let o = mores(&["train", "--recipe", &s(&recipe), "--data", &s(&data), "--out", &s(&out)]);
+    assert_clean_error(&o, "--resume");
+    // Malformed data: a record with no prompt or messages, named by line.
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"id\": \"a\", \"target\": \"x\"}\n").unwrap();
+    let o = mores(&["train", "--recipe", &s(&recipe), "--data", &s(&bad), "--out", &s(&out), "--resume"]);
+    assert_clean_error(&o, "bad.jsonl:1");
+    // Empty dataset.
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    let o = mores(&["train", "--recipe", &s(&recipe), "--data", &s(&empty), "--out", &s(&dir.path().join("o2"))]);
+    assert_clean_error(&o, "no records");
+    // Resuming with other data.
+    write_data(&dir.path().join("d2.jsonl"), 9);
+    let o = mores(&[
+        "train",
+        "--recipe",
+        &s(&recipe),
+        "--data",
+        &s(&dir.path().join("d2.jsonl")),
+        "--out",
+        &s(&out),
+        "--resume",
+    ]);
+    assert_clean_error(&o, "data file differs");
+    // A target module the model does not have.
+    let r2 = dir.path().join("r2.toml");
+    std::fs::write(&r2, std::fs::read_to_string(&recipe).unwrap().replace("\"down_proj\"", "\"dense_4h\"")).unwrap();
+    let o = mores(&["train", "--recipe", &s(&r2), "--data", &s(&data), "--out", &s(&dir.path().join("o3"))]);
+    assert_clean_error(&o, "dense_4h");
+    // Unknown recipe field.
+    let r3 = dir.path().join("r3.toml");
+    std::fs::write(&r3, std::fs::read_to_string(&recipe).unwrap().replace("lr = 5e-3", "learning_rate = 5e-3"))
+        .unwrap();
+    let o = mores(&["train", "--recipe", &s(&r3), "--data", &s(&data), "--out", &s(&dir.path().join("o4"))]);
+    assert_clean_error(&o, "learning_rate");
+    // A quantized student cannot be trained.
+    let r4 = dir.path().join("r4.toml");
+    std::fs::write(&r4, std::fs::read_to_string(&recipe).unwrap().replace("[lora]", "weights = \"stored\"\n[lora]"))
+        .unwrap();
+    let o = mores(&["train", "--recipe", &s(&r4), "--data", &s(&data), "--out", &s(&dir.path().join("o5"))]);
+    assert_clean_error(&o, "f32");
+
+    assert_eq!(before, snapshot(&out), "a failed run changed the existing checkpoint");
+}
+
+fn walk(d: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(d).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn loss_falls_on_a_tiny_overfit_set_with_smollm2() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, recipe, out) = (dir.path().join("d.jsonl"), dir.path().join("r.toml"), dir.path().join("out"));
+    let mut s = String::new();
+    for (i, (c, a)) in [("Nigeria", "1"), ("Japan", "3"), ("Brazil", "2"), ("Sweden", "4")].iter().enumerate() {
+        s.push_str(
+            &serde_json::json!({"id": format!("r{i}"), "messages": [
+                {"role": "user", "content": format!("How important is religion in {c}? Options: 1. Very 2. Rather 3. Not very 4. Not at all")},
+                {"role": "assistant", "content": format!("Answer: {a}")}]})
+            .to_string(),
+        );
+        s.push('\n');
+    }
+    std::fs::write(&data, s).unwrap();
+    write_recipe(&recipe, &smollm2(), "");
+    let text = std::fs::read_to_string(&recipe)
+        .unwrap()
+        .replace("max_steps = 6", "max_steps = 8")
+        .replace("val_fraction = 0.2", "val_fraction = 0.0")
+        .replace("lr = 5e-3", "lr = 2e-3")
+        .replace("dropout = 0.1", "dropout = 0.0")
+        .replace("grad_accum = 2", "grad_accum = 1");
+    std::fs::write(&recipe, text).unwrap();
+    let p = |p: &Path| p.to_str().unwrap().to_string();
+    run(&["train", "--recipe", &p(&recipe), "--data", &p(&data), "--out", &p(&out)]);
+    let c = curve(&out);
+    let first = c[0]["loss"].as_f64().unwrap();
+    let last = c.last().unwrap()["loss"].as_f64().unwrap();
+    assert!(last < 0.5 * first, "loss did not fall: {first} -> {last}");
+}
