@@ -339,6 +339,16 @@ pub struct PeftConfig {
     pub modules_to_save: serde_json::Value,
     #[serde(default)]
     pub layers_to_transform: serde_json::Value,
+    #[serde(default, skip_serializing)]
+    pub lora_bias: bool,
+    #[serde(default, skip_serializing)]
+    pub target_parameters: serde_json::Value,
+    #[serde(default, skip_serializing)]
+    pub layer_replication: serde_json::Value,
+    #[serde(default, skip_serializing)]
+    pub trainable_token_indices: serde_json::Value,
+    #[serde(default, skip_serializing)]
+    pub exclude_modules: serde_json::Value,
 }
 
 impl PeftConfig {
@@ -360,6 +370,11 @@ impl PeftConfig {
             alpha_pattern: serde_json::json!({}),
             modules_to_save: serde_json::Value::Null,
             layers_to_transform: serde_json::Value::Null,
+            lora_bias: false,
+            target_parameters: serde_json::Value::Null,
+            layer_replication: serde_json::Value::Null,
+            trainable_token_indices: serde_json::Value::Null,
+            exclude_modules: serde_json::Value::Null,
         }
     }
 
@@ -375,8 +390,13 @@ impl PeftConfig {
             || !empty(&self.alpha_pattern)
             || !self.modules_to_save.is_null()
             || !self.layers_to_transform.is_null()
+            || self.lora_bias
+            || !self.target_parameters.is_null()
+            || !self.layer_replication.is_null()
+            || !self.trainable_token_indices.is_null()
+            || !empty(&self.exclude_modules)
         {
-            return Err("uses LoRA options mores does not support (DoRA, bias, fan_in_fan_out, rank/alpha patterns, modules_to_save, layers_to_transform)".into());
+            return Err("uses LoRA options mores does not support (DoRA, bias, fan_in_fan_out, rank/alpha patterns, modules_to_save, layers_to_transform, lora_bias, target_parameters, layer_replication, trainable_token_indices, exclude_modules)".into());
         }
         let targets: Vec<String> = match &self.target_modules {
             serde_json::Value::Array(a) => a.iter().filter_map(|v| v.as_str().map(String::from)).collect(),

@@ -116,6 +116,10 @@ enum Cmd {
         /// LoRA adapter folder.
         #[arg(long)]
         adapter: Option<PathBuf>,
+        /// Also write the prompt's token ids and full next-token logits (JSON) here, to compare
+        /// with another implementation.
+        #[arg(long)]
+        logits: Option<PathBuf>,
     },
     /// Benchmarks against the Python reference stack, measured in the same run.
     Bench {
@@ -238,13 +242,20 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
             print_summary(&r, &out);
         }
         Cmd::Compare { runs } => print!("{}", commands::compare(&runs)?),
-        Cmd::Score { model, prompt, labels, chat, f32, adapter } => {
+        Cmd::Score { model, prompt, labels, chat, f32, adapter, logits } => {
             let opts = mores::model::LoadOptions { dequantize: f32, ..Default::default() };
             let mut m = mores::model::Model::load(&model, &opts)?;
             if let Some(dir) = adapter {
                 mores::adapter::Adapter::load(&mut m, &dir)?;
             }
             let text = if chat { m.render_chat(&prompt)? } else { prompt };
+            if let Some(path) = logits {
+                let ids = m.tok.encode_prompt(&text)?;
+                let read = [(0, ids.len() - 1)];
+                let l = m.logits_rows(std::slice::from_ref(&ids), &read, mores::model::layers::Mode::INFER)?;
+                let l: Vec<f32> = l.flatten_all()?.to_vec1()?;
+                mores::io::write_json(&path, &serde_json::json!({"ids": ids, "logits": l}))?;
+            }
             let req = mores::score::ScoreRequest { prompt: text, labels: list(&labels) };
             let s = mores::score::Scorer::score_batch(&m, &[req])?;
             println!("{}", serde_json::to_string_pretty(&s[0])?);
