@@ -7,6 +7,7 @@
 //! cached and resumable) -> [`correlate`] (per-country Pearson r and aggregates) -> [`report`].
 pub mod adapter;
 pub mod bench;
+pub mod bench_lora;
 pub mod commands;
 pub mod correlate;
 pub mod dataset;

@@ -161,6 +161,37 @@ enum BenchCmd {
         #[arg(long, default_value = "runs/bench")]
         work: PathBuf,
     },
+    /// LoRA training: seconds per step and peak memory, beside Python PEFT + transformers.
+    Lora {
+        #[arg(long, default_value = "checkpoints/SmolLM2-135M-Instruct.Q4_1.gguf")]
+        model: PathBuf,
+        #[arg(long, default_value_t = 12)]
+        steps: usize,
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        #[arg(long, default_value_t = 128)]
+        seq: usize,
+        /// Folder with the reference scripts (lora_bench.py); omitted: the mores row only.
+        #[arg(long, env = "MORES_PEERS")]
+        peers: Option<PathBuf>,
+        /// Python with torch, transformers, peft and gguf installed.
+        #[arg(long, env = "MORES_PEERS_PYTHON", default_value = "python3")]
+        python: String,
+        #[arg(long, default_value = "runs/bench")]
+        work: PathBuf,
+    },
+    /// (internal) one LoRA measurement in a fresh process, printed as JSON.
+    #[command(hide = true)]
+    LoraOne {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        steps: usize,
+        #[arg(long)]
+        batch: usize,
+        #[arg(long)]
+        seq: usize,
+    },
     /// (internal) one measurement in a fresh process, printed as JSON.
     #[command(hide = true)]
     ProbeOne {
@@ -275,6 +306,13 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
                 work,
             };
             print!("{}", mores::bench::probe_bench(&args)?);
+        }
+        Cmd::Bench { cmd: BenchCmd::Lora { model, steps, batch, seq, peers, python, work } } => {
+            let args = mores::bench_lora::LoraBenchArgs { model, steps, batch, seq, threads, peers, python, work };
+            print!("{}", mores::bench_lora::lora_bench(&args)?);
+        }
+        Cmd::Bench { cmd: BenchCmd::LoraOne { model, steps, batch, seq } } => {
+            println!("{}", serde_json::to_string(&mores::bench_lora::measure_one(&model, steps, batch, seq)?)?);
         }
         Cmd::Bench { cmd: BenchCmd::ProbeOne { model, prompts, batch, weights } } => {
             let w = weights.parse().map_err(anyhow::Error::msg)?;

@@ -170,7 +170,12 @@ impl Model {
             ));
         }
         // Gemma ties the output projection to the embedding.
-        let lm_head = Linear::new(w.linear(embed_key)?);
+        // When dense, the head shares the embedding's memory (671 MB for Gemma-3-270M's vocabulary).
+        let lm_head = Linear::new(if w.dense() {
+            candle_core::quantized::QMatMul::Tensor(embed.clone())
+        } else {
+            w.linear(embed_key)?
+        });
         Ok(Self { norm: norm(w, "model.norm.weight", "output_norm.weight")?, cfg, embed, layers, lm_head })
     }
 

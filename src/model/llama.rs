@@ -121,6 +121,9 @@ impl Model {
         let head_key = key("lm_head.weight", "output.weight");
         let lm_head = Linear::new(if w.has(head_key) && !cfg.tie_word_embeddings {
             w.linear(head_key)?
+        } else if w.dense() {
+            // Tied and dense: share the embedding's memory instead of a second copy.
+            candle_core::quantized::QMatMul::Tensor(embed.clone())
         } else {
             w.linear(embed_key)?
         });

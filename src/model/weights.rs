@@ -34,6 +34,11 @@ pub struct Weights {
 }
 
 impl Weights {
+    /// Whether linear layers come out as f32 tensors (dequantized GGUF, or safetensors).
+    pub fn dense(&self) -> bool {
+        self.dequantize || !self.is_gguf()
+    }
+
     pub fn is_gguf(&self) -> bool {
         matches!(self.source, Source::Gguf(_))
     }

@@ -109,42 +109,52 @@ pub fn batch_loss(
     mode: crate::model::layers::Mode,
     denom: (f64, f64),
 ) -> Result<(Tensor, f64, f64)> {
-    let mut rows = Vec::new();
-    let mut reads = Vec::new();
-    let mut read0 = Vec::with_capacity(batch.len());
+    // Token reads first, label reads after, so each part is a contiguous block of logits.
+    let (mut rows, mut tok_reads, mut targets, mut lab_reads) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut lab_r0 = Vec::new();
     for ex in batch {
         let row0 = rows.len();
-        read0.push(reads.len());
         rows.extend(ex.rows.iter().cloned());
-        reads.extend(ex.reads.iter().map(|&(r, p)| (row0 + r, p)));
-    }
-    let logits = model.logits_rows(&rows, &reads, mode)?;
-    let vocab = logits.dim(D::Minus1)?;
-    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?.flatten_all()?;
-    let dev = logits.device();
-    let pick = |idx: Vec<u32>| -> Result<Tensor> {
-        let n = idx.len();
-        Ok(logp.index_select(&Tensor::from_vec(idx, n, dev)?, 0)?)
-    };
-    let mut total = Tensor::zeros((), candle_core::DType::F32, dev)?;
-    let (mut lm_sum, mut kl_sum) = (0.0, 0.0);
-    // Token targets of every example at once.
-    let mut tok_idx = Vec::new();
-    for (ex, &r0) in batch.iter().zip(&read0) {
-        if let Kind::Tokens(t) = &ex.kind {
-            tok_idx.extend(t.iter().enumerate().map(|(i, &tok)| ((r0 + i) * vocab + tok as usize) as u32));
+        let reads = ex.reads.iter().map(|&(r, p)| (row0 + r, p));
+        match &ex.kind {
+            Kind::Tokens(t) => {
+                tok_reads.extend(reads);
+                targets.extend_from_slice(t);
+            }
+            Kind::Labels(_) => {
+                lab_r0.push(lab_reads.len());
+                lab_reads.extend(reads);
+            }
         }
     }
-    if !tok_idx.is_empty() {
-        let nll = pick(tok_idx)?.sum_all()?.neg()?;
+    let n_tok = tok_reads.len();
+    let all: Vec<(usize, usize)> = tok_reads.into_iter().chain(lab_reads.iter().copied()).collect();
+    let logits = model.logits_rows(&rows, &all, mode)?;
+    let dev = logits.device();
+    let mut total = Tensor::zeros((), candle_core::DType::F32, dev)?;
+    let (mut lm_sum, mut kl_sum) = (0.0, 0.0);
+    if n_tok > 0 {
+        let nll = super::loss::nll_rows(&logits.narrow(0, 0, n_tok)?, &targets)?.sum_all()?;
         lm_sum = nll.to_scalar::<f32>()? as f64;
         total = (total + (nll / denom.0)?)?;
     }
-    for (ex, &r0) in batch.iter().zip(&read0) {
-        let Kind::Labels(l) = &ex.kind else { continue };
-        let kl = label_kl(l, r0, vocab, &pick)?;
-        kl_sum += kl.to_scalar::<f32>()? as f64;
-        total = (total + (kl / denom.1)?)?;
+    if !lab_reads.is_empty() {
+        let lab = logits.narrow(0, n_tok, lab_reads.len())?;
+        let vocab = lab.dim(D::Minus1)?;
+        let logp = candle_nn::ops::log_softmax(&lab, D::Minus1)?.flatten_all()?;
+        let pick = |idx: Vec<u32>| -> Result<Tensor> {
+            let n = idx.len();
+            Ok(logp.index_select(&Tensor::from_vec(idx, n, dev)?, 0)?)
+        };
+        let labels = batch.iter().filter_map(|ex| match &ex.kind {
+            Kind::Labels(l) => Some(l),
+            Kind::Tokens(_) => None,
+        });
+        for (l, &r0) in labels.zip(&lab_r0) {
+            let kl = label_kl(l, r0, vocab, &pick)?;
+            kl_sum += kl.to_scalar::<f32>()? as f64;
+            total = (total + (kl / denom.1)?)?;
+        }
     }
     Ok((total, lm_sum, kl_sum))
 }

@@ -3,6 +3,7 @@
 //! PEFT format, and exact resume (the step number determines every random choice, so a resumed
 //! run replays the uninterrupted one).
 pub mod examples;
+pub mod loss;
 pub mod optim;
 
 use crate::adapter::{self, Adapter};
