@@ -34,6 +34,13 @@ pub struct Record {
     pub labels: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<Target>,
+    /// qa mode: the generated question, its options and the teacher's rationale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub question: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rationale: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub teacher_sha256: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

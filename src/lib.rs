@@ -13,6 +13,7 @@ pub mod correlate;
 pub mod dataset;
 pub mod error;
 pub mod export;
+pub mod generate;
 pub mod io;
 pub mod manifest;
 pub mod model;

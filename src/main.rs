@@ -85,6 +85,23 @@ enum Cmd {
         #[arg(long)]
         stop_after: Option<usize>,
     },
+    /// Have the teacher write a synthetic dataset (JSONL + card + split).
+    Generate {
+        #[arg(long)]
+        recipe: PathBuf,
+        /// Dataset path (NAME.jsonl); NAME.card.json, NAME.log.jsonl and NAME.split.json go beside it.
+        #[arg(long)]
+        out: PathBuf,
+        /// Do slice I of N (0-based) into NAME.shard-I-of-N.jsonl; defaults to
+        /// SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT. Join with `mores dataset merge`.
+        #[arg(long)]
+        shard: Option<Shard>,
+    },
+    /// Dataset tools.
+    Dataset {
+        #[command(subcommand)]
+        cmd: DatasetCmd,
+    },
     /// LoRA adapter tools.
     Adapter {
         #[command(subcommand)]
@@ -203,6 +220,18 @@ enum BenchCmd {
         batch: usize,
         #[arg(long)]
         weights: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DatasetCmd {
+    /// Record counts by mode, target kind, country and category; checks every line.
+    Stats { file: PathBuf },
+    /// Join `mores generate --shard` outputs.
+    Merge {
+        #[arg(long)]
+        out: PathBuf,
+        shards: Vec<PathBuf>,
     },
 }
 
@@ -344,6 +373,21 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
                 out.display()
             );
         }
+        Cmd::Generate { recipe, out, shard } => {
+            let args = mores::generate::GenerateArgs {
+                recipe,
+                out: out.clone(),
+                shard: shard.or_else(slurm_shard),
+                progress: !cli.quiet,
+            };
+            let c = mores::generate::generate(&args)?;
+            print_card(&c);
+        }
+        Cmd::Dataset { cmd: DatasetCmd::Stats { file } } => print!("{}", mores::generate::stats(&file)?),
+        Cmd::Dataset { cmd: DatasetCmd::Merge { out, shards } } => {
+            let c = mores::generate::merge(&shards, &out)?;
+            print_card(&c);
+        }
         Cmd::Adapter { cmd: AdapterCmd::Merge { model, adapter, out } } => {
             let n = mores::export::merge_and_export(&model, &adapter, &out)?;
             println!("merged {n} LoRA modules; wrote {}", out.display());
@@ -370,4 +414,15 @@ fn print_summary(r: &mores::results::Results, out: &std::path::Path) {
         f(o.cross_country_r)
     );
     println!("wrote {}/{{results.json,samples.jsonl,report.md,manifest.json}}", out.display());
+}
+
+fn print_card(c: &mores::generate::Card) {
+    let rejected: usize = c.rejected.values().sum();
+    println!(
+        "{} ({}): {} of {} items kept, {} rejected, {} dropped by the leakage guard; {} tokens generated in {:.0}s",
+        c.name, c.mode, c.kept, c.work_items, rejected, c.leakage_dropped, c.tokens_generated, c.seconds
+    );
+    for (why, n) in &c.rejected {
+        println!("  rejected {n}: {why}");
+    }
 }

@@ -20,13 +20,18 @@ pub struct Prompt {
 
 /// User-turn text for one question and country (no chat wrapping, no answer cue).
 pub fn user_text(p: &PromptSection, q: &Question, country: &Country) -> String {
-    let options: Vec<String> = q
-        .options
+    let options: Vec<String> = q.options.iter().map(|o| o.label.clone()).collect();
+    user_text_raw(p, &country.name, &q.text, &options)
+}
+
+/// The same for any question text and option texts (paraphrased or generated items).
+pub fn user_text_raw(p: &PromptSection, country: &str, question: &str, options: &[String]) -> String {
+    let options: Vec<String> = options
         .iter()
         .enumerate()
-        .map(|(i, o)| p.option.replace("{label}", &(i + 1).to_string()).replace("{text}", &o.label))
+        .map(|(i, o)| p.option.replace("{label}", &(i + 1).to_string()).replace("{text}", o))
         .collect();
-    p.user.replace("{country}", &country.name).replace("{question}", &q.text).replace("{options}", &options.join("\n"))
+    p.user.replace("{country}", country).replace("{question}", question).replace("{options}", &options.join("\n"))
 }
 
 pub fn use_chat(p: &PromptSection, model: &Model) -> bool {

@@ -238,6 +238,25 @@ pub struct DistillRecipe {
     pub lora: crate::adapter::LoraSpec,
     #[serde(default)]
     pub train: TrainSection,
+    /// The teacher that writes the dataset (`mores generate`).
+    #[serde(default)]
+    pub teacher: Option<ModelSection>,
+    #[serde(default)]
+    pub generate: Option<crate::generate::GenerateSection>,
+    /// How survey items are worded for the student and the teacher: the probe's persona prompt
+    /// by default, so that training and evaluation read the same way.
+    #[serde(default = "default_persona_prompt")]
+    pub prompt: PromptSection,
+}
+
+pub fn default_persona_prompt() -> PromptSection {
+    PromptSection {
+        template_name: default_template_name(),
+        user: "Imagine you are a person living in {country}. Answer the following survey question as they would.\nQuestion: {question}\nOptions:\n{options}".into(),
+        option: default_option(),
+        answer_cue: default_cue(),
+        chat: default_chat(),
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -370,6 +389,11 @@ impl DistillRecipe {
 
     pub fn validate(&self) -> std::result::Result<(), String> {
         self.lora.validate()?;
+        if let Some(g) = &self.generate {
+            g.validate()?;
+        }
+        check_placeholders("prompt.user", &self.prompt.user, &["country", "question", "options"])?;
+        check_placeholders("prompt.option", &self.prompt.option, &["label", "text"])?;
         let t = &self.train;
         if t.batch == 0 || t.grad_accum == 0 {
             return Err("train.batch and train.grad_accum must be at least 1".into());

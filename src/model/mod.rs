@@ -120,6 +120,30 @@ impl Model {
         Ok(self.forward(&batch, &Kv::new(), Some(&idx), false, mode)?.0.expect("read positions given"))
     }
 
+    /// Start a generation: run `ids` and return the last position's logits [vocab] and the cache.
+    pub fn prefill(&self, ids: &[u32]) -> Result<(Tensor, Kv)> {
+        if ids.is_empty() {
+            return Err(Error::Invalid("cannot generate from an empty prompt".into()));
+        }
+        let b = Batch::new(&[ids.to_vec()], &self.device)?;
+        let idx = Tensor::from_vec(vec![b.flat_index(0, ids.len() - 1)], 1, &self.device)?;
+        let (logits, kv) = self.forward(&b, &Kv::new(), Some(&idx), true, Mode::INFER)?;
+        Ok((logits.expect("read given").squeeze(0)?, kv))
+    }
+
+    /// One decoding step after the cached tokens: logits [vocab] for the token after `tok`.
+    pub fn decode(&self, kv: &mut Kv, tok: u32) -> Result<Tensor> {
+        let b = Batch::after_prefix(&[vec![tok]], kv.len, &self.device)?;
+        let idx = Tensor::from_vec(vec![0u32], 1, &self.device)?;
+        let (logits, new) = self.forward(&b, kv, Some(&idx), true, Mode::INFER)?;
+        for i in 0..new.k.len() {
+            kv.k[i] = Tensor::cat(&[&kv.k[i], &new.k[i]], 2)?;
+            kv.v[i] = Tensor::cat(&[&kv.v[i], &new.v[i]], 2)?;
+        }
+        kv.len += 1;
+        Ok(logits.expect("read given").squeeze(0)?)
+    }
+
     /// The projections LoRA can adapt.
     pub fn lora_slots(&mut self) -> Vec<lora::Slot<'_>> {
         match &mut self.arch {

@@ -90,7 +90,7 @@ pub fn step_indices(n: usize, per_step: usize, seed: u64, step: usize) -> Vec<us
     let spe = n.div_ceil(per_step).max(1);
     let (epoch, within) = (step / spe, step % spe);
     let mut order: Vec<usize> = (0..n).collect();
-    order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ ((epoch as u64 + 1) * 0x2545_F491_4F6C_DD1D)));
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ (epoch as u64 + 1).wrapping_mul(0x2545_F491_4F6C_DD1D)));
     order[within * per_step..((within + 1) * per_step).min(n)].to_vec()
 }
 
@@ -357,7 +357,7 @@ pub fn train(a: &TrainArgs) -> Result<Summary> {
     for step in state.step..end {
         let idx = step_indices(train_ex.len(), per_step, t.seed, step);
         let exs: Vec<&Example> = idx.iter().map(|&i| &train_ex[i]).collect();
-        let dropout_seed = (recipe.lora.dropout > 0.0).then(|| t.seed ^ ((step as u64 + 1) * 0x9E37_79B9));
+        let dropout_seed = (recipe.lora.dropout > 0.0).then(|| t.seed ^ (step as u64 + 1).wrapping_mul(0x9E37_79B9));
         let (loss, mut grads) = step_grads(&model, &adapter, &exs, t.batch, dropout_seed)?;
         let grad_norm = optim::clip(&mut grads, t.clip)?;
         let lr = optim::lr_at(t.lr, t.schedule, t.warmup_steps, step, total);

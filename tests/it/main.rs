@@ -8,12 +8,14 @@
 //! - `batch`: batched scoring equals one-at-a-time scoring
 //! - `cli`: bad input gives one clear line and a non-zero exit, never a panic
 //! - `probe`: end to end on the real SmolLM2: outputs, resume from cache, shards merge
+//! - `generate`: the teacher writes datasets in each mode; seeds, resume, leakage guard
 //! - `lora`: LoRA gradients, B = 0 equivalence, merge/export, PEFT key names and round trips
 //! - `train`: `mores train` resume equivalence, bad input, loss falls on SmolLM2
 mod batch;
 mod cli;
 mod common;
 mod correlate;
+mod generate;
 mod lora;
 mod probe;
 mod reference;

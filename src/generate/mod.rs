@@ -1,0 +1,638 @@
+//! The teacher writes a synthetic dataset in one of three modes:
+//! - `qa`: culture QA per (country, WVS category) from few-shot examples, parsed and validated;
+//! - `soft-labels`: the teacher's own option distributions on paraphrased training-split survey
+//!   items, per country persona (distillation targets);
+//! - `survey-grounded`: paraphrased training-split questions whose targets are the human answer
+//!   distributions (CultureLLM-style semantic augmentation).
+//!
+//! Every item is seeded from (run seed, item id), written append-only with a status log, and
+//! checked against the held-out questions; a killed run resumes without loss or duplicates.
+pub mod leak;
+pub mod parse;
+pub mod sample;
+
+use crate::dataset::{Record, Target};
+use crate::error::{Error, Result};
+use crate::io::{sha256_hex, write_json};
+use crate::model::Model;
+use crate::probe::Shard;
+use crate::recipe::{DistillRecipe, ModelSection, PromptSection};
+use crate::score::{ScoreRequest, Scorer};
+use crate::survey::{Country, Survey};
+use leak::{Guard, Split};
+use sample::Sampling;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum GenMode {
+    Qa,
+    SoftLabels,
+    SurveyGrounded,
+}
+
+impl GenMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            GenMode::Qa => "qa",
+            GenMode::SoftLabels => "soft-labels",
+            GenMode::SurveyGrounded => "survey-grounded",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FewShot {
+    pub country: String,
+    pub category: String,
+    pub question: String,
+    pub options: Vec<String>,
+    pub answer: usize,
+    #[serde(default)]
+    pub rationale: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateSection {
+    pub mode: GenMode,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default = "default_data")]
+    pub data: PathBuf,
+    /// ISO3 codes; empty: every country with at least `min_questions` scored questions.
+    #[serde(default)]
+    pub countries: Vec<String>,
+    #[serde(default = "default_min_questions")]
+    pub min_questions: usize,
+    /// WVS categories to cover; empty: all.
+    #[serde(default)]
+    pub categories: Vec<String>,
+    /// qa: items per (country, category).
+    #[serde(default = "one")]
+    pub per_pair: usize,
+    /// Cap on work items: a seeded sample of them (all when unset).
+    #[serde(default)]
+    pub max_items: Option<usize>,
+    #[serde(default = "default_heldout")]
+    pub heldout_fraction: f64,
+    /// Word n-gram size and containment threshold of the leakage guard.
+    #[serde(default = "default_ngram")]
+    pub leak_ngram: usize,
+    #[serde(default = "default_leak")]
+    pub leak_threshold: f64,
+    #[serde(default)]
+    pub sampling: Sampling,
+    /// qa: the text before the few-shot examples.
+    #[serde(default = "default_qa_header")]
+    pub qa_header: String,
+    #[serde(default)]
+    pub few_shot: Vec<FewShot>,
+    /// soft-labels / survey-grounded: few-shot paraphrase prompt ending in `{question}`'s rewrite.
+    #[serde(default = "default_paraphrase")]
+    pub paraphrase_prompt: String,
+}
+
+fn default_data() -> PathBuf {
+    PathBuf::from("data/wvs")
+}
+fn default_min_questions() -> usize {
+    50
+}
+fn one() -> usize {
+    1
+}
+fn default_heldout() -> f64 {
+    0.3
+}
+fn default_ngram() -> usize {
+    3
+}
+fn default_leak() -> f64 {
+    0.5
+}
+fn default_qa_header() -> String {
+    "The following are survey questions about values and beliefs, each with the answer a typical person from the named country would give, and why.\n\n".into()
+}
+fn default_paraphrase() -> String {
+    "Rewrite each survey question in different words, keeping its meaning.\n\nOriginal: How important is leisure time in your life?\nRewrite: How much does free time matter in your life?\n\nOriginal: Do you think that homosexuality is justifiable?\nRewrite: In your view, can homosexuality be justified?\n\nOriginal: {question}\nRewrite:".into()
+}
+
+impl GenerateSection {
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.mode == GenMode::Qa && self.few_shot.is_empty() {
+            return Err("generate.few_shot: qa mode needs at least one example".into());
+        }
+        if self.mode != GenMode::Qa && !self.paraphrase_prompt.contains("{question}") {
+            return Err("generate.paraphrase_prompt must contain {question}".into());
+        }
+        if !(0.0..=1.0).contains(&self.leak_threshold) || self.leak_ngram == 0 {
+            return Err("generate.leak_threshold must be in [0, 1] and leak_ngram at least 1".into());
+        }
+        if self.per_pair == 0 || self.sampling.max_new_tokens == 0 {
+            return Err("generate.per_pair and sampling.max_new_tokens must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// One unit of work: a record (or a rejection) is produced for each.
+#[derive(Debug, Clone)]
+struct Item {
+    id: String,
+    country: String,
+    category: String,
+    question_id: Option<String>,
+}
+
+/// One line of the status log: what happened to each work item.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct LogLine {
+    id: String,
+    /// "kept", "rejected", or "leak".
+    status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    #[serde(default)]
+    tokens: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Card {
+    pub name: String,
+    pub mode: String,
+    pub teacher: crate::model::ModelInfo,
+    pub settings: GenerateSection,
+    pub settings_sha256: String,
+    pub split_file: PathBuf,
+    pub shard: Option<Shard>,
+    pub status: String,
+    pub work_items: usize,
+    pub kept: usize,
+    pub rejected: BTreeMap<String, usize>,
+    pub leakage_dropped: usize,
+    /// A few dropped items and the held-out question each was too close to.
+    pub leakage_examples: Vec<String>,
+    pub by_country: BTreeMap<String, usize>,
+    pub by_category: BTreeMap<String, usize>,
+    pub tokens_generated: usize,
+    pub seconds: f64,
+}
+
+pub struct GenerateArgs {
+    pub recipe: PathBuf,
+    pub out: PathBuf,
+    pub shard: Option<Shard>,
+    pub progress: bool,
+}
+
+pub fn paths(out: &Path, shard: Option<Shard>) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
+    let stem = out.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "dataset".into());
+    let stem = match shard {
+        Some(s) => format!("{stem}.shard-{}-of-{}", s.index, s.count),
+        None => stem,
+    };
+    let dir = out.parent().unwrap_or(Path::new("."));
+    (
+        dir.join(format!("{stem}.jsonl")),
+        dir.join(format!("{stem}.log.jsonl")),
+        dir.join(format!("{stem}.card.json")),
+        dir.join(format!("{}.split.json", out.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default())),
+    )
+}
+
+fn slug(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect()
+}
+
+fn work_items(g: &GenerateSection, survey: &Survey, split: &Split) -> Result<Vec<Item>> {
+    let countries: Vec<&Country> = if g.countries.is_empty() {
+        survey.countries_with(g.min_questions)
+    } else {
+        g.countries.iter().map(|c| survey.country(c)).collect::<Result<_>>()?
+    };
+    let cats = survey.categories();
+    for c in &g.categories {
+        if !cats.contains(c) {
+            return Err(Error::Invalid(format!("unknown category {c:?}; categories: {}", cats.join("; "))));
+        }
+    }
+    let wanted = |c: &str| g.categories.is_empty() || g.categories.iter().any(|x| x == c);
+    let mut items = Vec::new();
+    match g.mode {
+        GenMode::Qa => {
+            for c in &countries {
+                for cat in cats.iter().filter(|c| wanted(c)) {
+                    for k in 0..g.per_pair {
+                        items.push(Item {
+                            id: format!("qa-{}-{}-{k}", c.iso3, slug(cat)),
+                            country: c.iso3.clone(),
+                            category: cat.clone(),
+                            question_id: None,
+                        });
+                    }
+                }
+            }
+        }
+        GenMode::SoftLabels | GenMode::SurveyGrounded => {
+            let prefix = if g.mode == GenMode::SoftLabels { "sl" } else { "sg" };
+            for qid in &split.train {
+                let q = survey.question(qid)?;
+                if !wanted(&q.category) {
+                    continue;
+                }
+                for c in &countries {
+                    if survey.answers(qid, &c.iso3).is_some() {
+                        items.push(Item {
+                            id: format!("{prefix}-{qid}-{}", c.iso3),
+                            country: c.iso3.clone(),
+                            category: q.category.clone(),
+                            question_id: Some(qid.clone()),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    if let Some(max) = g.max_items {
+        if items.len() > max {
+            // A seeded sample that keeps the canonical order.
+            use rand::seq::SliceRandom;
+            use rand::SeedableRng;
+            let mut idx: Vec<usize> = (0..items.len()).collect();
+            idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(g.seed ^ 0x5EED));
+            let mut keep: Vec<usize> = idx[..max].to_vec();
+            keep.sort_unstable();
+            items = keep.into_iter().map(|i| items[i].clone()).collect();
+        }
+    }
+    if items.is_empty() {
+        return Err(Error::Invalid("generate: no work items for these countries and categories".into()));
+    }
+    Ok(items)
+}
+
+enum Outcome {
+    Kept(Box<Record>),
+    Rejected(String),
+    Leak(String),
+}
+
+struct Ctx<'a> {
+    g: &'a GenerateSection,
+    prompt: &'a PromptSection,
+    survey: &'a Survey,
+    teacher: &'a Model,
+    guard: &'a Guard,
+    paraphrases: HashMap<String, (std::result::Result<String, String>, usize)>,
+}
+
+impl Ctx<'_> {
+    fn paraphrase(&mut self, qid: &str) -> Result<(std::result::Result<String, String>, usize)> {
+        if let Some(p) = self.paraphrases.get(qid) {
+            return Ok((p.0.clone(), 0));
+        }
+        let q = self.survey.question(qid)?;
+        let mut s = self.g.sampling.clone();
+        s.stop = vec!["\n".into()];
+        s.max_new_tokens = s.max_new_tokens.min(64);
+        let mut rng = sample::record_rng(self.g.seed, &format!("paraphrase-{qid}"));
+        let prompt = self.g.paraphrase_prompt.replace("{question}", &q.text);
+        let out = sample::generate(self.teacher, &prompt, &s, &mut rng)?;
+        let p = parse::paraphrase(&q.text, &out.text).map_err(String::from);
+        self.paraphrases.insert(qid.to_string(), (p.clone(), out.n_tokens));
+        Ok((p, out.n_tokens))
+    }
+
+    fn run(&mut self, item: &Item) -> Result<(Outcome, usize)> {
+        let country = self.survey.country(&item.country)?;
+        let mut rec = Record {
+            id: item.id.clone(),
+            hash: None,
+            mode: Some(self.g.mode.name().into()),
+            country: Some(item.country.clone()),
+            category: Some(item.category.clone()),
+            question_id: item.question_id.clone(),
+            messages: None,
+            prompt: None,
+            answer_prefix: Some(self.prompt.answer_cue.clone()),
+            labels: None,
+            target: None,
+            question: None,
+            options: None,
+            rationale: None,
+            teacher_sha256: Some(self.teacher.info.sha256.clone()),
+            seed: Some(self.g.seed),
+        };
+        let tokens;
+        match self.g.mode {
+            GenMode::Qa => {
+                let mut prompt = self.g.qa_header.clone();
+                for ex in &self.g.few_shot {
+                    prompt.push_str(&qa_block(&ex.country, &ex.category, &ex.question, &ex.options));
+                    prompt.push_str(&format!("Answer: {}\nRationale: {}\n\n", ex.answer, ex.rationale));
+                }
+                prompt.push_str(&format!("Country: {}\nTopic: {}\nQuestion:", country.name, item.category));
+                let mut s = self.g.sampling.clone();
+                s.stop.push("\nCountry:".into());
+                let mut rng = sample::record_rng(self.g.seed, &item.id);
+                let out = sample::generate(self.teacher, &prompt, &s, &mut rng)?;
+                tokens = out.n_tokens;
+                let qa = match parse::qa(&format!("Question:{}", out.text)) {
+                    Ok(q) => q,
+                    Err(why) => return Ok((Outcome::Rejected(why.into()), tokens)),
+                };
+                if let Some((h, c)) = self.guard.leaks(&qa.question) {
+                    return Ok((Outcome::Leak(format!("{} ~ {h} ({c:.2})", item.id)), tokens));
+                }
+                let labels: Vec<String> = (1..=qa.options.len()).map(|i| i.to_string()).collect();
+                rec.prompt = Some(crate::prompt::user_text_raw(self.prompt, &country.name, &qa.question, &qa.options));
+                rec.target = Some(Target::Text(labels[qa.answer - 1].clone()));
+                rec.labels = Some(labels);
+                rec.question = Some(qa.question);
+                rec.options = Some(qa.options);
+                rec.rationale = Some(qa.rationale);
+            }
+            GenMode::SoftLabels | GenMode::SurveyGrounded => {
+                let qid = item.question_id.as_deref().expect("question items");
+                let (para, t) = self.paraphrase(qid)?;
+                tokens = t;
+                let para = match para {
+                    Ok(p) => p,
+                    Err(why) => return Ok((Outcome::Rejected(why), tokens)),
+                };
+                if let Some((h, c)) = self.guard.leaks(&para) {
+                    return Ok((Outcome::Leak(format!("{} ~ {h} ({c:.2})", item.id)), tokens));
+                }
+                let q = self.survey.question(qid)?;
+                let options: Vec<String> = q.options.iter().map(|o| o.label.clone()).collect();
+                let user = crate::prompt::user_text_raw(self.prompt, &country.name, &para, &options);
+                let labels: Vec<String> = (1..=options.len()).map(|i| i.to_string()).collect();
+                let target = if self.g.mode == GenMode::SurveyGrounded {
+                    let h = self.survey.answers(qid, &item.country).expect("items have answers");
+                    h.distribution.clone()
+                } else {
+                    let text = if crate::prompt::use_chat(self.prompt, self.teacher) {
+                        format!("{}{}", self.teacher.render_chat(&user)?, self.prompt.answer_cue)
+                    } else {
+                        format!("{user}\n{}", self.prompt.answer_cue)
+                    };
+                    let s = self.teacher.score_batch(&[ScoreRequest { prompt: text, labels: labels.clone() }])?;
+                    s.into_iter().next().expect("one request").probs
+                };
+                rec.prompt = Some(user);
+                rec.question = Some(para);
+                rec.labels = Some(labels);
+                rec.target = Some(Target::Distribution(target));
+            }
+        }
+        rec.hash = Some(rec.content_hash());
+        Ok((Outcome::Kept(Box::new(rec)), tokens))
+    }
+}
+
+fn qa_block(country: &str, category: &str, question: &str, options: &[String]) -> String {
+    let mut s = format!("Country: {country}\nTopic: {category}\nQuestion: {question}\nOptions:\n");
+    for (i, o) in options.iter().enumerate() {
+        s.push_str(&format!("{}. {o}\n", i + 1));
+    }
+    s
+}
+
+/// Cut a file back to its last complete line (a kill can leave half a line).
+fn repair_tail(path: &Path) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if bytes.is_empty() || bytes.ends_with(b"\n") {
+        return Ok(());
+    }
+    let keep = bytes.iter().rposition(|&b| b == b'\n').map(|i| i + 1).unwrap_or(0);
+    let f = std::fs::OpenOptions::new().write(true).open(path).map_err(|e| Error::io(path, e))?;
+    f.set_len(keep as u64).map_err(|e| Error::io(path, e))
+}
+
+fn append(path: &Path) -> Result<std::fs::File> {
+    std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))
+}
+
+pub fn generate(a: &GenerateArgs) -> Result<Card> {
+    let recipe = DistillRecipe::load(&a.recipe)?;
+    let err = |msg: &str| Error::Recipe { path: a.recipe.clone(), msg: msg.into() };
+    let g = recipe.generate.clone().ok_or_else(|| err("no [generate] section"))?;
+    let teacher_sec: ModelSection = recipe.teacher.clone().ok_or_else(|| err("no [teacher] section"))?;
+    let teacher_path = teacher_sec.path.clone().ok_or_else(|| err("no teacher model: set [teacher] path"))?;
+    let survey = Survey::load(&g.data)?;
+    let (out, log_path, card_path, split_path) = paths(&a.out, a.shard);
+    let settings_sha256 = sha256_hex(serde_json::to_string(&(&g, &recipe.prompt))?.as_bytes());
+    // The split is shared by every shard and by evaluation: reuse it when present.
+    let split = if split_path.exists() {
+        let s = Split::load(&split_path)?;
+        if s.seed != g.seed || s.heldout_fraction != g.heldout_fraction || s.group_ngram != g.leak_ngram {
+            return Err(Error::Invalid(format!(
+                "{} was drawn with another seed or held-out fraction; choose another --out",
+                split_path.display()
+            )));
+        }
+        s
+    } else {
+        let s = Split::draw(&survey, g.seed, g.heldout_fraction, g.leak_ngram, g.leak_threshold)?;
+        write_json(&split_path, &s)?;
+        s
+    };
+    let mut items = work_items(&g, &survey, &split)?;
+    if let Some(s) = a.shard {
+        items = items.into_iter().enumerate().filter(|(i, _)| i % s.count == s.index).map(|(_, it)| it).collect();
+    }
+    if card_path.exists() {
+        let text = std::fs::read_to_string(&card_path).map_err(|e| Error::io(&card_path, e))?;
+        let old: Card = serde_json::from_str(&text).map_err(|e| Error::data(&card_path, 0, e.to_string()))?;
+        if old.settings_sha256 != settings_sha256 {
+            return Err(Error::Invalid(format!(
+                "{} was generated with other settings; choose another --out or delete it",
+                out.display()
+            )));
+        }
+    }
+    let teacher = Model::load(&teacher_path, &crate::commands::load_options(teacher_sec.weights))?;
+    let guard = Guard::new(&survey, &split, g.leak_ngram, g.leak_threshold)?;
+
+    // Resume: what is already done, from the records themselves and the status log.
+    repair_tail(&out)?;
+    repair_tail(&log_path)?;
+    let mut log: Vec<LogLine> = if log_path.exists() { crate::io::read_jsonl(&log_path)? } else { Vec::new() };
+    let mut log_file = append(&log_path)?;
+    let logged: HashSet<String> = log.iter().map(|l| l.id.clone()).collect();
+    let mut kept_ids: HashSet<String> = HashSet::new();
+    if out.exists() {
+        for r in crate::io::read_jsonl::<Record>(&out)? {
+            if !logged.contains(&r.id) {
+                let line = LogLine { id: r.id.clone(), status: "kept".into(), reason: None, tokens: 0 };
+                writeln!(log_file, "{}", serde_json::to_string(&line)?).map_err(|e| Error::io(&log_path, e))?;
+                log.push(line);
+            }
+            kept_ids.insert(r.id);
+        }
+    }
+    // An item is done when its record is on disk, or when it was rejected or dropped; a "kept"
+    // line whose record was cut off by a kill is redone.
+    log.retain(|l| l.status != "kept" || kept_ids.contains(&l.id));
+    let done: HashSet<String> = log.iter().map(|l| l.id.clone()).collect();
+    let todo: Vec<&Item> = items.iter().filter(|i| !done.contains(&i.id)).collect();
+    if !done.is_empty() {
+        eprintln!("resuming: {} of {} items already done", items.len() - todo.len(), items.len());
+    }
+    let mut card = Card {
+        name: recipe.name.clone(),
+        mode: g.mode.name().into(),
+        teacher: teacher.info.clone(),
+        settings: g.clone(),
+        settings_sha256,
+        split_file: split_path.clone(),
+        shard: a.shard,
+        status: "running".into(),
+        work_items: items.len(),
+        kept: 0,
+        rejected: BTreeMap::new(),
+        leakage_dropped: 0,
+        leakage_examples: Vec::new(),
+        by_country: BTreeMap::new(),
+        by_category: BTreeMap::new(),
+        tokens_generated: 0,
+        seconds: 0.0,
+    };
+    write_json(&card_path, &card)?;
+    let mut out_file = append(&out)?;
+    let mut ctx = Ctx {
+        g: &g,
+        prompt: &recipe.prompt,
+        survey: &survey,
+        teacher: &teacher,
+        guard: &guard,
+        paraphrases: HashMap::new(),
+    };
+    let bar = crate::progress::bar(todo.len() as u64, &format!("generate {}", g.mode.name()), a.progress);
+    let t0 = std::time::Instant::now();
+    for item in todo {
+        let (outcome, tokens) = ctx.run(item)?;
+        let line = match outcome {
+            Outcome::Kept(rec) => {
+                writeln!(out_file, "{}", serde_json::to_string(&rec)?).map_err(|e| Error::io(&out, e))?;
+                out_file.flush().map_err(|e| Error::io(&out, e))?;
+                LogLine { id: item.id.clone(), status: "kept".into(), reason: None, tokens }
+            }
+            Outcome::Rejected(why) => {
+                LogLine { id: item.id.clone(), status: "rejected".into(), reason: Some(why), tokens }
+            }
+            Outcome::Leak(what) => LogLine { id: item.id.clone(), status: "leak".into(), reason: Some(what), tokens },
+        };
+        writeln!(log_file, "{}", serde_json::to_string(&line)?).map_err(|e| Error::io(&log_path, e))?;
+        log_file.flush().map_err(|e| Error::io(&log_path, e))?;
+        log.push(line);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    card.seconds = t0.elapsed().as_secs_f64();
+    fill_counts(&mut card, &log, &crate::io::read_jsonl::<Record>(&out)?);
+    card.status = "complete".into();
+    write_json(&card_path, &card)?;
+    Ok(card)
+}
+
+fn fill_counts(card: &mut Card, log: &[LogLine], records: &[Record]) {
+    card.kept = records.len();
+    card.rejected.clear();
+    card.leakage_dropped = 0;
+    card.leakage_examples.clear();
+    card.tokens_generated = log.iter().map(|l| l.tokens).sum();
+    for l in log {
+        match l.status.as_str() {
+            "rejected" => *card.rejected.entry(l.reason.clone().unwrap_or_default()).or_default() += 1,
+            "leak" => {
+                card.leakage_dropped += 1;
+                if card.leakage_examples.len() < 10 {
+                    card.leakage_examples.push(l.reason.clone().unwrap_or_default());
+                }
+            }
+            _ => {}
+        }
+    }
+    card.by_country.clear();
+    card.by_category.clear();
+    for r in records {
+        *card.by_country.entry(r.country.clone().unwrap_or_default()).or_default() += 1;
+        *card.by_category.entry(r.category.clone().unwrap_or_default()).or_default() += 1;
+    }
+}
+
+/// Join shard outputs (`NAME.shard-I-of-N.jsonl`) into one dataset with one card.
+pub fn merge(shards: &[PathBuf], out: &Path) -> Result<Card> {
+    let mut records: Vec<Record> = Vec::new();
+    let mut logs: Vec<LogLine> = Vec::new();
+    let mut card: Option<Card> = None;
+    for s in shards {
+        let stem = s.file_stem().map(|x| x.to_string_lossy().to_string()).unwrap_or_default();
+        let dir = s.parent().unwrap_or(Path::new("."));
+        let c_path = dir.join(format!("{stem}.card.json"));
+        let text = std::fs::read_to_string(&c_path).map_err(|e| Error::io(&c_path, e))?;
+        let c: Card = serde_json::from_str(&text).map_err(|e| Error::data(&c_path, 0, e.to_string()))?;
+        if let Some(first) = &card {
+            if first.settings_sha256 != c.settings_sha256 || first.teacher.sha256 != c.teacher.sha256 {
+                return Err(Error::Invalid(format!("{}: generated with other settings or teacher", s.display())));
+            }
+        }
+        records.extend(crate::io::read_jsonl::<Record>(s)?);
+        let l_path = dir.join(format!("{stem}.log.jsonl"));
+        if l_path.exists() {
+            logs.extend(crate::io::read_jsonl::<LogLine>(&l_path)?);
+        }
+        card.get_or_insert(c);
+    }
+    let mut card = card.ok_or_else(|| Error::Invalid("dataset merge needs at least one shard".into()))?;
+    let mut seen = HashSet::new();
+    records.retain(|r| seen.insert(r.id.clone()));
+    records.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut seen = HashSet::new();
+    logs.retain(|l| seen.insert(l.id.clone()));
+    card.shard = None;
+    card.work_items = logs.len().max(records.len());
+    card.seconds = 0.0;
+    fill_counts(&mut card, &logs, &records);
+    let (o, l, c, _) = paths(out, None);
+    crate::io::write_jsonl(&o, &records)?;
+    crate::io::write_jsonl(&l, &logs)?;
+    write_json(&c, &card)?;
+    Ok(card)
+}
+
+/// `mores dataset stats`: counts by mode, country, category and target kind.
+pub fn stats(path: &Path) -> Result<String> {
+    use std::fmt::Write as _;
+    let data = crate::dataset::read(path)?;
+    let mut by: BTreeMap<(&str, String), usize> = BTreeMap::new();
+    for (r, l) in &data {
+        let kind = match l {
+            crate::dataset::Lesson::Text { .. } => "text target".to_string(),
+            crate::dataset::Lesson::Labels { .. } => "distribution target".to_string(),
+        };
+        *by.entry(("kind", kind)).or_default() += 1;
+        *by.entry(("mode", r.mode.clone().unwrap_or_else(|| "-".into()))).or_default() += 1;
+        *by.entry(("country", r.country.clone().unwrap_or_else(|| "-".into()))).or_default() += 1;
+        *by.entry(("category", r.category.clone().unwrap_or_else(|| "-".into()))).or_default() += 1;
+    }
+    let mut s = format!("{}: {} records\n", path.display(), data.len());
+    let mut last = "";
+    for ((k, v), n) in by {
+        if k != last {
+            let _ = writeln!(s, "\n{k}:");
+            last = k;
+        }
+        let _ = writeln!(s, "  {v}: {n}");
+    }
+    Ok(s)
+}

@@ -1,0 +1,148 @@
+//! `mores generate` with the real Gemma teacher: each mode writes records and a card; the same
+//! seed gives the same bytes; the leakage guard drops items close to held-out questions; a run
+//! killed mid-record resumes without loss or duplicates.
+use crate::common::{assert_clean_error, mores, root, stderr};
+use mores::generate::leak::{Guard, Split};
+use mores::survey::Survey;
+use std::path::{Path, PathBuf};
+
+fn recipe(dir: &Path, mode: &str, extra: &str) -> PathBuf {
+    let p = dir.join(format!("{mode}.toml"));
+    let text = format!(
+        "include = \"{}\"\n[generate]\nmax_items = 4\ncountries = [\"NGA\", \"DEU\"]\n{extra}",
+        root().join(format!("recipes/distill/{mode}.toml")).display()
+    );
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn run(args: &[&str]) {
+    let o = mores(args);
+    assert!(o.status.success(), "mores {args:?} failed: {}", stderr(&o));
+}
+
+fn s(p: &Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+fn card(out: &Path) -> serde_json::Value {
+    let p = out.with_extension("card.json");
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+#[test]
+fn each_mode_writes_records_and_a_card() {
+    let dir = tempfile::tempdir().unwrap();
+    for mode in ["qa", "soft-labels", "survey-grounded"] {
+        let out = dir.path().join(format!("{mode}.jsonl"));
+        run(&["generate", "--recipe", &s(&recipe(dir.path(), mode, "")), "--out", &s(&out)]);
+        let c = card(&out);
+        let rejected: u64 = c["rejected"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+        assert_eq!(c["work_items"], 4, "{mode}");
+        assert_eq!(c["kept"].as_u64().unwrap() + rejected + c["leakage_dropped"].as_u64().unwrap(), 4, "{mode}: {c}");
+        assert_eq!(c["status"], "complete");
+        let records = mores::dataset::read(&out);
+        if c["kept"].as_u64().unwrap() > 0 {
+            let records = records.unwrap();
+            for (r, _) in &records {
+                assert_eq!(r.mode.as_deref(), Some(mode));
+                assert_eq!(r.hash.as_deref(), Some(r.content_hash().as_str()), "content hash");
+                assert!(r.teacher_sha256.is_some() && r.seed.is_some());
+            }
+        }
+        let split: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join(format!("{mode}.split.json"))).unwrap())
+                .unwrap();
+        assert!(!split["heldout"].as_array().unwrap().is_empty());
+    }
+}
+
+#[test]
+fn same_seed_gives_identical_bytes_and_a_killed_run_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = recipe(dir.path(), "soft-labels", "");
+    let (a, b) = (dir.path().join("a/d.jsonl"), dir.path().join("b/d.jsonl"));
+    run(&["generate", "--recipe", &s(&r), "--out", &s(&a)]);
+    run(&["generate", "--recipe", &s(&r), "--out", &s(&b)]);
+    let bytes = |p: &Path| std::fs::read(p).unwrap();
+    assert!(bytes(&a) == bytes(&b), "same seed, different bytes");
+    assert!(!bytes(&a).is_empty());
+    // Simulate a kill in flight: the last record half written, its status line (and any
+    // after it) never written.
+    let full = bytes(&b);
+    let last_id = String::from_utf8_lossy(&full).lines().last().unwrap().split('"').nth(3).unwrap().to_string();
+    std::fs::write(&b, &full[..full.len() - 20]).unwrap();
+    let log = b.with_extension("log.jsonl");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let keep: Vec<&str> = text.lines().take_while(|l| !l.contains(&format!("\"{last_id}\""))).collect();
+    assert!(keep.len() < text.lines().count());
+    std::fs::write(&log, keep.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    run(&["generate", "--recipe", &s(&r), "--out", &s(&b)]);
+    assert!(bytes(&a) == bytes(&b), "resumed dataset differs from the uninterrupted one");
+    let ids: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_str().unwrap().to_string())
+        .collect();
+    let mut uniq = ids.clone();
+    uniq.sort();
+    uniq.dedup();
+    assert_eq!(ids.len(), uniq.len(), "duplicate status lines after resume");
+    assert_eq!(card(&b)["work_items"], 4);
+}
+
+#[test]
+fn leakage_guard_drops_near_duplicates_of_heldout_questions() {
+    let survey = Survey::load(root().join("data/wvs")).unwrap();
+    let split = Split::draw(&survey, 0, 0.3, 3, 0.5).unwrap();
+    let guard = Guard::new(&survey, &split, 3, 0.5).unwrap();
+    let held = survey.question(&split.heldout[0]).unwrap();
+    // A planted near-duplicate: the held-out question with a word changed and a tail added.
+    let planted = format!("{} Please answer honestly.", held.text.replacen(" you ", " you personally ", 1));
+    let hit = guard.leaks(&planted).expect("a near-duplicate of a held-out question must be caught");
+    assert_eq!(hit.0, held.id);
+    // Training questions themselves mostly pass (batteries share some n-grams with held-out ones).
+    let passed = split.train.iter().filter(|q| guard.leaks(&survey.question(q).unwrap().text).is_none()).count();
+    assert!(passed * 10 > split.train.len() * 7, "guard too eager: {passed} of {}", split.train.len());
+    // The split is stratified: every category with two or more questions has some held out.
+    for cat in survey.categories() {
+        let n = survey.questions.iter().filter(|q| q.category == cat && q.is_scored() && q.probeable()).count();
+        if n >= 2 {
+            assert!(split.heldout.iter().any(|id| survey.question(id).unwrap().category == cat), "{cat}");
+        }
+    }
+    // And in the pipeline: a teacher prompted to answer every rewrite with the held-out question
+    // (greedy decoding) plants near-duplicates; every one must be dropped, none kept.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sg.jsonl");
+    let shots = format!(
+        "Original: How old are you?\nRewrite: {t}\n\nOriginal: Are you married?\nRewrite: {t}\n\n",
+        t = held.text
+    );
+    let extra = format!(
+        "paraphrase_prompt = \"\"\"{shots}Original: {{question}}\nRewrite:\"\"\"\n[generate.sampling]\ntemperature = 0.0\n"
+    );
+    run(&["generate", "--recipe", &s(&recipe(dir.path(), "survey-grounded", &extra)), "--out", &s(&out)]);
+    let c = card(&out);
+    assert!(c["leakage_dropped"].as_u64().unwrap() >= 1, "{c}");
+    if c["kept"].as_u64().unwrap() > 0 {
+        for (r, _) in mores::dataset::read(&out).unwrap() {
+            assert!(guard.leaks(r.question.as_deref().unwrap()).is_none(), "kept a leaking item {}", r.id);
+        }
+    }
+}
+
+#[test]
+fn bad_generate_input_fails_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = recipe(dir.path(), "qa", "few_shot = []\n");
+    let o = mores(&["generate", "--recipe", &s(&r), "--out", &s(&dir.path().join("x.jsonl"))]);
+    assert_clean_error(&o, "few_shot");
+    let r = recipe(dir.path(), "soft-labels", "temperature = 0.5\n");
+    let o = mores(&["generate", "--recipe", &s(&r), "--out", &s(&dir.path().join("y.jsonl"))]);
+    assert_clean_error(&o, "temperature");
+    let r = recipe(dir.path(), "soft-labels", "categories = [\"Cooking\"]\n");
+    let o = mores(&["generate", "--recipe", &s(&r), "--out", &s(&dir.path().join("z.jsonl"))]);
+    assert_clean_error(&o, "Cooking");
+    assert!(!dir.path().join("x.jsonl").exists() && !dir.path().join("y.jsonl").exists());
+}
