@@ -68,8 +68,33 @@ pub fn probe(a: &ProbeArgs) -> Result<Results> {
         path: a.recipe.clone(),
         msg: "no model: set [model] path or pass --model".into(),
     })?;
+    let run = ProbeRun {
+        model: model_path,
+        adapter: a.adapter.clone(),
+        out: a.out.clone(),
+        cache: a.cache.clone(),
+        shard: a.shard,
+        threads: a.threads,
+        progress: a.progress,
+    };
+    probe_with(&recipe, &survey, &run)
+}
+
+/// Where and how one probe runs (the recipe says what is probed).
+pub struct ProbeRun {
+    pub model: PathBuf,
+    pub adapter: Option<PathBuf>,
+    pub out: PathBuf,
+    pub cache: Option<PathBuf>,
+    pub shard: Option<crate::probe::Shard>,
+    pub threads: usize,
+    pub progress: bool,
+}
+
+pub fn probe_with(recipe: &ProbeRecipe, survey: &Survey, a: &ProbeRun) -> Result<Results> {
+    let recipe = recipe.clone();
     let opts = load_options(recipe.model.weights);
-    let mut model = Model::load(&model_path, &opts)?;
+    let mut model = Model::load(&a.model, &opts)?;
     if let Some(dir) = &a.adapter {
         let ad = crate::adapter::Adapter::load(&mut model, dir)?;
         eprintln!("adapter {} (rank {}, {} modules)", dir.display(), ad.spec.rank, ad.params.len());
@@ -87,7 +112,7 @@ pub fn probe(a: &ProbeArgs) -> Result<Results> {
     };
     let started = manifest::now_utc();
     let t0 = std::time::Instant::now();
-    let samples = probe::run(&recipe, &survey, &model, &popts)?;
+    let samples = probe::run(&recipe, survey, &model, &popts)?;
     let secs = t0.elapsed().as_secs_f64();
     eprintln!("scored {} prompts in {secs:.1}s", samples.len());
     let (git_commit, git_dirty) = manifest::git();
@@ -116,7 +141,7 @@ pub fn probe(a: &ProbeArgs) -> Result<Results> {
         dtype: format!("{:?}", recipe.model.weights).to_lowercase(),
         started,
     };
-    write_outputs(&a.out, &samples, &survey, &recipe, &m)
+    write_outputs(&a.out, &samples, survey, &recipe, &m)
 }
 
 pub fn load_options(w: WeightMode) -> LoadOptions {

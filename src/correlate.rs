@@ -36,7 +36,8 @@ pub fn p_value(r: f64, n: usize) -> f64 {
     let df = (n - 2) as f64;
     let t = r * (df / (1.0 - r * r)).sqrt();
     let dist = StudentsT::new(0.0, 1.0, df).expect("df > 0");
-    2.0 * (1.0 - dist.cdf(t.abs()))
+    // The survival function keeps tiny p-values (1 - cdf underflows to 0 below ~1e-16).
+    2.0 * dist.sf(t.abs())
 }
 
 /// Mean of correlations through Fisher's z (atanh), back-transformed.
@@ -63,4 +64,59 @@ impl Corr {
     pub fn of(x: &[f64], y: &[f64]) -> Option<Self> {
         pearson(x, y).map(|r| Corr { r, n: x.len(), p: p_value(r, x.len()) })
     }
+}
+
+/// 1 - Jensen-Shannon distance (base 2, so in [0, 1]) between two distributions: 1 means equal.
+pub fn js_similarity(p: &[f64], q: &[f64]) -> Option<f64> {
+    if p.len() != q.len() || p.is_empty() {
+        return None;
+    }
+    let kl = |a: &[f64], m: &[f64]| -> f64 {
+        a.iter().zip(m).filter(|(x, _)| **x > 0.0).map(|(x, y)| x * (x / y).log2()).sum()
+    };
+    let m: Vec<f64> = p.iter().zip(q).map(|(a, b)| 0.5 * (a + b)).collect();
+    let js = (0.5 * kl(p, &m) + 0.5 * kl(q, &m)).max(0.0);
+    Some(1.0 - js.sqrt())
+}
+
+/// Percentile bootstrap: `stat` over `reps` resamples (with replacement) of indices 0..n, drawn
+/// from a seeded portable RNG. Returns the (2.5%, 97.5%) interval and the resampled values
+/// (resamples where the statistic is undefined are skipped).
+pub fn bootstrap(
+    n: usize,
+    reps: usize,
+    seed: u64,
+    stat: impl Fn(&[usize]) -> Option<f64>,
+) -> (Option<(f64, f64)>, Vec<f64>) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut vals = Vec::with_capacity(reps);
+    let mut idx = vec![0usize; n];
+    for _ in 0..reps {
+        for i in idx.iter_mut() {
+            *i = rng.random_range(0..n.max(1));
+        }
+        if let Some(v) = stat(&idx) {
+            if v.is_finite() {
+                vals.push(v);
+            }
+        }
+    }
+    if vals.len() < reps / 2 || n == 0 {
+        return (None, vals);
+    }
+    let mut sorted = vals.clone();
+    sorted.sort_by(f64::total_cmp);
+    let q = |p: f64| sorted[((p * (sorted.len() - 1) as f64).round() as usize).min(sorted.len() - 1)];
+    (Some((q(0.025), q(0.975))), vals)
+}
+
+/// Two-sided bootstrap p-value for "the statistic is 0": twice the smaller tail share.
+pub fn bootstrap_p(vals: &[f64]) -> Option<f64> {
+    if vals.is_empty() {
+        return None;
+    }
+    let le = vals.iter().filter(|v| **v <= 0.0).count() as f64 / vals.len() as f64;
+    let ge = vals.iter().filter(|v| **v >= 0.0).count() as f64 / vals.len() as f64;
+    Some((2.0 * le.min(ge)).min(1.0))
 }

@@ -27,3 +27,4 @@ pub mod results;
 pub mod score;
 pub mod survey;
 pub mod train;
+pub mod transfer;

@@ -62,6 +62,15 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Run a transfer experiment end to end: split, probe before, probe teacher, generate, train,
+    /// probe after, report. Unchanged stages are skipped; a rerun continues after a crash.
+    Run {
+        /// recipes/transfer/NAME.toml
+        recipe: PathBuf,
+        /// Output folder (default: the recipe's [transfer] out, else runs/NAME).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Fine-tune a LoRA adapter on a synthetic dataset.
     Train {
         #[arg(long, default_value = "recipes/distill/default.toml")]
@@ -373,12 +382,18 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
                 out.display()
             );
         }
+        Cmd::Run { recipe, out } => {
+            let args = mores::transfer::RunArgs { recipe, out, threads, progress: !cli.quiet };
+            let r = mores::transfer::run(&args)?;
+            println!("{}", r.verdict);
+        }
         Cmd::Generate { recipe, out, shard } => {
             let args = mores::generate::GenerateArgs {
                 recipe,
                 out: out.clone(),
                 shard: shard.or_else(slurm_shard),
                 progress: !cli.quiet,
+                countries: None,
             };
             let c = mores::generate::generate(&args)?;
             print_card(&c);

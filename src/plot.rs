@@ -86,3 +86,57 @@ pub fn lines(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[S
     }
     crate::io::atomic_write(path, svg.as_bytes())
 }
+
+/// One row per label: a grey line from `before` to `after`, blue dot before, orange dot after.
+pub fn dumbbell(path: &Path, title: &str, x_label: &str, rows: &[(String, f64, f64)]) -> Result<()> {
+    let mut svg = String::new();
+    {
+        let h = (60 + 24 * rows.len().max(1)) as u32;
+        let root = SVGBackend::with_string(&mut svg, (720, h.max(200))).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
+        let vals = rows.iter().flat_map(|r| [r.1, r.2]).filter(|v| v.is_finite());
+        let (lo, hi) = vals.fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
+        let (lo, hi) = if lo > hi { (-1.0, 1.0) } else { ((lo - 0.05).max(-1.0), (hi + 0.05).min(1.0)) };
+        let n = rows.len().max(1);
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 16))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(60)
+            .build_cartesian_2d(lo..hi, -0.5..(n as f64 - 0.5))
+            .map_err(|e| plot_err(path, e))?;
+        let labels: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_labels(n)
+            .y_label_formatter(&|y| labels.get(y.round() as usize).cloned().unwrap_or_default())
+            .light_line_style(WHITE.mix(0.0))
+            .draw()
+            .map_err(|e| plot_err(path, e))?;
+        for (i, (_, b, a)) in rows.iter().enumerate() {
+            let y = i as f64;
+            chart
+                .draw_series(LineSeries::new(vec![(*b, y), (*a, y)], RGBColor(160, 160, 160).stroke_width(2)))
+                .map_err(|e| plot_err(path, e))?;
+        }
+        chart
+            .draw_series(rows.iter().enumerate().map(|(i, r)| Circle::new((r.1, i as f64), 5, PALETTE[0].filled())))
+            .map_err(|e| plot_err(path, e))?
+            .label("before")
+            .legend(|(x, y)| Circle::new((x + 8, y), 5, PALETTE[0].filled()));
+        chart
+            .draw_series(rows.iter().enumerate().map(|(i, r)| Circle::new((r.2, i as f64), 5, PALETTE[1].filled())))
+            .map_err(|e| plot_err(path, e))?
+            .label("after")
+            .legend(|(x, y)| Circle::new((x + 8, y), 5, PALETTE[1].filled()));
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| plot_err(path, e))?;
+        root.present().map_err(|e| plot_err(path, e))?;
+    }
+    crate::io::atomic_write(path, svg.as_bytes())
+}

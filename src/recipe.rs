@@ -247,6 +247,46 @@ pub struct DistillRecipe {
     /// by default, so that training and evaluation read the same way.
     #[serde(default = "default_persona_prompt")]
     pub prompt: PromptSection,
+    /// `mores run`: the before/after experiment around generate and train.
+    #[serde(default)]
+    pub transfer: Option<TransferSection>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TransferSection {
+    /// ISO3 codes probed and generated for; empty: [generate] countries, else every country with
+    /// at least [generate] min_questions scored questions.
+    #[serde(default)]
+    pub countries: Vec<String>,
+    /// Held-out questions probed (a seeded sample; all when unset).
+    #[serde(default)]
+    pub max_heldout_questions: Option<usize>,
+    /// Training-split questions also probed, to tell memorising from transferring (0: none).
+    #[serde(default = "default_train_probe")]
+    pub train_questions: usize,
+    /// Probe the teacher too, as a reference ceiling.
+    #[serde(default = "yes")]
+    pub teacher_reference: bool,
+    #[serde(default = "default_batch")]
+    pub probe_batch: usize,
+    #[serde(default = "default_boot")]
+    pub bootstrap: usize,
+    #[serde(default)]
+    pub seed: u64,
+    /// Output folder; `mores run --out` overrides. Default runs/NAME.
+    #[serde(default)]
+    pub out: Option<PathBuf>,
+}
+
+fn default_train_probe() -> usize {
+    20
+}
+fn yes() -> bool {
+    true
+}
+fn default_boot() -> usize {
+    1000
 }
 
 pub fn default_persona_prompt() -> PromptSection {

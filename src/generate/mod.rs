@@ -78,6 +78,10 @@ pub struct GenerateSection {
     /// Cap on work items: a seeded sample of them (all when unset).
     #[serde(default)]
     pub max_items: Option<usize>,
+    /// soft-labels / survey-grounded: a seeded sample of this many training questions (each is
+    /// paraphrased once and asked for every country).
+    #[serde(default)]
+    pub max_questions: Option<usize>,
     #[serde(default = "default_heldout")]
     pub heldout_fraction: f64,
     /// Word n-gram size and containment threshold of the leakage guard.
@@ -92,6 +96,10 @@ pub struct GenerateSection {
     pub qa_header: String,
     #[serde(default)]
     pub few_shot: Vec<FewShot>,
+    /// soft-labels / survey-grounded: paraphrase each question with the teacher (semantic
+    /// augmentation); false keeps the survey's own wording.
+    #[serde(default = "yes")]
+    pub paraphrase: bool,
     /// soft-labels / survey-grounded: few-shot paraphrase prompt ending in `{question}`'s rewrite.
     #[serde(default = "default_paraphrase")]
     pub paraphrase_prompt: String,
@@ -105,6 +113,9 @@ fn default_min_questions() -> usize {
 }
 fn one() -> usize {
     1
+}
+fn yes() -> bool {
+    true
 }
 fn default_heldout() -> f64 {
     0.3
@@ -188,6 +199,8 @@ pub struct GenerateArgs {
     pub out: PathBuf,
     pub shard: Option<Shard>,
     pub progress: bool,
+    /// Replaces [generate] countries (`mores run` generates for the countries it probes).
+    pub countries: Option<Vec<String>>,
 }
 
 pub fn paths(out: &Path, shard: Option<Shard>) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
@@ -240,7 +253,18 @@ fn work_items(g: &GenerateSection, survey: &Survey, split: &Split) -> Result<Vec
         }
         GenMode::SoftLabels | GenMode::SurveyGrounded => {
             let prefix = if g.mode == GenMode::SoftLabels { "sl" } else { "sg" };
-            for qid in &split.train {
+            let mut train: Vec<&String> =
+                split.train.iter().filter(|q| survey.question(q).is_ok_and(|q| wanted(&q.category))).collect();
+            if let Some(n) = g.max_questions {
+                use rand::seq::SliceRandom;
+                use rand::SeedableRng;
+                let mut idx: Vec<usize> = (0..train.len()).collect();
+                idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(g.seed ^ 0x9_0E57));
+                let mut keep: Vec<usize> = idx.into_iter().take(n).collect();
+                keep.sort_unstable();
+                train = keep.into_iter().map(|i| train[i]).collect();
+            }
+            for qid in train {
                 let q = survey.question(qid)?;
                 if !wanted(&q.category) {
                     continue;
@@ -297,6 +321,9 @@ impl Ctx<'_> {
             return Ok((p.0.clone(), 0));
         }
         let q = self.survey.question(qid)?;
+        if !self.g.paraphrase {
+            return Ok((Ok(q.text.clone()), 0));
+        }
         let mut s = self.g.sampling.clone();
         s.stop = vec!["\n".into()];
         s.max_new_tokens = s.max_new_tokens.min(64);
@@ -365,7 +392,7 @@ impl Ctx<'_> {
                     Ok(p) => p,
                     Err(why) => return Ok((Outcome::Rejected(why), tokens)),
                 };
-                if let Some((h, c)) = self.guard.leaks(&para) {
+                if let Some((h, c)) = self.guard.leaks(&para).filter(|_| self.g.paraphrase) {
                     return Ok((Outcome::Leak(format!("{} ~ {h} ({c:.2})", item.id)), tokens));
                 }
                 let q = self.survey.question(qid)?;
@@ -424,7 +451,10 @@ fn append(path: &Path) -> Result<std::fs::File> {
 pub fn generate(a: &GenerateArgs) -> Result<Card> {
     let recipe = DistillRecipe::load(&a.recipe)?;
     let err = |msg: &str| Error::Recipe { path: a.recipe.clone(), msg: msg.into() };
-    let g = recipe.generate.clone().ok_or_else(|| err("no [generate] section"))?;
+    let mut g = recipe.generate.clone().ok_or_else(|| err("no [generate] section"))?;
+    if let Some(c) = &a.countries {
+        g.countries = c.clone();
+    }
     let teacher_sec: ModelSection = recipe.teacher.clone().ok_or_else(|| err("no [teacher] section"))?;
     let teacher_path = teacher_sec.path.clone().ok_or_else(|| err("no teacher model: set [teacher] path"))?;
     let survey = Survey::load(&g.data)?;

@@ -10,6 +10,7 @@
 //! - `probe`: end to end on the real SmolLM2: outputs, resume from cache, shards merge
 //! - `generate`: the teacher writes datasets in each mode; seeds, resume, leakage guard
 //! - `lora`: LoRA gradients, B = 0 equivalence, merge/export, PEFT key names and round trips
+//! - `transfer`: `mores run` end to end on tiny models; stage skipping, resume, bad recipes
 //! - `train`: `mores train` resume equivalence, bad input, loss falls on SmolLM2
 mod batch;
 mod cli;
@@ -22,3 +23,4 @@ mod reference;
 mod survey;
 mod tokenizer;
 mod train;
+mod transfer;

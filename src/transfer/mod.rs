@@ -1,0 +1,312 @@
+//! `mores run`: the cultural-transfer experiment. Stages, in order: split questions -> probe the
+//! student (before) -> probe the teacher (reference) -> generate -> train LoRA -> probe the
+//! student with the adapter (after) -> transfer report. Each stage is keyed by the content
+//! hashes of its inputs and skipped when they are unchanged; generate and train resume from
+//! their own checkpoints, so a rerun after a crash continues where it stopped.
+pub mod report;
+
+use crate::commands::{probe_with, ProbeRun};
+use crate::error::{Error, Result};
+use crate::generate::leak::Split;
+use crate::io::{sha256_hex, write_json};
+use crate::recipe::{DistillRecipe, ModelSection, ProbeRecipe, ScoringSection, SurveySection};
+use crate::survey::Survey;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub struct RunArgs {
+    pub recipe: PathBuf,
+    pub out: Option<PathBuf>,
+    pub threads: usize,
+    pub progress: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct StageRecord {
+    pub key: String,
+    pub seconds: f64,
+    pub finished: bool,
+}
+
+type Stages = BTreeMap<String, StageRecord>;
+
+/// sha256 of a model file, or of every file in a model folder.
+fn path_sha256(p: &Path) -> Result<String> {
+    if p.is_file() {
+        return crate::model::sha256_file(p);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(p)
+        .map_err(|e| Error::io(p, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|f| f.is_file())
+        .collect();
+    files.sort();
+    let mut parts = Vec::new();
+    for f in files {
+        parts.push(format!(
+            "{}:{}",
+            f.file_name().unwrap_or_default().to_string_lossy(),
+            crate::model::sha256_file(&f)?
+        ));
+    }
+    Ok(sha256_hex(parts.join("\n").as_bytes()))
+}
+
+fn key(parts: &[&str]) -> String {
+    sha256_hex(parts.join("\u{1f}").as_bytes())
+}
+
+fn model_path(sec: &Option<ModelSection>, what: &str, recipe: &Path) -> Result<PathBuf> {
+    let p = sec.as_ref().and_then(|s| s.path.clone()).ok_or_else(|| Error::Recipe {
+        path: recipe.to_path_buf(),
+        msg: format!("no {what} model: set [{what}] path"),
+    })?;
+    if !p.exists() {
+        return Err(Error::model(&p, format!("{what} model not found (run scripts/fetch-models.sh for the defaults)")));
+    }
+    Ok(p)
+}
+
+struct Runner {
+    out: PathBuf,
+    stages: Stages,
+    timings: Vec<(String, f64, bool)>,
+}
+
+impl Runner {
+    /// Run `f` unless the stage's recorded key equals `key`. When the key changed, the stage's
+    /// old outputs (`dirs`) are removed first so nothing stale is resumed.
+    fn stage(&mut self, name: &str, key: &str, dirs: &[PathBuf], f: impl FnOnce() -> Result<()>) -> Result<()> {
+        let rec = self.stages.get(name).cloned().unwrap_or_default();
+        if rec.finished && rec.key == key && dirs.iter().all(|d| d.exists()) {
+            eprintln!("stage {name}: up to date (skipped)");
+            self.timings.push((name.into(), rec.seconds, true));
+            return Ok(());
+        }
+        if rec.key != key {
+            for d in dirs {
+                if d.is_dir() {
+                    std::fs::remove_dir_all(d).map_err(|e| Error::io(d, e))?;
+                }
+            }
+        }
+        eprintln!("stage {name}: running");
+        self.stages.insert(name.into(), StageRecord { key: key.into(), seconds: 0.0, finished: false });
+        self.save()?;
+        let t0 = std::time::Instant::now();
+        f()?;
+        let secs = t0.elapsed().as_secs_f64();
+        eprintln!("stage {name}: done in {secs:.1}s");
+        self.stages.insert(name.into(), StageRecord { key: key.into(), seconds: secs, finished: true });
+        self.timings.push((name.into(), secs, false));
+        self.save()
+    }
+
+    fn save(&self) -> Result<()> {
+        write_json(&self.out.join("stages.json"), &self.stages)
+    }
+}
+
+pub fn run(a: &RunArgs) -> Result<report::TransferReport> {
+    // Everything a stage needs is checked before the first stage runs.
+    let recipe = DistillRecipe::load(&a.recipe)?;
+    let rerr = |msg: String| Error::Recipe { path: a.recipe.clone(), msg };
+    let t = recipe.transfer.clone().ok_or_else(|| rerr("no [transfer] section".into()))?;
+    let g = recipe.generate.clone().ok_or_else(|| rerr("no [generate] section".into()))?;
+    let student = model_path(&Some(recipe.student.clone()), "student", &a.recipe)?;
+    let teacher = model_path(&recipe.teacher, "teacher", &a.recipe)?;
+    let teacher_sec = recipe.teacher.clone().expect("checked");
+    let survey = Survey::load(&g.data)?;
+    let countries: Vec<String> = if !t.countries.is_empty() {
+        t.countries.clone()
+    } else if !g.countries.is_empty() {
+        g.countries.clone()
+    } else {
+        survey.countries_with(g.min_questions).iter().map(|c| c.iso3.clone()).collect()
+    };
+    for c in &countries {
+        survey.country(c)?;
+    }
+    let out = a.out.clone().or(t.out.clone()).unwrap_or_else(|| PathBuf::from("runs").join(&recipe.name));
+    let split = Split::draw(&survey, g.seed, g.heldout_fraction, g.leak_ngram, g.leak_threshold)?;
+    let answered = |q: &String| countries.iter().any(|c| survey.answers(q, c).is_some());
+    let mut heldout: Vec<String> = split.heldout.iter().filter(|q| answered(q)).cloned().collect();
+    if heldout.is_empty() {
+        return Err(rerr("the split has no held-out questions answered in these countries".into()));
+    }
+    if let Some(n) = t.max_heldout_questions {
+        heldout = sample(&heldout, n, t.seed ^ 0x4E1D);
+    }
+    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    let train_probe = sample(
+        &split.train.iter().filter(|q| answered(q)).cloned().collect::<Vec<_>>(),
+        t.train_questions,
+        t.seed ^ 0x7A1,
+    );
+
+    let gen_dir = out.join("generate");
+    let dataset = gen_dir.join("dataset.jsonl");
+    let (_, _, _, gen_split_path) = crate::generate::paths(&dataset, None);
+    let split_path = out.join("split.json");
+    let stages_path = out.join("stages.json");
+    let stages: Stages = if stages_path.exists() {
+        let text = std::fs::read_to_string(&stages_path).map_err(|e| Error::io(&stages_path, e))?;
+        serde_json::from_str(&text).map_err(|e| Error::data(&stages_path, 0, e.to_string()))?
+    } else {
+        Stages::new()
+    };
+    let mut r = Runner { out: out.clone(), stages, timings: Vec::new() };
+
+    let survey_sha = crate::model::sha256_file(&survey.dir.join(crate::survey::QUESTIONS_FILE))?;
+    let dist_sha = crate::model::sha256_file(&survey.dir.join(crate::survey::DISTRIBUTIONS_FILE))?;
+    let (student_sha, teacher_sha) = (path_sha256(&student)?, path_sha256(&teacher)?);
+    let json = |v: &dyn erased::Ser| v.json();
+    let k_split = key(&["split", &json(&split), &survey_sha]);
+    r.stage("split", &k_split, std::slice::from_ref(&split_path), || write_json(&split_path, &split))?;
+
+    let mut questions = heldout.clone();
+    questions.extend(train_probe.iter().cloned());
+    let probe_recipe = |m: &ModelSection| ProbeRecipe {
+        name: format!("{}-probe", recipe.name),
+        model: m.clone(),
+        survey: SurveySection {
+            data: g.data.clone(),
+            countries: countries.clone(),
+            min_questions: 0,
+            questions: questions.clone(),
+            categories: vec![],
+        },
+        prompt: recipe.prompt.clone(),
+        scoring: ScoringSection { batch: t.probe_batch, seed: t.seed },
+    };
+    let student_probe = probe_recipe(&recipe.student);
+    let run_probe = |pr: &ProbeRecipe, model: &Path, adapter: Option<PathBuf>, dir: &Path| -> Result<()> {
+        let run = ProbeRun {
+            model: model.to_path_buf(),
+            adapter,
+            out: dir.to_path_buf(),
+            cache: None,
+            shard: None,
+            threads: a.threads,
+            progress: a.progress,
+        };
+        probe_with(pr, &survey, &run).map(|_| ())
+    };
+    let before = out.join("probe-before");
+    let k_before = key(&["probe-before", &k_split, &student_sha, &json(&student_probe), &dist_sha]);
+    r.stage("probe-before", &k_before, std::slice::from_ref(&before), || {
+        run_probe(&student_probe, &student, None, &before)
+    })?;
+
+    let teacher_dir = out.join("probe-teacher");
+    if t.teacher_reference {
+        // Probed in f32 like the student (the quantized form is for fast generation only).
+        let tp = probe_recipe(&ModelSection { weights: crate::recipe::WeightMode::F32, ..teacher_sec.clone() });
+        let k = key(&["probe-teacher", &k_split, &teacher_sha, &json(&tp), &dist_sha]);
+        r.stage("probe-teacher", &k, std::slice::from_ref(&teacher_dir), || {
+            run_probe(&tp, &teacher, None, &teacher_dir)
+        })?;
+    }
+
+    let k_gen =
+        key(&["generate", &k_split, &teacher_sha, &json(&g), &json(&recipe.prompt), &json(&countries), &dist_sha]);
+    r.stage("generate", &k_gen, std::slice::from_ref(&gen_dir), || {
+        // The generator reuses the experiment's split, so evaluation and leakage guard agree.
+        std::fs::create_dir_all(&gen_dir).map_err(|e| Error::io(&gen_dir, e))?;
+        std::fs::copy(&split_path, &gen_split_path).map_err(|e| Error::io(&gen_split_path, e))?;
+        let args = crate::generate::GenerateArgs {
+            recipe: a.recipe.clone(),
+            out: dataset.clone(),
+            shard: None,
+            progress: a.progress,
+            countries: Some(countries.clone()),
+        };
+        let card = crate::generate::generate(&args)?;
+        if card.kept == 0 {
+            return Err(Error::Invalid(format!("{}: the teacher produced no usable records", dataset.display())));
+        }
+        Ok(())
+    })?;
+
+    let adapter_dir = out.join("adapter");
+    let k_train = key(&["train", &k_gen, &student_sha, &json(&recipe.lora), &json(&recipe.train)]);
+    r.stage("train", &k_train, std::slice::from_ref(&adapter_dir), || {
+        let args = crate::train::TrainArgs {
+            recipe: a.recipe.clone(),
+            data: dataset.clone(),
+            out: adapter_dir.clone(),
+            resume: adapter_dir.join(crate::train::CHECKPOINT).exists(),
+            model: None,
+            max_steps: None,
+            stop_after: None,
+            threads: a.threads,
+            progress: a.progress,
+        };
+        crate::train::train(&args).map(|_| ())
+    })?;
+
+    let after = out.join("probe-after");
+    let k_after = key(&["probe-after", &k_train, &k_before]);
+    r.stage("probe-after", &k_after, std::slice::from_ref(&after), || {
+        run_probe(&student_probe, &student, Some(adapter_dir.clone()), &after)
+    })?;
+
+    let mut rep = None;
+    let k_report = key(&["report", &k_after, &json(&t), &json(&heldout), &json(&train_probe)]);
+    r.stage("report", &k_report, &[], || {
+        let teacher_samples = t.teacher_reference.then(|| teacher_dir.clone());
+        let built = report::build(&report::Inputs {
+            name: recipe.name.clone(),
+            survey: &survey,
+            before: &before,
+            after: &after,
+            teacher: teacher_samples.as_deref(),
+            heldout: &heldout,
+            train: &train_probe,
+            bootstrap: t.bootstrap,
+            seed: t.seed,
+            dataset: &dataset,
+        })?;
+        report::write(&out, &built)?;
+        rep = Some(built);
+        Ok(())
+    })?;
+    let mut rep = match rep {
+        Some(r) => r,
+        None => {
+            let p = out.join("transfer.json");
+            let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+            serde_json::from_str(&text).map_err(|e| Error::data(&p, 0, e.to_string()))?
+        }
+    };
+    rep.stage_seconds = r.timings.iter().map(|(n, s, skipped)| (n.clone(), (*s, *skipped))).collect();
+    write_json(&out.join("transfer.json"), &rep)?;
+    Ok(rep)
+}
+
+/// A seeded sample of `n` items, kept in their original order.
+fn sample(items: &[String], n: usize, seed: u64) -> Vec<String> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    if items.len() <= n {
+        return items.to_vec();
+    }
+    let mut idx: Vec<usize> = (0..items.len()).collect();
+    idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+    let mut keep = idx[..n].to_vec();
+    keep.sort_unstable();
+    keep.into_iter().map(|i| items[i].clone()).collect()
+}
+
+/// JSON of any serialisable value, for stage keys.
+mod erased {
+    pub trait Ser {
+        fn json(&self) -> String;
+    }
+    impl<T: serde::Serialize> Ser for T {
+        fn json(&self) -> String {
+            serde_json::to_string(self).expect("serialisable")
+        }
+    }
+}
