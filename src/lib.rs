@@ -26,5 +26,6 @@ pub mod report;
 pub mod results;
 pub mod score;
 pub mod survey;
+pub mod survey_import;
 pub mod train;
 pub mod transfer;

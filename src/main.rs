@@ -265,6 +265,17 @@ enum SurveyCmd {
         #[arg(long, default_value = "data/wvs")]
         data: PathBuf,
     },
+    /// Build data files from the official respondent-level WVS-7 CSV (weighted by W_WEIGHT).
+    Import {
+        /// The CSV downloaded from the WVS site.
+        file: PathBuf,
+        /// Output data folder (use it with `[survey] data = ...` or `--data`).
+        #[arg(long)]
+        out: PathBuf,
+        /// Folder whose questions and countries tables give texts, options and scores.
+        #[arg(long, default_value = "data/wvs")]
+        template: PathBuf,
+    },
 }
 
 fn main() {
@@ -406,6 +417,23 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
         Cmd::Adapter { cmd: AdapterCmd::Merge { model, adapter, out } } => {
             let n = mores::export::merge_and_export(&model, &adapter, &out)?;
             println!("merged {n} LoRA modules; wrote {}", out.display());
+        }
+        Cmd::Survey { cmd: SurveyCmd::Import { file, out, template } } => {
+            let s = mores::survey_import::import(&file, &template, &out)?;
+            println!(
+                "imported {} rows: {} countries, {} questions, {} (question, country) pairs ({}); dropped {} missing/negative and {} unknown codes; wrote {}",
+                s.rows,
+                s.countries.len(),
+                s.questions_matched,
+                s.pairs_written,
+                if s.weighted { "W_WEIGHT-weighted" } else { "unweighted" },
+                s.dropped_negative,
+                s.dropped_unknown_code,
+                out.display()
+            );
+            if !s.unknown_countries.is_empty() {
+                println!("skipped countries not in countries.csv: {}", s.unknown_countries.join(", "));
+            }
         }
         Cmd::Survey { cmd: SurveyCmd::Stats { data } } => {
             print!("{}", mores::survey::Survey::load(&data)?.stats_table());

@@ -90,3 +90,54 @@ fn malformed_line_names_file_and_line() {
         .to_string();
     assert!(err.contains("wvs7_country_distributions.jsonl:2: malformed distribution record"), "{err}");
 }
+
+/// The official WVS-7 CSV layout (one row per respondent, B_COUNTRY_ALPHA, W_WEIGHT, answers by
+/// question id, negative codes for missing), generated here. Hand-computed weighted shares:
+/// USA Q1: weights 1 (code 1), 2 (code 2), 1 (code -1, dropped) -> {1: 1/3, 2: 2/3};
+/// DEU Q1: weights 0.5 (code 4), 1.5 (code 4) -> {4: 1}; code 9 for Q2 is not an option (dropped).
+#[test]
+fn import_official_csv_layout_with_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("WVS_Cross-National_Wave_7_csv_v6_0.csv");
+    std::fs::write(
+        &csv,
+        "version,B_COUNTRY,B_COUNTRY_ALPHA,W_WEIGHT,Q1,Q2,Q999\n\
+         v6,840,USA,1.0,1,1,3\n\
+         v6,840,USA,2.0,2,2,3\n\
+         v6,840,USA,1.0,-1,-2,3\n\
+         v6,276,DEU,0.5,4,9,1\n\
+         v6,276,DEU,1.5,4,1,1\n\
+         v6,999,XYZ,1.0,1,1,1\n",
+    )
+    .unwrap();
+    let out = dir.path().join("data");
+    let o = crate::common::mores(&["survey", "import", csv.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", crate::common::stderr(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("skipped countries not in countries.csv: XYZ"), "{stdout}");
+    let s = mores::survey::Survey::load(&out).unwrap();
+    let usa = s.answers("Q1", "USA").unwrap();
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+    assert!(close(usa.distribution[0], 1.0 / 3.0) && close(usa.distribution[1], 2.0 / 3.0), "{:?}", usa.distribution);
+    assert_eq!(usa.n, Some(2));
+    assert!(close(usa.mean.unwrap(), 1.0 / 3.0 + 2.0 * 2.0 / 3.0));
+    let deu = s.answers("Q1", "DEU").unwrap();
+    assert!(close(deu.distribution[3], 1.0));
+    assert_eq!(s.answers("Q2", "DEU").unwrap().n, Some(1), "code 9 is not a Q2 option");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("import_summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["rows"], 6);
+    assert_eq!(summary["dropped_negative"], 2);
+    assert_eq!(summary["dropped_unknown_code"], 1);
+    assert!(std::fs::read_to_string(out.join("PROVENANCE.md")).unwrap().contains("W_WEIGHT"));
+    // A file without a country column is refused with the reason.
+    std::fs::write(&csv, "W_WEIGHT,Q1\n1,1\n").unwrap();
+    let o = crate::common::mores(&[
+        "survey",
+        "import",
+        csv.to_str().unwrap(),
+        "--out",
+        dir.path().join("x").to_str().unwrap(),
+    ]);
+    crate::common::assert_clean_error(&o, "B_COUNTRY_ALPHA");
+}

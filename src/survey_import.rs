@@ -1,0 +1,202 @@
+//! `mores survey import FILE.csv`: build the project's data files from the official
+//! respondent-level WVS-7 CSV (one row per respondent; `B_COUNTRY_ALPHA` or `B_COUNTRY`, weight
+//! `W_WEIGHT`, answers in columns named by question id, negative codes for missing answers).
+//! Question texts, options and scores come from a template data folder (the shipped
+//! `data/wvs`), since the CSV carries codes only.
+use crate::error::{Error, Result};
+use crate::survey::{Survey, COUNTRIES_FILE, DISTRIBUTIONS_FILE, QUESTIONS_FILE};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ImportSummary {
+    pub rows: usize,
+    pub weighted: bool,
+    pub countries: Vec<String>,
+    /// Country codes in the file that the countries table does not know (rows skipped).
+    pub unknown_countries: Vec<String>,
+    pub questions_matched: usize,
+    pub questions_missing: Vec<String>,
+    pub pairs_written: usize,
+    /// Answers dropped: negative (missing, don't know, not asked) and codes that are not options.
+    pub dropped_negative: usize,
+    pub dropped_unknown_code: usize,
+}
+
+#[derive(Serialize)]
+struct OutRecord<'a> {
+    qid: &'a str,
+    country: &'a str,
+    distribution: BTreeMap<String, f64>,
+    n: f64,
+    weighted_n: f64,
+    source: &'a str,
+    weighted: bool,
+}
+
+pub fn import(csv_path: &Path, template: &Path, out: &Path) -> Result<ImportSummary> {
+    let tmpl = Survey::load(template)?;
+    let file_name = csv_path.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+    let mut rdr = csv::ReaderBuilder::new()
+        .flexible(false)
+        .from_path(csv_path)
+        .map_err(|e| Error::data(csv_path, 0, format!("cannot read CSV: {e}")))?;
+    let headers = rdr.headers().map_err(|e| Error::data(csv_path, 1, format!("no header row: {e}")))?.clone();
+    let col = |name: &str| headers.iter().position(|h| h.trim().eq_ignore_ascii_case(name));
+    let (alpha, numeric) = (col("B_COUNTRY_ALPHA"), col("B_COUNTRY"));
+    if alpha.is_none() && numeric.is_none() {
+        return Err(Error::data(
+            csv_path,
+            1,
+            "no country column: expected B_COUNTRY_ALPHA (ISO3) or B_COUNTRY (ISO numeric), as in the official WVS-7 CSV",
+        ));
+    }
+    let weight = col("W_WEIGHT");
+    // ISO numeric -> ISO3 from the countries table.
+    let cpath = template.join(COUNTRIES_FILE);
+    let mut numeric_to_iso3 = BTreeMap::new();
+    let mut crdr = csv::Reader::from_path(&cpath).map_err(|e| Error::data(&cpath, 0, e.to_string()))?;
+    let ch = crdr.headers().map_err(|e| Error::data(&cpath, 1, e.to_string()))?.clone();
+    let (ci, cn) = (ch.iter().position(|h| h == "iso3"), ch.iter().position(|h| h == "iso_numeric"));
+    for rec in crdr.records().flatten() {
+        if let (Some(i), Some(n)) = (ci, cn) {
+            if let Ok(num) = rec[n].trim().parse::<u32>() {
+                numeric_to_iso3.insert(num, rec[i].to_string());
+            }
+        }
+    }
+    let qcols: Vec<(usize, usize)> =
+        tmpl.questions.iter().enumerate().filter_map(|(qi, q)| col(&q.id).map(|c| (qi, c))).collect();
+    let questions_missing: Vec<String> =
+        tmpl.questions.iter().filter(|q| col(&q.id).is_none()).map(|q| q.id.clone()).collect();
+    if qcols.is_empty() {
+        return Err(Error::data(csv_path, 1, "no column matches a question id of the template (Q1, Q2, ...)"));
+    }
+    // (question index, country) -> (weighted counts per option, unweighted n, weighted n)
+    type Acc = (Vec<f64>, f64, f64);
+    let mut acc: BTreeMap<(usize, String), Acc> = BTreeMap::new();
+    let mut s = ImportSummary {
+        rows: 0,
+        weighted: weight.is_some(),
+        countries: vec![],
+        unknown_countries: vec![],
+        questions_matched: qcols.len(),
+        questions_missing,
+        pairs_written: 0,
+        dropped_negative: 0,
+        dropped_unknown_code: 0,
+    };
+    for (i, rec) in rdr.records().enumerate() {
+        let line = i + 2;
+        let rec = rec.map_err(|e| Error::data(csv_path, line, format!("malformed row: {e}")))?;
+        s.rows += 1;
+        let country = match (alpha, numeric) {
+            (Some(a), _) => rec[a].trim().to_string(),
+            (None, Some(n)) => {
+                let num: u32 =
+                    rec[n].trim().parse().map_err(|_| Error::data(csv_path, line, "B_COUNTRY is not a number"))?;
+                numeric_to_iso3.get(&num).cloned().unwrap_or_else(|| format!("#{num}"))
+            }
+            _ => unreachable!("checked above"),
+        };
+        if !tmpl.countries.contains_key(&country) {
+            if !s.unknown_countries.contains(&country) {
+                s.unknown_countries.push(country);
+            }
+            continue;
+        }
+        let w = match weight {
+            Some(c) => {
+                let w: f64 =
+                    rec[c].trim().parse().map_err(|_| Error::data(csv_path, line, "W_WEIGHT is not a number"))?;
+                if !(w.is_finite() && w >= 0.0) {
+                    return Err(Error::data(csv_path, line, format!("W_WEIGHT {w} is not a non-negative number")));
+                }
+                w
+            }
+            None => 1.0,
+        };
+        for &(qi, c) in &qcols {
+            let cell = rec[c].trim();
+            if cell.is_empty() {
+                s.dropped_negative += 1;
+                continue;
+            }
+            let code: i64 = match cell.parse::<f64>() {
+                Ok(v) if v.fract() == 0.0 => v as i64,
+                _ => {
+                    return Err(Error::data(
+                        csv_path,
+                        line,
+                        format!("{}: answer {cell:?} is not an integer code", tmpl.questions[qi].id),
+                    ))
+                }
+            };
+            if code < 0 {
+                s.dropped_negative += 1;
+                continue;
+            }
+            let q = &tmpl.questions[qi];
+            let Some(oi) = q.option_index(code) else {
+                s.dropped_unknown_code += 1;
+                continue;
+            };
+            let e = acc.entry((qi, country.clone())).or_insert_with(|| (vec![0.0; q.options.len()], 0.0, 0.0));
+            e.0[oi] += w;
+            e.1 += 1.0;
+            e.2 += w;
+        }
+    }
+    let source = format!("official WVS-7 CSV {file_name}{}", if s.weighted { " (W_WEIGHT)" } else { " (unweighted)" });
+    let mut lines = String::new();
+    let mut countries = std::collections::BTreeSet::new();
+    for ((qi, country), (counts, n, wn)) in &acc {
+        if *wn <= 0.0 {
+            continue;
+        }
+        let q = &tmpl.questions[*qi];
+        let distribution: BTreeMap<String, f64> =
+            q.options.iter().zip(counts).map(|(o, c)| (o.code.to_string(), c / wn)).collect();
+        let r = OutRecord {
+            qid: &q.id,
+            country,
+            distribution,
+            n: *n,
+            weighted_n: *wn,
+            source: &source,
+            weighted: s.weighted,
+        };
+        lines.push_str(&serde_json::to_string(&r)?);
+        lines.push('\n');
+        countries.insert(country.clone());
+        s.pairs_written += 1;
+    }
+    if s.pairs_written == 0 {
+        return Err(Error::data(csv_path, 0, "no usable answers: every row was skipped"));
+    }
+    s.countries = countries.into_iter().collect();
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    for f in [QUESTIONS_FILE, COUNTRIES_FILE] {
+        let bytes = std::fs::read(template.join(f)).map_err(|e| Error::io(template.join(f), e))?;
+        crate::io::atomic_write(&out.join(f), &bytes)?;
+    }
+    crate::io::atomic_write(&out.join(DISTRIBUTIONS_FILE), lines.as_bytes())?;
+    let sha = crate::model::sha256_file(csv_path)?;
+    let note = format!(
+        "# Provenance\n\nBuilt by `mores survey import` from `{file_name}` (sha256 {sha}), a respondent-level WVS-7 CSV supplied by the user (obtain it from https://www.worldvaluessurvey.org under the WVS terms of use).\n\n- Distributions: {} share of respondents per answer code, per country and question; negative codes (missing, don't know, no answer, not asked) dropped ({} answers); codes that are not options of the question dropped ({}).\n- Question texts, options, scores and the countries table are copied from the template `{}`.\n- {} rows, {} countries, {} questions matched, {} (question, country) pairs.\n",
+        if s.weighted { "W_WEIGHT-weighted" } else { "unweighted (no W_WEIGHT column)" },
+        s.dropped_negative,
+        s.dropped_unknown_code,
+        template.display(),
+        s.rows,
+        s.countries.len(),
+        s.questions_matched,
+        s.pairs_written
+    );
+    crate::io::atomic_write(&out.join("PROVENANCE.md"), note.as_bytes())?;
+    crate::io::write_json(&out.join("import_summary.json"), &s)?;
+    // The result must load like the shipped data.
+    Survey::load(out)?;
+    Ok(s)
+}
