@@ -120,3 +120,48 @@ pub fn bootstrap_p(vals: &[f64]) -> Option<f64> {
     let ge = vals.iter().filter(|v| **v >= 0.0).count() as f64 / vals.len() as f64;
     Some((2.0 * le.min(ge)).min(1.0))
 }
+
+/// Ranks with ties given their average rank (1-based).
+fn ranks(x: &[f64]) -> Vec<f64> {
+    let mut idx: Vec<usize> = (0..x.len()).collect();
+    idx.sort_by(|&a, &b| x[a].total_cmp(&x[b]));
+    let mut r = vec![0.0; x.len()];
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && x[idx[j + 1]] == x[idx[i]] {
+            j += 1;
+        }
+        let avg = (i + j) as f64 / 2.0 + 1.0;
+        for k in i..=j {
+            r[idx[k]] = avg;
+        }
+        i = j + 1;
+    }
+    r
+}
+
+/// Spearman's rank correlation (Pearson r of average ranks).
+pub fn spearman(x: &[f64], y: &[f64]) -> Option<f64> {
+    if x.len() != y.len() {
+        return None;
+    }
+    pearson(&ranks(x), &ranks(y))
+}
+
+/// Wasserstein-1 distance between two distributions over ordered positions `at` (e.g. option
+/// scores mapped to [0, 1]): the integral of |CDF_p - CDF_q|.
+pub fn wasserstein1(p: &[f64], q: &[f64], at: &[f64]) -> Option<f64> {
+    if p.len() != q.len() || p.len() != at.len() || p.is_empty() {
+        return None;
+    }
+    let mut idx: Vec<usize> = (0..at.len()).collect();
+    idx.sort_by(|&a, &b| at[a].total_cmp(&at[b]));
+    let (mut cp, mut cq, mut w) = (0.0, 0.0, 0.0);
+    for k in 0..idx.len() - 1 {
+        cp += p[idx[k]];
+        cq += q[idx[k]];
+        w += (cp - cq).abs() * (at[idx[k + 1]] - at[idx[k]]);
+    }
+    Some(w)
+}

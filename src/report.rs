@@ -55,7 +55,16 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(out, "| metric | value |\n|---|---:|");
     let _ = writeln!(out, "| mean per-country r, raw (paper's metric) | {} |", f(o.mean_r_raw));
     let _ = writeln!(out, "| same, uniform-answer baseline | {} |", f(o.uniform_mean_r_raw));
-    let _ = writeln!(out, "| mean per-country r, scale-normalised | {} |", f(o.mean_r_normalised));
+    let ci = |c: Option<(f64, f64)>| c.map(|(lo, hi)| format!(" (95% CI {lo:.3} to {hi:.3})")).unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "| mean per-country r, scale-normalised | {}{} |",
+        f(o.mean_r_normalised),
+        ci(o.mean_r_normalised_ci95)
+    );
+    let _ = writeln!(out, "| mean per-country Spearman rho, normalised | {} |", f(o.mean_spearman));
+    let _ = writeln!(out, "| mean 1 - Jensen-Shannon distance to human distributions | {} |", f(o.mean_js_similarity));
+    let _ = writeln!(out, "| mean Wasserstein-1 to human distributions (0-1 scale) | {} |", f(o.mean_wasserstein));
     let _ = writeln!(
         out,
         "| cross-country r per question (Fisher mean; {} of {} positive) | {} |",
@@ -68,15 +77,15 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(out, "\n## Countries\n");
     let _ = writeln!(
         out,
-        "| country | name | continent | n | r (raw) | p | r (normalised) | p | uniform r (raw) | label mass |"
+        "| country | name | continent | n | r (raw) | p | r (normalised) | 95% CI | p | Spearman | 1-JSD | W1 | uniform r (raw) | label mass |"
     );
-    let _ = writeln!(out, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|");
     for c in &r.countries {
         let (rr, rp) = c.raw.as_ref().map(|x| (Some(x.r), Some(x.p))).unwrap_or((None, None));
         let (nr, np) = c.normalised.as_ref().map(|x| (Some(x.r), Some(x.p))).unwrap_or((None, None));
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.3} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.3} |",
             c.iso3,
             c.name,
             c.continent,
@@ -84,7 +93,11 @@ pub fn markdown(r: &Results) -> String {
             f(rr),
             rp.map(|p| format!("{p:.2e}")).unwrap_or_else(|| "–".into()),
             f(nr),
+            c.normalised_ci95.map(|(lo, hi)| format!("{lo:.3} to {hi:.3}")).unwrap_or_else(|| "–".into()),
             np.map(|p| format!("{p:.2e}")).unwrap_or_else(|| "–".into()),
+            f(c.spearman),
+            f(c.js_similarity),
+            f(c.wasserstein),
             f(c.uniform_raw_r),
             c.mean_mass
         );

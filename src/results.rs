@@ -24,6 +24,18 @@ pub struct CountryResult {
     /// Raw r of a model answering every question uniformly at random: what scale alone gives.
     pub uniform_raw_r: Option<f64>,
     pub mean_mass: f64,
+    /// 95% bootstrap CI of the normalised r (resampling questions; seeded).
+    #[serde(default)]
+    pub normalised_ci95: Option<(f64, f64)>,
+    /// Spearman rank correlation on normalised scores.
+    #[serde(default)]
+    pub spearman: Option<f64>,
+    /// Mean over questions of 1 - Jensen-Shannon distance between model and human distributions.
+    #[serde(default)]
+    pub js_similarity: Option<f64>,
+    /// Mean over ordinal questions of the Wasserstein-1 distance on the [0, 1] option scale.
+    #[serde(default)]
+    pub wasserstein: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -64,6 +76,15 @@ pub struct Overall {
     pub cross_country_r: Option<f64>,
     pub cross_country_questions: usize,
     pub cross_country_positive: usize,
+    /// 95% CI of the mean normalised r, bootstrapping countries (seeded).
+    #[serde(default)]
+    pub mean_r_normalised_ci95: Option<(f64, f64)>,
+    #[serde(default)]
+    pub mean_js_similarity: Option<f64>,
+    #[serde(default)]
+    pub mean_wasserstein: Option<f64>,
+    #[serde(default)]
+    pub mean_spearman: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -79,8 +100,13 @@ pub struct Results {
     pub questions: Vec<QuestionResult>,
 }
 
+/// Bootstrap resamples for every CI in a probe's results.
+pub const BOOTSTRAP: usize = 1000;
+
 struct Point<'a> {
     s: &'a Sample,
+    js: Option<f64>,
+    w1: Option<f64>,
     model: f64,
     human: f64,
     model_n: f64,
@@ -100,7 +126,22 @@ pub fn compute(samples: &[Sample], survey: &Survey, model: ModelInfo, recipe: &s
         let (Some(m), Some(h)) = (s.expected_score, s.human_mean) else { continue };
         let (Some(mn), Some(hn)) = (q.normalise(m), q.normalise(h)) else { continue };
         let uniform = q.expected_score(&vec![1.0; q.options.len()]).expect("scored question");
-        points.push(Point { s, model: m, human: h, model_n: mn, human_n: hn, uniform });
+        let js = crate::correlate::js_similarity(&s.probs, &s.human_distribution);
+        // W1 over the options that carry a score (renormalised), positions on the [0, 1] scale.
+        let scored: Vec<usize> = (0..q.options.len()).filter(|&i| q.options[i].score.is_some()).collect();
+        let w1 = (|| {
+            let pm: Vec<f64> = scored.iter().map(|&i| s.probs.get(i).copied()).collect::<Option<_>>()?;
+            let ph: Vec<f64> = scored.iter().map(|&i| s.human_distribution.get(i).copied()).collect::<Option<_>>()?;
+            let (zm, zh) = (pm.iter().sum::<f64>(), ph.iter().sum::<f64>());
+            if zm <= 0.0 || zh <= 0.0 {
+                return None;
+            }
+            let at: Vec<f64> = scored.iter().map(|&i| q.normalise(q.options[i].score?)).collect::<Option<_>>()?;
+            let pm: Vec<f64> = pm.iter().map(|x| x / zm).collect();
+            let ph: Vec<f64> = ph.iter().map(|x| x / zh).collect();
+            crate::correlate::wasserstein1(&pm, &ph, &at)
+        })();
+        points.push(Point { s, js, w1, model: m, human: h, model_n: mn, human_n: hn, uniform });
     }
     let by_country = group(&points, |p| p.s.country.clone());
     let corr_set = |ps: &[&Point]| {
@@ -116,7 +157,18 @@ pub fn compute(samples: &[Sample], survey: &Survey, model: ModelInfo, recipe: &s
         let c = survey.country(iso).ok();
         let (raw, normalised, uniform_raw_r) = corr_set(ps);
         let masses: Vec<f64> = samples.iter().filter(|s| &s.country == iso).map(|s| s.mass).collect();
+        let mn: Vec<f64> = ps.iter().map(|p| p.model_n).collect();
+        let hn: Vec<f64> = ps.iter().map(|p| p.human_n).collect();
+        let (normalised_ci95, _) = crate::correlate::bootstrap(ps.len(), BOOTSTRAP, seed_for(iso), |idx| {
+            let x: Vec<f64> = idx.iter().map(|&i| mn[i]).collect();
+            let y: Vec<f64> = idx.iter().map(|&i| hn[i]).collect();
+            crate::correlate::pearson(&x, &y)
+        });
         countries.push(CountryResult {
+            normalised_ci95,
+            spearman: crate::correlate::spearman(&mn, &hn),
+            js_similarity: mean(&ps.iter().filter_map(|p| p.js).collect::<Vec<_>>()),
+            wasserstein: mean(&ps.iter().filter_map(|p| p.w1).collect::<Vec<_>>()),
             iso3: iso.clone(),
             name: c.map(|c| c.name.clone()).unwrap_or_default(),
             continent: c.map(|c| c.continent.clone()).unwrap_or_default(),
@@ -215,6 +267,13 @@ pub fn compute(samples: &[Sample], survey: &Survey, model: ModelInfo, recipe: &s
         cross_country_r: fisher_mean(&cross),
         cross_country_questions: cross.len(),
         cross_country_positive: cross.iter().filter(|r| **r > 0.0).count(),
+        mean_r_normalised_ci95: crate::correlate::bootstrap(norm.len(), BOOTSTRAP, seed_for("overall"), |idx| {
+            mean(&idx.iter().map(|&i| norm[i]).collect::<Vec<_>>())
+        })
+        .0,
+        mean_js_similarity: mean(&countries.iter().filter_map(|c| c.js_similarity).collect::<Vec<_>>()),
+        mean_wasserstein: mean(&countries.iter().filter_map(|c| c.wasserstein).collect::<Vec<_>>()),
+        mean_spearman: mean(&countries.iter().filter_map(|c| c.spearman).collect::<Vec<_>>()),
     };
     Results {
         schema: SCHEMA.into(),
@@ -227,6 +286,12 @@ pub fn compute(samples: &[Sample], survey: &Survey, model: ModelInfo, recipe: &s
         continents,
         questions,
     }
+}
+
+/// A fixed seed per bootstrap, so results.json is the same from run to run.
+fn seed_for(what: &str) -> u64 {
+    let h = crate::io::sha256_hex(format!("mores-bootstrap:{what}").as_bytes());
+    u64::from_str_radix(&h[..16], 16).expect("hex")
 }
 
 fn group<'a, 'b: 'a>(
