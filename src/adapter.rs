@@ -280,11 +280,7 @@ pub fn merge_into(model: &mut Model) -> Result<usize> {
     let mut n = 0;
     for slot in model.lora_slots() {
         let Some(l) = slot.linear.lora.take() else { continue };
-        let w = match &slot.linear.base {
-            candle_core::quantized::QMatMul::Tensor(w) => w.clone(),
-            candle_core::quantized::QMatMul::TensorF16(w) => w.to_dtype(candle_core::DType::F32)?,
-            candle_core::quantized::QMatMul::QTensor(q) => q.dequantize(&q.device())?,
-        };
+        let w = slot.linear.dense_weight()?;
         slot.linear.base = candle_core::quantized::QMatMul::Tensor((w + l.delta()?)?);
         n += 1;
     }

@@ -25,6 +25,7 @@ pub mod recipe;
 pub mod report;
 pub mod results;
 pub mod score;
+pub mod seed;
 pub mod survey;
 pub mod survey_import;
 pub mod train;

@@ -173,17 +173,46 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
     }
 }
 
+/// What every recipe kind has: a name (defaulting to the file stem) and its own checks.
+trait Recipe: serde::de::DeserializeOwned {
+    fn name_mut(&mut self) -> &mut String;
+    fn validate(&self) -> std::result::Result<(), String>;
+}
+
+/// Read, merge includes, deserialise (unknown keys are errors), name and validate a recipe.
+fn load_recipe<R: Recipe>(path: &Path) -> Result<R> {
+    let table = load_table(path)?;
+    let mut r: R = toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| Error::Recipe { path: path.to_path_buf(), msg: e.message().to_string() })?;
+    if r.name_mut().is_empty() {
+        *r.name_mut() = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+    }
+    r.validate().map_err(|msg| Error::Recipe { path: path.to_path_buf(), msg })?;
+    Ok(r)
+}
+
+impl Recipe for ProbeRecipe {
+    fn name_mut(&mut self) -> &mut String {
+        &mut self.name
+    }
+    fn validate(&self) -> std::result::Result<(), String> {
+        ProbeRecipe::validate(self)
+    }
+}
+
+impl Recipe for DistillRecipe {
+    fn name_mut(&mut self) -> &mut String {
+        &mut self.name
+    }
+    fn validate(&self) -> std::result::Result<(), String> {
+        DistillRecipe::validate(self)
+    }
+}
+
 impl ProbeRecipe {
     pub fn load(path: &Path) -> Result<Self> {
-        let table = load_table(path)?;
-        let mut r: ProbeRecipe = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| Error::Recipe { path: path.to_path_buf(), msg: e.message().to_string() })?;
-        if r.name.is_empty() {
-            r.name = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
-        }
-        r.validate().map_err(|msg| Error::Recipe { path: path.to_path_buf(), msg })?;
-        Ok(r)
+        load_recipe(path)
     }
 
     pub fn validate(&self) -> std::result::Result<(), String> {
@@ -416,15 +445,7 @@ impl Default for TrainSection {
 
 impl DistillRecipe {
     pub fn load(path: &Path) -> Result<Self> {
-        let table = load_table(path)?;
-        let mut r: DistillRecipe = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| Error::Recipe { path: path.to_path_buf(), msg: e.message().to_string() })?;
-        if r.name.is_empty() {
-            r.name = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
-        }
-        r.validate().map_err(|msg| Error::Recipe { path: path.to_path_buf(), msg })?;
-        Ok(r)
+        load_recipe(path)
     }
 
     pub fn validate(&self) -> std::result::Result<(), String> {

@@ -290,8 +290,7 @@ pub fn compute(samples: &[Sample], survey: &Survey, model: ModelInfo, recipe: &s
 
 /// A fixed seed per bootstrap, so results.json is the same from run to run.
 fn seed_for(what: &str) -> u64 {
-    let h = crate::io::sha256_hex(format!("mores-bootstrap:{what}").as_bytes());
-    u64::from_str_radix(&h[..16], 16).expect("hex")
+    crate::seed::from_text(&format!("mores-bootstrap:{what}"))
 }
 
 fn group<'a, 'b: 'a>(

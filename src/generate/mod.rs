@@ -256,19 +256,10 @@ fn work_items(g: &GenerateSection, survey: &Survey, split: &Split) -> Result<Vec
             let mut train: Vec<&String> =
                 split.train.iter().filter(|q| survey.question(q).is_ok_and(|q| wanted(&q.category))).collect();
             if let Some(n) = g.max_questions {
-                use rand::seq::SliceRandom;
-                use rand::SeedableRng;
-                let mut idx: Vec<usize> = (0..train.len()).collect();
-                idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(g.seed ^ 0x9_0E57));
-                let mut keep: Vec<usize> = idx.into_iter().take(n).collect();
-                keep.sort_unstable();
-                train = keep.into_iter().map(|i| train[i]).collect();
+                train = crate::seed::sample_in_order(&train, n, g.seed ^ 0x9_0E57);
             }
             for qid in train {
                 let q = survey.question(qid)?;
-                if !wanted(&q.category) {
-                    continue;
-                }
                 for c in &countries {
                     if survey.answers(qid, &c.iso3).is_some() {
                         items.push(Item {
@@ -283,16 +274,7 @@ fn work_items(g: &GenerateSection, survey: &Survey, split: &Split) -> Result<Vec
         }
     }
     if let Some(max) = g.max_items {
-        if items.len() > max {
-            // A seeded sample that keeps the canonical order.
-            use rand::seq::SliceRandom;
-            use rand::SeedableRng;
-            let mut idx: Vec<usize> = (0..items.len()).collect();
-            idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(g.seed ^ 0x5EED));
-            let mut keep: Vec<usize> = idx[..max].to_vec();
-            keep.sort_unstable();
-            items = keep.into_iter().map(|i| items[i].clone()).collect();
-        }
+        items = crate::seed::sample_in_order(&items, max, g.seed ^ 0x5EED);
     }
     if items.is_empty() {
         return Err(Error::Invalid("generate: no work items for these countries and categories".into()));

@@ -52,8 +52,7 @@ impl Default for Sampling {
 
 /// The RNG for one record.
 pub fn record_rng(seed: u64, id: &str) -> ChaCha8Rng {
-    let h = crate::io::sha256_hex(format!("{seed}\u{1f}{id}").as_bytes());
-    ChaCha8Rng::seed_from_u64(u64::from_str_radix(&h[..16], 16).expect("hex"))
+    ChaCha8Rng::seed_from_u64(crate::seed::from_text(&format!("{seed}\u{1f}{id}")))
 }
 
 /// Pick the next token from `logits` given the tokens seen so far.

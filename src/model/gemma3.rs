@@ -5,7 +5,7 @@
 //! GGUF norm weights already include Gemma's "+1"; Hugging Face checkpoints store w and need 1 + w.
 use super::gguf::GgufFile;
 use super::layers::{attention, gather, rope, Batch, Kv, Linear, Mode, RmsNorm, RopeStyle};
-use super::lora::{Slot, Target};
+use super::lora::{layer_slots, Slot};
 use super::weights::{key, Weights};
 use crate::error::{Error, Result};
 use candle_core::Tensor;
@@ -231,39 +231,17 @@ impl Model {
 
     /// The projections LoRA can adapt, in layer order.
     pub fn lora_slots(&mut self) -> Vec<Slot<'_>> {
-        let (nh, nkv, permuted) = (0, 0, false);
+        let permuted_heads = None;
         let mut out = Vec::new();
         for (i, l) in self.layers.iter_mut().enumerate() {
-            let all = [
-                (Target::Q, &mut l.q),
-                (Target::K, &mut l.k),
-                (Target::V, &mut l.v),
-                (Target::O, &mut l.o),
-                (Target::Gate, &mut l.gate),
-                (Target::Up, &mut l.up),
-                (Target::Down, &mut l.down),
-            ];
-            for (target, linear) in all {
-                let permuted_heads = match target {
-                    Target::Q if permuted => Some(nh),
-                    Target::K if permuted => Some(nkv),
-                    _ => None,
-                };
-                out.push(Slot { layer: i, target, linear, permuted_heads });
-            }
+            let linears = [&mut l.q, &mut l.k, &mut l.v, &mut l.o, &mut l.gate, &mut l.up, &mut l.down];
+            out.extend(layer_slots(i, linears, permuted_heads));
         }
         out
     }
 
     /// Every weight under its Hugging Face name and layout (norms stored as w, not 1 + w).
     pub fn hf_tensors(&self) -> Result<Vec<(String, Tensor)>> {
-        let dense = |l: &Linear| -> Result<Tensor> {
-            Ok(match &l.base {
-                candle_core::quantized::QMatMul::Tensor(w) => w.clone(),
-                candle_core::quantized::QMatMul::TensorF16(w) => w.to_dtype(candle_core::DType::F32)?,
-                candle_core::quantized::QMatMul::QTensor(q) => q.dequantize(&q.device())?,
-            })
-        };
         let norm = |n: &RmsNorm| -> Result<Tensor> { Ok((&n.weight - 1.0)?) };
         let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed.clone())];
         for (i, l) in self.layers.iter().enumerate() {
@@ -277,7 +255,7 @@ impl Model {
                 ("mlp.up_proj", &l.up),
                 ("mlp.down_proj", &l.down),
             ] {
-                out.push((p(name), dense(lin)?));
+                out.push((p(name), lin.dense_weight()?));
             }
             for (name, n) in [
                 ("self_attn.q_norm", &l.q_norm),

@@ -157,6 +157,15 @@ impl Linear {
         Ok((inp, out))
     }
 
+    /// The base weight [out, in] as f32 (dequantized if stored quantized), without any adapter.
+    pub fn dense_weight(&self) -> Result<Tensor> {
+        Ok(match &self.base {
+            QMatMul::Tensor(w) => w.clone(),
+            QMatMul::TensorF16(w) => w.to_dtype(DType::F32)?,
+            QMatMul::QTensor(q) => q.dequantize(&q.device())?,
+        })
+    }
+
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let y = self.forward_base(x, mode)?;
         match &self.lora {

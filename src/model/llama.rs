@@ -2,7 +2,7 @@
 //! heads, SwiGLU MLP. Built from GGUF (`llama.*` metadata) or a Hugging Face folder (config.json).
 use super::gguf::GgufFile;
 use super::layers::{attention, gather, rope, Batch, Kv, Linear, Mode, RmsNorm, RopeStyle};
-use super::lora::{Slot, Target};
+use super::lora::{layer_slots, Slot};
 use super::weights::{key, Weights};
 use crate::error::{Error, Result};
 use candle_core::Tensor;
@@ -176,63 +176,41 @@ impl Model {
 
     /// The projections LoRA can adapt, in layer order.
     pub fn lora_slots(&mut self) -> Vec<Slot<'_>> {
-        let (nh, nkv) = (self.cfg.num_attention_heads, self.cfg.kv_heads());
         // GGUF llama files store Q and K rows permuted for interleaved RoPE; adapters in PEFT
         // layout use the Hugging Face order and are permuted on the way in and out.
-        let permuted = self.rope_style == RopeStyle::Interleaved;
+        let permuted_heads =
+            (self.rope_style == RopeStyle::Interleaved).then(|| (self.cfg.num_attention_heads, self.cfg.kv_heads()));
         let mut out = Vec::new();
         for (i, l) in self.layers.iter_mut().enumerate() {
-            let all = [
-                (Target::Q, &mut l.q),
-                (Target::K, &mut l.k),
-                (Target::V, &mut l.v),
-                (Target::O, &mut l.o),
-                (Target::Gate, &mut l.gate),
-                (Target::Up, &mut l.up),
-                (Target::Down, &mut l.down),
-            ];
-            for (target, linear) in all {
-                let permuted_heads = match target {
-                    Target::Q if permuted => Some(nh),
-                    Target::K if permuted => Some(nkv),
-                    _ => None,
-                };
-                out.push(Slot { layer: i, target, linear, permuted_heads });
-            }
+            let linears = [&mut l.q, &mut l.k, &mut l.v, &mut l.o, &mut l.gate, &mut l.up, &mut l.down];
+            out.extend(layer_slots(i, linears, permuted_heads));
         }
         out
     }
 
     /// Every weight under its Hugging Face name and layout (Q/K rows back in HF order).
     pub fn hf_tensors(&self) -> Result<Vec<(String, Tensor)>> {
-        let dense = |l: &Linear| -> Result<Tensor> {
-            Ok(match &l.base {
-                candle_core::quantized::QMatMul::Tensor(w) => w.clone(),
-                candle_core::quantized::QMatMul::TensorF16(w) => w.to_dtype(candle_core::DType::F32)?,
-                candle_core::quantized::QMatMul::QTensor(q) => q.dequantize(&q.device())?,
-            })
-        };
         let permuted = self.rope_style == RopeStyle::Interleaved;
         let (nh, nkv) = (self.cfg.num_attention_heads, self.cfg.kv_heads());
         let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed.clone())];
         for (i, l) in self.layers.iter().enumerate() {
             let p = |s: &str| format!("model.layers.{i}.{s}.weight");
-            let (q, k) = (dense(&l.q)?, dense(&l.k)?);
+            let (q, k) = (l.q.dense_weight()?, l.k.dense_weight()?);
             let (q, k) =
                 if permuted { (super::lora::rows_to_hf(&q, nh)?, super::lora::rows_to_hf(&k, nkv)?) } else { (q, k) };
             out.push((p("self_attn.q_proj"), q));
             out.push((p("self_attn.k_proj"), k));
-            out.push((p("self_attn.v_proj"), dense(&l.v)?));
-            out.push((p("self_attn.o_proj"), dense(&l.o)?));
-            out.push((p("mlp.gate_proj"), dense(&l.gate)?));
-            out.push((p("mlp.up_proj"), dense(&l.up)?));
-            out.push((p("mlp.down_proj"), dense(&l.down)?));
+            out.push((p("self_attn.v_proj"), l.v.dense_weight()?));
+            out.push((p("self_attn.o_proj"), l.o.dense_weight()?));
+            out.push((p("mlp.gate_proj"), l.gate.dense_weight()?));
+            out.push((p("mlp.up_proj"), l.up.dense_weight()?));
+            out.push((p("mlp.down_proj"), l.down.dense_weight()?));
             out.push((p("input_layernorm"), l.input_norm.weight.clone()));
             out.push((p("post_attention_layernorm"), l.post_norm.weight.clone()));
         }
         out.push(("model.norm.weight".into(), self.norm.weight.clone()));
         if !self.cfg.tie_word_embeddings {
-            out.push(("lm_head.weight".into(), dense(&self.lm_head)?));
+            out.push(("lm_head.weight".into(), self.lm_head.dense_weight()?));
         }
         Ok(out)
     }

@@ -63,6 +63,23 @@ pub struct Slot<'a> {
     pub permuted_heads: Option<usize>,
 }
 
+/// The seven projections of decoder layer `layer`, given in `Target::ALL` order. `permuted_heads`:
+/// (query heads, KV heads) when Q and K rows are stored permuted (GGUF llama).
+pub fn layer_slots<'a>(
+    layer: usize,
+    linears: [&'a mut Linear; 7],
+    permuted_heads: Option<(usize, usize)>,
+) -> impl Iterator<Item = Slot<'a>> {
+    Target::ALL.into_iter().zip(linears).map(move |(target, linear)| {
+        let heads = match (target, permuted_heads) {
+            (Target::Q, Some((q, _))) => Some(q),
+            (Target::K, Some((_, kv))) => Some(kv),
+            _ => None,
+        };
+        Slot { layer, target, linear, permuted_heads: heads }
+    })
+}
+
 #[derive(Debug, Clone)]
 pub struct LoraLayer {
     pub a: Var,

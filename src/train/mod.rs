@@ -80,8 +80,7 @@ pub struct Summary {
 /// The train/validation split: a record is held out when a seeded hash of its id falls below
 /// `val_fraction`, so the split does not depend on file order.
 pub fn is_val(seed: u64, id: &str, val_fraction: f64) -> bool {
-    let h = sha256_hex(format!("{seed}:{id}").as_bytes());
-    let x = u64::from_str_radix(&h[..16], 16).expect("hex") as f64 / u64::MAX as f64;
+    let x = crate::seed::from_text(&format!("{seed}:{id}")) as f64 / u64::MAX as f64;
     x < val_fraction
 }
 

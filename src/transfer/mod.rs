@@ -136,10 +136,10 @@ pub fn run(a: &RunArgs) -> Result<report::TransferReport> {
         return Err(rerr("the split has no held-out questions answered in these countries".into()));
     }
     if let Some(n) = t.max_heldout_questions {
-        heldout = sample(&heldout, n, t.seed ^ 0x4E1D);
+        heldout = crate::seed::sample_in_order(&heldout, n, t.seed ^ 0x4E1D);
     }
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
-    let train_probe = sample(
+    let train_probe = crate::seed::sample_in_order(
         &split.train.iter().filter(|q| answered(q)).cloned().collect::<Vec<_>>(),
         t.train_questions,
         t.seed ^ 0x7A1,
@@ -283,20 +283,6 @@ pub fn run(a: &RunArgs) -> Result<report::TransferReport> {
     rep.stage_seconds = r.timings.iter().map(|(n, s, skipped)| (n.clone(), (*s, *skipped))).collect();
     write_json(&out.join("transfer.json"), &rep)?;
     Ok(rep)
-}
-
-/// A seeded sample of `n` items, kept in their original order.
-fn sample(items: &[String], n: usize, seed: u64) -> Vec<String> {
-    use rand::seq::SliceRandom;
-    use rand::SeedableRng;
-    if items.len() <= n {
-        return items.to_vec();
-    }
-    let mut idx: Vec<usize> = (0..items.len()).collect();
-    idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
-    let mut keep = idx[..n].to_vec();
-    keep.sort_unstable();
-    keep.into_iter().map(|i| items[i].clone()).collect()
 }
 
 /// JSON of any serialisable value, for stage keys.

@@ -116,8 +116,7 @@ struct Pair {
 }
 
 fn seed_of(seed: u64, what: &str) -> u64 {
-    let h = crate::io::sha256_hex(format!("{seed}:{what}").as_bytes());
-    u64::from_str_radix(&h[..16], 16).expect("hex")
+    crate::seed::from_text(&format!("{seed}:{what}"))
 }
 
 fn delta_boot(n: usize, reps: usize, seed: u64, stat: impl Fn(&[usize]) -> Option<f64>) -> Delta {
