@@ -58,6 +58,7 @@ pub fn resolve_recipe(a: &ProbeArgs, survey_check: bool) -> Result<(ProbeRecipe,
     }
     if survey_check {
         probe::select_pairs(&recipe, &survey)?;
+        survey.category_groups(recipe.survey.category_groups.as_ref())?;
     }
     Ok((recipe, survey))
 }
@@ -155,9 +156,10 @@ pub fn write_outputs(
     recipe: &ProbeRecipe,
     m: &Manifest,
 ) -> Result<Results> {
-    let res = results::compute(samples, survey, m.model.clone(), &recipe.name, &recipe.prompt.template_name);
+    let res = results::compute(samples, survey, m.model.clone(), recipe)?;
     write_jsonl(&out.join("samples.jsonl"), samples)?;
     write_json(&out.join("results.json"), &res)?;
+    crate::report_plots::write(out, &res, &crate::combine::items(samples, survey, None), survey)?;
     crate::io::atomic_write(&out.join("report.md"), crate::report::markdown(&res).as_bytes())?;
     write_json(&out.join("manifest.json"), m)?;
     Ok(res)
@@ -196,11 +198,8 @@ pub fn merge(shards: &[PathBuf], out: &Path) -> Result<Results> {
     let recipe: ProbeRecipe = serde_json::from_value(m.recipe.clone())?;
     let survey = Survey::load(&recipe.survey.data)?;
     // Same order as a single unsharded run.
-    let order: std::collections::HashMap<String, usize> = probe::select_pairs(&recipe, &survey)?
-        .iter()
-        .enumerate()
-        .map(|(i, (q, c))| (format!("{}-{}-{}", q.id, c.iso3, recipe.prompt.template_name), i))
-        .collect();
+    let order: std::collections::HashMap<String, usize> =
+        probe::variants(&recipe, &survey)?.into_iter().enumerate().map(|(i, v)| (v.id, i)).collect();
     samples.sort_by_key(|s| order.get(&s.id).copied().unwrap_or(usize::MAX));
     if samples.len() < order.len() {
         eprintln!("warning: merged {} of {} prompts; some shards are missing", samples.len(), order.len());
@@ -211,7 +210,10 @@ pub fn merge(shards: &[PathBuf], out: &Path) -> Result<Results> {
     write_outputs(out, &samples, &survey, &recipe, &m)
 }
 
-pub fn compare(runs: &[PathBuf]) -> Result<String> {
+pub fn compare(runs: &[PathBuf], out: Option<&Path>) -> Result<String> {
+    if runs.is_empty() {
+        return Err(Error::Invalid("compare needs at least one run directory".into()));
+    }
     let mut rs = Vec::new();
     for dir in runs {
         let p = dir.join("results.json");
@@ -220,5 +222,42 @@ pub fn compare(runs: &[PathBuf]) -> Result<String> {
             serde_json::from_str(&text).map_err(|e| Error::data(&p, 0, format!("malformed results: {e}")))?;
         rs.push((dir.display().to_string(), r));
     }
-    Ok(crate::report::compare(&rs))
+    let md = crate::report::compare(&rs);
+    if let Some(out) = out {
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+        let names: Vec<String> = rs.iter().map(|(_, r)| r.model.name.clone()).collect();
+        let figure = |file: &str, title: &str, pick: &dyn Fn(&Results) -> &Vec<results::GroupResult>| {
+            let mut groups: Vec<String> = Vec::new();
+            for (_, r) in &rs {
+                for g in pick(r) {
+                    if !groups.contains(&g.name) {
+                        groups.push(g.name.clone());
+                    }
+                }
+            }
+            let values: Vec<Vec<crate::plot::Bar>> = rs
+                .iter()
+                .map(|(_, r)| {
+                    groups
+                        .iter()
+                        .map(|name| {
+                            let g = pick(r).iter().find(|g| &g.name == name);
+                            crate::plot::Bar {
+                                value: g.and_then(|g| g.mean_r_normalised),
+                                ci: g.and_then(|g| g.normalised_ci95),
+                            }
+                        })
+                        .collect()
+                })
+                .collect();
+            crate::plot::bars(&out.join(file), title, "mean normalised r (95% CI over countries)", &groups, &names, &values)
+        };
+        figure("compare-continents.svg", "Normalised r per continent", &|r| &r.continents)?;
+        figure("compare-categories.svg", "Normalised r per WVS category", &|r| &r.categories)?;
+        if rs.iter().any(|(_, r)| !r.groups.is_empty()) {
+            figure("compare-groups.svg", "Normalised r per category group", &|r| &r.groups)?;
+        }
+        crate::io::atomic_write(&out.join("compare.md"), md.as_bytes())?;
+    }
+    Ok(md)
 }

@@ -6,8 +6,10 @@
 //! -> [`score`] (next-token probabilities of the option labels) -> [`probe`] (expected scores,
 //! cached and resumable) -> [`correlate`] (per-country Pearson r and aggregates) -> [`report`].
 pub mod adapter;
+pub mod baseline;
 pub mod bench;
 pub mod bench_lora;
+pub mod combine;
 pub mod commands;
 pub mod correlate;
 pub mod dataset;
@@ -23,6 +25,7 @@ pub mod progress;
 pub mod prompt;
 pub mod recipe;
 pub mod report;
+pub mod report_plots;
 pub mod results;
 pub mod score;
 pub mod seed;

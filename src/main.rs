@@ -122,8 +122,13 @@ enum Cmd {
         out: PathBuf,
         shards: Vec<PathBuf>,
     },
-    /// Side-by-side table of probe runs.
-    Compare { runs: Vec<PathBuf> },
+    /// Side-by-side table of probe runs with CIs; with --out also compare.md and figures
+    /// (per continent and per category group, runs side by side).
+    Compare {
+        runs: Vec<PathBuf>,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Score one prompt: next-token probabilities of option labels.
     Score {
         #[arg(long)]
@@ -321,7 +326,7 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
             let r = commands::merge(&shards, &out)?;
             print_summary(&r, &out);
         }
-        Cmd::Compare { runs } => print!("{}", commands::compare(&runs)?),
+        Cmd::Compare { runs, out } => print!("{}", commands::compare(&runs, out.as_deref())?),
         Cmd::Score { model, prompt, labels, chat, f32, adapter, logits } => {
             let opts = mores::model::LoadOptions { dequantize: f32, ..Default::default() };
             let mut m = mores::model::Model::load(&model, &opts)?;

@@ -1,5 +1,6 @@
-//! The probe: build prompts for the selected (question, country) pairs, score them with a model
-//! (resuming from a scoring cache), and turn option probabilities into expected scores.
+//! The probe: build prompts for the selected (question, country) pairs in every template and
+//! option order the recipe asks for, score them with a model (resuming from a scoring cache),
+//! map the probabilities back to the question's option order and take expected scores.
 use crate::error::{Error, Result};
 use crate::io::{read_jsonl, sha256_hex};
 use crate::model::Model;
@@ -22,10 +23,19 @@ pub struct Sample {
     pub template: String,
     pub prompt: String,
     pub prompt_sha256: String,
+    /// Labels in the order shown.
     pub labels: Vec<String>,
+    /// The question's option codes, in its own order (the order of `raw` and `probs`).
     pub codes: Vec<i64>,
+    /// `order[pos]`: the option (index into `codes`) shown at position `pos`; empty = as listed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub order: Vec<usize>,
     pub raw: Vec<f64>,
+    /// Renormalised option probabilities in the question's option order.
     pub probs: Vec<f64>,
+    /// The same by position shown (for position bias); empty when the order is the original.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub position_probs: Vec<f64>,
     /// Probability mass on the option labels before renormalising.
     pub mass: f64,
     pub n_tokens: usize,
@@ -91,6 +101,47 @@ pub fn select_pairs<'a>(
         return Err(Error::Invalid("the selection has no (question, country) pair with human answers".into()));
     }
     Ok(pairs)
+}
+
+/// One prompt to build: a (question, country) pair, or a question alone for the country-blind
+/// template, in one template and one option order.
+pub struct Variant<'a> {
+    pub id: String,
+    pub question: &'a Question,
+    pub country: Option<&'a crate::survey::Country>,
+    pub template: &'a crate::recipe::PromptSection,
+    pub order: prompt::Order,
+}
+
+/// Every prompt a recipe asks for, in a stable order: per selected pair, each template and each
+/// option order; then the country-blind prompts, once per question.
+pub fn variants<'a>(recipe: &'a ProbeRecipe, survey: &'a Survey) -> Result<Vec<Variant<'a>>> {
+    let pairs = select_pairs(recipe, survey)?;
+    let sc = &recipe.scoring;
+    let templates: Vec<&crate::recipe::PromptSection> =
+        std::iter::once(&recipe.prompt).chain(recipe.templates.iter()).collect();
+    let mut out = Vec::new();
+    for (q, c) in &pairs {
+        for t in &templates {
+            for order in prompt::orders(sc.orders, q.options.len(), sc.cyclic_max_options) {
+                let id = prompt::prompt_id(&q.id, Some(&c.iso3), &t.template_name, &order.name);
+                out.push(Variant { id, question: q, country: Some(c), template: t, order });
+            }
+        }
+    }
+    if let Some(b) = &recipe.blind {
+        let mut seen = std::collections::HashSet::new();
+        for (q, _) in &pairs {
+            if !seen.insert(q.id.clone()) {
+                continue;
+            }
+            for order in prompt::orders(sc.orders, q.options.len(), sc.cyclic_max_options) {
+                let id = prompt::prompt_id(&q.id, None, &b.template_name, &order.name);
+                out.push(Variant { id, question: q, country: None, template: b, order });
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Append-only cache of option scores, keyed by model hash and prompt hash. Each batch is
@@ -171,14 +222,16 @@ pub struct ProbeOptions {
     pub progress: bool,
 }
 
-/// Score every selected pair and return samples in selection order.
+/// Score every prompt the recipe asks for and return one sample per prompt, in `variants` order.
 pub fn run(recipe: &ProbeRecipe, survey: &Survey, model: &Model, opts: &ProbeOptions) -> Result<Vec<Sample>> {
-    let mut pairs = select_pairs(recipe, survey)?;
+    let mut vars = variants(recipe, survey)?;
     if let Some(sh) = opts.shard {
-        pairs = pairs.into_iter().enumerate().filter(|(i, _)| i % sh.count == sh.index).map(|(_, p)| p).collect();
+        vars = vars.into_iter().enumerate().filter(|(i, _)| i % sh.count == sh.index).map(|(_, v)| v).collect();
     }
-    let prompts: Vec<Prompt> =
-        pairs.iter().map(|(q, c)| prompt::build(&recipe.prompt, q, c, model)).collect::<Result<_>>()?;
+    let prompts: Vec<Prompt> = vars
+        .iter()
+        .map(|v| prompt::build_ordered(v.template, v.question, v.country, &v.order, model))
+        .collect::<Result<_>>()?;
     let mut cache = ScoreCache::open(&opts.cache_dir, &model.scoring_id())?;
     let keys: Vec<String> = prompts.iter().map(ScoreCache::key).collect();
     // One country at a time (its prompts share the persona prefix, computed once per batch),
@@ -208,9 +261,12 @@ pub fn run(recipe: &ProbeRecipe, survey: &Survey, model: &Model, opts: &ProbeOpt
     }
     bar.finish_and_clear();
     let mut samples = Vec::with_capacity(prompts.len());
-    for ((p, (q, _)), key) in prompts.into_iter().zip(&pairs).zip(&keys) {
+    for ((p, v), key) in prompts.into_iter().zip(&vars).zip(&keys) {
         let s = cache.get(key).expect("scored above").clone();
-        let human = survey.answers(&q.id, &p.country).expect("pairs have human answers");
+        let q = v.question;
+        let human = v.country.and_then(|c| survey.answers(&q.id, &c.iso3));
+        let identity = p.order.iter().enumerate().all(|(pos, &i)| pos == i);
+        let probs = prompt::to_original(&p.order, &s.probs);
         samples.push(Sample {
             id: p.id,
             question_id: p.question_id,
@@ -220,15 +276,28 @@ pub fn run(recipe: &ProbeRecipe, survey: &Survey, model: &Model, opts: &ProbeOpt
             prompt_sha256: sha256_hex(p.text.as_bytes()),
             prompt: p.text,
             labels: p.labels,
-            codes: p.codes,
-            expected_score: q.expected_score(&s.probs),
-            raw: s.raw,
-            probs: s.probs,
+            codes: q.options.iter().map(|o| o.code).collect(),
+            expected_score: q.expected_score(&probs),
+            raw: prompt::to_original(&p.order, &s.raw),
+            position_probs: if identity { vec![] } else { s.probs.clone() },
+            order: if identity { vec![] } else { p.order },
+            probs,
             mass: s.mass,
             n_tokens: s.n_tokens,
-            human_mean: human.mean,
-            human_distribution: human.distribution.clone(),
+            human_mean: human.and_then(|h| h.mean),
+            human_distribution: human.map(|h| h.distribution.clone()).unwrap_or_default(),
         });
     }
     Ok(samples)
+}
+
+impl Sample {
+    /// Probabilities by position shown.
+    pub fn by_position(&self) -> &[f64] {
+        if self.position_probs.is_empty() {
+            &self.probs
+        } else {
+            &self.position_probs
+        }
+    }
 }

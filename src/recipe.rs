@@ -15,6 +15,14 @@ pub struct ProbeRecipe {
     #[serde(default)]
     pub survey: SurveySection,
     pub prompt: PromptSection,
+    /// More templates for a prompt ensemble: each is probed like [prompt]; results give each
+    /// template's r and the ensemble's (option probabilities averaged over templates).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub templates: Vec<PromptSection>,
+    /// A country-blind template (no {country}) asked once per question: the persona effect is a
+    /// country's r with its persona minus r of these country-blind answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blind: Option<PromptSection>,
     #[serde(default)]
     pub scoring: ScoringSection,
 }
@@ -60,6 +68,10 @@ pub struct SurveySection {
     /// Restrict to these WVS categories (exact names); empty means all.
     #[serde(default)]
     pub categories: Vec<String>,
+    /// Category groups (group name -> WVS categories) reported beside the categories; when
+    /// absent, `category_groups.toml` in the data folder (the paper's three groups) if present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category_groups: Option<std::collections::BTreeMap<String, Vec<String>>>,
 }
 
 impl Default for SurveySection {
@@ -70,6 +82,7 @@ impl Default for SurveySection {
             min_questions: default_min_questions(),
             questions: vec![],
             categories: vec![],
+            category_groups: None,
         }
     }
 }
@@ -128,11 +141,47 @@ pub struct ScoringSection {
     pub batch: usize,
     #[serde(default)]
     pub seed: u64,
+    /// Option orders each item is asked in; probabilities are mapped back to the original
+    /// option codes and averaged, so a preference for a position cancels out.
+    #[serde(default, skip_serializing_if = "OrderMode::is_original")]
+    pub orders: OrderMode,
+    /// `orders = "cyclic"` uses every cyclic shift (and its reversal) for questions with at
+    /// most this many options, and original + reversed above it.
+    #[serde(default = "default_cyclic_max", skip_serializing_if = "is_default_cyclic_max")]
+    pub cyclic_max_options: usize,
 }
 
 impl Default for ScoringSection {
     fn default() -> Self {
-        Self { batch: default_batch(), seed: 0 }
+        Self { batch: default_batch(), seed: 0, orders: OrderMode::default(), cyclic_max_options: default_cyclic_max() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OrderMode {
+    /// The questionnaire's order only (the paper's setting).
+    #[default]
+    Original,
+    /// Original and reversed.
+    Reversed,
+    /// Every cyclic shift of the original and of the reversed order (see `cyclic_max_options`).
+    Cyclic,
+}
+
+fn default_cyclic_max() -> usize {
+    5
+}
+
+// Defaults are left out of the serialised recipe so that hashes of recipes written before these
+// options existed (transfer stage keys, manifests) do not change.
+fn is_default_cyclic_max(n: &usize) -> bool {
+    *n == default_cyclic_max()
+}
+
+impl OrderMode {
+    fn is_original(&self) -> bool {
+        *self == OrderMode::Original
     }
 }
 
@@ -223,6 +272,30 @@ impl ProbeRecipe {
         }
         if self.scoring.batch == 0 {
             return Err("scoring.batch must be at least 1".into());
+        }
+        let mut names = vec![self.prompt.template_name.as_str()];
+        for (i, t) in self.templates.iter().enumerate() {
+            let field = format!("templates[{i}]");
+            check_placeholders(&format!("{field}.user"), &t.user, &["country", "question", "options"])?;
+            check_placeholders(&format!("{field}.option"), &t.option, &["label", "text"])?;
+            if !t.user.contains("{country}") || !t.user.contains("{question}") || !t.user.contains("{options}") {
+                return Err(format!("{field}.user must contain {{country}}, {{question}} and {{options}}"));
+            }
+            names.push(&t.template_name);
+        }
+        if let Some(b) = &self.blind {
+            check_placeholders("blind.user", &b.user, &["question", "options"])
+                .map_err(|e| format!("{e}; the blind template names no country"))?;
+            check_placeholders("blind.option", &b.option, &["label", "text"])?;
+            names.push(&b.template_name);
+        }
+        let mut sorted = names.clone();
+        sorted.sort();
+        if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+            return Err(format!(
+                "template_name {:?} is used twice; every template (prompt, templates, blind) needs its own name",
+                w[0]
+            ));
         }
         Ok(())
     }

@@ -1,7 +1,13 @@
 //! From samples to numbers: per-country correlation of model expected scores with human means
 //! across questions (raw, as the paper; and scale-normalised), the uniform-answer baseline beside
-//! it, per-question cross-country alignment, and category / continent aggregates.
+//! it, per-question cross-country alignment, category / group / continent aggregates, and what
+//! the extra prompts show: templates, option orders, the country-blind persona effect, and the
+//! baselines of `baseline.rs`.
+use crate::baseline::{self, BiasRow, CountryBaselines, Reference};
+use crate::combine::{self, OrderSpread, PositionBias};
 use crate::correlate::{fisher_mean, mean, Corr};
+use crate::error::Result;
+use crate::recipe::ProbeRecipe;
 use crate::model::ModelInfo;
 use crate::probe::Sample;
 use crate::survey::Survey;
@@ -36,6 +42,15 @@ pub struct CountryResult {
     /// Mean over ordinal questions of the Wasserstein-1 distance on the [0, 1] option scale.
     #[serde(default)]
     pub wasserstein: Option<f64>,
+    /// Shuffled-country baseline and best-matching country (normalised scores).
+    #[serde(default)]
+    pub baselines: Option<CountryBaselines>,
+    /// Normalised r of the country-blind answers against this country's humans, and the
+    /// persona effect: normalised r minus that.
+    #[serde(default)]
+    pub blind_r: Option<f64>,
+    #[serde(default)]
+    pub persona_effect: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -48,6 +63,9 @@ pub struct GroupResult {
     pub mean_r_raw: Option<f64>,
     pub mean_r_normalised: Option<f64>,
     pub uniform_mean_r_raw: Option<f64>,
+    /// 95% CI of the Fisher mean normalised r, bootstrapping countries.
+    #[serde(default)]
+    pub normalised_ci95: Option<(f64, f64)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -85,6 +103,25 @@ pub struct Overall {
     pub mean_wasserstein: Option<f64>,
     #[serde(default)]
     pub mean_spearman: Option<f64>,
+    /// Fisher mean over countries of the shuffled-country baseline r.
+    #[serde(default)]
+    pub shuffled_r: Option<f64>,
+    #[serde(default)]
+    pub mean_blind_r: Option<f64>,
+    #[serde(default)]
+    pub mean_persona_effect: Option<f64>,
+}
+
+/// One template's numbers when a recipe probes several (a prompt ensemble).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TemplateSummary {
+    pub name: String,
+    pub n_items: usize,
+    pub mean_r_raw: Option<f64>,
+    pub mean_r_normalised: Option<f64>,
+    pub mean_r_normalised_ci95: Option<(f64, f64)>,
+    pub cross_country_r: Option<f64>,
+    pub mean_mass: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -98,6 +135,29 @@ pub struct Results {
     pub categories: Vec<GroupResult>,
     pub continents: Vec<GroupResult>,
     pub questions: Vec<QuestionResult>,
+    /// Category groups (see `category_groups`) and where the mapping came from.
+    #[serde(default)]
+    pub groups: Vec<GroupResult>,
+    #[serde(default)]
+    pub category_groups: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub category_groups_source: String,
+    /// Per template, when there are several; the main numbers are the ensemble's.
+    #[serde(default)]
+    pub templates: Vec<TemplateSummary>,
+    /// Option orders asked ("original", "reversed", "cyclic").
+    #[serde(default)]
+    pub orders: String,
+    #[serde(default)]
+    pub position_bias: Vec<PositionBias>,
+    #[serde(default)]
+    pub order_spread: Option<OrderSpread>,
+    /// Reference-country baselines: one country's humans used as the model for the others.
+    #[serde(default)]
+    pub references: Vec<Reference>,
+    /// Best-matching countries of the model's personas, per persona continent.
+    #[serde(default)]
+    pub bias: Vec<BiasRow>,
 }
 
 /// Bootstrap resamples for every CI in a probe's results.
@@ -119,7 +179,85 @@ fn std_dev(xs: &[f64]) -> f64 {
     (xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / xs.len().max(1) as f64).sqrt()
 }
 
-pub fn compute(samples: &[Sample], survey: &Survey, model: ModelInfo, recipe: &str, template: &str) -> Results {
+/// Everything in results.json from every scored prompt of a run.
+pub fn compute(samples: &[Sample], survey: &Survey, model: ModelInfo, recipe: &ProbeRecipe) -> Result<Results> {
+    let items = combine::items(samples, survey, None);
+    let template = if recipe.templates.is_empty() { recipe.prompt.template_name.clone() } else { "ensemble".into() };
+    let (groups_map, groups_source) = survey.category_groups(recipe.survey.category_groups.as_ref())?;
+    let mut res = compute_items(&items, survey, model.clone(), &recipe.name, &template, &groups_map);
+    res.category_groups = groups_map;
+    res.category_groups_source = groups_source;
+    res.orders = format!("{:?}", recipe.scoring.orders).to_lowercase();
+    let persona: Vec<Sample> = samples.iter().filter(|s| !s.country.is_empty()).cloned().collect();
+    res.position_bias = combine::position_bias(&persona);
+    res.order_spread = combine::order_spread(&persona, survey);
+    res.overall.mean_mass = mean(&samples.iter().map(|s| s.mass).collect::<Vec<_>>()).unwrap_or(f64::NAN);
+    if !recipe.templates.is_empty() {
+        let names = std::iter::once(&recipe.prompt).chain(&recipe.templates).map(|t| t.template_name.clone());
+        for name in names {
+            let its = combine::items(samples, survey, Some(&name));
+            let r = compute_items(&its, survey, model.clone(), &recipe.name, &name, &BTreeMap::new());
+            res.templates.push(TemplateSummary {
+                name,
+                n_items: its.len(),
+                mean_r_raw: r.overall.mean_r_raw,
+                mean_r_normalised: r.overall.mean_r_normalised,
+                mean_r_normalised_ci95: r.overall.mean_r_normalised_ci95,
+                cross_country_r: r.overall.cross_country_r,
+                mean_mass: r.overall.mean_mass,
+            });
+        }
+    }
+    // Baselines on normalised scores.
+    let humans = baseline::human_scores(survey);
+    let mut model_scores: baseline::Scores = BTreeMap::new();
+    for s in &items {
+        let Ok(q) = survey.question(&s.question_id) else { continue };
+        if let Some(v) = s.expected_score.and_then(|e| q.normalise(e)) {
+            model_scores.entry(s.country.clone()).or_default().insert(s.question_id.clone(), v);
+        }
+    }
+    let blind: BTreeMap<String, f64> = combine::blind(samples, survey)
+        .iter()
+        .filter_map(|s| {
+            let q = survey.question(&s.question_id).ok()?;
+            Some((s.question_id.clone(), q.normalise(s.expected_score?)?))
+        })
+        .collect();
+    let mut per_country = Vec::new();
+    for c in &mut res.countries {
+        let Some(m) = model_scores.get(&c.iso3) else { continue };
+        let b = baseline::for_persona(&c.iso3, m, &humans);
+        per_country.push((c.iso3.clone(), b.clone()));
+        c.baselines = Some(b);
+        if !blind.is_empty() {
+            let own: BTreeMap<String, f64> = blind.iter().filter(|(q, _)| m.contains_key(*q)).map(|(q, v)| (q.clone(), *v)).collect();
+            c.blind_r = humans.get(&c.iso3).and_then(|h| {
+                let (x, y): (Vec<f64>, Vec<f64>) = own.iter().filter_map(|(q, v)| h.get(q).map(|hv| (*v, *hv))).unzip();
+                crate::correlate::pearson(&x, &y)
+            });
+            c.persona_effect = c.normalised.as_ref().zip(c.blind_r).map(|(n, b)| n.r - b);
+        }
+    }
+    let o = &mut res.overall;
+    o.shuffled_r = fisher_mean(&per_country.iter().filter_map(|(_, b)| b.shuffled_r).collect::<Vec<_>>());
+    o.mean_blind_r = mean(&res.countries.iter().filter_map(|c| c.blind_r).collect::<Vec<_>>());
+    o.mean_persona_effect = mean(&res.countries.iter().filter_map(|c| c.persona_effect).collect::<Vec<_>>());
+    let isos: Vec<String> = res.countries.iter().map(|c| c.iso3.clone()).collect();
+    res.references = baseline::references(survey, &humans, &isos);
+    res.bias = baseline::bias_table(survey, &per_country);
+    Ok(res)
+}
+
+/// The numbers of one set of items (one sample per question and country).
+fn compute_items(
+    samples: &[Sample],
+    survey: &Survey,
+    model: ModelInfo,
+    recipe: &str,
+    template: &str,
+    category_groups: &BTreeMap<String, Vec<String>>,
+) -> Results {
     let mut points: Vec<Point> = Vec::new();
     for s in samples {
         let Ok(q) = survey.question(&s.question_id) else { continue };
@@ -165,6 +303,9 @@ pub fn compute(samples: &[Sample], survey: &Survey, model: ModelInfo, recipe: &s
             crate::correlate::pearson(&x, &y)
         });
         countries.push(CountryResult {
+            baselines: None,
+            blind_r: None,
+            persona_effect: None,
             normalised_ci95,
             spearman: crate::correlate::spearman(&mn, &hn),
             js_similarity: mean(&ps.iter().filter_map(|p| p.js).collect::<Vec<_>>()),
@@ -192,6 +333,7 @@ pub fn compute(samples: &[Sample], survey: &Survey, model: ModelInfo, recipe: &s
         qs.sort();
         qs.dedup();
         GroupResult {
+            normalised_ci95: fisher_ci(&norm, &name),
             name,
             n_countries: raw.len(),
             n_questions: qs.len(),
@@ -206,6 +348,13 @@ pub fn compute(samples: &[Sample], survey: &Survey, model: ModelInfo, recipe: &s
         .filter_map(|cat| {
             let ps: Vec<&Point> = points.iter().filter(|p| p.s.category == cat).collect();
             (!ps.is_empty()).then(|| group_result(cat, &ps))
+        })
+        .collect();
+    let groups = category_groups
+        .iter()
+        .filter_map(|(name, cats)| {
+            let ps: Vec<&Point> = points.iter().filter(|p| cats.contains(&p.s.category)).collect();
+            (!ps.is_empty()).then(|| group_result(name.clone(), &ps))
         })
         .collect();
     // Continent aggregates are over whole-country r values, not within-continent questions.
@@ -226,6 +375,7 @@ pub fn compute(samples: &[Sample], survey: &Survey, model: ModelInfo, recipe: &s
         qs.sort();
         qs.dedup();
         continents.push(GroupResult {
+            normalised_ci95: fisher_ci(&norm, &name),
             name,
             n_countries: raw.len(),
             n_questions: qs.len(),
@@ -274,6 +424,9 @@ pub fn compute(samples: &[Sample], survey: &Survey, model: ModelInfo, recipe: &s
         mean_js_similarity: mean(&countries.iter().filter_map(|c| c.js_similarity).collect::<Vec<_>>()),
         mean_wasserstein: mean(&countries.iter().filter_map(|c| c.wasserstein).collect::<Vec<_>>()),
         mean_spearman: mean(&countries.iter().filter_map(|c| c.spearman).collect::<Vec<_>>()),
+        shuffled_r: None,
+        mean_blind_r: None,
+        mean_persona_effect: None,
     };
     Results {
         schema: SCHEMA.into(),
@@ -285,7 +438,27 @@ pub fn compute(samples: &[Sample], survey: &Survey, model: ModelInfo, recipe: &s
         categories,
         continents,
         questions,
+        groups,
+        category_groups: BTreeMap::new(),
+        category_groups_source: String::new(),
+        templates: vec![],
+        orders: String::new(),
+        position_bias: vec![],
+        order_spread: None,
+        references: vec![],
+        bias: vec![],
     }
+}
+
+/// Bootstrap (over the countries) CI of a Fisher mean of r values.
+fn fisher_ci(rs: &[f64], what: &str) -> Option<(f64, f64)> {
+    if rs.len() < 2 {
+        return None;
+    }
+    crate::correlate::bootstrap(rs.len(), BOOTSTRAP, seed_for(&format!("group:{what}")), |idx| {
+        fisher_mean(&idx.iter().map(|&i| rs[i]).collect::<Vec<_>>())
+    })
+    .0
 }
 
 /// A fixed seed per bootstrap, so results.json is the same from run to run.

@@ -318,3 +318,41 @@ impl Survey {
         out
     }
 }
+
+/// File in the survey folder mapping category groups to WVS categories.
+pub const GROUPS_FILE: &str = "category_groups.toml";
+
+/// Group name -> categories.
+pub type CategoryGroups = BTreeMap<String, Vec<String>>;
+
+impl Survey {
+    /// The recipe's grouping if it has one, else the data folder's `category_groups.toml`, else
+    /// none. Every named category must exist.
+    pub fn category_groups(&self, recipe: Option<&CategoryGroups>) -> Result<(CategoryGroups, String)> {
+        let path = self.dir.join(GROUPS_FILE);
+        let (groups, source) = match recipe {
+            Some(g) => (g.clone(), "recipe [survey.category_groups]".to_string()),
+            None if path.exists() => {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct File {
+                    groups: CategoryGroups,
+                }
+                let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+                let f: File = toml::from_str(&text).map_err(|e| Error::data(&path, 0, e.message().to_string()))?;
+                (f.groups, path.display().to_string())
+            }
+            None => return Ok((CategoryGroups::new(), String::new())),
+        };
+        let known = self.categories();
+        for (g, cats) in &groups {
+            if let Some(c) = cats.iter().find(|c| !known.contains(c)) {
+                return Err(Error::Invalid(format!(
+                    "{source}: group {g:?} names unknown category {c:?}; categories: {}",
+                    known.join("; ")
+                )));
+            }
+        }
+        Ok((groups, source))
+    }
+}

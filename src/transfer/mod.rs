@@ -176,9 +176,12 @@ pub fn run(a: &RunArgs) -> Result<report::TransferReport> {
             min_questions: 0,
             questions: questions.clone(),
             categories: vec![],
+            category_groups: None,
         },
         prompt: recipe.prompt.clone(),
-        scoring: ScoringSection { batch: t.probe_batch, seed: t.seed },
+        templates: vec![],
+        blind: None,
+        scoring: ScoringSection { batch: t.probe_batch, seed: t.seed, ..Default::default() },
     };
     let student_probe = probe_recipe(&recipe.student);
     let run_probe = |pr: &ProbeRecipe, model: &Path, adapter: Option<PathBuf>, dir: &Path| -> Result<()> {

@@ -94,10 +94,12 @@ pub struct TransferReport {
     pub stage_seconds: BTreeMap<String, (f64, bool)>,
 }
 
-fn load(dir: &Path) -> Result<HashMap<(String, String), Sample>> {
+/// One averaged sample per (question, country), whatever orders and templates the probe used.
+fn load(dir: &Path, survey: &Survey) -> Result<HashMap<(String, String), Sample>> {
     let p = dir.join("samples.jsonl");
     let rows: Vec<Sample> = crate::io::read_jsonl(&p)?;
-    Ok(rows.into_iter().map(|s| ((s.question_id.clone(), s.country.clone()), s)).collect())
+    let items = crate::combine::items(&rows, survey, None);
+    Ok(items.into_iter().map(|s| ((s.question_id.clone(), s.country.clone()), s)).collect())
 }
 
 /// One (question, country) with everything the statistics need.
@@ -312,9 +314,9 @@ fn subset(
 }
 
 pub fn build(inp: &Inputs) -> Result<TransferReport> {
-    let before = load(inp.before)?;
-    let after = load(inp.after)?;
-    let teacher = inp.teacher.map(load).transpose()?;
+    let before = load(inp.before, inp.survey)?;
+    let after = load(inp.after, inp.survey)?;
+    let teacher = inp.teacher.map(|d| load(d, inp.survey)).transpose()?;
     let heldout = subset(inp, inp.heldout, &before, &after, &teacher, "heldout")?;
     if heldout.n_countries == 0 {
         return Err(Error::Invalid(
@@ -471,6 +473,7 @@ pub fn write(out: &Path, r: &TransferReport) -> Result<()> {
         &out.join("transfer.svg"),
         "Held-out questions: normalised r per country, before -> after",
         "Pearson r (scale-normalised)",
+        ("before", "after"),
         &rows,
     )
 }
