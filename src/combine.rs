@@ -107,9 +107,7 @@ pub fn position_bias(samples: &[Sample]) -> Vec<PositionBias> {
             by_k.entry(p.len()).or_default().push(p);
         }
     }
-    by_k.into_iter()
-        .map(|(k, ps)| PositionBias { k, prompts: ps.len(), mean_prob: mean_vec(ps.into_iter()) })
-        .collect()
+    by_k.into_iter().map(|(k, ps)| PositionBias { k, prompts: ps.len(), mean_prob: mean_vec(ps.into_iter()) }).collect()
 }
 
 /// How much an item's scale-normalised expected score moves across option orders alone.
@@ -141,9 +139,7 @@ pub fn order_spread(samples: &[Sample], survey: &Survey) -> Option<OrderSpread> 
         ranges.push(hi - lo);
         sds.push((xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / xs.len() as f64).sqrt());
         counts.push(g.len() as f64);
-        let argmax = |p: &[f64]| {
-            p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0)
-        };
+        let argmax = |p: &[f64]| p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0);
         let top = argmax(&g[0].probs);
         if g.iter().any(|s| argmax(&s.probs) != top) {
             changes += 1;

@@ -250,7 +250,14 @@ pub fn compare(runs: &[PathBuf], out: Option<&Path>) -> Result<String> {
                         .collect()
                 })
                 .collect();
-            crate::plot::bars(&out.join(file), title, "mean normalised r (95% CI over countries)", &groups, &names, &values)
+            crate::plot::bars(
+                &out.join(file),
+                title,
+                "mean normalised r (95% CI over countries)",
+                &groups,
+                &names,
+                &values,
+            )
         };
         figure("compare-continents.svg", "Normalised r per continent", &|r| &r.continents)?;
         figure("compare-categories.svg", "Normalised r per WVS category", &|r| &r.categories)?;

@@ -159,10 +159,22 @@ pub type Boxes = Vec<Vec<f64>>;
 
 /// Horizontal layout shared by the grouped charts: one row per group (long category names fit
 /// on the left), series side by side within a row.
-fn grouped<F>(path: &Path, title: &str, x_label: &str, groups: &[String], series: &[String], x_range: (f64, f64), draw: F) -> Result<()>
+fn grouped<F>(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    groups: &[String],
+    series: &[String],
+    x_range: (f64, f64),
+    draw: F,
+) -> Result<()>
 where
     F: FnOnce(
-        &mut ChartContext<'_, SVGBackend<'_>, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>,
+        &mut ChartContext<
+            '_,
+            SVGBackend<'_>,
+            Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+        >,
         &dyn Fn(usize, usize) -> (f64, f64),
     ) -> std::result::Result<(), String>,
 {
@@ -230,10 +242,16 @@ fn finite_range(vals: impl Iterator<Item = f64>, floor: Option<f64>) -> (f64, f6
 }
 
 /// Grouped horizontal bars from 0 with interval whiskers: `values[series][group]`.
-pub fn bars(path: &Path, title: &str, x_label: &str, groups: &[String], series: &[String], values: &[Vec<Bar>]) -> Result<()> {
-    let all = values.iter().flatten().flat_map(|b| {
-        [b.value, b.ci.map(|c| c.0), b.ci.map(|c| c.1)].into_iter().flatten()
-    });
+pub fn bars(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    groups: &[String],
+    series: &[String],
+    values: &[Vec<Bar>],
+) -> Result<()> {
+    let all =
+        values.iter().flatten().flat_map(|b| [b.value, b.ci.map(|c| c.0), b.ci.map(|c| c.1)].into_iter().flatten());
     let range = finite_range(all, Some(0.0));
     grouped(path, title, x_label, groups, series, range, |chart, slot| {
         for (j, (name, vals)) in series.iter().zip(values).enumerate() {
@@ -289,7 +307,14 @@ pub fn five_numbers(xs: &[f64]) -> Option<[f64; 5]> {
 }
 
 /// Grouped horizontal box plots: `values[series][group]` is the sample summarised by one box.
-pub fn boxplots(path: &Path, title: &str, x_label: &str, groups: &[String], series: &[String], values: &[Boxes]) -> Result<()> {
+pub fn boxplots(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    groups: &[String],
+    series: &[String],
+    values: &[Boxes],
+) -> Result<()> {
     let range = finite_range(values.iter().flatten().flatten().copied(), None);
     grouped(path, title, x_label, groups, series, range, |chart, slot| {
         for (j, (name, vals)) in series.iter().zip(values).enumerate() {
@@ -340,7 +365,10 @@ pub fn scatter(path: &Path, title: &str, x_label: &str, y_label: &str, points: &
             .map_err(|e| plot_err(path, e))?;
         chart
             .draw_series(
-                points.iter().filter(|p| p.0.is_finite() && p.1.is_finite()).map(|&p| Circle::new(p, 3, PALETTE[0].mix(0.7).filled())),
+                points
+                    .iter()
+                    .filter(|p| p.0.is_finite() && p.1.is_finite())
+                    .map(|&p| Circle::new(p, 3, PALETTE[0].mix(0.7).filled())),
             )
             .map_err(|e| plot_err(path, e))?;
         root.present().map_err(|e| plot_err(path, e))?;

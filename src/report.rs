@@ -88,7 +88,11 @@ pub fn markdown(r: &Results) -> String {
     }
     if o.mean_persona_effect.is_some() {
         let _ = writeln!(out, "| country-blind answers vs each country's humans, normalised | {} |", f(o.mean_blind_r));
-        let _ = writeln!(out, "| persona effect (normalised r with persona minus country-blind) | {} |", f(o.mean_persona_effect));
+        let _ = writeln!(
+            out,
+            "| persona effect (normalised r with persona minus country-blind) | {} |",
+            f(o.mean_persona_effect)
+        );
     }
     let _ = writeln!(out, "| mean probability mass on option labels | {:.3} |", o.mean_mass);
     let _ = writeln!(out, "| option orders | {} |", if r.orders.is_empty() { "original" } else { &r.orders });
@@ -336,7 +340,8 @@ pub fn compare(runs: &[(String, Results)]) -> String {
         );
     }
     if runs.len() >= 2 {
-        let _ = writeln!(out, "\nPaired over the countries both runs probed (normalised r, bootstrap over countries):\n");
+        let _ =
+            writeln!(out, "\nPaired over the countries both runs probed (normalised r, bootstrap over countries):\n");
         let _ = writeln!(out, "| run | vs | countries | mean difference | 95% CI | p |");
         let _ = writeln!(out, "|---|---|---:|---:|---|---:|");
         let (base_dir, base) = &runs[0];

@@ -46,7 +46,8 @@ pub fn write(dir: &Path, r: &Results, items: &[Sample], survey: &Survey) -> Resu
     let mut norm = Vec::new();
     for s in items {
         let Ok(q) = survey.question(&s.question_id) else { continue };
-        let (Some(m), Some(h)) = (s.expected_score.and_then(|e| q.normalise(e)), s.human_mean.and_then(|h| q.normalise(h)))
+        let (Some(m), Some(h)) =
+            (s.expected_score.and_then(|e| q.normalise(e)), s.human_mean.and_then(|h| q.normalise(h)))
         else {
             continue;
         };

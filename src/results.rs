@@ -7,9 +7,9 @@ use crate::baseline::{self, BiasRow, CountryBaselines, Reference};
 use crate::combine::{self, OrderSpread, PositionBias};
 use crate::correlate::{fisher_mean, mean, Corr};
 use crate::error::Result;
-use crate::recipe::ProbeRecipe;
 use crate::model::ModelInfo;
 use crate::probe::Sample;
+use crate::recipe::ProbeRecipe;
 use crate::survey::Survey;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -231,7 +231,8 @@ pub fn compute(samples: &[Sample], survey: &Survey, model: ModelInfo, recipe: &P
         per_country.push((c.iso3.clone(), b.clone()));
         c.baselines = Some(b);
         if !blind.is_empty() {
-            let own: BTreeMap<String, f64> = blind.iter().filter(|(q, _)| m.contains_key(*q)).map(|(q, v)| (q.clone(), *v)).collect();
+            let own: BTreeMap<String, f64> =
+                blind.iter().filter(|(q, _)| m.contains_key(*q)).map(|(q, v)| (q.clone(), *v)).collect();
             c.blind_r = humans.get(&c.iso3).and_then(|h| {
                 let (x, y): (Vec<f64>, Vec<f64>) = own.iter().filter_map(|(q, v)| h.get(q).map(|hv| (*v, *hv))).unzip();
                 crate::correlate::pearson(&x, &y)

@@ -3,6 +3,7 @@
 //! - `common`: paths to the fetched models, the CLI runner, tiny random-weight model builders
 //! - `survey`: shipped data loads; malformed data is rejected with the file and line
 //! - `correlate`: statistics against hand-checked values
+//! - `debias`: option orders, position bias, prompt variants, baselines, category groups, figures, compare
 //! - `tokenizer`: GGUF tokenizers against transformers' ids; round trips
 //! - `reference`: option distributions against a stored transformers reference
 //! - `batch`: batched scoring equals one-at-a-time scoring
@@ -16,6 +17,7 @@ mod batch;
 mod cli;
 mod common;
 mod correlate;
+mod debias;
 mod generate;
 mod lora;
 mod probe;

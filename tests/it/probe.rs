@@ -22,12 +22,15 @@ fn probe_end_to_end_resume_and_shards() {
     };
     let (full, _) = run("full", &[]);
     let s = samples(&full);
-    assert_eq!(s.len(), 15);
+    // The default recipe asks each of the 15 pairs in two option orders, and each of the 5
+    // questions once more without a country (also in two orders).
+    assert_eq!(s.len(), 15 * 2 + 5 * 2);
     for x in &s {
         assert!((x.probs.iter().sum::<f64>() - 1.0).abs() < 1e-9);
         assert!(x.mass > 0.0 && x.mass <= 1.0 + 1e-9);
         assert_eq!(x.prompt_sha256, mores::io::sha256_hex(x.prompt.as_bytes()));
         assert!(x.prompt.starts_with("<|im_start|>system"), "chat model gets its template");
+        assert_eq!(x.country.is_empty(), x.template == "blind");
         assert!(x.prompt.ends_with("Answer: "));
     }
     let res: Results = serde_json::from_str(&std::fs::read_to_string(full.join("results.json")).unwrap()).unwrap();
@@ -40,13 +43,13 @@ fn probe_end_to_end_resume_and_shards() {
 
     // Rerun into the same folder: everything comes from the scoring cache, results identical.
     let (_, o) = run("full", &[]);
-    assert!(stderr(&o).contains("15 of 15 prompts found in the scoring cache"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("40 of 40 prompts found in the scoring cache"), "{}", stderr(&o));
     assert_eq!(samples(&full), s);
 
     // Two shards (with another batch size) merge to the same samples within float noise.
     let (a, _) = run("a", &["--shard", "0/2", "--batch", "3"]);
     let (b, _) = run("b", &["--shard", "1/2", "--batch", "3"]);
-    assert_eq!(samples(&a).len() + samples(&b).len(), 15);
+    assert_eq!(samples(&a).len() + samples(&b).len(), 40);
     let merged = dir.path().join("merged");
     let o = mores(&["merge", "--out", merged.to_str().unwrap(), a.to_str().unwrap(), b.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
