@@ -379,6 +379,11 @@ pub struct TransferSection {
     /// Output folder; `mores run --out` overrides. Default runs/NAME.
     #[serde(default)]
     pub out: Option<PathBuf>,
+    /// Scoring-cache folder shared with other runs (e.g. `mores probe --cache`); entries are
+    /// keyed by model, weight form, adapter and prompt hashes, so sharing never mixes models.
+    /// Default: a cache inside each probe stage's folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score_cache: Option<PathBuf>,
 }
 
 fn default_train_probe() -> usize {

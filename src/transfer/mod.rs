@@ -189,7 +189,7 @@ pub fn run(a: &RunArgs) -> Result<report::TransferReport> {
             model: model.to_path_buf(),
             adapter,
             out: dir.to_path_buf(),
-            cache: None,
+            cache: t.score_cache.clone(),
             shard: None,
             threads: a.threads,
             progress: a.progress,
