@@ -79,7 +79,7 @@ pub fn write(dir: &Path, r: &Results, items: &[Sample], survey: &Survey) -> Resu
         &format!("{}: mean normalised r per continent, 95% CI over countries", r.model.name),
         "Fisher mean of per-country Pearson r (scale-normalised)",
         &continents,
-        &[r.model.name.clone()],
+        std::slice::from_ref(&r.model.name),
         &[vals],
     )?;
     if let Some(c) = scatter_country(r) {

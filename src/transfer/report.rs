@@ -455,6 +455,7 @@ pub fn markdown(r: &TransferReport) -> String {
         part("Training questions (seen, paraphrased, in training)", t);
     }
     let _ = writeln!(s, "![before and after per country](transfer.svg)\n");
+    let _ = writeln!(s, "![before, after and change per continent](transfer-continents.svg)\n");
     if !r.stage_seconds.is_empty() {
         let _ = writeln!(s, "| stage | seconds | |\n|---|---:|---|");
         for (k, (secs, skipped)) in &r.stage_seconds {
@@ -475,5 +476,20 @@ pub fn write(out: &Path, r: &TransferReport) -> Result<()> {
         "Pearson r (scale-normalised)",
         ("before", "after"),
         &rows,
+    )?;
+    let h = &r.heldout;
+    let groups: Vec<String> = h.continents.iter().map(|c| format!("{} ({})", c.name, c.n)).collect();
+    let bar = |v: Option<f64>, ci: Option<(f64, f64)>| crate::plot::Bar { value: v, ci };
+    crate::plot::bars(
+        &out.join("transfer-continents.svg"),
+        "Held-out questions per continent: normalised r before, after, and the change (95% CI)",
+        "Pearson r (scale-normalised)",
+        &groups,
+        &["before".to_string(), "after".to_string(), "change".to_string()],
+        &[
+            h.continents.iter().map(|c| bar(c.r_before, None)).collect(),
+            h.continents.iter().map(|c| bar(c.r_after, None)).collect(),
+            h.continents.iter().map(|c| bar(c.delta.value, c.delta.ci95)).collect(),
+        ],
     )
 }

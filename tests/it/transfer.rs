@@ -73,6 +73,8 @@ fn pipeline_runs_skips_and_resumes_on_tiny_models() {
     assert!(md.contains("Held-out questions") && md.contains("Training questions") && md.contains("teacher"));
     let svg = std::fs::read_to_string(out.join("transfer.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("before") && svg.contains("after"));
+    let svg = std::fs::read_to_string(out.join("transfer-continents.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("change") && md.contains("(transfer-continents.svg)"));
 
     // Unchanged inputs: nothing runs, the numbers stay.
     assert!(ran(&run(&r, &out)).is_empty());
