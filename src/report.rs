@@ -16,20 +16,21 @@ fn group_table(out: &mut String, title: &str, rows: &[GroupResult]) {
     let _ = writeln!(out, "\n## {title}\n");
     let _ = writeln!(
         out,
-        "| {title} | countries | questions | mean r (raw) | uniform baseline r (raw) | mean r (normalised) | 95% CI (countries) |"
+        "| {title} | countries | questions | mean r (raw) | uniform baseline r (raw) | mean r (normalised) | 95% CI (countries) | cross-country r |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---|---:|");
     for g in rows {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             g.name,
             g.n_countries,
             g.n_questions,
             f(g.mean_r_raw),
             f(g.uniform_mean_r_raw),
             f(g.mean_r_normalised),
-            ci(g.normalised_ci95)
+            ci(g.normalised_ci95),
+            f(g.cross_country_r)
         );
     }
 }

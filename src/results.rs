@@ -66,6 +66,9 @@ pub struct GroupResult {
     /// 95% CI of the Fisher mean normalised r, bootstrapping countries.
     #[serde(default)]
     pub normalised_ci95: Option<(f64, f64)>,
+    /// Fisher mean of the group's per-question cross-country r (categories and groups only).
+    #[serde(default)]
+    pub cross_country_r: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -334,6 +337,7 @@ fn compute_items(
         qs.sort();
         qs.dedup();
         GroupResult {
+            cross_country_r: None,
             normalised_ci95: fisher_ci(&norm, &name),
             name,
             n_countries: raw.len(),
@@ -376,6 +380,7 @@ fn compute_items(
         qs.sort();
         qs.dedup();
         continents.push(GroupResult {
+            cross_country_r: None,
             normalised_ci95: fisher_ci(&norm, &name),
             name,
             n_countries: raw.len(),
@@ -401,6 +406,22 @@ fn compute_items(
             model_spread: std_dev(&m),
             human_spread: std_dev(&h),
         });
+    }
+    let cross_in = |cats: &[String]| {
+        let rs: Vec<f64> = questions
+            .iter()
+            .filter(|q| cats.contains(&q.category))
+            .filter_map(|q| q.cross_country.as_ref().map(|c| c.r))
+            .collect();
+        fisher_mean(&rs)
+    };
+    let mut categories: Vec<GroupResult> = categories;
+    for g in categories.iter_mut() {
+        g.cross_country_r = cross_in(std::slice::from_ref(&g.name));
+    }
+    let mut groups: Vec<GroupResult> = groups;
+    for g in groups.iter_mut() {
+        g.cross_country_r = category_groups.get(&g.name).and_then(|cats| cross_in(cats));
     }
     let raw: Vec<f64> = countries.iter().filter_map(|c| c.raw.as_ref().map(|x| x.r)).collect();
     let norm: Vec<f64> = countries.iter().filter_map(|c| c.normalised.as_ref().map(|x| x.r)).collect();
