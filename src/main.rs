@@ -451,7 +451,7 @@ fn print_summary(r: &mores::results::Results, out: &std::path::Path) {
     let o = &r.overall;
     let f = mores::report::f;
     println!(
-        "{}: {} prompts, {} countries, label mass {:.3}; mean r raw {} (uniform baseline {}), normalised {}, cross-country {}",
+        "{}: {} prompts, {} countries, label mass {:.3}; mean r raw {} (uniform baseline {}), normalised {} (95% CI {}; shuffled-country baseline {}), cross-country {}",
         r.model.name,
         o.n_samples,
         o.n_countries,
@@ -459,9 +459,11 @@ fn print_summary(r: &mores::results::Results, out: &std::path::Path) {
         f(o.mean_r_raw),
         f(o.uniform_mean_r_raw),
         f(o.mean_r_normalised),
+        mores::report::ci(o.mean_r_normalised_ci95),
+        f(o.shuffled_r),
         f(o.cross_country_r)
     );
-    println!("wrote {}/{{results.json,samples.jsonl,report.md,manifest.json}}", out.display());
+    println!("wrote {}/{{results.json,samples.jsonl,report.md,manifest.json,plots/}}", out.display());
 }
 
 fn print_card(c: &mores::generate::Card) {
