@@ -384,6 +384,10 @@ pub struct TransferSection {
     /// Default: a cache inside each probe stage's folder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub score_cache: Option<PathBuf>,
+    /// Option orders of the before/after/teacher probes (see [scoring] orders); `reversed`
+    /// doubles their cost and cancels position preferences.
+    #[serde(default, skip_serializing_if = "OrderMode::is_original")]
+    pub probe_orders: OrderMode,
 }
 
 fn default_train_probe() -> usize {

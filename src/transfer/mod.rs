@@ -181,7 +181,7 @@ pub fn run(a: &RunArgs) -> Result<report::TransferReport> {
         prompt: recipe.prompt.clone(),
         templates: vec![],
         blind: None,
-        scoring: ScoringSection { batch: t.probe_batch, seed: t.seed, ..Default::default() },
+        scoring: ScoringSection { batch: t.probe_batch, seed: t.seed, orders: t.probe_orders, ..Default::default() },
     };
     let student_probe = probe_recipe(&recipe.student);
     let run_probe = |pr: &ProbeRecipe, model: &Path, adapter: Option<PathBuf>, dir: &Path| -> Result<()> {
