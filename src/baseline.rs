@@ -31,8 +31,12 @@ pub fn human_scores(survey: &Survey) -> Scores {
 
 /// Pearson r over the questions both maps have (None under [`MIN_COMMON`]).
 pub fn r_common(a: &BTreeMap<String, f64>, b: &BTreeMap<String, f64>) -> Option<f64> {
+    r_common_min(a, b, MIN_COMMON)
+}
+
+fn r_common_min(a: &BTreeMap<String, f64>, b: &BTreeMap<String, f64>, min: usize) -> Option<f64> {
     let (x, y): (Vec<f64>, Vec<f64>) = a.iter().filter_map(|(q, va)| b.get(q).map(|vb| (*va, *vb))).unzip();
-    (x.len() >= MIN_COMMON).then(|| pearson(&x, &y)).flatten()
+    (x.len() >= min).then(|| pearson(&x, &y)).flatten()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -47,8 +51,12 @@ pub struct CountryBaselines {
     pub candidates: usize,
 }
 
+/// A candidate country must share at least half of the persona's questions (and
+/// [`MIN_COMMON`]): an r over a handful of questions is noisy enough to win "best match" by chance.
 pub fn for_persona(iso: &str, model: &BTreeMap<String, f64>, humans: &Scores) -> CountryBaselines {
-    let rs: Vec<(&String, f64)> = humans.iter().filter_map(|(y, h)| r_common(model, h).map(|r| (y, r))).collect();
+    let need = MIN_COMMON.max(model.len().div_ceil(2));
+    let rs: Vec<(&String, f64)> =
+        humans.iter().filter_map(|(y, h)| r_common_min(model, h, need).map(|r| (y, r))).collect();
     let others: Vec<f64> = rs.iter().filter(|(y, _)| y.as_str() != iso).map(|(_, r)| *r).collect();
     let best = rs.iter().max_by(|a, b| a.1.total_cmp(&b.1));
     let own = rs.iter().find(|(y, _)| y.as_str() == iso).map(|(_, r)| *r);

@@ -195,6 +195,7 @@ pub fn compute(samples: &[Sample], survey: &Survey, model: ModelInfo, recipe: &P
     res.position_bias = combine::position_bias(&persona);
     res.order_spread = combine::order_spread(&persona, survey);
     res.overall.mean_mass = mean(&samples.iter().map(|s| s.mass).collect::<Vec<_>>()).unwrap_or(f64::NAN);
+    res.overall.n_samples = samples.len();
     if !recipe.templates.is_empty() {
         let names = std::iter::once(&recipe.prompt).chain(&recipe.templates).map(|t| t.template_name.clone());
         for name in names {

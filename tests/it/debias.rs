@@ -133,7 +133,8 @@ fn baselines_against_hand_computed_values() {
         }
         let (x, yy): (Vec<f64>, Vec<f64>) =
             humans["DEU"].iter().filter_map(|(q, v)| h.get(q).map(|w| (*v, *w))).unzip();
-        if x.len() >= baseline::MIN_COMMON {
+        // Candidates share at least half of the persona's questions.
+        if x.len() >= baseline::MIN_COMMON.max(humans["DEU"].len().div_ceil(2)) {
             if let Some(r) = mores::correlate::pearson(&x, &yy) {
                 zs.push(r.clamp(-0.999999, 0.999999).atanh());
             }
