@@ -124,6 +124,10 @@ fn seed_of(seed: u64, what: &str) -> u64 {
 fn delta_boot(n: usize, reps: usize, seed: u64, stat: impl Fn(&[usize]) -> Option<f64>) -> Delta {
     let all: Vec<usize> = (0..n).collect();
     let value = stat(&all);
+    if n < 2 {
+        // Resampling one unit always gives the same value: no interval to speak of.
+        return Delta { value, ci95: None, p: None };
+    }
     let (ci95, vals) = bootstrap(n, reps, seed, stat);
     Delta { value, ci95, p: bootstrap_p(&vals) }
 }
@@ -340,6 +344,8 @@ pub fn build(inp: &Inputs) -> Result<TransferReport> {
 
 fn describe(d: &Delta) -> String {
     match (d.value, d.ci95, d.p) {
+        // A bootstrap p of 0 means no resample crossed zero: below what the resamples resolve.
+        (Some(v), Some((lo, hi)), Some(p)) if p < 0.001 => format!("{v:+.3} (95% CI {lo:+.3} to {hi:+.3}, p < 0.001)"),
         (Some(v), Some((lo, hi)), Some(p)) => format!("{v:+.3} (95% CI {lo:+.3} to {hi:+.3}, p = {p:.3})"),
         (Some(v), _, _) => format!("{v:+.3} (no CI: too few points)"),
         _ => "n/a".into(),
