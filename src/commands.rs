@@ -156,10 +156,11 @@ pub fn write_outputs(
     recipe: &ProbeRecipe,
     m: &Manifest,
 ) -> Result<Results> {
-    let res = results::compute(samples, survey, m.model.clone(), recipe)?;
+    let items = crate::combine::items(samples, survey, None);
+    let res = results::compute(samples, &items, survey, m.model.clone(), recipe)?;
     write_jsonl(&out.join("samples.jsonl"), samples)?;
     write_json(&out.join("results.json"), &res)?;
-    crate::report_plots::write(out, &res, &crate::combine::items(samples, survey, None), survey)?;
+    crate::report_plots::write(out, &res, &items, survey)?;
     crate::io::atomic_write(&out.join("report.md"), crate::report::markdown(&res).as_bytes())?;
     write_json(&out.join("manifest.json"), m)?;
     Ok(res)

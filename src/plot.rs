@@ -22,6 +22,22 @@ fn plot_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Invalid(format!("{}: plotting failed: {e}", path.display()))
 }
 
+type Chart<'a> = ChartContext<
+    'a,
+    SVGBackend<'a>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// The legend box every chart here draws.
+fn legend(chart: &mut Chart<'_>, path: &Path) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| plot_err(path, e))
+}
+
 fn bounds(series: &[Series]) -> ((f64, f64), (f64, f64)) {
     let pts = || series.iter().flat_map(|s| s.points.iter()).filter(|p| p.0.is_finite() && p.1.is_finite());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
@@ -76,12 +92,7 @@ pub fn lines(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[S
                     .map_err(|e| plot_err(path, e))?;
             }
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| plot_err(path, e))?;
+        legend(&mut chart, path)?;
         root.present().map_err(|e| plot_err(path, e))?;
     }
     crate::io::atomic_write(path, svg.as_bytes())
@@ -137,12 +148,7 @@ pub fn dumbbell(
             .map_err(|e| plot_err(path, e))?
             .label(names.1)
             .legend(|(x, y)| Circle::new((x + 8, y), 5, PALETTE[1].filled()));
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| plot_err(path, e))?;
+        legend(&mut chart, path)?;
         root.present().map_err(|e| plot_err(path, e))?;
     }
     crate::io::atomic_write(path, svg.as_bytes())
@@ -169,14 +175,7 @@ fn grouped<F>(
     draw: F,
 ) -> Result<()>
 where
-    F: FnOnce(
-        &mut ChartContext<
-            '_,
-            SVGBackend<'_>,
-            Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
-        >,
-        &dyn Fn(usize, usize) -> (f64, f64),
-    ) -> std::result::Result<(), String>,
+    F: FnOnce(&mut Chart<'_>, &dyn Fn(usize, usize) -> (f64, f64)) -> std::result::Result<(), String>,
 {
     let mut svg = String::new();
     {
@@ -216,12 +215,7 @@ where
         };
         draw(&mut chart, &slot).map_err(|e| plot_err(path, e))?;
         if series.len() > 1 {
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .draw()
-                .map_err(|e| plot_err(path, e))?;
+            legend(&mut chart, path)?;
         }
         root.present().map_err(|e| plot_err(path, e))?;
     }

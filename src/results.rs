@@ -182,12 +182,18 @@ fn std_dev(xs: &[f64]) -> f64 {
     (xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / xs.len().max(1) as f64).sqrt()
 }
 
-/// Everything in results.json from every scored prompt of a run.
-pub fn compute(samples: &[Sample], survey: &Survey, model: ModelInfo, recipe: &ProbeRecipe) -> Result<Results> {
-    let items = combine::items(samples, survey, None);
+/// Everything in results.json from every scored prompt of a run (`samples`) and their
+/// per-item averages (`items`, from `combine::items(samples, survey, None)`).
+pub fn compute(
+    samples: &[Sample],
+    items: &[Sample],
+    survey: &Survey,
+    model: ModelInfo,
+    recipe: &ProbeRecipe,
+) -> Result<Results> {
     let template = if recipe.templates.is_empty() { recipe.prompt.template_name.clone() } else { "ensemble".into() };
     let (groups_map, groups_source) = survey.category_groups(recipe.survey.category_groups.as_ref())?;
-    let mut res = compute_items(&items, survey, model.clone(), &recipe.name, &template, &groups_map);
+    let mut res = compute_items(items, survey, model.clone(), &recipe.name, &template, &groups_map);
     res.category_groups = groups_map;
     res.category_groups_source = groups_source;
     res.orders = format!("{:?}", recipe.scoring.orders).to_lowercase();
@@ -215,7 +221,7 @@ pub fn compute(samples: &[Sample], survey: &Survey, model: ModelInfo, recipe: &P
     // Baselines on normalised scores.
     let humans = baseline::human_scores(survey);
     let mut model_scores: baseline::Scores = BTreeMap::new();
-    for s in &items {
+    for s in items {
         let Ok(q) = survey.question(&s.question_id) else { continue };
         if let Some(v) = s.expected_score.and_then(|e| q.normalise(e)) {
             model_scores.entry(s.country.clone()).or_default().insert(s.question_id.clone(), v);
