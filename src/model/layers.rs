@@ -1,5 +1,6 @@
 //! Pieces shared by the architecture files: padded batches, rotary embeddings with per-row
 //! positions, causal (optionally sliding-window) masks, and grouped-query attention.
+use super::grad_ops;
 use crate::error::Result;
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Tensor, D};
@@ -246,8 +247,11 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        if !mode.grad {
+        if !mode.grad || !x.track_op() {
             return Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)?);
+        }
+        if grad_ops::usable(x) && !self.weight.track_op() {
+            return grad_ops::rms_norm(x, &self.weight, self.eps);
         }
         let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
         Ok(x.broadcast_div(&(ms + self.eps as f64)?.sqrt()?)?.broadcast_mul(&self.weight)?)
@@ -265,7 +269,10 @@ pub enum RopeStyle {
 /// Rotate x [b, h, t, d] by the per-row tables cos/sin [b, t, d/2].
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, style: RopeStyle, mode: Mode) -> Result<Tensor> {
     let x = x.contiguous()?;
-    if !mode.grad {
+    if grad_ops::usable(&x) && mode.grad {
+        return grad_ops::rope(&x, cos, sin, style == RopeStyle::Interleaved);
+    }
+    if !mode.grad || !x.track_op() {
         return Ok(match style {
             RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&x, cos, sin)?,
             RopeStyle::Halves => candle_nn::rotary_emb::rope(&x, cos, sin)?,
@@ -298,7 +305,9 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, 
     let k = candle_transformers::utils::repeat_kv(k.clone(), h / kv)?.contiguous()?;
     let v = candle_transformers::utils::repeat_kv(v.clone(), h / kv)?.contiguous()?;
     let scores = (q.contiguous()?.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
-    let probs = if mode.grad {
+    let probs = if mode.grad && grad_ops::usable(&scores) {
+        grad_ops::softmax_last_dim(&scores)?
+    } else if mode.grad && scores.track_op() {
         // Softmax from differentiable ops; the row max only shifts, so it needs no gradient.
         let e = scores.broadcast_sub(&scores.max_keepdim(D::Minus1)?.detach())?.exp()?;
         e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?

@@ -379,7 +379,7 @@ pub fn markdown(r: &TransferReport) -> String {
     let _ = writeln!(s, "{}\n", r.verdict);
     let _ = writeln!(
         s,
-        "Dataset: `{}` ({} records). r is Pearson's r between the student's expected scores and human mean scores across questions, per country; \"normalised\" maps each question's scale to [0, 1] first (raw r on WVS means is inflated by question scales: a uniform-answer model already scores about 0.72). Changes carry a paired bootstrap 95% CI over questions (per country) or over countries (means), and a bootstrap p-value.\n",
+        "Dataset: `{}` ({} records). r is Pearson's r between the student's expected scores and human mean scores across questions, per country; \"normalised\" maps each question's scale to [0, 1] first (raw r on WVS means is inflated by question scales: a uniform-answer model already scores about 0.72). Changes carry a paired bootstrap 95% CI over questions (per country) or over countries (means), and a bootstrap p-value. Mean r before and after are Fisher-z means over countries; the mean change is the plain mean of the per-country changes, so it need not equal their difference.\n",
         r.dataset, r.dataset_records
     );
     let mut part = |title: &str, x: &SubsetReport| {

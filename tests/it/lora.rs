@@ -69,8 +69,18 @@ fn loss_value(m: &Model, exs: &[Example]) -> f64 {
 
 #[test]
 fn lora_gradients_match_finite_differences() {
+    gradients_match_finite_differences("llama");
+}
+
+/// Gemma 3 adds per-head Q/K norms on tracked activations and half-split RoPE.
+#[test]
+fn gemma3_lora_gradients_match_finite_differences() {
+    gradients_match_finite_differences("gemma3");
+}
+
+fn gradients_match_finite_differences(arch: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let mut m = Model::load(&tiny_model(dir.path(), "llama", 3), &LoadOptions::default()).unwrap();
+    let mut m = Model::load(&tiny_model(dir.path(), arch, 3), &LoadOptions::default()).unwrap();
     let ad = Adapter::attach_new(&mut m, &spec(&ALL, 2), 7).unwrap();
     randomise_b(&ad, 8, 0.3);
     let exs = examples(&m);
@@ -326,4 +336,79 @@ fn peft_made_adapter_matches_transformers() {
     let dd = max_diff(&delta(&got, &ours_base), &delta(&want, &base));
     assert!(dd < 1e-4, "the adapter's effect differs from PEFT's by {dd}");
     assert!(max_diff(&want, &base) > 0.1, "the fixture adapter must change the logits");
+}
+
+fn rand_var(rng: &mut rand_chacha::ChaCha8Rng, shape: &[usize]) -> candle_core::Var {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.random::<f32>() * 4.0 - 2.0).collect();
+    candle_core::Var::from_tensor(&Tensor::from_vec(v, shape, &Device::Cpu).unwrap()).unwrap()
+}
+
+/// Value and gradient of sum(f(x) * c) for a fixed random c, so every output element matters.
+fn value_and_grad(x: &candle_core::Var, c: &Tensor, f: impl Fn(&Tensor) -> Tensor) -> (Vec<f32>, Vec<f32>) {
+    let y = f(x.as_tensor());
+    let grads = (&y * c).unwrap().sum_all().unwrap().backward().unwrap();
+    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    (flat(&y), flat(grads.get(x.as_tensor()).expect("x got a gradient")))
+}
+
+/// The training path's fused softmax, RMSNorm and RoPE (candle kernels with a hand-written
+/// backward) give the values and gradients of the same functions built from elementwise ops.
+#[test]
+fn fused_training_ops_match_composed_gradients() {
+    use candle_core::D;
+    use mores::model::grad_ops;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(21);
+    let (b, h, t, d) = (2usize, 3usize, 5usize, 8usize);
+    let x = rand_var(&mut rng, &[b, h, t, d]);
+    let c = rand_var(&mut rng, &[b, h, t, d]).as_tensor().detach();
+    let check = |name: &str, fused: (Vec<f32>, Vec<f32>), composed: (Vec<f32>, Vec<f32>)| {
+        assert!(max_diff(&fused.0, &composed.0) < 1e-5, "{name}: values differ by {}", max_diff(&fused.0, &composed.0));
+        assert!(
+            max_diff(&fused.1, &composed.1) < 1e-4,
+            "{name}: gradients differ by {}",
+            max_diff(&fused.1, &composed.1)
+        );
+        assert!(fused.1.iter().any(|g| g.abs() > 1e-3), "{name}: gradient is all zero");
+    };
+
+    let soft = value_and_grad(&x, &c, |x| grad_ops::softmax_last_dim(x).unwrap());
+    let soft_ref = value_and_grad(&x, &c, |x| {
+        let e = x.exp().unwrap();
+        e.broadcast_div(&e.sum_keepdim(D::Minus1).unwrap()).unwrap()
+    });
+    check("softmax", soft, soft_ref);
+
+    let w = rand_var(&mut rng, &[d]).as_tensor().detach();
+    let eps = 1e-5f32;
+    let norm = value_and_grad(&x, &c, |x| grad_ops::rms_norm(x, &w, eps).unwrap());
+    let norm_ref = value_and_grad(&x, &c, |x| {
+        let r = (x.sqr().unwrap().mean_keepdim(D::Minus1).unwrap() + eps as f64).unwrap().sqrt().unwrap();
+        x.broadcast_div(&r).unwrap().broadcast_mul(&w).unwrap()
+    });
+    check("rms_norm", norm, norm_ref);
+
+    let angles = rand_var(&mut rng, &[b, t, d / 2]).as_tensor().detach();
+    let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+    for interleaved in [false, true] {
+        let fused = value_and_grad(&x, &c, |x| grad_ops::rope(x, &cos, &sin, interleaved).unwrap());
+        let composed = value_and_grad(&x, &c, |x| {
+            let half = d / 2;
+            let (x0, x1) = if interleaved {
+                let p = x.reshape((b, h, t, half, 2)).unwrap();
+                (p.narrow(4, 0, 1).unwrap().squeeze(4).unwrap(), p.narrow(4, 1, 1).unwrap().squeeze(4).unwrap())
+            } else {
+                (x.narrow(3, 0, half).unwrap(), x.narrow(3, half, half).unwrap())
+            };
+            let (cs, sn) = (cos.unsqueeze(1).unwrap(), sin.unsqueeze(1).unwrap());
+            let y0 = (x0.broadcast_mul(&cs).unwrap() - x1.broadcast_mul(&sn).unwrap()).unwrap();
+            let y1 = (x0.broadcast_mul(&sn).unwrap() + x1.broadcast_mul(&cs).unwrap()).unwrap();
+            if interleaved {
+                Tensor::stack(&[y0, y1], 4).unwrap().reshape((b, h, t, d)).unwrap()
+            } else {
+                Tensor::cat(&[y0, y1], 3).unwrap()
+            }
+        });
+        check(if interleaved { "rope_i" } else { "rope" }, fused, composed);
+    }
 }
