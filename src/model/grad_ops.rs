@@ -4,30 +4,35 @@
 //! matmuls around them (measured with `mores bench lora`). Here the forward runs the fused kernel
 //! on a detached input and a [`WithGrad`] node ties its result back to the input, so backprop sees
 //! one node whose gradient is a few tensor ops. CPU only (the node copies a CPU buffer); other
-//! devices keep the composed versions in layers.rs.
+//! devices get the composed versions in [`composed`].
 use crate::error::Result;
 use candle_core::{CpuStorage, Layout, Shape, Tensor, D};
 
-/// Whether the fused path applies to `x`.
-pub fn usable(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.track_op()
-}
-
-/// softmax over the last dimension.
+/// softmax over the last dimension, differentiable in x.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return composed::softmax_last_dim(x);
+    }
     let y = candle_nn::ops::softmax_last_dim(&x.detach().contiguous()?)?;
     tie(x, y, Backward::Softmax)
 }
 
-/// x / sqrt(mean(x^2) + eps) * w over the last dimension, for a weight that is not trained
-/// (LoRA never trains norms; the caller checks).
+/// x / sqrt(mean(x^2) + eps) * w over the last dimension, differentiable in x (and in w only on
+/// the composed path: LoRA never trains norms).
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+    if !x.device().is_cpu() || w.track_op() {
+        return composed::rms_norm(x, w, eps);
+    }
     let y = candle_nn::ops::rms_norm(&x.detach().contiguous()?, w, eps)?;
     tie(x, y, Backward::RmsNorm { w: w.clone(), eps })
 }
 
-/// Rotary embedding of x [b, h, t, d] with per-row tables cos/sin [b, t, d/2].
+/// Rotary embedding of x [b, h, t, d] with per-row tables cos/sin [b, t, d/2], differentiable
+/// in x. `interleaved`: pairs (2i, 2i+1), else (i, i + d/2).
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return composed::rope(x, cos, sin, interleaved);
+    }
     let xd = x.detach().contiguous()?;
     let y = if interleaved {
         candle_nn::rotary_emb::rope_i(&xd, cos, sin)?
@@ -35,6 +40,40 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) -> Result
         candle_nn::rotary_emb::rope(&xd, cos, sin)?
     };
     tie(x, y, Backward::Rope { cos: cos.clone(), sin: sin.clone(), interleaved })
+}
+
+/// The same functions from differentiable elementwise ops: the path on devices without the
+/// CPU node, and the reference the fused backward is tested against.
+pub mod composed {
+    use crate::error::Result;
+    use candle_core::{Tensor, D};
+
+    pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+        // The row max only shifts, so it needs no gradient.
+        let e = x.broadcast_sub(&x.max_keepdim(D::Minus1)?.detach())?.exp()?;
+        Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+    }
+
+    pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+        let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+        Ok(x.broadcast_div(&(ms + eps as f64)?.sqrt()?)?.broadcast_mul(w)?)
+    }
+
+    pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) -> Result<Tensor> {
+        let (b, h, t, d) = x.dims4()?;
+        let half = d / 2;
+        let cos = cos.unsqueeze(1)?;
+        let sin = sin.unsqueeze(1)?;
+        let (x0, x1) = if interleaved {
+            let p = x.reshape((b, h, t, half, 2))?;
+            (p.narrow(4, 0, 1)?.squeeze(4)?, p.narrow(4, 1, 1)?.squeeze(4)?)
+        } else {
+            (x.narrow(3, 0, half)?, x.narrow(3, half, half)?)
+        };
+        let y0 = (x0.broadcast_mul(&cos)? - x1.broadcast_mul(&sin)?)?;
+        let y1 = (x0.broadcast_mul(&sin)? + x1.broadcast_mul(&cos)?)?;
+        Ok(if interleaved { Tensor::stack(&[y0, y1], 4)?.reshape((b, h, t, d))? } else { Tensor::cat(&[y0, y1], 3)? })
+    }
 }
 
 fn tie(x: &Tensor, y: Tensor, bwd: Backward) -> Result<Tensor> {

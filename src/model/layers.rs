@@ -250,11 +250,7 @@ impl RmsNorm {
         if !mode.grad || !x.track_op() {
             return Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)?);
         }
-        if grad_ops::usable(x) && !self.weight.track_op() {
-            return grad_ops::rms_norm(x, &self.weight, self.eps);
-        }
-        let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-        Ok(x.broadcast_div(&(ms + self.eps as f64)?.sqrt()?)?.broadcast_mul(&self.weight)?)
+        grad_ops::rms_norm(x, &self.weight, self.eps)
     }
 }
 
@@ -269,31 +265,12 @@ pub enum RopeStyle {
 /// Rotate x [b, h, t, d] by the per-row tables cos/sin [b, t, d/2].
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, style: RopeStyle, mode: Mode) -> Result<Tensor> {
     let x = x.contiguous()?;
-    if grad_ops::usable(&x) && mode.grad {
+    if mode.grad && x.track_op() {
         return grad_ops::rope(&x, cos, sin, style == RopeStyle::Interleaved);
     }
-    if !mode.grad || !x.track_op() {
-        return Ok(match style {
-            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&x, cos, sin)?,
-            RopeStyle::Halves => candle_nn::rotary_emb::rope(&x, cos, sin)?,
-        });
-    }
-    let (b, h, t, d) = x.dims4()?;
-    let half = d / 2;
-    let cos = cos.unsqueeze(1)?;
-    let sin = sin.unsqueeze(1)?;
-    let (x0, x1) = match style {
-        RopeStyle::Interleaved => {
-            let p = x.reshape((b, h, t, half, 2))?;
-            (p.narrow(4, 0, 1)?.squeeze(4)?, p.narrow(4, 1, 1)?.squeeze(4)?)
-        }
-        RopeStyle::Halves => (x.narrow(3, 0, half)?, x.narrow(3, half, half)?),
-    };
-    let y0 = (x0.broadcast_mul(&cos)? - x1.broadcast_mul(&sin)?)?;
-    let y1 = (x0.broadcast_mul(&sin)? + x1.broadcast_mul(&cos)?)?;
     Ok(match style {
-        RopeStyle::Interleaved => Tensor::stack(&[y0, y1], 4)?.reshape((b, h, t, d))?,
-        RopeStyle::Halves => Tensor::cat(&[y0, y1], 3)?,
+        RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&x, cos, sin)?,
+        RopeStyle::Halves => candle_nn::rotary_emb::rope(&x, cos, sin)?,
     })
 }
 
@@ -305,12 +282,8 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, 
     let k = candle_transformers::utils::repeat_kv(k.clone(), h / kv)?.contiguous()?;
     let v = candle_transformers::utils::repeat_kv(v.clone(), h / kv)?.contiguous()?;
     let scores = (q.contiguous()?.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
-    let probs = if mode.grad && grad_ops::usable(&scores) {
+    let probs = if mode.grad && scores.track_op() {
         grad_ops::softmax_last_dim(&scores)?
-    } else if mode.grad && scores.track_op() {
-        // Softmax from differentiable ops; the row max only shifts, so it needs no gradient.
-        let e = scores.broadcast_sub(&scores.max_keepdim(D::Minus1)?.detach())?.exp()?;
-        e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?
     } else {
         candle_nn::ops::softmax_last_dim(&scores)?
     };
