@@ -4,7 +4,7 @@
 //! scaled by sqrt(hidden), and local sliding-window layers with their own RoPE base.
 //! GGUF norm weights already include Gemma's "+1"; Hugging Face checkpoints store w and need 1 + w.
 use super::gguf::GgufFile;
-use super::layers::{attention, gather, rope, Batch, Kv, Linear, Mode, RmsNorm, RopeStyle};
+use super::layers::{gather, rope, AttnCtx, Batch, Kv, Linear, Mode, RmsNorm, RopeStyle};
 use super::lora::{layer_slots, Slot};
 use super::weights::{key, Weights};
 use crate::error::{Error, Result};
@@ -193,8 +193,8 @@ impl Model {
         let c = &self.cfg;
         let (b, t) = (batch.rows, batch.len);
         let (hd, nh, nkv) = (c.head_dim, c.num_attention_heads, c.num_key_value_heads);
-        let global_mask = batch.mask(None, dev)?;
-        let local_mask = batch.mask(Some(c.sliding_window), dev)?;
+        let window = Some(c.sliding_window);
+        let ctx = AttnCtx::new(batch, prefix, &[None, window], mode)?;
         let factor = c.rope_scaling.as_ref().and_then(|r| r.factor).unwrap_or(1.0);
         let global_rope = batch.rope_tables(hd, c.rope_theta, factor, dev)?;
         let local_rope = batch.rope_tables(hd, c.rope_local_base_freq, 1.0, dev)?;
@@ -204,7 +204,7 @@ impl Model {
             (self.embed.index_select(&ids, 0)?.reshape((b, t, c.hidden_size))? * (c.hidden_size as f64).sqrt())?;
         let mut kv = Kv { len: t, ..Kv::new() };
         for (li, l) in self.layers.iter().enumerate() {
-            let (mask, (cos, sin)) = if l.sliding { (&local_mask, &local_rope) } else { (&global_mask, &global_rope) };
+            let (win, (cos, sin)) = if l.sliding { (window, &local_rope) } else { (None, &global_rope) };
             let h = l.input_norm.forward(&x, mode)?;
             let q = l.q.forward(&h, mode)?.reshape((b, t, nh, hd))?.transpose(1, 2)?;
             let k = l.k.forward(&h, mode)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
@@ -215,8 +215,7 @@ impl Model {
                 kv.k.push(k.clone());
                 kv.v.push(v.clone());
             }
-            let (k, v) = prefix.extend(li, k, v)?;
-            let a = attention(&q, &k, &v, mask, scale, mode)?;
+            let a = ctx.attend(li, &q, &k, &v, win, scale)?;
             x = (x + l.post_attn_norm.forward(&l.o.forward(&a, mode)?, mode)?)?;
             let h = l.pre_ffn_norm.forward(&x, mode)?;
             let m = (l.gate.forward(&h, mode)?.gelu()? * l.up.forward(&h, mode)?)?;

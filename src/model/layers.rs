@@ -1,6 +1,6 @@
 //! Pieces shared by the architecture files: padded batches, rotary embeddings with per-row
 //! positions, causal (optionally sliding-window) masks, and grouped-query attention.
-use super::grad_ops;
+use super::{grad_ops, kernels};
 use crate::error::Result;
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Tensor, D};
@@ -184,7 +184,7 @@ impl Linear {
                 let (last, lead) = dims.split_last().expect("at least one dim");
                 let n: usize = lead.iter().product();
                 let x2 = x.reshape((n, *last))?;
-                let y = if mode.grad { frozen_matmul(&x2, w)? } else { x2.matmul(&w.t()?)? };
+                let y = if mode.grad { frozen_matmul(&x2, w)? } else { kernels::matmul_nt(&x2, w)? };
                 let mut out = lead.to_vec();
                 out.push(w.dim(0)?);
                 Ok(y.reshape(out)?)
@@ -203,9 +203,10 @@ impl Linear {
 /// roughly halved. On devices without the CPU kernel it falls back to a matmul on a detached weight.
 fn frozen_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     if !x.device().is_cpu() || !x.track_op() {
-        return Ok(x.matmul(&w.detach().t()?)?);
+        return kernels::matmul_nt(x, &w.detach());
     }
-    Ok(x.contiguous()?.apply_op1(FrozenLinear { w: w.contiguous()? })?)
+    let w = w.contiguous()?;
+    kernels::invariant_rows(&x.contiguous()?, w.dim(0)?, |x| Ok(x.apply_op1(FrozenLinear { w: w.clone() })?))
 }
 
 struct FrozenLinear {
@@ -274,9 +275,91 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, style: RopeStyle, mode: Mode
     })
 }
 
-/// Scaled dot-product attention with grouped KV heads. q: [b, h, t, d], k/v: [b, kv, s, d],
-/// mask: [b, 1, t, s]. Returns [b, t, h * d].
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, mode: Mode) -> Result<Tensor> {
+/// What every attention layer of one forward pass shares: the batch layout, the shared prefix's
+/// keys and values, and whether the batch-invariant CPU kernel runs ([`kernels::attend`]).
+/// Training (which needs gradients) and other devices take the composed ops over padded keys,
+/// with additive masks built once per window size.
+pub struct AttnCtx<'a> {
+    batch: &'a Batch,
+    prefix: &'a Kv,
+    kernel: bool,
+    masks: Vec<(Option<usize>, Tensor)>,
+    mode: Mode,
+}
+
+impl<'a> AttnCtx<'a> {
+    /// `windows`: the window sizes the model's layers use (None: full causal attention).
+    pub fn new(batch: &'a Batch, prefix: &'a Kv, windows: &[Option<usize>], mode: Mode) -> Result<Self> {
+        let dev = batch.ids.device();
+        // Training batches have no prefix; the differentiable kernel assumes none.
+        let kernel = dev.is_cpu() && (!mode.grad || prefix.len == 0);
+        let masks = if kernel {
+            Vec::new()
+        } else {
+            windows.iter().map(|&w| Ok((w, batch.mask(w, dev)?))).collect::<Result<_>>()?
+        };
+        Ok(Self { batch, prefix, kernel, masks, mode })
+    }
+
+    /// Scaled dot-product attention of layer `layer` with grouped KV heads. q: [b, h, t, d],
+    /// the batch's own k/v: [b, kv, t, d]. Returns [b, t, h * d].
+    pub fn attend(
+        &self,
+        layer: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        window: Option<usize>,
+        scale: f64,
+    ) -> Result<Tensor> {
+        let mode = self.mode;
+        let (b, h, t, d) = q.dims4()?;
+        if !self.kernel {
+            let mask = &self.masks.iter().find(|(w, _)| *w == window).expect("mask built for every window").1;
+            let (k, v) = self.prefix.extend(layer, k.clone(), v.clone())?;
+            return attention(q, &k, &v, mask, scale, mode);
+        }
+        let kvh = k.dim(1)?;
+        let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+        let p = self.prefix.len;
+        if mode.grad {
+            let op = kernels::AttnOp {
+                rows: b,
+                heads: h,
+                kv_heads: kvh,
+                len: t,
+                dim: d,
+                pad: self.batch.pad.clone(),
+                window,
+                scale: scale as f32,
+            };
+            return Ok(q.apply_op3(&k, &v, op)?);
+        }
+        let (pk, pv) = if p > 0 {
+            (self.prefix.k[layer].contiguous()?, self.prefix.v[layer].contiguous()?)
+        } else {
+            (Tensor::zeros(0, q.dtype(), q.device())?, Tensor::zeros(0, q.dtype(), q.device())?)
+        };
+        let shape = kernels::AttnShape {
+            rows: b,
+            heads: h,
+            kv_heads: kvh,
+            len: t,
+            dim: d,
+            prefix: p,
+            pad: &self.batch.pad,
+            window,
+            scale: scale as f32,
+        };
+        let out =
+            kernels::with_f32s(&[&q, &k, &v, &pk, &pv], |x| kernels::attend(&shape, x[0], x[1], x[2], x[3], x[4]))?;
+        Ok(Tensor::from_vec(out, (b, t, h * d), q.device())?)
+    }
+}
+
+/// Scaled dot-product attention over padded keys from composed tensor ops, with grouped KV
+/// heads. q: [b, h, t, d], k/v: [b, kv, s, d], mask: [b, 1, t, s]. Returns [b, t, h * d].
+fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, mode: Mode) -> Result<Tensor> {
     let (b, h, t, d) = q.dims4()?;
     let kv = k.dim(1)?;
     let k = candle_transformers::utils::repeat_kv(k.clone(), h / kv)?.contiguous()?;
@@ -299,4 +382,62 @@ pub fn gather(x: &Tensor, index: &Tensor) -> Result<Tensor> {
 
 pub fn last_dim(x: &Tensor) -> Result<usize> {
     Ok(x.dim(D::Minus1)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Var;
+    use rand::{Rng, SeedableRng};
+
+    fn var(seed: u64, shape: (usize, usize, usize, usize)) -> Var {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let n = shape.0 * shape.1 * shape.2 * shape.3;
+        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        Var::from_tensor(&Tensor::from_vec(v, shape, &Device::Cpu).unwrap()).unwrap()
+    }
+
+    /// The training attention kernel and its hand-written backward against the composed ops
+    /// (the path other devices run) on a left-padded batch, with and without a sliding window.
+    #[test]
+    fn attention_kernel_matches_composed_ops_forward_and_backward() {
+        let (h, kv, d) = (4, 2, 8);
+        let batch = Batch::new(&[vec![1, 2, 3, 4, 5, 6, 7], vec![3, 4, 5]], &Device::Cpu).unwrap();
+        let t = batch.len;
+        for window in [None, Some(3)] {
+            let (q, k, v) = (var(1, (2, h, t, d)), var(2, (2, kv, t, d)), var(3, (2, kv, t, d)));
+            let mode = Mode::train(None);
+            let prefix = Kv::new();
+            let ctx = AttnCtx::new(&batch, &prefix, &[window], mode).unwrap();
+            let fused = ctx.attend(0, q.as_tensor(), k.as_tensor(), v.as_tensor(), window, 0.35).unwrap();
+            let mask = batch.mask(window, &Device::Cpu).unwrap();
+            let composed = attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), &mask, 0.35, mode).unwrap();
+            // Padding queries (row 1, first 4 positions) are never read: compare real ones only.
+            let real = |x: &Tensor| -> Vec<f32> {
+                let r0 = x.get(0).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let r1 = x.get(1).unwrap().narrow(0, 4, 3).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                r0.into_iter().chain(r1).collect()
+            };
+            for (a, b) in real(&fused).iter().zip(real(&composed)) {
+                assert!((a - b).abs() < 1e-5, "window {window:?}: forward {a} vs {b}");
+            }
+            // A loss that weights every real output differently.
+            let weights = var(4, (2, t, h, d)).as_tensor().reshape((2, t, h * d)).unwrap();
+            let keep = Tensor::from_vec(
+                (0..2 * t).map(|i| if i >= t && i < t + 4 { 0f32 } else { 1.0 }).collect::<Vec<_>>(),
+                (2, t, 1),
+                &Device::Cpu,
+            )
+            .unwrap();
+            let loss = |y: &Tensor| y.broadcast_mul(&keep).unwrap().mul(&weights).unwrap().sum_all().unwrap();
+            let (gf, gc) = (loss(&fused).backward().unwrap(), loss(&composed).backward().unwrap());
+            for (name, x) in [("q", &q), ("k", &k), ("v", &v)] {
+                let a = gf.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let b = gc.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                for (i, (p, q)) in a.iter().zip(&b).enumerate() {
+                    assert!((p - q).abs() < 1e-4, "window {window:?}: d{name}[{i}] {p} vs {q}");
+                }
+            }
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! Llama-family decoder (SmolLM2, Llama 2/3, TinyLlama): RMSNorm, rotary attention with grouped KV
 //! heads, SwiGLU MLP. Built from GGUF (`llama.*` metadata) or a Hugging Face folder (config.json).
 use super::gguf::GgufFile;
-use super::layers::{attention, gather, rope, Batch, Kv, Linear, Mode, RmsNorm, RopeStyle};
+use super::layers::{gather, rope, AttnCtx, Batch, Kv, Linear, Mode, RmsNorm, RopeStyle};
 use super::lora::{layer_slots, Slot};
 use super::weights::{key, Weights};
 use crate::error::{Error, Result};
@@ -144,7 +144,7 @@ impl Model {
         let dev = batch.ids.device();
         let (b, t) = (batch.rows, batch.len);
         let (hd, nh, nkv) = (self.cfg.head_dim(), self.cfg.num_attention_heads, self.cfg.kv_heads());
-        let mask = batch.mask(None, dev)?;
+        let ctx = AttnCtx::new(batch, prefix, &[None], mode)?;
         let (cos, sin) = batch.rope_tables(hd, self.cfg.rope_theta, 1.0, dev)?;
         let mut x = self.embed.index_select(&batch.ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?;
         let scale = 1.0 / (hd as f64).sqrt();
@@ -160,8 +160,7 @@ impl Model {
                 kv.k.push(k.clone());
                 kv.v.push(v.clone());
             }
-            let (k, v) = prefix.extend(li, k, v)?;
-            let a = attention(&q, &k, &v, &mask, scale, mode)?;
+            let a = ctx.attend(li, &q, &k, &v, None, scale)?;
             x = (x + l.o.forward(&a, mode)?)?;
             let h = l.post_norm.forward(&x, mode)?;
             let m = (candle_nn::ops::silu(&l.gate.forward(&h, mode)?)? * l.up.forward(&h, mode)?)?;

@@ -104,7 +104,8 @@ impl LoraLayer {
         } else {
             (self.a.as_tensor().detach(), self.b.as_tensor().detach())
         };
-        let y = (x2.matmul(&a.t()?)?.matmul(&b.t()?)? * self.scale)?;
+        // The same row-count-independent products as the base weights (differentiable).
+        let y = (super::kernels::matmul_nt(&super::kernels::matmul_nt(&x2, &a)?, &b)? * self.scale)?;
         let mut out = lead.to_vec();
         out.push(b.dim(0)?);
         Ok(y.reshape(out)?)

@@ -5,6 +5,7 @@ pub mod chat;
 pub mod gemma3;
 pub mod gguf;
 pub mod grad_ops;
+pub mod kernels;
 pub mod layers;
 pub mod llama;
 pub mod lora;

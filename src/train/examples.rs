@@ -100,15 +100,33 @@ pub fn build(model: &Model, rec: &Record, lesson: &Lesson, chat: bool, max_len: 
     }
 }
 
-/// Summed loss of a micro-batch over its examples: token NLL summed over answer tokens (Tokens)
-/// and KL(target || model) summed over examples (Labels), each divided by its denominator.
-/// Returns the loss tensor and the two raw sums for logging.
+/// A step's raw loss sums, added one token (NLL) or one example (KL) at a time in example order:
+/// each term is computed row by row, so the sums, and the loss reported for a step, do not depend
+/// on how the step is cut into micro-batches.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct LossSums {
+    /// Token NLL summed over answer tokens (Tokens examples).
+    pub lm: f64,
+    /// KL(target || model) summed over examples (Labels examples).
+    pub kl: f64,
+}
+
+impl LossSums {
+    /// Each sum divided by its denominator, added.
+    pub fn loss(&self, denom: (f64, f64)) -> f64 {
+        self.lm / denom.0 + self.kl / denom.1
+    }
+}
+
+/// Loss of a micro-batch over its examples, each part divided by its denominator, as a tensor
+/// to backpropagate; the raw terms are added to `sums`.
 pub fn batch_loss(
     model: &Model,
     batch: &[&Example],
     mode: crate::model::layers::Mode,
     denom: (f64, f64),
-) -> Result<(Tensor, f64, f64)> {
+    sums: &mut LossSums,
+) -> Result<Tensor> {
     // Token reads first, label reads after, so each part is a contiguous block of logits.
     let (mut rows, mut tok_reads, mut targets, mut lab_reads) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut lab_r0 = Vec::new();
@@ -132,11 +150,12 @@ pub fn batch_loss(
     let logits = model.logits_rows(&rows, &all, mode)?;
     let dev = logits.device();
     let mut total = Tensor::zeros((), candle_core::DType::F32, dev)?;
-    let (mut lm_sum, mut kl_sum) = (0.0, 0.0);
     if n_tok > 0 {
-        let nll = super::loss::nll_rows(&logits.narrow(0, 0, n_tok)?, &targets)?.sum_all()?;
-        lm_sum = nll.to_scalar::<f32>()? as f64;
-        total = (total + (nll / denom.0)?)?;
+        let nll = super::loss::nll_rows(&logits.narrow(0, 0, n_tok)?, &targets)?;
+        for x in nll.to_vec1::<f32>()? {
+            sums.lm += x as f64;
+        }
+        total = (total + (nll.sum_all()? / denom.0)?)?;
     }
     if !lab_reads.is_empty() {
         let lab = logits.narrow(0, n_tok, lab_reads.len())?;
@@ -152,11 +171,11 @@ pub fn batch_loss(
         });
         for (l, &r0) in labels.zip(&lab_r0) {
             let kl = label_kl(l, r0, vocab, &pick)?;
-            kl_sum += kl.to_scalar::<f32>()? as f64;
+            sums.kl += kl.to_scalar::<f32>()? as f64;
             total = (total + (kl / denom.1)?)?;
         }
     }
-    Ok((total, lm_sum, kl_sum))
+    Ok(total)
 }
 
 fn label_kl(l: &LabelLoss, r0: usize, vocab: usize, pick: &dyn Fn(Vec<u32>) -> Result<Tensor>) -> Result<Tensor> {

@@ -111,11 +111,10 @@ pub fn step_grads(
     let denom = denominators(exs);
     let vars = adapter.vars();
     let mut acc: Vec<Option<Tensor>> = vec![None; vars.len()];
-    let mut loss = 0.0;
+    let mut sums = examples::LossSums::default();
     for (mi, chunk) in exs.chunks(micro).enumerate() {
         let seed = dropout_seed.map(|s| s ^ ((mi as u64 + 1) << 40));
-        let (l, lm, kl) = examples::batch_loss(model, chunk, Mode::train(seed), denom)?;
-        loss += lm / denom.0 + kl / denom.1;
+        let l = examples::batch_loss(model, chunk, Mode::train(seed), denom, &mut sums)?;
         let grads = l.backward()?;
         for (i, v) in vars.iter().enumerate() {
             let g = grads.get(v.as_tensor()).ok_or_else(|| {
@@ -132,18 +131,17 @@ pub fn step_grads(
             });
         }
     }
-    Ok((loss, acc.into_iter().map(|g| g.expect("at least one micro-batch")).collect()))
+    Ok((sums.loss(denom), acc.into_iter().map(|g| g.expect("at least one micro-batch")).collect()))
 }
 
 /// Mean loss over `exs` without gradients (the probe's numerics).
 pub fn eval_loss(model: &Model, exs: &[&Example], micro: usize) -> Result<f64> {
     let denom = denominators(exs);
-    let mut loss = 0.0;
+    let mut sums = examples::LossSums::default();
     for chunk in exs.chunks(micro) {
-        let (_, lm, kl) = examples::batch_loss(model, chunk, Mode::INFER, denom)?;
-        loss += lm / denom.0 + kl / denom.1;
+        examples::batch_loss(model, chunk, Mode::INFER, denom, &mut sums)?;
     }
-    Ok(loss)
+    Ok(sums.loss(denom))
 }
 
 /// If a checkpoint swap was interrupted between its two renames, put the previous one back.

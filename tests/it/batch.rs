@@ -1,6 +1,6 @@
 use crate::common::{smollm2, tiny_model};
 use mores::model::{LoadOptions, Model};
-use mores::score::{ScoreRequest, Scorer};
+use mores::score::{OptionScores, ScoreRequest, Scorer};
 
 fn requests() -> Vec<ScoreRequest> {
     let labels = |n: usize| (1..=n).map(|i| i.to_string()).collect::<Vec<_>>();
@@ -16,40 +16,111 @@ fn requests() -> Vec<ScoreRequest> {
     ]
 }
 
-fn assert_batched_equals_single(m: &Model, tol: f64) {
-    let reqs = requests();
-    let batched = m.score_batch(&reqs).unwrap();
-    for (req, b) in reqs.iter().zip(&batched) {
-        let single = m.score_batch(std::slice::from_ref(req)).unwrap().remove(0);
-        assert_eq!(single.probs.len(), req.labels.len());
-        for (x, y) in single.probs.iter().zip(&b.probs) {
-            assert!((x - y).abs() < tol, "batched {y} vs single {x} for {:?}", req.prompt);
-        }
-        assert!((single.mass - b.mass).abs() < tol);
-        assert!((single.probs.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+/// Bit-identical, not within a tolerance: on one machine a prompt's numbers must not depend on
+/// the batch it is scored in (its size, the other prompts, their order, a prefix they share).
+fn assert_batch_invariant(m: &Model) {
+    let mut reqs = requests();
+    // Two more prompts that share a long prefix with each other, so a batch of just these two
+    // runs that prefix as a separate forward pass.
+    let shared = "A long common preamble that both of these prompts start with, word for word, ";
+    for (i, tail) in ["then one question.\nAnswer: ", "then another, different question.\nAnswer: "].iter().enumerate()
+    {
+        reqs.push(ScoreRequest {
+            prompt: format!("{shared}{tail}"),
+            labels: (1..=3 + i).map(|k| k.to_string()).collect(),
+        });
     }
+    let single: Vec<OptionScores> =
+        reqs.iter().map(|r| m.score_batch(std::slice::from_ref(r)).unwrap().remove(0)).collect();
+    for s in &single {
+        assert!((s.probs.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+    }
+    let check = |order: &[usize], what: &str| {
+        let batch: Vec<ScoreRequest> = order.iter().map(|&i| reqs[i].clone()).collect();
+        let got = m.score_batch(&batch).unwrap();
+        for (&i, g) in order.iter().zip(&got) {
+            assert_eq!(g, &single[i], "{what}: prompt {i} ({:?}) differs from its single run", reqs[i].prompt);
+        }
+    };
+    let n = reqs.len();
+    check(&(0..n).collect::<Vec<_>>(), "whole batch");
+    check(&(0..n).rev().collect::<Vec<_>>(), "reversed batch");
+    check(&[n - 2, n - 1], "two prompts sharing a prefix");
+    check(&[n - 1, 1, n - 2], "prefix pair with another prompt");
+    check(&[2, 0], "pair");
 }
 
 #[test]
 fn batched_equals_single_tiny_llama() {
     let dir = tempfile::tempdir().unwrap();
     let m = Model::load(&tiny_model(dir.path(), "llama", 1), &LoadOptions::default()).unwrap();
-    assert_batched_equals_single(&m, 1e-5);
+    assert_batch_invariant(&m);
 }
 
 #[test]
 fn batched_equals_single_tiny_gemma3_with_sliding_window() {
     let dir = tempfile::tempdir().unwrap();
     let m = Model::load(&tiny_model(dir.path(), "gemma3", 2), &LoadOptions::default()).unwrap();
-    assert_batched_equals_single(&m, 1e-5);
+    assert_batch_invariant(&m);
 }
 
 #[test]
 fn batched_equals_single_smollm2_f32_and_quantized() {
     for dequantize in [true, false] {
         let m = Model::load(&smollm2(), &LoadOptions { dequantize, ..Default::default() }).unwrap();
-        assert_batched_equals_single(&m, 1e-5);
+        assert_batch_invariant(&m);
     }
+}
+
+/// Regression (issue 18): a step's loss moved in the last digits with the micro-batch size,
+/// since padding shifted keys between SIMD lanes of the training softmax and the loss was summed
+/// per micro-batch in f32.
+fn assert_step_loss_independent_of_micro_batch(m: &mut Model) {
+    use mores::adapter::{Adapter, LoraSpec};
+    use mores::dataset::Record;
+    use mores::train::examples::{build, Built};
+    let spec =
+        LoraSpec { rank: 4, alpha: 8.0, dropout: 0.0, targets: vec!["q_proj".into(), "v_proj".into()], rslora: false };
+    let ad = Adapter::attach_new(m, &spec, 3).unwrap();
+    let recs = [
+        serde_json::json!({"id": "a", "prompt": "How important is family?", "target": "Very important."}),
+        serde_json::json!({"id": "b", "prompt": "Rate 1-10: trust in police, as a person in Chile would?", "answer_prefix": "Answer: ",
+            "labels": ["1","2","3","4","5","6","7","8","9","10"], "target": [0.02,0.03,0.05,0.1,0.2,0.2,0.15,0.1,0.1,0.05]}),
+        serde_json::json!({"id": "c", "prompt": "Is it ever justifiable to cheat on taxes? Give a short answer.", "target": "Never."}),
+        serde_json::json!({"id": "d", "prompt": "Q?", "answer_prefix": "A: ", "labels": ["1","2"], "target": [0.3, 0.7]}),
+    ];
+    let exs: Vec<_> = recs
+        .into_iter()
+        .map(|j| {
+            let r: Record = serde_json::from_value(j).unwrap();
+            match build(m, &r, &r.lesson().unwrap(), false, 256).unwrap() {
+                Built::Ok(e) => e,
+                Built::TooLong => panic!("too long"),
+            }
+        })
+        .collect();
+    let refs: Vec<_> = exs.iter().collect();
+    let (one, _) = mores::train::step_grads(m, &ad, &refs, 1, None).unwrap();
+    for micro in [2, 3, 4] {
+        let (l, _) = mores::train::step_grads(m, &ad, &refs, micro, None).unwrap();
+        assert_eq!(l.to_bits(), one.to_bits(), "micro-batch {micro}: loss {l} vs {one} with micro-batch 1");
+    }
+    assert_eq!(mores::train::eval_loss(m, &refs, 4).unwrap(), mores::train::eval_loss(m, &refs, 1).unwrap());
+}
+
+#[test]
+fn step_loss_independent_of_micro_batch_tiny_llama_and_gemma3() {
+    for (arch, seed) in [("llama", 5), ("gemma3", 6)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Model::load(&tiny_model(dir.path(), arch, seed), &LoadOptions::default()).unwrap();
+        assert_step_loss_independent_of_micro_batch(&mut m);
+    }
+}
+
+#[test]
+fn step_loss_independent_of_micro_batch_smollm2() {
+    let mut m = Model::load(&smollm2(), &LoadOptions { dequantize: true, ..Default::default() }).unwrap();
+    assert_step_loss_independent_of_micro_batch(&mut m);
 }
 
 #[test]

@@ -6,7 +6,7 @@ use mores::adapter::{merge_into, Adapter, LoraSpec};
 use mores::dataset::{Lesson, Record};
 use mores::model::layers::Mode;
 use mores::model::{LoadOptions, Model};
-use mores::train::examples::{batch_loss, build, Built, Example};
+use mores::train::examples::{batch_loss, build, Built, Example, LossSums};
 use rand::{Rng, SeedableRng};
 
 fn spec(targets: &[&str], rank: usize) -> LoraSpec {
@@ -64,7 +64,8 @@ fn loss_value(m: &Model, exs: &[Example]) -> f64 {
             .sum::<usize>() as f64,
         1.0,
     );
-    batch_loss(m, &refs, Mode::train(None), denom).unwrap().0.to_scalar::<f32>().unwrap() as f64
+    let mut sums = LossSums::default();
+    batch_loss(m, &refs, Mode::train(None), denom, &mut sums).unwrap().to_scalar::<f32>().unwrap() as f64
 }
 
 #[test]
@@ -300,7 +301,9 @@ fn label_lesson_matches_the_probe_scorer() {
     );
     let Lesson::Labels { .. } = r.lesson().unwrap() else { panic!("labels lesson") };
     let Built::Ok(ex) = build(&m, &r, &r.lesson().unwrap(), false, 256).unwrap() else { panic!() };
-    let kl = batch_loss(&m, &[&ex], Mode::INFER, (1.0, 1.0)).unwrap().2;
+    let mut sums = LossSums::default();
+    batch_loss(&m, &[&ex], Mode::INFER, (1.0, 1.0), &mut sums).unwrap();
+    let kl = sums.kl;
     assert!(kl.abs() < 1e-5, "KL to its own distribution: {kl}");
 }
 

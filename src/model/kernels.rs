@@ -1,0 +1,412 @@
+//! Batch-invariant CPU kernels for the inference forward pass.
+//!
+//! A prompt's probabilities must not depend on what else is in its batch, how the batch is padded
+//! or whether a shared prefix was run as a separate forward. Two things broke that, both measured:
+//!
+//! - **GEMM shape paths.** candle's CPU matmul calls the `gemm` crate, whose per-element sums run
+//!   in one order on its main path (one FMA chain per output element over the depth, cut into
+//!   depth blocks chosen from the depth and the cache sizes) but in another on three special
+//!   paths picked by the shape: a GEMV for a single row (sums in SIMD lanes over the depth), a
+//!   "horizontal" kernel when rows x columns <= 256, and depth blocks of min(depth, 512) instead of
+//!   the cache-derived size when both rows and columns are <= 64. A one-token row (the label
+//!   branch after a shared prefix) took the GEMV, the same row inside a batch the main path.
+//!   [`matmul_nt`] pads the rows (with zeros, sliced off again) until the main path is taken, so
+//!   every row is computed by the same chain whatever the row count.
+//! - **Attention over padded keys.** Scores and softmax ran over each row's padded key range;
+//!   candle's softmax sums with SIMD lanes anchored at the start of the padded row, so the left
+//!   padding moved every real key to another lane. [`attend`] reads each query's visible keys in
+//!   absolute-position order, shared prefix first, never touching padding, with one fixed
+//!   summation pattern.
+//!
+//! The tests in this file pin both properties bit for bit; `tests/it/batch.rs` pins the model.
+use crate::error::{Error, Result};
+use candle_core::{Storage, Tensor};
+use rayon::prelude::*;
+
+/// Smallest row count for which `gemm` takes its main path for a [rows, k] x [k, n] product.
+fn min_rows(n: usize, k: usize) -> usize {
+    let mut m = 2; // one row goes to the GEMV
+    while m * n <= 256 {
+        m += 1; // the horizontal kernel
+    }
+    if n <= 64 && k > 512 {
+        m = m.max(65); // small-size depth blocks differ from the main path's when depth > 512
+    }
+    m
+}
+
+/// x [m, k] times w [n, k] transposed, each output row computed exactly as it would be alone.
+pub fn matmul_nt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    invariant_rows(x, w.dim(0)?, |x| Ok(x.matmul(&w.t()?)?))
+}
+
+/// Apply `f`, a [m, k] -> [m, n] product that calls `gemm`, to x padded with zero rows until
+/// `gemm` takes its main path, and cut the result back to x's rows. Differentiable when `f` is.
+pub fn invariant_rows(x: &Tensor, n: usize, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    let (m, k) = x.dims2()?;
+    let need = min_rows(n, k);
+    if m >= need || !x.device().is_cpu() {
+        return f(x);
+    }
+    let pad = Tensor::zeros((need - m, k), x.dtype(), x.device())?;
+    Ok(f(&Tensor::cat(&[x, &pad], 0)?)?.narrow(0, 0, m)?)
+}
+
+/// Dot product with eight partial sums folded in a fixed tree: it vectorises on any x86 level
+/// without reassociation, and its order depends only on the length.
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n8 = a.len() / 8 * 8;
+    let mut acc = [0f32; 8];
+    for (ca, cb) in a[..n8].chunks_exact(8).zip(b[..n8].chunks_exact(8)) {
+        for l in 0..8 {
+            acc[l] += ca[l] * cb[l];
+        }
+    }
+    let mut tail = 0f32;
+    for (x, y) in a[n8..].iter().zip(&b[n8..]) {
+        tail += x * y;
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// Shape of one attention call. Queries q [rows, heads, len, dim]; the batch's own keys and
+/// values k, v [rows, kv_heads, len, dim], left-padded by `pad[row]`; a shared prefix's keys and
+/// values [kv_heads, prefix, dim] that every row continues.
+pub struct AttnShape<'a> {
+    pub rows: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub len: usize,
+    pub dim: usize,
+    pub prefix: usize,
+    pub pad: &'a [usize],
+    /// Sliding window: a query sees keys at most `window - 1` positions back.
+    pub window: Option<usize>,
+    pub scale: f32,
+}
+
+/// Causal softmax attention, returned as [rows, len, heads * dim]. Each real query attends to
+/// absolute positions max(0, q - window + 1)..=q in that order; padding queries give zeros.
+pub fn attend(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32], pk: &[f32], pv: &[f32]) -> Vec<f32> {
+    let (t, d, h, p) = (s.len, s.dim, s.heads, s.prefix);
+    let group = h / s.kv_heads;
+    let parts: Vec<Vec<f32>> = (0..s.rows * h)
+        .into_par_iter()
+        .map(|rh| {
+            let (r, hh) = (rh / h, rh % h);
+            let g = hh / group;
+            let pad = s.pad[r];
+            let qs = &q[rh * t * d..][..t * d];
+            let own = (r * s.kv_heads + g) * t * d;
+            let (ks, vs) = (&k[own..][..t * d], &v[own..][..t * d]);
+            let (pks, pvs) = (&pk[g * p * d..][..p * d], &pv[g * p * d..][..p * d]);
+            // Absolute key position a: row a of the prefix, or row pad + a - p of this row's own.
+            let key = |a: usize| if a < p { &pks[a * d..(a + 1) * d] } else { &ks[(pad + a - p) * d..][..d] };
+            let value = |a: usize| if a < p { &pvs[a * d..(a + 1) * d] } else { &vs[(pad + a - p) * d..][..d] };
+            let mut o = vec![0f32; t * d];
+            let mut w: Vec<f32> = Vec::with_capacity(p + t);
+            for i in pad..t {
+                let qa = p + i - pad;
+                let lo = s.window.map_or(0, |win| (qa + 1).saturating_sub(win));
+                let qi = &qs[i * d..(i + 1) * d];
+                w.clear();
+                let mut max = f32::NEG_INFINITY;
+                for a in lo..=qa {
+                    let x = dot(qi, key(a)) * s.scale;
+                    max = max.max(x);
+                    w.push(x);
+                }
+                let mut sum = 0f32;
+                for x in w.iter_mut() {
+                    *x = (*x - max).exp();
+                    sum += *x;
+                }
+                let oi = &mut o[i * d..(i + 1) * d];
+                for (n, a) in (lo..=qa).enumerate() {
+                    let pw = w[n] / sum;
+                    for (oe, ve) in oi.iter_mut().zip(value(a)) {
+                        *oe += pw * ve;
+                    }
+                }
+            }
+            o
+        })
+        .collect();
+    let mut out = vec![0f32; s.rows * t * h * d];
+    for (rh, o) in parts.into_iter().enumerate() {
+        let (r, hh) = (rh / h, rh % h);
+        for i in 0..t {
+            out[((r * t + i) * h + hh) * d..][..d].copy_from_slice(&o[i * d..(i + 1) * d]);
+        }
+    }
+    out
+}
+
+/// Gradients of [`attend`] (no prefix: training batches have none) with respect to q, k and v,
+/// given the output gradient `go` [rows, len, heads * dim]. The probabilities are recomputed
+/// with the forward's exact arithmetic; one task per (row, KV head) owns that group's key and
+/// value gradients and its query heads' query gradients, so nothing is summed across tasks.
+pub fn attend_backward(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32], go: &[f32]) -> [Vec<f32>; 3] {
+    let (t, d, h, kvh) = (s.len, s.dim, s.heads, s.kv_heads);
+    let group = h / kvh;
+    let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..s.rows * kvh)
+        .into_par_iter()
+        .map(|rg| {
+            let (r, g) = (rg / kvh, rg % kvh);
+            let pad = s.pad[r];
+            let ks = &k[rg * t * d..][..t * d];
+            let vs = &v[rg * t * d..][..t * d];
+            let (mut dq, mut dk, mut dv) = (vec![0f32; group * t * d], vec![0f32; t * d], vec![0f32; t * d]);
+            let (mut p, mut dp) = (Vec::with_capacity(t), Vec::with_capacity(t));
+            for j in 0..group {
+                let hh = g * group + j;
+                let qs = &q[(r * h + hh) * t * d..][..t * d];
+                for i in pad..t {
+                    let qa = i - pad;
+                    let lo = s.window.map_or(0, |win| (qa + 1).saturating_sub(win));
+                    let qi = &qs[i * d..(i + 1) * d];
+                    let gi = &go[((r * t + i) * h + hh) * d..][..d];
+                    p.clear();
+                    dp.clear();
+                    let mut max = f32::NEG_INFINITY;
+                    for a in lo..=qa {
+                        let x = dot(qi, &ks[(pad + a) * d..][..d]) * s.scale;
+                        max = max.max(x);
+                        p.push(x);
+                    }
+                    let mut sum = 0f32;
+                    for x in p.iter_mut() {
+                        *x = (*x - max).exp();
+                        sum += *x;
+                    }
+                    let mut dsum = 0f32;
+                    for (n, a) in (lo..=qa).enumerate() {
+                        p[n] /= sum;
+                        let g = dot(gi, &vs[(pad + a) * d..][..d]);
+                        dp.push(g);
+                        dsum += p[n] * g;
+                    }
+                    let dqi = &mut dq[(j * t + i) * d..][..d];
+                    for (n, a) in (lo..=qa).enumerate() {
+                        let ds = p[n] * (dp[n] - dsum) * s.scale;
+                        let row = (pad + a) * d;
+                        for e in 0..d {
+                            dqi[e] += ds * ks[row + e];
+                            dk[row + e] += ds * qi[e];
+                            dv[row + e] += p[n] * gi[e];
+                        }
+                    }
+                }
+            }
+            (dq, dk, dv)
+        })
+        .collect();
+    let (mut dq, mut dk, mut dv) = (vec![0f32; s.rows * h * t * d], Vec::new(), Vec::new());
+    for (rg, (q_part, k_part, v_part)) in parts.into_iter().enumerate() {
+        let (r, g) = (rg / kvh, rg % kvh);
+        dq[(r * h + g * group) * t * d..][..group * t * d].copy_from_slice(&q_part);
+        dk.extend(k_part);
+        dv.extend(v_part);
+    }
+    [dq, dk, dv]
+}
+
+/// [`attend`] as a differentiable candle op on (q, k, v) with no shared prefix: the training
+/// path, so that a training example's loss does not depend on the micro-batch it is in either.
+pub struct AttnOp {
+    pub rows: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub len: usize,
+    pub dim: usize,
+    pub pad: Vec<usize>,
+    pub window: Option<usize>,
+    pub scale: f32,
+}
+
+impl AttnOp {
+    fn shape(&self) -> AttnShape<'_> {
+        AttnShape {
+            rows: self.rows,
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            len: self.len,
+            dim: self.dim,
+            prefix: 0,
+            pad: &self.pad,
+            window: self.window,
+            scale: self.scale,
+        }
+    }
+}
+
+fn cpu_f32<'a>(s: &'a candle_core::CpuStorage, l: &candle_core::Layout) -> candle_core::Result<&'a [f32]> {
+    let candle_core::CpuStorage::F32(v) = s else { candle_core::bail!("attention: f32 only") };
+    let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("attention: input not contiguous") };
+    Ok(&v[a..b])
+}
+
+impl candle_core::CustomOp3 for AttnOp {
+    fn name(&self) -> &'static str {
+        "batch-invariant-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+        s3: &candle_core::CpuStorage,
+        l3: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let out = attend(&self.shape(), cpu_f32(s1, l1)?, cpu_f32(s2, l2)?, cpu_f32(s3, l3)?, &[], &[]);
+        Ok((candle_core::CpuStorage::F32(out), (self.rows, self.len, self.heads * self.dim).into()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let [dq, dk, dv] = with_f32s(&[q, k, v, &grad], |x| attend_backward(&self.shape(), x[0], x[1], x[2], x[3]))
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let dev = q.device();
+        Ok((
+            Some(Tensor::from_vec(dq, q.shape(), dev)?),
+            Some(Tensor::from_vec(dk, k.shape(), dev)?),
+            Some(Tensor::from_vec(dv, v.shape(), dev)?),
+        ))
+    }
+}
+
+/// Run `f` on the f32 elements of contiguous CPU tensors without copying them.
+pub fn with_f32s<R>(ts: &[&Tensor], f: impl FnOnce(&[&[f32]]) -> R) -> Result<R> {
+    let held: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices = Vec::with_capacity(held.len());
+    for (storage, layout) in &held {
+        let Some((a, b)) = layout.contiguous_offsets() else {
+            return Err(Error::Invalid("internal: kernel input is not contiguous".into()));
+        };
+        match &**storage {
+            Storage::Cpu(candle_core::CpuStorage::F32(v)) => slices.push(&v[a..b]),
+            _ => return Err(Error::Invalid("internal: kernel input is not an f32 CPU tensor".into())),
+        }
+    }
+    Ok(f(&slices))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use rand::{Rng, SeedableRng};
+
+    fn rand_vec(seed: u64, n: usize) -> Vec<f32> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+    }
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect()
+    }
+
+    #[test]
+    fn matmul_rows_do_not_depend_on_the_row_count() {
+        // The default models' projection shapes, a LoRA rank-8 down projection and tiny-model
+        // shapes: row 0 and the last row must come out bit-identical for every row count.
+        let dev = Device::Cpu;
+        for (n, k) in [(192, 576), (576, 1536), (8, 576), (8, 2048), (16, 32), (48, 16), (2, 16), (1, 40)] {
+            let w = Tensor::from_vec(rand_vec(1, n * k), (n, k), &dev).unwrap();
+            let rows = Tensor::from_vec(rand_vec(2, 140 * k), (140, k), &dev).unwrap();
+            let alone = bits(&matmul_nt(&rows.narrow(0, 0, 1).unwrap(), &w).unwrap());
+            for m in [1usize, 2, 3, 4, 5, 8, 17, 31, 32, 33, 63, 64, 65, 66, 100, 129, 140] {
+                let y = matmul_nt(&rows.narrow(0, 0, m).unwrap(), &w).unwrap();
+                assert_eq!(bits(&y.narrow(0, 0, 1).unwrap()), alone, "n {n} k {k} m {m}: row 0");
+                let last = matmul_nt(&rows.narrow(0, m - 1, 1).unwrap(), &w).unwrap();
+                assert_eq!(bits(&y.narrow(0, m - 1, 1).unwrap()), bits(&last), "n {n} k {k} m {m}: last row");
+            }
+        }
+    }
+
+    /// One row's attention, computed alone with no padding and no prefix.
+    fn single(qkv: [&[f32]; 3], (h, kv, t, d): (usize, usize, usize, usize), win: Option<usize>) -> Vec<f32> {
+        let s = AttnShape {
+            rows: 1,
+            heads: h,
+            kv_heads: kv,
+            len: t,
+            dim: d,
+            prefix: 0,
+            pad: &[0],
+            window: win,
+            scale: 0.3,
+        };
+        attend(&s, qkv[0], qkv[1], qkv[2], &[], &[])
+    }
+
+    #[test]
+    fn attention_is_the_same_padded_batched_or_after_a_prefix() {
+        let (h, kv, d, t) = (4, 2, 12, 9);
+        for win in [None, Some(4)] {
+            let q = rand_vec(3, h * t * d);
+            let k = rand_vec(4, kv * t * d);
+            let v = rand_vec(5, kv * t * d);
+            let want = single([&q, &k, &v], (h, kv, t, d), win);
+            // Row 1 of a batch of two, left-padded by 3 (row 0 is other data, length t + 3).
+            let tp = t + 3;
+            let pad_rows = |x: &[f32], heads: usize, other: u64| -> Vec<f32> {
+                let mut out = rand_vec(other, heads * tp * d);
+                for hh in 0..heads {
+                    let mut row = vec![0f32; 3 * d];
+                    row.extend_from_slice(&x[hh * t * d..(hh + 1) * t * d]);
+                    out.extend(row);
+                }
+                out
+            };
+            let s = AttnShape {
+                rows: 2,
+                heads: h,
+                kv_heads: kv,
+                len: tp,
+                dim: d,
+                prefix: 0,
+                pad: &[0, 3],
+                window: win,
+                scale: 0.3,
+            };
+            let got = attend(&s, &pad_rows(&q, h, 6), &pad_rows(&k, kv, 7), &pad_rows(&v, kv, 8), &[], &[]);
+            let got_row1 = &got[tp * h * d..];
+            assert_eq!(&got_row1[3 * h * d..], &want[..], "window {win:?}: padded batch");
+            // The first 5 positions as a shared prefix, the last 4 as the row.
+            let split = |x: &[f32], heads: usize, from: usize, to: usize| -> Vec<f32> {
+                (0..heads).flat_map(|hh| x[(hh * t + from) * d..(hh * t + to) * d].to_vec()).collect()
+            };
+            let s = AttnShape {
+                rows: 1,
+                heads: h,
+                kv_heads: kv,
+                len: 4,
+                dim: d,
+                prefix: 5,
+                pad: &[0],
+                window: win,
+                scale: 0.3,
+            };
+            let got = attend(
+                &s,
+                &split(&q, h, 5, t),
+                &split(&k, kv, 5, t),
+                &split(&v, kv, 5, t),
+                &split(&k, kv, 0, 5),
+                &split(&v, kv, 0, 5),
+            );
+            assert_eq!(&got[..], &want[5 * h * d..], "window {win:?}: after a prefix");
+        }
+    }
+}
