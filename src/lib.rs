@@ -1,35 +1,49 @@
 //! mores: how language models judge cultural values across countries.
 //!
-//! The probe pipeline reads in stage order:
-//! [`survey`] (WVS-7 questions, countries, human answers) -> [`prompt`] (one multiple-choice
-//! prompt per question and country persona) -> [`model`] (GGUF / Hugging Face models in candle)
-//! -> [`score`] (next-token probabilities of the option labels) -> [`probe`] (expected scores,
-//! cached and resumable) -> [`correlate`] (per-country Pearson r and aggregates) -> [`report`].
-pub mod adapter;
-pub mod baseline;
-pub mod bench;
-pub mod bench_lora;
-pub mod combine;
-pub mod commands;
-pub mod correlate;
-pub mod dataset;
-pub mod error;
-pub mod export;
-pub mod generate;
-pub mod io;
-pub mod manifest;
-pub mod model;
-pub mod plot;
-pub mod probe;
-pub mod progress;
-pub mod prompt;
+//! The folders read as the pipeline, and imports point one way, down this list (a module never
+//! imports one listed after it; `tests/it/layout.rs` fails if an import cycle comes back):
+//!
+//! - [`util`]: errors, atomic files and JSONL logs, hashing, seeds, shards, number formatting,
+//!   progress bars, run manifests.
+//! - [`recipe`]: experiment files (TOML with `include` and overrides) and their sections.
+//! - [`survey`]: WVS-7 questions, countries and human answers; the official CSV import.
+//! - [`model`]: GGUF / Hugging Face models in candle: architectures, tokenizer, chat template,
+//!   batch-invariant kernels, LoRA, PEFT adapter files, export.
+//! - [`prompt`]: one multiple-choice prompt per question and country persona, in the model's chat
+//!   format.
+//! - [`score`]: next-token probabilities of the option labels.
+//! - [`probe`]: every (question, country) prompt of a recipe scored, cached and resumable.
+//! - [`analysis`]: correlations with the humans, baselines, order and template combination,
+//!   typed results.
+//! - [`report`]: markdown and SVG figures.
+//! - [`evaluate`]: the probe stage end to end (recipe -> samples -> results -> files), shard
+//!   merge and run comparison.
+//! - [`generate`] -> [`train`] -> [`transfer`]: teacher data, LoRA training, before/after.
+//! - [`bench`]: throughput against the reference Python stack.
+pub mod util;
+
 pub mod recipe;
-pub mod report;
-pub mod report_plots;
-pub mod results;
-pub mod score;
-pub mod seed;
+
 pub mod survey;
-pub mod survey_import;
+
+pub mod model;
+
+pub mod prompt;
+
+pub mod score;
+
+pub mod probe;
+
+pub mod analysis;
+
+pub mod report;
+
+pub mod evaluate;
+
+pub mod generate;
+
 pub mod train;
+
 pub mod transfer;
+
+pub mod bench;

@@ -1,8 +1,8 @@
 //! `mores` command line: parses flags and calls the library.
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use mores::commands::{self, ProbeArgs};
-use mores::probe::Shard;
+use mores::evaluate::{self, ProbeArgs};
+use mores::util::shard::Shard;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -319,27 +319,27 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
                 weights: weights.map(|w| w.parse()).transpose().map_err(anyhow::Error::msg)?,
                 progress: !cli.quiet,
             };
-            let r = commands::probe(&args)?;
+            let r = evaluate::probe(&args)?;
             print_summary(&r, &out);
         }
         Cmd::Merge { out, shards } => {
-            let r = commands::merge(&shards, &out)?;
+            let r = evaluate::merge(&shards, &out)?;
             print_summary(&r, &out);
         }
-        Cmd::Compare { runs, out } => print!("{}", commands::compare(&runs, out.as_deref())?),
+        Cmd::Compare { runs, out } => print!("{}", evaluate::compare(&runs, out.as_deref())?),
         Cmd::Score { model, prompt, labels, chat, f32, adapter, logits } => {
             let opts = mores::model::LoadOptions { dequantize: f32, ..Default::default() };
             let mut m = mores::model::Model::load(&model, &opts)?;
             if let Some(dir) = adapter {
-                mores::adapter::Adapter::load(&mut m, &dir)?;
+                mores::model::adapter::Adapter::load(&mut m, &dir)?;
             }
             let text = if chat { m.render_chat(&prompt)? } else { prompt };
             if let Some(path) = logits {
                 let ids = m.tok.encode_prompt(&text)?;
                 let read = [(0, ids.len() - 1)];
-                let l = m.logits_rows(std::slice::from_ref(&ids), &read, mores::model::layers::Mode::INFER)?;
+                let l = m.logits_rows(std::slice::from_ref(&ids), &read, mores::model::mode::Mode::INFER)?;
                 let l: Vec<f32> = l.flatten_all()?.to_vec1()?;
-                mores::io::write_json(&path, &serde_json::json!({"ids": ids, "logits": l}))?;
+                mores::util::io::write_json(&path, &serde_json::json!({"ids": ids, "logits": l}))?;
             }
             let req = mores::score::ScoreRequest { prompt: text, labels: list(&labels) };
             let s = mores::score::Scorer::score_batch(&m, &[req])?;
@@ -348,7 +348,7 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
         Cmd::Bench { cmd: BenchCmd::Probe { models, n, batch, weights, peers, python, recipe, work } } => {
             let weights =
                 list(&weights).iter().map(|w| w.parse()).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg)?;
-            let args = mores::bench::BenchArgs {
+            let args = mores::bench::probe::BenchArgs {
                 models: list(&models).into_iter().map(PathBuf::from).collect(),
                 n,
                 batch,
@@ -359,18 +359,18 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
                 recipe,
                 work,
             };
-            print!("{}", mores::bench::probe_bench(&args)?);
+            print!("{}", mores::bench::probe::probe_bench(&args)?);
         }
         Cmd::Bench { cmd: BenchCmd::Lora { model, steps, batch, seq, peers, python, work } } => {
-            let args = mores::bench_lora::LoraBenchArgs { model, steps, batch, seq, threads, peers, python, work };
-            print!("{}", mores::bench_lora::lora_bench(&args)?);
+            let args = mores::bench::lora::LoraBenchArgs { model, steps, batch, seq, threads, peers, python, work };
+            print!("{}", mores::bench::lora::lora_bench(&args)?);
         }
         Cmd::Bench { cmd: BenchCmd::LoraOne { model, steps, batch, seq } } => {
-            println!("{}", serde_json::to_string(&mores::bench_lora::measure_one(&model, steps, batch, seq)?)?);
+            println!("{}", serde_json::to_string(&mores::bench::lora::measure_one(&model, steps, batch, seq)?)?);
         }
         Cmd::Bench { cmd: BenchCmd::ProbeOne { model, prompts, batch, weights } } => {
             let w = weights.parse().map_err(anyhow::Error::msg)?;
-            println!("{}", serde_json::to_string(&mores::bench::measure_one(&model, &prompts, batch, w)?)?);
+            println!("{}", serde_json::to_string(&mores::bench::probe::measure_one(&model, &prompts, batch, w)?)?);
         }
         Cmd::Train { recipe, data, out, resume, model, max_steps, stop_after } => {
             let args = mores::train::TrainArgs {
@@ -420,11 +420,11 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
             print_card(&c);
         }
         Cmd::Adapter { cmd: AdapterCmd::Merge { model, adapter, out } } => {
-            let n = mores::export::merge_and_export(&model, &adapter, &out)?;
+            let n = mores::model::export::merge_and_export(&model, &adapter, &out)?;
             println!("merged {n} LoRA modules; wrote {}", out.display());
         }
         Cmd::Survey { cmd: SurveyCmd::Import { file, out, template } } => {
-            let s = mores::survey_import::import(&file, &template, &out)?;
+            let s = mores::survey::import::import(&file, &template, &out)?;
             println!(
                 "imported {} rows: {} countries, {} questions, {} (question, country) pairs ({}); dropped {} missing/negative and {} unknown codes; wrote {}",
                 s.rows,
@@ -447,9 +447,9 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
     Ok(())
 }
 
-fn print_summary(r: &mores::results::Results, out: &std::path::Path) {
+fn print_summary(r: &mores::analysis::results::Results, out: &std::path::Path) {
     let o = &r.overall;
-    let f = mores::report::f;
+    let f = mores::util::fmt::f;
     println!(
         "{}: {} prompts, {} countries, label mass {:.3}; mean r raw {} (uniform baseline {}), normalised {} (95% CI {}; shuffled-country baseline {}), cross-country {}",
         r.model.name,
@@ -459,7 +459,7 @@ fn print_summary(r: &mores::results::Results, out: &std::path::Path) {
         f(o.mean_r_raw),
         f(o.uniform_mean_r_raw),
         f(o.mean_r_normalised),
-        mores::report::ci(o.mean_r_normalised_ci95),
+        mores::util::fmt::ci(o.mean_r_normalised_ci95),
         f(o.shuffled_r),
         f(o.cross_country_r)
     );

@@ -1,10 +1,10 @@
 //! One multiple-choice prompt per (question, country persona, template, option order). Options
 //! are labelled 1..K in the order shown; `order` says which original option each label stands
 //! for, so scores can be mapped back to the question's codes.
-use crate::error::Result;
 use crate::model::Model;
 use crate::recipe::{ChatMode, OrderMode, PromptSection};
 use crate::survey::{Country, Question};
+use crate::util::error::Result;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -76,12 +76,22 @@ pub fn user_text_raw(p: &PromptSection, country: &str, question: &str, options: 
     p.user.replace("{country}", country).replace("{question}", question).replace("{options}", &options.join("\n"))
 }
 
+/// Whether prompts of this section go through the model's chat template: the one chat setting,
+/// read by the probe, the teacher and the student's training examples alike.
 pub fn use_chat(p: &PromptSection, model: &Model) -> bool {
     match p.chat {
         ChatMode::Auto => model.is_chat(),
         ChatMode::Always => true,
         ChatMode::Never => false,
     }
+}
+
+/// The text a model reads before its answer: the user turn (wrapped in the model's chat template,
+/// with the generation prompt, when `chat`; else followed by a newline) and then the answer cue.
+/// The one place a prompt is rendered: the probe's prompts, the teacher's soft-label prompts and
+/// the student's training contexts all come from here, so training and evaluation read the same.
+pub fn render(model: &Model, user: &str, cue: &str, chat: bool) -> Result<String> {
+    Ok(if chat { format!("{}{cue}", model.render_chat(user)?) } else { format!("{user}\n{cue}") })
 }
 
 /// The prompt for a question in the questionnaire's order.
@@ -100,11 +110,7 @@ pub fn build_ordered(
 ) -> Result<Prompt> {
     let options: Vec<String> = order.perm.iter().map(|&i| q.options[i].label.clone()).collect();
     let user = user_text_raw(p, country.map(|c| c.name.as_str()).unwrap_or(""), &q.text, &options);
-    let text = if use_chat(p, model) {
-        format!("{}{}", model.render_chat(&user)?, p.answer_cue)
-    } else {
-        format!("{user}\n{}", p.answer_cue)
-    };
+    let text = render(model, &user, &p.answer_cue, use_chat(p, model))?;
     Ok(Prompt {
         id: prompt_id(&q.id, country.map(|c| c.iso3.as_str()), &p.template_name, &order.name),
         question_id: q.id.clone(),

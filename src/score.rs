@@ -8,8 +8,8 @@
 //! pass: the prompt plus the longest continuation of each branch, with logits taken at each
 //! position along it. Probabilities are then renormalised over the labels; the mass that fell
 //! outside them is kept, since a low mass means the prompt did not elicit an answer.
-use crate::error::Result;
 use crate::model::Model;
+use crate::util::error::Result;
 use candle_core::D;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -140,18 +140,20 @@ impl Scorer for Model {
             let seq_p = |s: &Vec<u32>| -> f64 {
                 (0..s.len()).map(|i| logp[map[&s[..i].to_vec()]][s[i] as usize] as f64).sum::<f64>().exp()
             };
+            // "1" followed by "0" is the answer "10", not "1": a label's sequence only counts the
+            // mass no other label's sequence continues it with (the rule training uses too).
             let all: Vec<&Vec<u32>> = plan.seqs.iter().flatten().collect();
+            let longer = plan.longer();
+            let mut flat = 0;
             let raw: Vec<f64> = plan
                 .seqs
                 .iter()
                 .map(|seqs| {
                     seqs.iter()
                         .map(|s| {
-                            // "1" followed by "0" is the answer "10", not "1": a label's sequence
-                            // only counts when no other label's sequence continues it.
-                            let longer: f64 =
-                                all.iter().filter(|t| t.len() > s.len() && t.starts_with(s)).map(|t| seq_p(t)).sum();
-                            (seq_p(s) - longer).max(0.0)
+                            let own: f64 = seq_p(s) - longer[flat].iter().map(|&j| seq_p(all[j])).sum::<f64>();
+                            flat += 1;
+                            own.max(0.0)
                         })
                         .sum()
                 })

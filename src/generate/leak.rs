@@ -1,8 +1,8 @@
 //! The leakage guard: a seeded train/held-out split of survey questions, stratified by category,
 //! stored beside each dataset and reused by evaluation; and an n-gram containment check that
 //! drops generated items too close to a held-out question.
-use crate::error::{Error, Result};
 use crate::survey::Survey;
+use crate::util::error::{Error, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
@@ -85,7 +85,7 @@ impl Split {
         let key = |s: &String| crate::survey::question_sort_key(s);
         train.sort_by_key(key);
         heldout.sort_by_key(key);
-        let questions_sha256 = crate::model::sha256_file(&survey.dir.join(crate::survey::QUESTIONS_FILE))?;
+        let questions_sha256 = crate::util::io::sha256_file(&survey.dir.join(crate::survey::QUESTIONS_FILE))?;
         Ok(Self {
             seed,
             heldout_fraction: fraction,

@@ -7,149 +7,25 @@
 //!
 //! Every item is seeded from (run seed, item id), written append-only with a status log, and
 //! checked against the held-out questions; a killed run resumes without loss or duplicates.
+pub mod dataset;
 pub mod leak;
 pub mod parse;
 pub mod sample;
 
-use crate::dataset::{Record, Target};
-use crate::error::{Error, Result};
-use crate::io::{sha256_hex, write_json};
+use crate::generate::dataset::{Record, Target};
 use crate::model::Model;
-use crate::probe::Shard;
+pub use crate::recipe::generate::{FewShot, GenMode, GenerateSection};
 use crate::recipe::{DistillRecipe, ModelSection, PromptSection};
 use crate::score::{ScoreRequest, Scorer};
 use crate::survey::{Country, Survey};
+use crate::util::error::{Error, Result};
+use crate::util::io::{sha256_hex, write_json};
+use crate::util::shard::Shard;
 use leak::{Guard, Split};
-use sample::Sampling;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum GenMode {
-    Qa,
-    SoftLabels,
-    SurveyGrounded,
-}
-
-impl GenMode {
-    pub fn name(self) -> &'static str {
-        match self {
-            GenMode::Qa => "qa",
-            GenMode::SoftLabels => "soft-labels",
-            GenMode::SurveyGrounded => "survey-grounded",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct FewShot {
-    pub country: String,
-    pub category: String,
-    pub question: String,
-    pub options: Vec<String>,
-    pub answer: usize,
-    #[serde(default)]
-    pub rationale: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct GenerateSection {
-    pub mode: GenMode,
-    #[serde(default)]
-    pub seed: u64,
-    #[serde(default = "default_data")]
-    pub data: PathBuf,
-    /// ISO3 codes; empty: every country with at least `min_questions` scored questions.
-    #[serde(default)]
-    pub countries: Vec<String>,
-    #[serde(default = "default_min_questions")]
-    pub min_questions: usize,
-    /// WVS categories to cover; empty: all.
-    #[serde(default)]
-    pub categories: Vec<String>,
-    /// qa: items per (country, category).
-    #[serde(default = "one")]
-    pub per_pair: usize,
-    /// Cap on work items: a seeded sample of them (all when unset).
-    #[serde(default)]
-    pub max_items: Option<usize>,
-    /// soft-labels / survey-grounded: a seeded sample of this many training questions (each is
-    /// paraphrased once and asked for every country).
-    #[serde(default)]
-    pub max_questions: Option<usize>,
-    #[serde(default = "default_heldout")]
-    pub heldout_fraction: f64,
-    /// Word n-gram size and containment threshold of the leakage guard.
-    #[serde(default = "default_ngram")]
-    pub leak_ngram: usize,
-    #[serde(default = "default_leak")]
-    pub leak_threshold: f64,
-    #[serde(default)]
-    pub sampling: Sampling,
-    /// qa: the text before the few-shot examples.
-    #[serde(default = "default_qa_header")]
-    pub qa_header: String,
-    #[serde(default)]
-    pub few_shot: Vec<FewShot>,
-    /// soft-labels / survey-grounded: paraphrase each question with the teacher (semantic
-    /// augmentation); false keeps the survey's own wording.
-    #[serde(default = "yes")]
-    pub paraphrase: bool,
-    /// soft-labels / survey-grounded: few-shot paraphrase prompt ending in `{question}`'s rewrite.
-    #[serde(default = "default_paraphrase")]
-    pub paraphrase_prompt: String,
-}
-
-fn default_data() -> PathBuf {
-    PathBuf::from("data/wvs")
-}
-fn default_min_questions() -> usize {
-    50
-}
-fn one() -> usize {
-    1
-}
-fn yes() -> bool {
-    true
-}
-fn default_heldout() -> f64 {
-    0.3
-}
-fn default_ngram() -> usize {
-    3
-}
-fn default_leak() -> f64 {
-    0.5
-}
-fn default_qa_header() -> String {
-    "The following are survey questions about values and beliefs, each with the answer a typical person from the named country would give, and why.\n\n".into()
-}
-fn default_paraphrase() -> String {
-    "Rewrite each survey question in different words, keeping its meaning.\n\nOriginal: How important is leisure time in your life?\nRewrite: How much does free time matter in your life?\n\nOriginal: Do you think that homosexuality is justifiable?\nRewrite: In your view, can homosexuality be justified?\n\nOriginal: {question}\nRewrite:".into()
-}
-
-impl GenerateSection {
-    pub fn validate(&self) -> std::result::Result<(), String> {
-        if self.mode == GenMode::Qa && self.few_shot.is_empty() {
-            return Err("generate.few_shot: qa mode needs at least one example".into());
-        }
-        if self.mode != GenMode::Qa && !self.paraphrase_prompt.contains("{question}") {
-            return Err("generate.paraphrase_prompt must contain {question}".into());
-        }
-        if !(0.0..=1.0).contains(&self.leak_threshold) || self.leak_ngram == 0 {
-            return Err("generate.leak_threshold must be in [0, 1] and leak_ngram at least 1".into());
-        }
-        if self.per_pair == 0 || self.sampling.max_new_tokens == 0 {
-            return Err("generate.per_pair and sampling.max_new_tokens must be at least 1".into());
-        }
-        Ok(())
-    }
-}
 
 /// One unit of work: a record (or a rejection) is produced for each.
 #[derive(Debug, Clone)]
@@ -176,7 +52,7 @@ struct LogLine {
 pub struct Card {
     pub name: String,
     pub mode: String,
-    pub teacher: crate::model::ModelInfo,
+    pub teacher: crate::util::manifest::ModelInfo,
     pub settings: GenerateSection,
     pub settings_sha256: String,
     pub split_file: PathBuf,
@@ -256,7 +132,7 @@ fn work_items(g: &GenerateSection, survey: &Survey, split: &Split) -> Result<Vec
             let mut train: Vec<&String> =
                 split.train.iter().filter(|q| survey.question(q).is_ok_and(|q| wanted(&q.category))).collect();
             if let Some(n) = g.max_questions {
-                train = crate::seed::sample_in_order(&train, n, g.seed ^ 0x9_0E57);
+                train = crate::util::seed::sample_in_order(&train, n, g.seed ^ 0x9_0E57);
             }
             for qid in train {
                 let q = survey.question(qid)?;
@@ -274,7 +150,7 @@ fn work_items(g: &GenerateSection, survey: &Survey, split: &Split) -> Result<Vec
         }
     }
     if let Some(max) = g.max_items {
-        items = crate::seed::sample_in_order(&items, max, g.seed ^ 0x5EED);
+        items = crate::util::seed::sample_in_order(&items, max, g.seed ^ 0x5EED);
     }
     if items.is_empty() {
         return Err(Error::Invalid("generate: no work items for these countries and categories".into()));
@@ -385,11 +261,8 @@ impl Ctx<'_> {
                     let h = self.survey.answers(qid, &item.country).expect("items have answers");
                     h.distribution.clone()
                 } else {
-                    let text = if crate::prompt::use_chat(self.prompt, self.teacher) {
-                        format!("{}{}", self.teacher.render_chat(&user)?, self.prompt.answer_cue)
-                    } else {
-                        format!("{user}\n{}", self.prompt.answer_cue)
-                    };
+                    let chat = crate::prompt::use_chat(self.prompt, self.teacher);
+                    let text = crate::prompt::render(self.teacher, &user, &self.prompt.answer_cue, chat)?;
                     let s = self.teacher.score_batch(&[ScoreRequest { prompt: text, labels: labels.clone() }])?;
                     s.into_iter().next().expect("one request").probs
                 };
@@ -471,18 +344,18 @@ pub fn generate(a: &GenerateArgs) -> Result<Card> {
             )));
         }
     }
-    let teacher = Model::load(&teacher_path, &crate::commands::load_options(teacher_sec.weights))?;
+    let teacher = Model::load(&teacher_path, &crate::model::LoadOptions::for_weights(teacher_sec.weights))?;
     let guard = Guard::new(&survey, &split, g.leak_ngram, g.leak_threshold)?;
 
     // Resume: what is already done, from the records themselves and the status log.
     repair_tail(&out)?;
     repair_tail(&log_path)?;
-    let mut log: Vec<LogLine> = if log_path.exists() { crate::io::read_jsonl(&log_path)? } else { Vec::new() };
+    let mut log: Vec<LogLine> = if log_path.exists() { crate::util::io::read_jsonl(&log_path)? } else { Vec::new() };
     let mut log_file = append(&log_path)?;
     let logged: HashSet<String> = log.iter().map(|l| l.id.clone()).collect();
     let mut kept_ids: HashSet<String> = HashSet::new();
     if out.exists() {
-        for r in crate::io::read_jsonl::<Record>(&out)? {
+        for r in crate::util::io::read_jsonl::<Record>(&out)? {
             if !logged.contains(&r.id) {
                 let line = LogLine { id: r.id.clone(), status: "kept".into(), reason: None, tokens: 0 };
                 writeln!(log_file, "{}", serde_json::to_string(&line)?).map_err(|e| Error::io(&log_path, e))?;
@@ -528,7 +401,7 @@ pub fn generate(a: &GenerateArgs) -> Result<Card> {
         guard: &guard,
         paraphrases: HashMap::new(),
     };
-    let bar = crate::progress::bar(todo.len() as u64, &format!("generate {}", g.mode.name()), a.progress);
+    let bar = crate::util::progress::bar(todo.len() as u64, &format!("generate {}", g.mode.name()), a.progress);
     let t0 = std::time::Instant::now();
     for item in todo {
         let (outcome, tokens) = ctx.run(item)?;
@@ -550,7 +423,7 @@ pub fn generate(a: &GenerateArgs) -> Result<Card> {
     }
     bar.finish_and_clear();
     card.seconds = t0.elapsed().as_secs_f64();
-    fill_counts(&mut card, &log, &crate::io::read_jsonl::<Record>(&out)?);
+    fill_counts(&mut card, &log, &crate::util::io::read_jsonl::<Record>(&out)?);
     card.status = "complete".into();
     write_json(&card_path, &card)?;
     Ok(card)
@@ -598,10 +471,10 @@ pub fn merge(shards: &[PathBuf], out: &Path) -> Result<Card> {
                 return Err(Error::Invalid(format!("{}: generated with other settings or teacher", s.display())));
             }
         }
-        records.extend(crate::io::read_jsonl::<Record>(s)?);
+        records.extend(crate::util::io::read_jsonl::<Record>(s)?);
         let l_path = dir.join(format!("{stem}.log.jsonl"));
         if l_path.exists() {
-            logs.extend(crate::io::read_jsonl::<LogLine>(&l_path)?);
+            logs.extend(crate::util::io::read_jsonl::<LogLine>(&l_path)?);
         }
         card.get_or_insert(c);
     }
@@ -616,8 +489,8 @@ pub fn merge(shards: &[PathBuf], out: &Path) -> Result<Card> {
     card.seconds = 0.0;
     fill_counts(&mut card, &logs, &records);
     let (o, l, c, _) = paths(out, None);
-    crate::io::write_jsonl(&o, &records)?;
-    crate::io::write_jsonl(&l, &logs)?;
+    crate::util::io::write_jsonl(&o, &records)?;
+    crate::util::io::write_jsonl(&l, &logs)?;
     write_json(&c, &card)?;
     Ok(card)
 }
@@ -625,12 +498,12 @@ pub fn merge(shards: &[PathBuf], out: &Path) -> Result<Card> {
 /// `mores dataset stats`: counts by mode, country, category and target kind.
 pub fn stats(path: &Path) -> Result<String> {
     use std::fmt::Write as _;
-    let data = crate::dataset::read(path)?;
+    let data = crate::generate::dataset::read(path)?;
     let mut by: BTreeMap<(&str, String), usize> = BTreeMap::new();
     for (r, l) in &data {
         let kind = match l {
-            crate::dataset::Lesson::Text { .. } => "text target".to_string(),
-            crate::dataset::Lesson::Labels { .. } => "distribution target".to_string(),
+            crate::generate::dataset::Lesson::Text { .. } => "text target".to_string(),
+            crate::generate::dataset::Lesson::Labels { .. } => "distribution target".to_string(),
         };
         *by.entry(("kind", kind)).or_default() += 1;
         *by.entry(("mode", r.mode.clone().unwrap_or_else(|| "-".into()))).or_default() += 1;

@@ -1,58 +1,15 @@
 //! Autoregressive decoding with a KV cache and seeded sampling (temperature, top-k, top-p,
 //! repetition penalty, stop strings). One RNG per record, seeded from (run seed, record id), so
 //! any record can be regenerated alone and batch or shard layout never changes a record.
-use crate::error::Result;
 use crate::model::Model;
+pub use crate::recipe::generate::Sampling;
+use crate::util::error::Result;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Sampling {
-    /// 0 = greedy.
-    #[serde(default = "default_temperature")]
-    pub temperature: f64,
-    #[serde(default = "default_top_p")]
-    pub top_p: f64,
-    /// 0 = no limit.
-    #[serde(default = "default_top_k")]
-    pub top_k: usize,
-    /// > 1 discourages tokens already in the prompt or output (CTRL-style).
-    #[serde(default = "default_rep")]
-    pub repetition_penalty: f64,
-    #[serde(default = "default_max_new")]
-    pub max_new_tokens: usize,
-    /// Generation stops before the first occurrence of any of these.
-    #[serde(default)]
-    pub stop: Vec<String>,
-}
-
-fn default_temperature() -> f64 {
-    0.7
-}
-fn default_top_p() -> f64 {
-    0.95
-}
-fn default_top_k() -> usize {
-    50
-}
-fn default_rep() -> f64 {
-    1.1
-}
-fn default_max_new() -> usize {
-    128
-}
-
-impl Default for Sampling {
-    fn default() -> Self {
-        toml::Value::Table(toml::Table::new()).try_into().expect("all fields have defaults")
-    }
-}
 
 /// The RNG for one record.
 pub fn record_rng(seed: u64, id: &str) -> ChaCha8Rng {
-    ChaCha8Rng::seed_from_u64(crate::seed::from_text(&format!("{seed}\u{1f}{id}")))
+    ChaCha8Rng::seed_from_u64(crate::util::seed::from_text(&format!("{seed}\u{1f}{id}")))
 }
 
 /// Pick the next token from `logits` given the tokens seen so far.

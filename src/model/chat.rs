@@ -1,7 +1,7 @@
 //! Chat templates from the model's own metadata (`tokenizer.chat_template` in GGUF,
 //! `chat_template` in tokenizer_config.json), rendered with minijinja the way transformers does
 //! (trim_blocks, lstrip_blocks, Python string methods).
-use crate::error::{Error, Result};
+use crate::util::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -4,10 +4,11 @@
 //! scaled by sqrt(hidden), and local sliding-window layers with their own RoPE base.
 //! GGUF norm weights already include Gemma's "+1"; Hugging Face checkpoints store w and need 1 + w.
 use super::gguf::GgufFile;
-use super::layers::{gather, rope, AttnCtx, Batch, Kv, Linear, Mode, RmsNorm, RopeStyle};
-use super::lora::{layer_slots, Slot};
+use super::layers::{gather, rope, AttnCtx, Batch, Kv, RmsNorm, RopeStyle};
+use super::linear::{layer_slots, Linear, Slot};
+use super::mode::Mode;
 use super::weights::{key, Weights};
-use crate::error::{Error, Result};
+use crate::util::error::{Error, Result};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 

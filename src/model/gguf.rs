@@ -1,6 +1,6 @@
 //! Reading GGUF files: header, metadata and tensor table, with the checks that turn a truncated or
 //! foreign file into a clear error before any tensor is touched.
-use crate::error::{Error, Result};
+use crate::util::error::{Error, Result};
 use candle_core::quantized::gguf_file::{Content, Value};
 use std::fs::File;
 use std::path::{Path, PathBuf};

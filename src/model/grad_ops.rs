@@ -5,7 +5,7 @@
 //! on a detached input and a [`WithGrad`] node ties its result back to the input, so backprop sees
 //! one node whose gradient is a few tensor ops. CPU only (the node copies a CPU buffer); other
 //! devices get the composed versions in [`composed`].
-use crate::error::Result;
+use crate::util::error::Result;
 use candle_core::{CpuStorage, Layout, Shape, Tensor, D};
 
 /// softmax over the last dimension, differentiable in x.
@@ -45,7 +45,7 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) -> Result
 /// The same functions from differentiable elementwise ops: the path on devices without the
 /// CPU node, and the reference the fused backward is tested against.
 pub mod composed {
-    use crate::error::Result;
+    use crate::util::error::Result;
     use candle_core::{Tensor, D};
 
     pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {

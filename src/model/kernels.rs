@@ -19,7 +19,7 @@
 //!   summation pattern.
 //!
 //! The tests in this file pin both properties bit for bit; `tests/it/batch.rs` pins the model.
-use crate::error::{Error, Result};
+use crate::util::error::{Error, Result};
 use candle_core::{Storage, Tensor};
 use rayon::prelude::*;
 

@@ -1,9 +1,9 @@
 //! Pieces shared by the architecture files: padded batches, rotary embeddings with per-row
 //! positions, causal (optionally sliding-window) masks, and grouped-query attention.
+use super::mode::Mode;
 use super::{grad_ops, kernels};
-use crate::error::Result;
-use candle_core::quantized::QMatMul;
-use candle_core::{DType, Device, Module, Tensor, D};
+use crate::util::error::Result;
+use candle_core::{DType, Device, Tensor, D};
 
 /// Rows of token ids of unequal length, left-padded to one length so that every row's last token
 /// sits in the same column. Padding is masked out of attention and gets no position.
@@ -118,125 +118,6 @@ impl Batch {
         let pos = Tensor::from_slice(&self.positions, (self.positions.len(), 1), device)?.to_dtype(DType::F32)?;
         let freqs = pos.broadcast_mul(&inv)?.reshape((self.rows, self.len, half))?;
         Ok((freqs.cos()?.contiguous()?, freqs.sin()?.contiguous()?))
-    }
-}
-
-/// How a forward pass runs. `grad`: build a graph that gradients can flow through (explicit ops
-/// instead of candle's fused kernels, which have no backward; frozen weights that pass only the
-/// input gradient). `dropout_seed`: apply LoRA dropout with masks drawn from this seed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Mode {
-    pub grad: bool,
-    pub dropout_seed: Option<u64>,
-}
-
-impl Mode {
-    pub const INFER: Mode = Mode { grad: false, dropout_seed: None };
-    pub fn train(dropout_seed: Option<u64>) -> Self {
-        Mode { grad: true, dropout_seed }
-    }
-}
-
-/// Bias-free linear layer over a possibly quantized weight, with an optional LoRA adapter.
-#[derive(Debug, Clone)]
-pub struct Linear {
-    pub base: QMatMul,
-    pub lora: Option<super::lora::LoraLayer>,
-}
-
-impl Linear {
-    pub fn new(base: QMatMul) -> Self {
-        Self { base, lora: None }
-    }
-
-    /// Input and output width.
-    pub fn dims(&self) -> Result<(usize, usize)> {
-        let (out, inp) = match &self.base {
-            QMatMul::Tensor(w) | QMatMul::TensorF16(w) => w.dims2()?,
-            QMatMul::QTensor(q) => q.shape().dims2()?,
-        };
-        Ok((inp, out))
-    }
-
-    /// The base weight [out, in] as f32 (dequantized if stored quantized), without any adapter.
-    pub fn dense_weight(&self) -> Result<Tensor> {
-        Ok(match &self.base {
-            QMatMul::Tensor(w) => w.clone(),
-            QMatMul::TensorF16(w) => w.to_dtype(DType::F32)?,
-            QMatMul::QTensor(q) => q.dequantize(&q.device())?,
-        })
-    }
-
-    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let y = self.forward_base(x, mode)?;
-        match &self.lora {
-            Some(l) => Ok((y + l.forward(x, mode)?)?),
-            None => Ok(y),
-        }
-    }
-
-    fn forward_base(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        match &self.base {
-            // One [rows * len, in] x [in, out] product instead of candle's per-row broadcast
-            // matmul: a single large GEMM parallelises far better on CPU.
-            QMatMul::Tensor(w) => {
-                let dims = x.dims().to_vec();
-                let (last, lead) = dims.split_last().expect("at least one dim");
-                let n: usize = lead.iter().product();
-                let x2 = x.reshape((n, *last))?;
-                let y = if mode.grad { frozen_matmul(&x2, w)? } else { kernels::matmul_nt(&x2, w)? };
-                let mut out = lead.to_vec();
-                out.push(w.dim(0)?);
-                Ok(y.reshape(out)?)
-            }
-            _ if mode.grad => Err(crate::error::Error::Invalid(
-                "training needs f32 base weights: load the model with weights = \"f32\" (quantized matmul has no backward)".into(),
-            )),
-            q => Ok(q.forward(x)?),
-        }
-    }
-}
-
-/// x [n, in] times a frozen w [out, in] transposed. candle's matmul backward always computes the
-/// weight's gradient too (a [out, in] product per layer per step, thrown away for a frozen base);
-/// this op returns only the input gradient. Measured in candle-notes: step time and peak memory
-/// roughly halved. On devices without the CPU kernel it falls back to a matmul on a detached weight.
-fn frozen_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    if !x.device().is_cpu() || !x.track_op() {
-        return kernels::matmul_nt(x, &w.detach());
-    }
-    let w = w.contiguous()?;
-    kernels::invariant_rows(&x.contiguous()?, w.dim(0)?, |x| Ok(x.apply_op1(FrozenLinear { w: w.clone() })?))
-}
-
-struct FrozenLinear {
-    w: Tensor,
-}
-
-impl candle_core::CustomOp1 for FrozenLinear {
-    fn name(&self) -> &'static str {
-        "frozen-linear"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s: &candle_core::CpuStorage,
-        l: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use candle_core::backend::BackendStorage;
-        let (m, k) = l.shape().dims2()?;
-        let (ws, wl) = self.w.storage_and_layout();
-        let candle_core::Storage::Cpu(wc) = &*ws else { candle_core::bail!("frozen-linear: weight is not on the CPU") };
-        let (n, k2) = wl.shape().dims2()?;
-        if k != k2 {
-            candle_core::bail!("frozen-linear: input width {k} vs weight {n}x{k2}")
-        }
-        let out = s.matmul(wc, (1, m, n, k), l, &wl.transpose(0, 1)?)?;
-        Ok((out, (m, n).into()))
-    }
-
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(grad.matmul(&self.w)?))
     }
 }
 

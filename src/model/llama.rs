@@ -1,10 +1,11 @@
 //! Llama-family decoder (SmolLM2, Llama 2/3, TinyLlama): RMSNorm, rotary attention with grouped KV
 //! heads, SwiGLU MLP. Built from GGUF (`llama.*` metadata) or a Hugging Face folder (config.json).
 use super::gguf::GgufFile;
-use super::layers::{gather, rope, AttnCtx, Batch, Kv, Linear, Mode, RmsNorm, RopeStyle};
-use super::lora::{layer_slots, Slot};
+use super::layers::{gather, rope, AttnCtx, Batch, Kv, RmsNorm, RopeStyle};
+use super::linear::{layer_slots, Linear, Slot};
+use super::mode::Mode;
 use super::weights::{key, Weights};
-use crate::error::{Error, Result};
+use crate::util::error::{Error, Result};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 

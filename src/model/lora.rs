@@ -1,84 +1,11 @@
 //! LoRA on a frozen linear layer: y = W x + scale * B (A dropout(x)), A [r, in], B [out, r].
-use super::layers::{Linear, Mode};
-use crate::error::Result;
+use super::mode::Mode;
+use crate::util::error::Result;
 use candle_core::{Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
 
-/// A projection inside a decoder layer that LoRA can adapt, named as PEFT names it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Target {
-    Q,
-    K,
-    V,
-    O,
-    Gate,
-    Up,
-    Down,
-}
-
-impl Target {
-    pub const ALL: [Target; 7] = [Target::Q, Target::K, Target::V, Target::O, Target::Gate, Target::Up, Target::Down];
-
-    /// PEFT's `target_modules` name.
-    pub fn peft_name(self) -> &'static str {
-        match self {
-            Target::Q => "q_proj",
-            Target::K => "k_proj",
-            Target::V => "v_proj",
-            Target::O => "o_proj",
-            Target::Gate => "gate_proj",
-            Target::Up => "up_proj",
-            Target::Down => "down_proj",
-        }
-    }
-
-    /// Module path inside `model.layers.N` (Hugging Face and PEFT key names).
-    pub fn module_path(self) -> &'static str {
-        match self {
-            Target::Q => "self_attn.q_proj",
-            Target::K => "self_attn.k_proj",
-            Target::V => "self_attn.v_proj",
-            Target::O => "self_attn.o_proj",
-            Target::Gate => "mlp.gate_proj",
-            Target::Up => "mlp.up_proj",
-            Target::Down => "mlp.down_proj",
-        }
-    }
-
-    pub fn parse(name: &str) -> Option<Target> {
-        Target::ALL.into_iter().find(|t| t.peft_name() == name)
-    }
-}
-
-/// One adaptable projection of a loaded model.
-pub struct Slot<'a> {
-    pub layer: usize,
-    pub target: Target,
-    pub linear: &'a mut Linear,
-    /// GGUF llama Q/K weights have their rows permuted per head (for interleaved RoPE); an
-    /// adapter's B rows follow the same order inside mores and are converted at the PEFT boundary.
-    pub permuted_heads: Option<usize>,
-}
-
-/// The seven projections of decoder layer `layer`, given in `Target::ALL` order. `permuted_heads`:
-/// (query heads, KV heads) when Q and K rows are stored permuted (GGUF llama).
-pub fn layer_slots<'a>(
-    layer: usize,
-    linears: [&'a mut Linear; 7],
-    permuted_heads: Option<(usize, usize)>,
-) -> impl Iterator<Item = Slot<'a>> {
-    Target::ALL.into_iter().zip(linears).map(move |(target, linear)| {
-        let heads = match (target, permuted_heads) {
-            (Target::Q, Some((q, _))) => Some(q),
-            (Target::K, Some((_, kv))) => Some(kv),
-            _ => None,
-        };
-        Slot { layer, target, linear, permuted_heads: heads }
-    })
-}
+pub use crate::recipe::lora::Target;
 
 #[derive(Debug, Clone)]
 pub struct LoraLayer {

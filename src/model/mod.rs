@@ -1,23 +1,30 @@
 //! Model runtime: load a GGUF file or a Hugging Face folder, with its tokenizer and chat template,
 //! into one of mores' own architecture files, and run batched forward passes that return logits
 //! at chosen positions.
+pub mod adapter;
 pub mod chat;
+pub mod export;
 pub mod gemma3;
 pub mod gguf;
 pub mod grad_ops;
 pub mod kernels;
 pub mod layers;
+pub mod linear;
 pub mod llama;
 pub mod lora;
+pub mod mode;
 pub mod tokenizer;
 pub mod weights;
 
-use crate::error::{Error, Result};
+use crate::util::error::{Error, Result};
+use crate::util::io::sha256_file;
+pub use crate::util::manifest::{AdapterInfo, ModelInfo};
 use candle_core::{Device, Tensor};
 use chat::ChatTemplate;
 use gguf::GgufFile;
-use layers::{Batch, Kv, Mode};
-use serde::{Deserialize, Serialize};
+use layers::{Batch, Kv};
+use mode::Mode;
+use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use tokenizer::Tok;
 use weights::{Source, Weights};
@@ -29,28 +36,6 @@ pub enum Arch {
     Gemma3(gemma3::Model),
 }
 
-/// What a run manifest records about a model.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ModelInfo {
-    pub name: String,
-    pub path: PathBuf,
-    pub architecture: String,
-    pub format: String,
-    pub sha256: String,
-    pub tokenizer: String,
-    pub chat_template: Option<String>,
-    pub vocab_size: usize,
-    /// A LoRA adapter applied on top (folder and sha256 of its weights file).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub adapter: Option<AdapterInfo>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct AdapterInfo {
-    pub path: PathBuf,
-    pub sha256: String,
-}
-
 pub struct LoadOptions {
     pub device: Device,
     pub requantize_slow: bool,
@@ -58,6 +43,12 @@ pub struct LoadOptions {
 }
 
 impl LoadOptions {
+    /// CPU loading in the recipe's weight form.
+    pub fn for_weights(w: crate::recipe::WeightMode) -> Self {
+        use crate::recipe::WeightMode;
+        Self { requantize_slow: w == WeightMode::Q8, dequantize: w == WeightMode::F32, ..Default::default() }
+    }
+
     pub fn form(&self) -> &'static str {
         if self.dequantize {
             "f32"
@@ -147,7 +138,7 @@ impl Model {
     }
 
     /// The projections LoRA can adapt.
-    pub fn lora_slots(&mut self) -> Vec<lora::Slot<'_>> {
+    pub fn lora_slots(&mut self) -> Vec<linear::Slot<'_>> {
         match &mut self.arch {
             Arch::Llama(m) => m.lora_slots(),
             Arch::Gemma3(m) => m.lora_slots(),
@@ -159,7 +150,7 @@ impl Model {
     pub fn scoring_id(&self) -> String {
         let form = self.form;
         let adapter = self.info.adapter.as_ref().map(|a| a.sha256.as_str()).unwrap_or("-");
-        crate::io::sha256_hex(format!("{}|{form}|{adapter}", self.info.sha256).as_bytes())
+        crate::util::io::sha256_hex(format!("{}|{form}|{adapter}", self.info.sha256).as_bytes())
     }
 
     /// Whether any layer carries an unmerged LoRA adapter.
@@ -212,14 +203,6 @@ fn shared_prefix(rows: &[Vec<u32>], read: &[(usize, usize)]) -> usize {
         n = n.min(min_read);
     }
     n
-}
-
-pub fn sha256_file(path: &Path) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h).map_err(|e| Error::io(path, e))?;
-    Ok(hex::encode(h.finalize()))
 }
 
 fn unsupported(path: &Path, arch: &str) -> Error {

@@ -4,7 +4,7 @@
 //! are ranked by the merged token's score reproduces SentencePiece's BPE segmentation; a Unigram
 //! model over the same scores segments badly (perplexity 194 vs 8.2 measured on Gemma).
 use super::gguf::GgufFile;
-use crate::error::{tok_err, Error, Result};
+use crate::util::error::{tok_err, Error, Result};
 use std::path::Path;
 use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;

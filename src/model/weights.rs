@@ -2,7 +2,7 @@
 //! Hugging Face folder's safetensors (f32/bf16, names like `model.layers.0.self_attn.q_proj.weight`).
 //! Architecture files ask for a tensor by both names; each source answers with its own.
 use super::gguf::GgufFile;
-use crate::error::{Error, Result};
+use crate::util::error::{Error, Result};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};
 use std::path::PathBuf;

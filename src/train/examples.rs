@@ -1,8 +1,8 @@
 //! Records -> token rows and the positions whose next-token distributions carry the loss.
-use crate::dataset::{Lesson, Record};
-use crate::error::Result;
+use crate::generate::dataset::{Lesson, Record};
 use crate::model::Model;
 use crate::score::{Plan, ScoreRequest};
+use crate::util::error::Result;
 use candle_core::{Tensor, D};
 
 #[derive(Debug, Clone)]
@@ -48,12 +48,6 @@ impl Example {
     }
 }
 
-/// The text before the answer: the user turn in the chat template (with the generation prompt)
-/// when `chat`, else the plain turn and a newline, as the probe builds prompts.
-pub fn context(model: &Model, user: &str, prefix: &str, chat: bool) -> Result<String> {
-    Ok(if chat { format!("{}{prefix}", model.render_chat(user)?) } else { format!("{user}\n{prefix}") })
-}
-
 pub enum Built {
     Ok(Example),
     /// The prompt alone is longer than `max_len`.
@@ -64,7 +58,7 @@ pub fn build(model: &Model, rec: &Record, lesson: &Lesson, chat: bool, max_len: 
     let prefix = rec.answer_prefix.as_deref().unwrap_or("");
     match lesson {
         Lesson::Text { user, answer } => {
-            let ctx = model.tok.encode_prompt(&context(model, user, prefix, chat)?)?;
+            let ctx = model.tok.encode_prompt(&crate::prompt::render(model, user, prefix, chat)?)?;
             let mut ans = model.tok.encode(answer)?;
             if let Some((eos, _)) = &model.tok.eos {
                 ans.push(*eos);
@@ -80,7 +74,7 @@ pub fn build(model: &Model, rec: &Record, lesson: &Lesson, chat: bool, max_len: 
             Ok(Built::Ok(Example { id: rec.id.clone(), rows: vec![row], reads, kind: Kind::Tokens(ans) }))
         }
         Lesson::Labels { user, labels, target } => {
-            let prompt = context(model, user, prefix, chat)?;
+            let prompt = crate::prompt::render(model, user, prefix, chat)?;
             let plan = Plan::new(model, &ScoreRequest { prompt, labels: labels.clone() })?;
             let (rows, reads, map) = plan.layout();
             if rows.iter().any(|r| r.len() > max_len) {
@@ -123,7 +117,7 @@ impl LossSums {
 pub fn batch_loss(
     model: &Model,
     batch: &[&Example],
-    mode: crate::model::layers::Mode,
+    mode: crate::model::mode::Mode,
     denom: (f64, f64),
     sums: &mut LossSums,
 ) -> Result<Tensor> {

@@ -6,13 +6,13 @@ pub mod examples;
 pub mod loss;
 pub mod optim;
 
-use crate::adapter::{self, Adapter};
-use crate::dataset::{self, Lesson};
-use crate::error::{Error, Result};
-use crate::io::{sha256_hex, write_json};
-use crate::model::layers::Mode;
+use crate::generate::dataset::{self, Lesson};
+use crate::model::adapter::{self, Adapter};
+use crate::model::mode::Mode;
 use crate::model::Model;
-use crate::recipe::{ChatMode, DistillRecipe, Objective};
+use crate::recipe::{DistillRecipe, Objective};
+use crate::util::error::{Error, Result};
+use crate::util::io::{sha256_hex, write_json};
 use candle_core::Tensor;
 use examples::{Built, Example};
 use optim::AdamW;
@@ -80,7 +80,7 @@ pub struct Summary {
 /// The train/validation split: a record is held out when a seeded hash of its id falls below
 /// `val_fraction`, so the split does not depend on file order.
 pub fn is_val(seed: u64, id: &str, val_fraction: f64) -> bool {
-    let x = crate::seed::from_text(&format!("{seed}:{id}")) as f64 / u64::MAX as f64;
+    let x = crate::util::seed::from_text(&format!("{seed}:{id}")) as f64 / u64::MAX as f64;
     x < val_fraction
 }
 
@@ -167,7 +167,7 @@ fn save_checkpoint(out: &Path, adapter: &Adapter, model: &Model, opt: &AdamW, st
         tensors.push((format!("{name}.exp_avg_sq"), opt.v[i].clone()));
     }
     let bytes = adapter::save_safetensors(&tensors, HashMap::new())?;
-    crate::io::atomic_write(&tmp.join(OPTIMIZER_FILE), &bytes)?;
+    crate::util::io::atomic_write(&tmp.join(OPTIMIZER_FILE), &bytes)?;
     write_json(&tmp.join(STATE_FILE), state)?;
     let (cur, old) = (out.join(CHECKPOINT), out.join(format!("{CHECKPOINT}.old")));
     if cur.exists() {
@@ -180,7 +180,7 @@ fn save_checkpoint(out: &Path, adapter: &Adapter, model: &Model, opt: &AdamW, st
     // The newest adapter also sits at the top of OUT, so `--adapter OUT` and PEFT load it.
     for f in [adapter::CONFIG_FILE, adapter::WEIGHTS_FILE, adapter::MORES_FILE] {
         let bytes = std::fs::read(cur.join(f)).map_err(|e| Error::io(cur.join(f), e))?;
-        crate::io::atomic_write(&out.join(f), &bytes)?;
+        crate::util::io::atomic_write(&out.join(f), &bytes)?;
     }
     Ok(())
 }
@@ -206,20 +206,20 @@ fn read_log(path: &Path) -> Result<Vec<LogLine>> {
     if !path.exists() {
         return Ok(Vec::new());
     }
-    crate::io::read_jsonl(path)
+    crate::util::io::read_jsonl(path)
 }
 
 pub fn plot_loss(out: &Path) -> Result<()> {
     let log = read_log(&out.join(LOSS_FILE))?;
-    let train = crate::plot::Series {
+    let train = crate::report::svg::Series {
         name: "train loss".into(),
         points: log.iter().map(|l| ((l.step + 1) as f64, l.loss)).collect(),
     };
-    let val = crate::plot::Series {
+    let val = crate::report::svg::Series {
         name: "validation loss".into(),
         points: log.iter().filter_map(|l| l.val_loss.map(|v| ((l.step + 1) as f64, v))).collect(),
     };
-    crate::plot::lines(&out.join("loss.svg"), "LoRA training loss", "optimizer step", "loss", &[train, val])
+    crate::report::svg::lines(&out.join("loss.svg"), "LoRA training loss", "optimizer step", "loss", &[train, val])
 }
 
 pub fn train(a: &TrainArgs) -> Result<Summary> {
@@ -259,16 +259,13 @@ pub fn train(a: &TrainArgs) -> Result<Summary> {
             return Err(Error::Invalid(format!("{}: record {:?} has {why}", a.data.display(), r.id)));
         }
     }
-    let data_sha256 = crate::model::sha256_file(&a.data)?;
+    let data_sha256 = crate::util::io::sha256_file(&a.data)?;
     let recipe_json = serde_json::to_value(&recipe)?;
     let recipe_sha256 = sha256_hex(serde_json::to_string(&recipe_json)?.as_bytes());
 
-    let mut model = Model::load(&model_path, &crate::commands::load_options(recipe.student.weights))?;
-    let chat = match t.chat {
-        ChatMode::Auto => model.is_chat(),
-        ChatMode::Always => true,
-        ChatMode::Never => false,
-    };
+    let mut model = Model::load(&model_path, &crate::model::LoadOptions::for_weights(recipe.student.weights))?;
+    // The probe's chat setting: training contexts are rendered exactly as the probe's prompts.
+    let chat = crate::prompt::use_chat(&recipe.prompt, &model);
     let (mut train_ex, mut val_ex, mut too_long) = (Vec::new(), Vec::new(), 0);
     for (r, lesson) in &data {
         match examples::build(&model, r, lesson, chat, t.max_len)? {
@@ -332,7 +329,7 @@ pub fn train(a: &TrainArgs) -> Result<Summary> {
     let log_path = a.out.join(LOSS_FILE);
     // The curve up to the checkpoint; steps logged after it are replayed.
     let kept: Vec<LogLine> = read_log(&log_path)?.into_iter().filter(|l| a.resume && l.step < state.step).collect();
-    crate::io::write_jsonl(&log_path, &kept)?;
+    crate::util::io::write_jsonl(&log_path, &kept)?;
     let mut log = std::fs::OpenOptions::new().append(true).open(&log_path).map_err(|e| Error::io(&log_path, e))?;
     write_manifest(a, &recipe, &model)?;
     eprintln!(
@@ -345,7 +342,7 @@ pub fn train(a: &TrainArgs) -> Result<Summary> {
         per_step
     );
 
-    let bar = crate::progress::bar(total.saturating_sub(state.step) as u64, "train", a.progress);
+    let bar = crate::util::progress::bar(total.saturating_sub(state.step) as u64, "train", a.progress);
     let val_refs: Vec<&Example> = val_ex.iter().collect();
     let (mut first, mut last, mut last_val) = (None, None, None);
     let t0 = std::time::Instant::now();
@@ -399,25 +396,25 @@ pub fn train(a: &TrainArgs) -> Result<Summary> {
 }
 
 fn write_manifest(a: &TrainArgs, recipe: &DistillRecipe, model: &Model) -> Result<()> {
-    let (git_commit, git_dirty) = crate::manifest::git();
+    let (git_commit, git_dirty) = crate::util::manifest::git();
     let recipe_json = serde_json::to_value(recipe)?;
-    let m = crate::manifest::Manifest {
+    let m = crate::util::manifest::Manifest {
         command: std::env::args().collect(),
         mores_version: env!("CARGO_PKG_VERSION").into(),
-        crates: crate::manifest::crate_versions(),
+        crates: crate::util::manifest::crate_versions(),
         git_commit,
         git_dirty,
         recipe_sha256: sha256_hex(serde_json::to_string(&recipe_json)?.as_bytes()),
         recipe: recipe_json,
         model: model.info.clone(),
-        inputs: crate::manifest::hash_inputs(&[&a.data])?,
+        inputs: crate::util::manifest::hash_inputs(&[&a.data])?,
         seed: recipe.train.seed,
         threads: a.threads,
         batch: recipe.train.batch,
         shard: None,
         device: "cpu".into(),
         dtype: "f32".into(),
-        started: crate::manifest::now_utc(),
+        started: crate::util::manifest::now_utc(),
     };
     write_json(&a.out.join("manifest.json"), &m)
 }

@@ -1,7 +1,7 @@
 //! AdamW (PyTorch's decoupled form), learning-rate schedules and gradient clipping. Written here
 //! rather than taken from candle-nn because resuming needs the moment estimates saved and restored.
-use crate::error::Result;
 use crate::recipe::Schedule;
+use crate::util::error::Result;
 use candle_core::{Tensor, Var};
 
 pub struct AdamW {

@@ -5,12 +5,12 @@
 //! their own checkpoints, so a rerun after a crash continues where it stopped.
 pub mod report;
 
-use crate::commands::{probe_with, ProbeRun};
-use crate::error::{Error, Result};
+use crate::evaluate::{probe_with, ProbeRun};
 use crate::generate::leak::Split;
-use crate::io::{sha256_hex, write_json};
 use crate::recipe::{DistillRecipe, ModelSection, ProbeRecipe, ScoringSection, SurveySection};
 use crate::survey::Survey;
+use crate::util::error::{Error, Result};
+use crate::util::io::{sha256_hex, write_json};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,7 +34,7 @@ type Stages = BTreeMap<String, StageRecord>;
 /// sha256 of a model file, or of every file in a model folder.
 fn path_sha256(p: &Path) -> Result<String> {
     if p.is_file() {
-        return crate::model::sha256_file(p);
+        return crate::util::io::sha256_file(p);
     }
     let mut files: Vec<PathBuf> = std::fs::read_dir(p)
         .map_err(|e| Error::io(p, e))?
@@ -47,7 +47,7 @@ fn path_sha256(p: &Path) -> Result<String> {
         parts.push(format!(
             "{}:{}",
             f.file_name().unwrap_or_default().to_string_lossy(),
-            crate::model::sha256_file(&f)?
+            crate::util::io::sha256_file(&f)?
         ));
     }
     Ok(sha256_hex(parts.join("\n").as_bytes()))
@@ -136,10 +136,10 @@ pub fn run(a: &RunArgs) -> Result<report::TransferReport> {
         return Err(rerr("the split has no held-out questions answered in these countries".into()));
     }
     if let Some(n) = t.max_heldout_questions {
-        heldout = crate::seed::sample_in_order(&heldout, n, t.seed ^ 0x4E1D);
+        heldout = crate::util::seed::sample_in_order(&heldout, n, t.seed ^ 0x4E1D);
     }
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
-    let train_probe = crate::seed::sample_in_order(
+    let train_probe = crate::util::seed::sample_in_order(
         &split.train.iter().filter(|q| answered(q)).cloned().collect::<Vec<_>>(),
         t.train_questions,
         t.seed ^ 0x7A1,
@@ -158,8 +158,8 @@ pub fn run(a: &RunArgs) -> Result<report::TransferReport> {
     };
     let mut r = Runner { out: out.clone(), stages, timings: Vec::new() };
 
-    let survey_sha = crate::model::sha256_file(&survey.dir.join(crate::survey::QUESTIONS_FILE))?;
-    let dist_sha = crate::model::sha256_file(&survey.dir.join(crate::survey::DISTRIBUTIONS_FILE))?;
+    let survey_sha = crate::util::io::sha256_file(&survey.dir.join(crate::survey::QUESTIONS_FILE))?;
+    let dist_sha = crate::util::io::sha256_file(&survey.dir.join(crate::survey::DISTRIBUTIONS_FILE))?;
     let (student_sha, teacher_sha) = (path_sha256(&student)?, path_sha256(&teacher)?);
     let json = |v: &dyn erased::Ser| v.json();
     let k_split = key(&["split", &json(&split), &survey_sha]);

@@ -3,11 +3,11 @@
 //! paired bootstrap 95% CI over questions and its p-value, the same for 1 - JSD, cross-country
 //! alignment per question, the teacher's r as a reference, and the same numbers on training
 //! questions so memorising can be told from transferring.
-use crate::correlate::{bootstrap, bootstrap_p, fisher_mean, js_similarity, mean, pearson};
-use crate::error::{Error, Result};
+use crate::analysis::correlate::{bootstrap, bootstrap_p, fisher_mean, js_similarity, mean, pearson};
 use crate::probe::Sample;
-use crate::report::f;
 use crate::survey::Survey;
+use crate::util::error::{Error, Result};
+use crate::util::fmt::f;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
@@ -97,8 +97,8 @@ pub struct TransferReport {
 /// One averaged sample per (question, country), whatever orders and templates the probe used.
 fn load(dir: &Path, survey: &Survey) -> Result<HashMap<(String, String), Sample>> {
     let p = dir.join("samples.jsonl");
-    let rows: Vec<Sample> = crate::io::read_jsonl(&p)?;
-    let items = crate::combine::items(&rows, survey, None);
+    let rows: Vec<Sample> = crate::util::io::read_jsonl(&p)?;
+    let items = crate::analysis::combine::items(&rows, survey, None);
     Ok(items.into_iter().map(|s| ((s.question_id.clone(), s.country.clone()), s)).collect())
 }
 
@@ -118,7 +118,7 @@ struct Pair {
 }
 
 fn seed_of(seed: u64, what: &str) -> u64 {
-    crate::seed::from_text(&format!("{seed}:{what}"))
+    crate::util::seed::from_text(&format!("{seed}:{what}"))
 }
 
 fn delta_boot(n: usize, reps: usize, seed: u64, stat: impl Fn(&[usize]) -> Option<f64>) -> Delta {
@@ -329,7 +329,8 @@ pub fn build(inp: &Inputs) -> Result<TransferReport> {
     }
     let train =
         (!inp.train.is_empty()).then(|| subset(inp, inp.train, &before, &after, &teacher, "train")).transpose()?;
-    let records = crate::io::read_jsonl::<crate::dataset::Record>(inp.dataset).map(|r| r.len()).unwrap_or(0);
+    let records =
+        crate::util::io::read_jsonl::<crate::generate::dataset::Record>(inp.dataset).map(|r| r.len()).unwrap_or(0);
     let verdict = verdict(&heldout, train.as_ref());
     Ok(TransferReport {
         name: inp.name.clone(),
@@ -472,11 +473,11 @@ pub fn markdown(r: &TransferReport) -> String {
 }
 
 pub fn write(out: &Path, r: &TransferReport) -> Result<()> {
-    crate::io::write_json(&out.join("transfer.json"), r)?;
-    crate::io::atomic_write(&out.join("report.md"), markdown(r).as_bytes())?;
+    crate::util::io::write_json(&out.join("transfer.json"), r)?;
+    crate::util::io::atomic_write(&out.join("report.md"), markdown(r).as_bytes())?;
     let rows: Vec<(String, f64, f64)> =
         r.heldout.countries.iter().filter_map(|c| Some((c.iso3.clone(), c.r_before?, c.r_after?))).collect();
-    crate::plot::dumbbell(
+    crate::report::svg::dumbbell(
         &out.join("transfer.svg"),
         "Held-out questions: normalised r per country, before -> after",
         "Pearson r (scale-normalised)",
@@ -485,8 +486,8 @@ pub fn write(out: &Path, r: &TransferReport) -> Result<()> {
     )?;
     let h = &r.heldout;
     let groups: Vec<String> = h.continents.iter().map(|c| format!("{} ({})", c.name, c.n)).collect();
-    let bar = |v: Option<f64>, ci: Option<(f64, f64)>| crate::plot::Bar { value: v, ci };
-    crate::plot::bars(
+    let bar = |v: Option<f64>, ci: Option<(f64, f64)>| crate::report::svg::Bar { value: v, ci };
+    crate::report::svg::bars(
         &out.join("transfer-continents.svg"),
         "Held-out questions per continent: normalised r before, after, and the change (95% CI)",
         "Pearson r (scale-normalised)",

@@ -76,8 +76,8 @@ fn batched_equals_single_smollm2_f32_and_quantized() {
 /// since padding shifted keys between SIMD lanes of the training softmax and the loss was summed
 /// per micro-batch in f32.
 fn assert_step_loss_independent_of_micro_batch(m: &mut Model) {
-    use mores::adapter::{Adapter, LoraSpec};
-    use mores::dataset::Record;
+    use mores::generate::dataset::Record;
+    use mores::model::adapter::{Adapter, LoraSpec};
     use mores::train::examples::{build, Built};
     let spec =
         LoraSpec { rank: 4, alpha: 8.0, dropout: 0.0, targets: vec!["q_proj".into(), "v_proj".into()], rslora: false };

@@ -1,4 +1,4 @@
-use mores::correlate::{fisher_mean, p_value, pearson};
+use mores::analysis::correlate::{fisher_mean, p_value, pearson};
 
 #[test]
 fn pearson_matches_hand_computation() {
@@ -40,25 +40,26 @@ fn spearman_uses_average_ranks() {
     // x = 1,2,3,4,5; y = 10,20,20,40,30 -> ranks y = 1, 2.5, 2.5, 5, 4. Pearson of ranks:
     // mean 3 both; sxy = (-2)(-2) + (-1)(-0.5) + 0(-0.5) + 1(2) + 2(1) = 8.5;
     // sxx = 10; syy = 4 + 0.25 + 0.25 + 4 + 1 = 9.5; rho = 8.5 / sqrt(95) = 0.8720815992723809.
-    let rho = mores::correlate::spearman(&[1.0, 2.0, 3.0, 4.0, 5.0], &[10.0, 20.0, 20.0, 40.0, 30.0]).unwrap();
+    let rho =
+        mores::analysis::correlate::spearman(&[1.0, 2.0, 3.0, 4.0, 5.0], &[10.0, 20.0, 20.0, 40.0, 30.0]).unwrap();
     assert!((rho - 0.872_081_599_272_380_9).abs() < 1e-12, "{rho}");
 }
 
 #[test]
 fn wasserstein_and_js_match_hand_values() {
     // All mass on the first vs the last of 3 options at 0, 0.5, 1: W1 = 1 (|1-0|*0.5 + |1-0|*0.5).
-    let w = mores::correlate::wasserstein1(&[1.0, 0.0, 0.0], &[0.0, 0.0, 1.0], &[0.0, 0.5, 1.0]).unwrap();
+    let w = mores::analysis::correlate::wasserstein1(&[1.0, 0.0, 0.0], &[0.0, 0.0, 1.0], &[0.0, 0.5, 1.0]).unwrap();
     assert!((w - 1.0).abs() < 1e-12);
     // p = (0.5, 0.5, 0), q = (0, 0.5, 0.5): CDF gaps 0.5 then 0.5 -> W1 = 0.5*0.5 + 0.5*0.5 = 0.5.
-    let w = mores::correlate::wasserstein1(&[0.5, 0.5, 0.0], &[0.0, 0.5, 0.5], &[0.0, 0.5, 1.0]).unwrap();
+    let w = mores::analysis::correlate::wasserstein1(&[0.5, 0.5, 0.0], &[0.0, 0.5, 0.5], &[0.0, 0.5, 1.0]).unwrap();
     assert!((w - 0.5).abs() < 1e-12);
     // Disjoint supports: JS divergence (base 2) = 1, so 1 - distance = 0; identical: 1.
-    assert!(mores::correlate::js_similarity(&[1.0, 0.0], &[0.0, 1.0]).unwrap().abs() < 1e-12);
-    assert!((mores::correlate::js_similarity(&[0.3, 0.7], &[0.3, 0.7]).unwrap() - 1.0).abs() < 1e-12);
+    assert!(mores::analysis::correlate::js_similarity(&[1.0, 0.0], &[0.0, 1.0]).unwrap().abs() < 1e-12);
+    assert!((mores::analysis::correlate::js_similarity(&[0.3, 0.7], &[0.3, 0.7]).unwrap() - 1.0).abs() < 1e-12);
     // p = (1, 0), q = (0.5, 0.5): m = (0.75, 0.25); KL(p||m) = log2(4/3) = 0.41503749927884376;
     // KL(q||m) = 0.5 log2(2/3) + 0.5 log2(2) = 0.20751874963942185; JS = 0.3112781244591328;
     // sqrt(JS) = 0.5579230452841438, so 1 - sqrt(JS) = 0.4420769547158562.
-    let s = mores::correlate::js_similarity(&[1.0, 0.0], &[0.5, 0.5]).unwrap();
+    let s = mores::analysis::correlate::js_similarity(&[1.0, 0.0], &[0.5, 0.5]).unwrap();
     assert!((s - 0.442_076_954_715_856_2).abs() < 1e-9, "{s}");
 }
 
@@ -71,13 +72,13 @@ fn bootstrap_is_deterministic_with_a_seed() {
         let b: Vec<f64> = idx.iter().map(|&i| y[i]).collect();
         pearson(&a, &b)
     };
-    let (ci1, v1) = mores::correlate::bootstrap(x.len(), 500, 42, stat);
-    let (ci2, v2) = mores::correlate::bootstrap(x.len(), 500, 42, stat);
+    let (ci1, v1) = mores::analysis::correlate::bootstrap(x.len(), 500, 42, stat);
+    let (ci2, v2) = mores::analysis::correlate::bootstrap(x.len(), 500, 42, stat);
     assert_eq!(v1, v2);
     let (lo, hi) = ci1.unwrap();
     assert_eq!(ci1, ci2);
     let r = pearson(&x, &y).unwrap();
     assert!(lo < r && r < hi, "{lo} < {r} < {hi}");
-    let (_, v3) = mores::correlate::bootstrap(x.len(), 500, 43, stat);
+    let (_, v3) = mores::analysis::correlate::bootstrap(x.len(), 500, 43, stat);
     assert_ne!(v1, v3);
 }

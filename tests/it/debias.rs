@@ -1,13 +1,13 @@
 //! Option-order control, prompt variants, baselines, category groups, probe figures and compare.
 use crate::common::{assert_clean_error, mores, root, smollm2, stderr};
-use mores::baseline;
-use mores::combine;
-use mores::io::read_jsonl;
+use mores::analysis::baseline;
+use mores::analysis::combine;
+use mores::analysis::results::Results;
 use mores::probe::Sample;
 use mores::prompt::{orders, to_original};
 use mores::recipe::OrderMode;
-use mores::results::Results;
 use mores::survey::Survey;
+use mores::util::io::read_jsonl;
 use std::collections::BTreeMap;
 
 #[test]
@@ -135,7 +135,7 @@ fn baselines_against_hand_computed_values() {
             humans["DEU"].iter().filter_map(|(q, v)| h.get(q).map(|w| (*v, *w))).unzip();
         // Candidates share at least half of the persona's questions.
         if x.len() >= baseline::MIN_COMMON.max(humans["DEU"].len().div_ceil(2)) {
-            if let Some(r) = mores::correlate::pearson(&x, &yy) {
+            if let Some(r) = mores::analysis::correlate::pearson(&x, &yy) {
                 zs.push(r.clamp(-0.999999, 0.999999).atanh());
             }
         }
@@ -163,7 +163,7 @@ fn baselines_against_hand_computed_values() {
 
 #[test]
 fn five_numbers_and_figures_are_svg_with_their_series() {
-    use mores::plot::{bars, boxplots, five_numbers, Bar};
+    use mores::report::svg::{bars, boxplots, five_numbers, Bar};
     // Hand: sorted 1,2,3,4,10; quartiles by linear interpolation at 1, 2, 3 of 4 gaps.
     assert_eq!(five_numbers(&[4.0, 1.0, 10.0, 3.0, 2.0]), Some([1.0, 2.0, 3.0, 4.0, 10.0]));
     assert_eq!(five_numbers(&[]), None);
@@ -232,7 +232,7 @@ fn probe_orders_blind_prompts_figures_and_compare_on_smollm2() {
     assert!(r.countries.iter().all(|c| c.blind_r.is_some() && c.persona_effect.is_some()));
     assert_eq!(r.groups.len(), 1, "four Q1-Q4 questions fall in one category group");
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
-    for f in mores::report_plots::files(&r) {
+    for f in mores::report::plots::files(&r) {
         let svg = std::fs::read_to_string(out.join("plots").join(&f.0)).unwrap();
         assert!(svg.starts_with("<svg"), "{}", f.0);
         assert!(md.contains(&format!("(plots/{})", f.0)));

@@ -41,7 +41,7 @@ fn each_mode_writes_records_and_a_card() {
         assert_eq!(c["work_items"], 4, "{mode}");
         assert_eq!(c["kept"].as_u64().unwrap() + rejected + c["leakage_dropped"].as_u64().unwrap(), 4, "{mode}: {c}");
         assert_eq!(c["status"], "complete");
-        let records = mores::dataset::read(&out);
+        let records = mores::generate::dataset::read(&out);
         if c["kept"].as_u64().unwrap() > 0 {
             let records = records.unwrap();
             for (r, _) in &records {
@@ -126,7 +126,7 @@ fn leakage_guard_drops_near_duplicates_of_heldout_questions() {
     let c = card(&out);
     assert!(c["leakage_dropped"].as_u64().unwrap() >= 1, "{c}");
     if c["kept"].as_u64().unwrap() > 0 {
-        for (r, _) in mores::dataset::read(&out).unwrap() {
+        for (r, _) in mores::generate::dataset::read(&out).unwrap() {
             assert!(guard.leaks(r.question.as_deref().unwrap()).is_none(), "kept a leaking item {}", r.id);
         }
     }

@@ -2,9 +2,9 @@
 //! the base untouched, merged == unmerged, PEFT key names and round trips.
 use crate::common::{smollm2, tiny_model};
 use candle_core::{Device, Tensor};
-use mores::adapter::{merge_into, Adapter, LoraSpec};
-use mores::dataset::{Lesson, Record};
-use mores::model::layers::Mode;
+use mores::generate::dataset::{Lesson, Record};
+use mores::model::adapter::{merge_into, Adapter, LoraSpec};
+use mores::model::mode::Mode;
 use mores::model::{LoadOptions, Model};
 use mores::train::examples::{batch_loss, build, Built, Example, LossSums};
 use rand::{Rng, SeedableRng};
@@ -168,7 +168,7 @@ fn merged_equals_unmerged_and_export_round_trips() {
         let merged = probs(&m);
         assert!(max_diff(&adapted_p, &merged) < 1e-5, "{arch}: merged vs unmerged {}", max_diff(&adapted_p, &merged));
         let out = dir.path().join("merged");
-        mores::export::export_hf(&mut m, &out).unwrap();
+        mores::model::export::export_hf(&mut m, &out).unwrap();
         let reloaded = Model::load(&out, &LoadOptions::default()).unwrap();
         let d = max_diff(&merged, &probs(&reloaded));
         assert!(d < 1e-5, "{arch}: exported folder differs by {d}");

@@ -13,12 +13,14 @@
 //! - `lora`: LoRA gradients, B = 0 equivalence, merge/export, PEFT key names and round trips
 //! - `transfer`: `mores run` end to end on tiny models; stage skipping, resume, bad recipes
 //! - `train`: `mores train` resume equivalence, bad input, loss falls on SmolLM2
+//! - `layout`: the source tree's imports point down the pipeline, with no cycles
 mod batch;
 mod cli;
 mod common;
 mod correlate;
 mod debias;
 mod generate;
+mod layout;
 mod lora;
 mod probe;
 mod reference;

@@ -1,7 +1,7 @@
 use crate::common::{mores, smollm2, stderr};
-use mores::io::read_jsonl;
+use mores::analysis::results::Results;
 use mores::probe::Sample;
-use mores::results::Results;
+use mores::util::io::read_jsonl;
 
 fn samples(dir: &std::path::Path) -> Vec<Sample> {
     read_jsonl(&dir.join("samples.jsonl")).unwrap()
@@ -28,7 +28,7 @@ fn probe_end_to_end_resume_and_shards() {
     for x in &s {
         assert!((x.probs.iter().sum::<f64>() - 1.0).abs() < 1e-9);
         assert!(x.mass > 0.0 && x.mass <= 1.0 + 1e-9);
-        assert_eq!(x.prompt_sha256, mores::io::sha256_hex(x.prompt.as_bytes()));
+        assert_eq!(x.prompt_sha256, mores::util::io::sha256_hex(x.prompt.as_bytes()));
         assert!(x.prompt.starts_with("<|im_start|>system"), "chat model gets its template");
         assert_eq!(x.country.is_empty(), x.template == "blind");
         assert!(x.prompt.ends_with("Answer: "));

@@ -7,7 +7,7 @@ fn shipped() -> Survey {
 }
 
 /// A copy of the shipped data with `edit` applied to the distributions file's text.
-fn edited(dir: &Path, edit: impl Fn(String) -> String) -> mores::error::Result<Survey> {
+fn edited(dir: &Path, edit: impl Fn(String) -> String) -> mores::util::error::Result<Survey> {
     let src = root().join("data/wvs");
     for f in ["wvs7_questions.jsonl", "countries.csv"] {
         std::fs::copy(src.join(f), dir.join(f)).unwrap();
@@ -164,8 +164,10 @@ fn uniform_answers_reproduce_the_scale_artefact() {
             h.push(mean);
             un.push(q.normalise(uniform).unwrap());
         }
-        rs.push(mores::correlate::pearson(&u, &h).unwrap());
-        assert!(un.windows(2).all(|w| (w[0] - w[1]).abs() < 1e-9) || mores::correlate::pearson(&un, &h).is_some());
+        rs.push(mores::analysis::correlate::pearson(&u, &h).unwrap());
+        assert!(
+            un.windows(2).all(|w| (w[0] - w[1]).abs() < 1e-9) || mores::analysis::correlate::pearson(&un, &h).is_some()
+        );
     }
     let mean = rs.iter().sum::<f64>() / rs.len() as f64;
     let (lo, hi) = rs.iter().fold((1.0f64, -1.0f64), |(a, b), r| (a.min(*r), b.max(*r)));

@@ -208,3 +208,34 @@ fn loss_falls_on_a_tiny_overfit_set_with_smollm2() {
     let last = c.last().unwrap()["loss"].as_f64().unwrap();
     assert!(last < 0.5 * first, "loss did not fall: {first} -> {last}");
 }
+
+/// One prompt path (issue 15): a training example built from a survey item reads exactly the
+/// tokens the probe scores for that item, chat template and answer cue included.
+#[test]
+fn training_context_is_the_probe_prompt() {
+    use mores::generate::dataset::Record;
+    use mores::model::{LoadOptions, Model};
+    use mores::train::examples::{build, Built};
+    let m = Model::load(&smollm2(), &LoadOptions { dequantize: true, ..Default::default() }).unwrap();
+    let survey = mores::survey::Survey::load(crate::common::root().join("data/wvs")).unwrap();
+    let recipe =
+        mores::recipe::DistillRecipe::load(&crate::common::root().join("recipes/distill/default.toml")).unwrap();
+    let p = &recipe.prompt;
+    let country = &survey.countries["NGA"];
+    let q = survey.questions.iter().find(|q| survey.answers(&q.id, "NGA").is_some() && q.options.len() == 4).unwrap();
+    let probe = mores::prompt::build(p, q, country, &m).unwrap();
+    assert!(probe.text.starts_with("<|im_start|>system"), "chat = auto on a chat model");
+    let labels: Vec<String> = (1..=4).map(|i| i.to_string()).collect();
+    let rec: Record = serde_json::from_value(serde_json::json!({
+        "id": "x", "prompt": mores::prompt::user_text(p, q, country), "answer_prefix": p.answer_cue,
+        "labels": labels, "target": [0.1, 0.2, 0.3, 0.4]
+    }))
+    .unwrap();
+    let Built::Ok(ex) = build(&m, &rec, &rec.lesson().unwrap(), mores::prompt::use_chat(p, &m), 512).unwrap() else {
+        panic!("fits")
+    };
+    let ids = m.tok.encode_prompt(&probe.text).unwrap();
+    for row in &ex.rows {
+        assert_eq!(&row[..ids.len()], &ids[..], "training row starts with the probe's prompt tokens");
+    }
+}

@@ -100,7 +100,7 @@ fn pipeline_runs_skips_and_resumes_on_tiny_models() {
         std::fs::read_to_string(&r2).unwrap().replace("[transfer]\n", "[transfer]\nprobe_orders = \"reversed\"\n");
     std::fs::write(&r2, text).unwrap();
     assert_eq!(ran(&run(&r2, &out)), ["probe-before", "probe-teacher", "probe-after", "report"]);
-    let s: Vec<mores::probe::Sample> = mores::io::read_jsonl(&out.join("probe-after/samples.jsonl")).unwrap();
+    let s: Vec<mores::probe::Sample> = mores::util::io::read_jsonl(&out.join("probe-after/samples.jsonl")).unwrap();
     assert_eq!(s.iter().filter(|x| x.id.ends_with("~rev")).count() * 2, s.len());
     let rep: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("transfer.json")).unwrap()).unwrap();

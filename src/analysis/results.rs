@@ -3,14 +3,14 @@
 //! it, per-question cross-country alignment, category / group / continent aggregates, and what
 //! the extra prompts show: templates, option orders, the country-blind persona effect, and the
 //! baselines of `baseline.rs`.
-use crate::baseline::{self, BiasRow, CountryBaselines, Reference};
-use crate::combine::{self, OrderSpread, PositionBias};
-use crate::correlate::{fisher_mean, mean, Corr};
-use crate::error::Result;
-use crate::model::ModelInfo;
+use crate::analysis::baseline::{self, BiasRow, CountryBaselines, Reference};
+use crate::analysis::combine::{self, OrderSpread, PositionBias};
+use crate::analysis::correlate::{fisher_mean, mean, Corr};
 use crate::probe::Sample;
 use crate::recipe::ProbeRecipe;
 use crate::survey::Survey;
+use crate::util::error::Result;
+use crate::util::manifest::ModelInfo;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -245,7 +245,7 @@ pub fn compute(
                 blind.iter().filter(|(q, _)| m.contains_key(*q)).map(|(q, v)| (q.clone(), *v)).collect();
             c.blind_r = humans.get(&c.iso3).and_then(|h| {
                 let (x, y): (Vec<f64>, Vec<f64>) = own.iter().filter_map(|(q, v)| h.get(q).map(|hv| (*v, *hv))).unzip();
-                crate::correlate::pearson(&x, &y)
+                crate::analysis::correlate::pearson(&x, &y)
             });
             c.persona_effect = c.normalised.as_ref().zip(c.blind_r).map(|(n, b)| n.r - b);
         }
@@ -275,7 +275,7 @@ fn compute_items(
         let (Some(m), Some(h)) = (s.expected_score, s.human_mean) else { continue };
         let (Some(mn), Some(hn)) = (q.normalise(m), q.normalise(h)) else { continue };
         let uniform = q.expected_score(&vec![1.0; q.options.len()]).expect("scored question");
-        let js = crate::correlate::js_similarity(&s.probs, &s.human_distribution);
+        let js = crate::analysis::correlate::js_similarity(&s.probs, &s.human_distribution);
         // W1 over the options that carry a score (renormalised), positions on the [0, 1] scale.
         let scored: Vec<usize> = (0..q.options.len()).filter(|&i| q.options[i].score.is_some()).collect();
         let w1 = (|| {
@@ -288,7 +288,7 @@ fn compute_items(
             let at: Vec<f64> = scored.iter().map(|&i| q.normalise(q.options[i].score?)).collect::<Option<_>>()?;
             let pm: Vec<f64> = pm.iter().map(|x| x / zm).collect();
             let ph: Vec<f64> = ph.iter().map(|x| x / zh).collect();
-            crate::correlate::wasserstein1(&pm, &ph, &at)
+            crate::analysis::correlate::wasserstein1(&pm, &ph, &at)
         })();
         points.push(Point { s, js, w1, model: m, human: h, model_n: mn, human_n: hn, uniform });
     }
@@ -308,17 +308,17 @@ fn compute_items(
         let masses: Vec<f64> = samples.iter().filter(|s| &s.country == iso).map(|s| s.mass).collect();
         let mn: Vec<f64> = ps.iter().map(|p| p.model_n).collect();
         let hn: Vec<f64> = ps.iter().map(|p| p.human_n).collect();
-        let (normalised_ci95, _) = crate::correlate::bootstrap(ps.len(), BOOTSTRAP, seed_for(iso), |idx| {
+        let (normalised_ci95, _) = crate::analysis::correlate::bootstrap(ps.len(), BOOTSTRAP, seed_for(iso), |idx| {
             let x: Vec<f64> = idx.iter().map(|&i| mn[i]).collect();
             let y: Vec<f64> = idx.iter().map(|&i| hn[i]).collect();
-            crate::correlate::pearson(&x, &y)
+            crate::analysis::correlate::pearson(&x, &y)
         });
         countries.push(CountryResult {
             baselines: None,
             blind_r: None,
             persona_effect: None,
             normalised_ci95,
-            spearman: crate::correlate::spearman(&mn, &hn),
+            spearman: crate::analysis::correlate::spearman(&mn, &hn),
             js_similarity: mean(&ps.iter().filter_map(|p| p.js).collect::<Vec<_>>()),
             wasserstein: mean(&ps.iter().filter_map(|p| p.w1).collect::<Vec<_>>()),
             iso3: iso.clone(),
@@ -446,9 +446,12 @@ fn compute_items(
         cross_country_r: fisher_mean(&cross),
         cross_country_questions: cross.len(),
         cross_country_positive: cross.iter().filter(|r| **r > 0.0).count(),
-        mean_r_normalised_ci95: crate::correlate::bootstrap(norm.len(), BOOTSTRAP, seed_for("overall"), |idx| {
-            mean(&idx.iter().map(|&i| norm[i]).collect::<Vec<_>>())
-        })
+        mean_r_normalised_ci95: crate::analysis::correlate::bootstrap(
+            norm.len(),
+            BOOTSTRAP,
+            seed_for("overall"),
+            |idx| mean(&idx.iter().map(|&i| norm[i]).collect::<Vec<_>>()),
+        )
         .0,
         mean_js_similarity: mean(&countries.iter().filter_map(|c| c.js_similarity).collect::<Vec<_>>()),
         mean_wasserstein: mean(&countries.iter().filter_map(|c| c.wasserstein).collect::<Vec<_>>()),
@@ -484,7 +487,7 @@ fn fisher_ci(rs: &[f64], what: &str) -> Option<(f64, f64)> {
     if rs.len() < 2 {
         return None;
     }
-    crate::correlate::bootstrap(rs.len(), BOOTSTRAP, seed_for(&format!("group:{what}")), |idx| {
+    crate::analysis::correlate::bootstrap(rs.len(), BOOTSTRAP, seed_for(&format!("group:{what}")), |idx| {
         fisher_mean(&idx.iter().map(|&i| rs[i]).collect::<Vec<_>>())
     })
     .0
@@ -492,7 +495,7 @@ fn fisher_ci(rs: &[f64], what: &str) -> Option<(f64, f64)> {
 
 /// A fixed seed per bootstrap, so results.json is the same from run to run.
 fn seed_for(what: &str) -> u64 {
-    crate::seed::from_text(&format!("mores-bootstrap:{what}"))
+    crate::util::seed::from_text(&format!("mores-bootstrap:{what}"))
 }
 
 fn group<'a, 'b: 'a>(

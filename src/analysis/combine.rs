@@ -2,7 +2,7 @@
 //! several option orders and templates; their option probabilities (in the question's own option
 //! order) are averaged, orders first, then templates with equal weight. Also what the orders
 //! reveal: position bias and how far an expected score moves when only the order changes.
-use crate::correlate::mean;
+use crate::analysis::correlate::mean;
 use crate::probe::Sample;
 use crate::survey::Survey;
 use serde::{Deserialize, Serialize};

@@ -1,11 +1,11 @@
 //! The probe's figures (SVG, in OUT/plots/): human vs model scores per category across countries
 //! (the paper's Fig. 1), mean r per continent with CIs (Fig. 2/3), model vs human for one
 //! country, and one question across countries. Chat vs base side by side is `mores compare`'s.
-use crate::error::Result;
-use crate::plot::{self, Bar};
+use crate::analysis::results::Results;
 use crate::probe::Sample;
-use crate::results::Results;
+use crate::report::svg::{self, Bar};
 use crate::survey::Survey;
+use crate::util::error::Result;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -40,7 +40,7 @@ pub fn files(r: &Results) -> Vec<(String, String)> {
 
 pub fn write(dir: &Path, r: &Results, items: &[Sample], survey: &Survey) -> Result<()> {
     let dir = dir.join("plots");
-    std::fs::create_dir_all(&dir).map_err(|e| crate::error::Error::io(&dir, e))?;
+    std::fs::create_dir_all(&dir).map_err(|e| crate::util::error::Error::io(&dir, e))?;
     // (category, country) -> normalised (model, human) per question.
     let mut by_cat: BTreeMap<(String, String), Vec<(f64, f64)>> = BTreeMap::new();
     let mut norm = Vec::new();
@@ -63,7 +63,7 @@ pub fn write(dir: &Path, r: &Results, items: &[Sample], survey: &Survey) -> Resu
         model_boxes[i].push(v.iter().map(|p| p.0).sum::<f64>() / n);
         human_boxes[i].push(v.iter().map(|p| p.1).sum::<f64>() / n);
     }
-    plot::boxplots(
+    svg::boxplots(
         &dir.join("categories.svg"),
         &format!("{}: mean score per country by category (0-1 scale)", r.model.name),
         "country mean of normalised scores",
@@ -74,7 +74,7 @@ pub fn write(dir: &Path, r: &Results, items: &[Sample], survey: &Survey) -> Resu
     let continents: Vec<String> = r.continents.iter().map(|c| format!("{} ({})", c.name, c.n_countries)).collect();
     let vals: Vec<Bar> =
         r.continents.iter().map(|c| Bar { value: c.mean_r_normalised, ci: c.normalised_ci95 }).collect();
-    plot::bars(
+    svg::bars(
         &dir.join("continents.svg"),
         &format!("{}: mean normalised r per continent, 95% CI over countries", r.model.name),
         "Fisher mean of per-country Pearson r (scale-normalised)",
@@ -85,9 +85,9 @@ pub fn write(dir: &Path, r: &Results, items: &[Sample], survey: &Survey) -> Resu
     if let Some(c) = scatter_country(r) {
         let pts: Vec<(f64, f64)> = norm.iter().filter(|p| p.0.country == c).map(|p| (p.2, p.1)).collect();
         let rr = r.countries.iter().find(|x| x.iso3 == c).and_then(|x| x.normalised.as_ref()).map(|x| x.r);
-        plot::scatter(
+        svg::scatter(
             &dir.join(format!("scatter-{c}.svg")),
-            &format!("{c}: {} questions, normalised r = {}", pts.len(), crate::report::f(rr)),
+            &format!("{c}: {} questions, normalised r = {}", pts.len(), crate::util::fmt::f(rr)),
             "human mean (0-1)",
             "model expected score (0-1)",
             &pts,
@@ -97,7 +97,7 @@ pub fn write(dir: &Path, r: &Results, items: &[Sample], survey: &Survey) -> Resu
         let rows: Vec<(String, f64, f64)> =
             norm.iter().filter(|p| p.0.question_id == qid).map(|p| (p.0.country.clone(), p.2, p.1)).collect();
         let text = survey.question(qid).map(|q| q.label.clone()).unwrap_or_default();
-        plot::dumbbell(
+        svg::dumbbell(
             &dir.join(format!("question-{qid}.svg")),
             &format!("{qid} ({text}) across countries"),
             "score (0-1 scale)",

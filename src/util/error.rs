@@ -56,5 +56,5 @@ pub(crate) fn tok_err(e: impl std::fmt::Display) -> Error {
 
 #[macro_export]
 macro_rules! bail {
-    ($($arg:tt)*) => { return Err($crate::error::Error::Invalid(format!($($arg)*))) };
+    ($($arg:tt)*) => { return Err($crate::util::error::Error::Invalid(format!($($arg)*))) };
 }

@@ -2,8 +2,8 @@
 //! A record is either text to imitate (`messages` ending in an assistant turn, or `prompt` plus a
 //! text `target`) or a distribution over option labels to match (`prompt` or `messages`,
 //! `labels`, and a numeric `target`).
-use crate::error::{Error, Result};
 use crate::model::chat::Message;
+use crate::util::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -106,7 +106,7 @@ impl Record {
     pub fn content_hash(&self) -> String {
         let mut r = self.clone();
         r.hash = None;
-        crate::io::sha256_hex(serde_json::to_string(&r).expect("record serialises").as_bytes())
+        crate::util::io::sha256_hex(serde_json::to_string(&r).expect("record serialises").as_bytes())
     }
 }
 

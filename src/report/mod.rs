@@ -1,16 +1,11 @@
-//! report.md: the tables a person reads, written from `Results`.
-use crate::results::{GroupResult, Results};
+//! What a person reads: report.md's tables, written from `Results` (this file), the probe's
+//! figures ([`plots`]) and the SVG chart helpers every stage draws with ([`svg`]).
+pub mod plots;
+pub mod svg;
+
+use crate::analysis::results::{GroupResult, Results};
+use crate::util::fmt::{ci, f};
 use std::fmt::Write;
-
-/// A correlation or mean to 3 decimals, or "–" when undefined.
-pub fn f(x: Option<f64>) -> String {
-    x.map(|v| format!("{v:.3}")).unwrap_or_else(|| "–".into())
-}
-
-/// "0.123 to 0.456", or "–".
-pub fn ci(c: Option<(f64, f64)>) -> String {
-    c.map(|(lo, hi)| format!("{lo:.3} to {hi:.3}")).unwrap_or_else(|| "–".into())
-}
 
 fn group_table(out: &mut String, title: &str, rows: &[GroupResult]) {
     let _ = writeln!(out, "\n## {title}\n");
@@ -166,7 +161,7 @@ pub fn markdown(r: &Results) -> String {
 
 /// The SVG files `report::plots` writes next to report.md.
 fn plot_links(r: &Results) -> String {
-    crate::report_plots::files(r).iter().map(|(f, what)| format!("[{what}](plots/{f})")).collect::<Vec<_>>().join(", ")
+    crate::report::plots::files(r).iter().map(|(f, what)| format!("[{what}](plots/{f})")).collect::<Vec<_>>().join(", ")
 }
 
 fn baselines_section(out: &mut String, r: &Results) {
@@ -179,7 +174,7 @@ fn baselines_section(out: &mut String, r: &Results) {
          match best, and the persona's own rank among {} countries.\n",
         r.countries.first().and_then(|c| c.baselines.as_ref()).map(|b| b.candidates).unwrap_or(0)
     );
-    let refs: Vec<&crate::baseline::Reference> = r.references.iter().collect();
+    let refs: Vec<&crate::analysis::baseline::Reference> = r.references.iter().collect();
     let mut head = "| country | own r | shuffled r | best match | best r | own rank | persona effect |".to_string();
     let mut rule = "|---|---:|---:|---|---:|---:|---:|".to_string();
     for x in &refs {
@@ -378,8 +373,13 @@ pub fn paired_difference(a: &Results, b: &Results) -> Paired {
             Some(cb.normalised.as_ref()?.r - ca.normalised.as_ref()?.r)
         })
         .collect();
-    let mean = |idx: &[usize]| crate::correlate::mean(&idx.iter().map(|&i| d[i]).collect::<Vec<_>>());
-    let seed = crate::seed::from_text(&format!("mores-compare:{}:{}", a.model.sha256, b.model.sha256));
-    let (ci95, vals) = crate::correlate::bootstrap(d.len(), crate::results::BOOTSTRAP, seed, mean);
-    Paired { n: d.len(), mean: mean(&(0..d.len()).collect::<Vec<_>>()), ci95, p: crate::correlate::bootstrap_p(&vals) }
+    let mean = |idx: &[usize]| crate::analysis::correlate::mean(&idx.iter().map(|&i| d[i]).collect::<Vec<_>>());
+    let seed = crate::util::seed::from_text(&format!("mores-compare:{}:{}", a.model.sha256, b.model.sha256));
+    let (ci95, vals) = crate::analysis::correlate::bootstrap(d.len(), crate::analysis::results::BOOTSTRAP, seed, mean);
+    Paired {
+        n: d.len(),
+        mean: mean(&(0..d.len()).collect::<Vec<_>>()),
+        ci95,
+        p: crate::analysis::correlate::bootstrap_p(&vals),
+    }
 }

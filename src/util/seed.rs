@@ -4,7 +4,7 @@ use rand::SeedableRng;
 
 /// A u64 from the sha256 of `text`: a stable seed (or uniform draw) named by what it is for.
 pub fn from_text(text: &str) -> u64 {
-    let h = crate::io::sha256_hex(text.as_bytes());
+    let h = crate::util::io::sha256_hex(text.as_bytes());
     u64::from_str_radix(&h[..16], 16).expect("hex")
 }
 

@@ -1,7 +1,9 @@
 //! WVS-7 survey data: questions with their answer options, countries, and human answer
 //! distributions per (question, country). Coverage is ragged (19 countries have every question,
 //! most have 9), so everything downstream asks "which questions does this country have?".
-use crate::error::{Error, Result};
+pub mod import;
+
+use crate::util::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};

@@ -2,12 +2,12 @@
 //! transformers (shared/peers/lora_bench.py) on the same model, threads and shapes, in the same
 //! run. The setting is PEFT's: rank 8, alpha 16, q_proj and v_proj, AdamW lr 2e-4, causal-LM loss
 //! on every position of batch x sequence tokens. Each side runs in its own process.
-use crate::adapter::{Adapter, LoraSpec};
-use crate::bench::peak_rss_mib;
-use crate::error::{Error, Result};
+use crate::bench::probe::peak_rss_mib;
+use crate::model::adapter::{Adapter, LoraSpec};
 use crate::model::{LoadOptions, Model};
 use crate::train::examples::{Example, Kind};
 use crate::train::optim::AdamW;
+use crate::util::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -3,7 +3,7 @@
 //! model's own scores: its answers for persona X scored against country Y's humans (the
 //! shuffled-country baseline, and which country a persona matches best: the western-bias table).
 //! All on scale-normalised scores, so question scales cannot inflate them.
-use crate::correlate::{fisher_mean, pearson};
+use crate::analysis::correlate::{fisher_mean, pearson};
 use crate::survey::Survey;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

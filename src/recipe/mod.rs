@@ -1,7 +1,10 @@
 //! Declarative experiment files (`recipes/**/*.toml`). A recipe may `include` another (path
 //! relative to itself) and override any of its keys; tables merge key by key. Unknown keys are
 //! errors, so a typo never silently falls back to a default.
-use crate::error::{Error, Result};
+pub mod generate;
+pub mod lora;
+
+use crate::util::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -231,6 +234,11 @@ trait Recipe: serde::de::DeserializeOwned {
 /// Read, merge includes, deserialise (unknown keys are errors), name and validate a recipe.
 fn load_recipe<R: Recipe>(path: &Path) -> Result<R> {
     let table = load_table(path)?;
+    if table.get("train").and_then(|t| t.get("chat")).is_some() {
+        // Two chat settings could train the student on one prompt format and probe it on another.
+        let msg = "train.chat is no longer read: [prompt] chat sets the chat format for the probe, the teacher and training alike (remove train.chat)";
+        return Err(Error::Recipe { path: path.to_path_buf(), msg: msg.into() });
+    }
     let mut r: R = toml::Value::Table(table)
         .try_into()
         .map_err(|e: toml::de::Error| Error::Recipe { path: path.to_path_buf(), msg: e.message().to_string() })?;
@@ -337,14 +345,14 @@ pub struct DistillRecipe {
     #[serde(default)]
     pub student: ModelSection,
     #[serde(default)]
-    pub lora: crate::adapter::LoraSpec,
+    pub lora: lora::LoraSpec,
     #[serde(default)]
     pub train: TrainSection,
     /// The teacher that writes the dataset (`mores generate`).
     #[serde(default)]
     pub teacher: Option<ModelSection>,
     #[serde(default)]
-    pub generate: Option<crate::generate::GenerateSection>,
+    pub generate: Option<generate::GenerateSection>,
     /// How survey items are worded for the student and the teacher: the probe's persona prompt
     /// by default, so that training and evaluation read the same way.
     #[serde(default = "default_persona_prompt")]
@@ -472,8 +480,6 @@ pub struct TrainSection {
     /// Longest training sequence in tokens; longer answers are cut, longer prompts skipped.
     #[serde(default = "default_max_len")]
     pub max_len: usize,
-    #[serde(default = "default_chat")]
-    pub chat: ChatMode,
 }
 
 fn objective_auto() -> Objective {

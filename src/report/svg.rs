@@ -1,6 +1,6 @@
 //! SVG charts with plotters. Text is emitted as SVG <text> elements and laid out with plotters'
 //! built-in size estimate, so no system fonts are needed.
-use crate::error::{Error, Result};
+use crate::util::error::{Error, Result};
 use plotters::prelude::*;
 use std::path::Path;
 
@@ -95,7 +95,7 @@ pub fn lines(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[S
         legend(&mut chart, path)?;
         root.present().map_err(|e| plot_err(path, e))?;
     }
-    crate::io::atomic_write(path, svg.as_bytes())
+    crate::util::io::atomic_write(path, svg.as_bytes())
 }
 
 /// One row per label: a grey line from the first value to the second, blue dot for the first,
@@ -151,7 +151,7 @@ pub fn dumbbell(
         legend(&mut chart, path)?;
         root.present().map_err(|e| plot_err(path, e))?;
     }
-    crate::io::atomic_write(path, svg.as_bytes())
+    crate::util::io::atomic_write(path, svg.as_bytes())
 }
 
 /// One value per (group, series), optionally with an interval.
@@ -219,7 +219,7 @@ where
         }
         root.present().map_err(|e| plot_err(path, e))?;
     }
-    crate::io::atomic_write(path, svg.as_bytes())
+    crate::util::io::atomic_write(path, svg.as_bytes())
 }
 
 fn finite_range(vals: impl Iterator<Item = f64>, floor: Option<f64>) -> (f64, f64) {
@@ -367,5 +367,5 @@ pub fn scatter(path: &Path, title: &str, x_label: &str, y_label: &str, points: &
             .map_err(|e| plot_err(path, e))?;
         root.present().map_err(|e| plot_err(path, e))?;
     }
-    crate::io::atomic_write(path, svg.as_bytes())
+    crate::util::io::atomic_write(path, svg.as_bytes())
 }

@@ -1,9 +1,8 @@
 //! manifest.json: everything needed to reproduce a run's numbers.
-use crate::error::Result;
-use crate::model::ModelInfo;
+use crate::util::error::Result;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
@@ -20,7 +19,7 @@ pub struct Manifest {
     pub seed: u64,
     pub threads: usize,
     pub batch: usize,
-    pub shard: Option<crate::probe::Shard>,
+    pub shard: Option<crate::util::shard::Shard>,
     pub device: String,
     pub dtype: String,
     pub started: String,
@@ -52,7 +51,7 @@ pub fn git() -> (Option<String>, Option<bool>) {
 pub fn hash_inputs(files: &[&Path]) -> Result<BTreeMap<String, String>> {
     let mut m = BTreeMap::new();
     for f in files {
-        m.insert(f.display().to_string(), crate::model::sha256_file(f)?);
+        m.insert(f.display().to_string(), crate::util::io::sha256_file(f)?);
     }
     Ok(m)
 }
@@ -60,4 +59,26 @@ pub fn hash_inputs(files: &[&Path]) -> Result<BTreeMap<String, String>> {
 pub fn now_utc() -> String {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     format!("{secs} (unix seconds)")
+}
+
+/// What a run manifest records about a model.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelInfo {
+    pub name: String,
+    pub path: PathBuf,
+    pub architecture: String,
+    pub format: String,
+    pub sha256: String,
+    pub tokenizer: String,
+    pub chat_template: Option<String>,
+    pub vocab_size: usize,
+    /// A LoRA adapter applied on top (folder and sha256 of its weights file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<AdapterInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AdapterInfo {
+    pub path: PathBuf,
+    pub sha256: String,
 }

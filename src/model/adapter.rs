@@ -1,9 +1,10 @@
 //! LoRA adapters in PEFT's on-disk format: `adapter_config.json` plus `adapter_model.safetensors`
 //! with keys like `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight` (A [r, in],
 //! B [out, r]) and metadata format=pt, so Python PEFT loads what mores trains and the reverse.
-use crate::error::{Error, Result};
 use crate::model::lora::{init_pair, rows_from_hf, rows_to_hf, LoraLayer, Target};
 use crate::model::Model;
+pub use crate::recipe::lora::LoraSpec;
+use crate::util::error::{Error, Result};
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -19,74 +20,6 @@ pub struct BaseInfo {
     pub architecture: String,
     pub base_name: String,
     pub base_sha256: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct LoraSpec {
-    #[serde(default = "default_rank")]
-    pub rank: usize,
-    #[serde(default = "default_alpha")]
-    pub alpha: f64,
-    #[serde(default)]
-    pub dropout: f64,
-    /// PEFT module names: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj.
-    #[serde(default = "default_targets")]
-    pub targets: Vec<String>,
-    /// Scale alpha / sqrt(rank) instead of alpha / rank (rsLoRA).
-    #[serde(default)]
-    pub rslora: bool,
-}
-
-fn default_rank() -> usize {
-    8
-}
-fn default_alpha() -> f64 {
-    16.0
-}
-fn default_targets() -> Vec<String> {
-    vec!["q_proj".into(), "v_proj".into()]
-}
-
-impl Default for LoraSpec {
-    fn default() -> Self {
-        Self { rank: default_rank(), alpha: default_alpha(), dropout: 0.0, targets: default_targets(), rslora: false }
-    }
-}
-
-impl LoraSpec {
-    pub fn scale(&self) -> f64 {
-        if self.rslora {
-            self.alpha / (self.rank as f64).sqrt()
-        } else {
-            self.alpha / self.rank as f64
-        }
-    }
-
-    pub fn target_modules(&self) -> std::result::Result<Vec<Target>, String> {
-        if self.targets.is_empty() {
-            return Err("lora.targets is empty: name at least one module".into());
-        }
-        self.targets
-            .iter()
-            .map(|t| {
-                Target::parse(t).ok_or_else(|| {
-                    let all: Vec<&str> = Target::ALL.iter().map(|t| t.peft_name()).collect();
-                    format!("lora.targets: no module {t:?} in this model (choose from {})", all.join(", "))
-                })
-            })
-            .collect()
-    }
-
-    pub fn validate(&self) -> std::result::Result<(), String> {
-        if self.rank == 0 {
-            return Err("lora.rank must be at least 1".into());
-        }
-        if !(0.0..1.0).contains(&self.dropout) {
-            return Err(format!("lora.dropout {} must be in [0, 1)", self.dropout));
-        }
-        self.target_modules().map(|_| ())
-    }
 }
 
 pub struct Param {
@@ -153,19 +86,19 @@ impl Adapter {
     /// Write `adapter_config.json` and `adapter_model.safetensors` into `dir`.
     pub fn save(&self, dir: &Path, model: &Model) -> Result<()> {
         let config = PeftConfig::from_spec(&self.spec, &model.info.path.display().to_string());
-        crate::io::write_json(&dir.join(CONFIG_FILE), &config)?;
+        crate::util::io::write_json(&dir.join(CONFIG_FILE), &config)?;
         // One metadata key only: safetensors writes the map in hash order, and the bytes of an
         // adapter must not change from run to run.
         let mut meta = HashMap::new();
         meta.insert("format".to_string(), "pt".to_string());
         let bytes = save_safetensors(&self.peft_tensors()?, meta)?;
-        crate::io::atomic_write(&dir.join(WEIGHTS_FILE), &bytes)?;
+        crate::util::io::atomic_write(&dir.join(WEIGHTS_FILE), &bytes)?;
         let base = BaseInfo {
             architecture: model.architecture().to_string(),
             base_name: model.info.name.clone(),
             base_sha256: model.info.sha256.clone(),
         };
-        crate::io::write_json(&dir.join(MORES_FILE), &base)
+        crate::util::io::write_json(&dir.join(MORES_FILE), &base)
     }
 
     /// Load a PEFT adapter folder (made by mores or by Python PEFT) onto `model`.
@@ -252,8 +185,10 @@ impl Adapter {
         if params.is_empty() {
             return Err(Error::model(&w_path, "no LoRA weights in the file"));
         }
-        model.info.adapter =
-            Some(crate::model::AdapterInfo { path: dir.to_path_buf(), sha256: crate::io::sha256_hex(&bytes) });
+        model.info.adapter = Some(crate::util::manifest::AdapterInfo {
+            path: dir.to_path_buf(),
+            sha256: crate::util::io::sha256_hex(&bytes),
+        });
         Ok(Self { spec, params })
     }
 

@@ -1,12 +1,13 @@
 //! What the CLI subcommands do, as library functions (main.rs only parses flags).
-use crate::error::{Error, Result};
-use crate::io::{read_jsonl, write_json, write_jsonl};
-use crate::manifest::{self, Manifest};
+use crate::analysis::results::{self, Results};
 use crate::model::{LoadOptions, Model};
-use crate::probe::{self, ProbeOptions, Sample, Shard};
+use crate::probe::{self, ProbeOptions, Sample};
 use crate::recipe::{ProbeRecipe, WeightMode};
-use crate::results::{self, Results};
 use crate::survey::{self, Survey};
+use crate::util::error::{Error, Result};
+use crate::util::io::{read_jsonl, write_json, write_jsonl};
+use crate::util::manifest::{self, Manifest};
+use crate::util::shard::Shard;
 use std::path::{Path, PathBuf};
 
 pub struct ProbeArgs {
@@ -87,17 +88,17 @@ pub struct ProbeRun {
     pub adapter: Option<PathBuf>,
     pub out: PathBuf,
     pub cache: Option<PathBuf>,
-    pub shard: Option<crate::probe::Shard>,
+    pub shard: Option<crate::util::shard::Shard>,
     pub threads: usize,
     pub progress: bool,
 }
 
 pub fn probe_with(recipe: &ProbeRecipe, survey: &Survey, a: &ProbeRun) -> Result<Results> {
     let recipe = recipe.clone();
-    let opts = load_options(recipe.model.weights);
+    let opts = LoadOptions::for_weights(recipe.model.weights);
     let mut model = Model::load(&a.model, &opts)?;
     if let Some(dir) = &a.adapter {
-        let ad = crate::adapter::Adapter::load(&mut model, dir)?;
+        let ad = crate::model::adapter::Adapter::load(&mut model, dir)?;
         eprintln!("adapter {} (rank {}, {} modules)", dir.display(), ad.spec.rank, ad.params.len());
     }
     eprintln!(
@@ -130,7 +131,7 @@ pub fn probe_with(recipe: &ProbeRecipe, survey: &Survey, a: &ProbeRun) -> Result
         crates: manifest::crate_versions(),
         git_commit,
         git_dirty,
-        recipe_sha256: crate::io::sha256_hex(serde_json::to_string(&recipe_json)?.as_bytes()),
+        recipe_sha256: crate::util::io::sha256_hex(serde_json::to_string(&recipe_json)?.as_bytes()),
         recipe: recipe_json,
         model: model.info.clone(),
         inputs,
@@ -145,10 +146,6 @@ pub fn probe_with(recipe: &ProbeRecipe, survey: &Survey, a: &ProbeRun) -> Result
     write_outputs(&a.out, &samples, survey, &recipe, &m)
 }
 
-pub fn load_options(w: WeightMode) -> LoadOptions {
-    LoadOptions { requantize_slow: w == WeightMode::Q8, dequantize: w == WeightMode::F32, ..Default::default() }
-}
-
 pub fn write_outputs(
     out: &Path,
     samples: &[Sample],
@@ -156,12 +153,12 @@ pub fn write_outputs(
     recipe: &ProbeRecipe,
     m: &Manifest,
 ) -> Result<Results> {
-    let items = crate::combine::items(samples, survey, None);
+    let items = crate::analysis::combine::items(samples, survey, None);
     let res = results::compute(samples, &items, survey, m.model.clone(), recipe)?;
     write_jsonl(&out.join("samples.jsonl"), samples)?;
     write_json(&out.join("results.json"), &res)?;
-    crate::report_plots::write(out, &res, &items, survey)?;
-    crate::io::atomic_write(&out.join("report.md"), crate::report::markdown(&res).as_bytes())?;
+    crate::report::plots::write(out, &res, &items, survey)?;
+    crate::util::io::atomic_write(&out.join("report.md"), crate::report::markdown(&res).as_bytes())?;
     write_json(&out.join("manifest.json"), m)?;
     Ok(res)
 }
@@ -236,14 +233,14 @@ pub fn compare(runs: &[PathBuf], out: Option<&Path>) -> Result<String> {
                     }
                 }
             }
-            let values: Vec<Vec<crate::plot::Bar>> = rs
+            let values: Vec<Vec<crate::report::svg::Bar>> = rs
                 .iter()
                 .map(|(_, r)| {
                     groups
                         .iter()
                         .map(|name| {
                             let g = pick(r).iter().find(|g| &g.name == name);
-                            crate::plot::Bar {
+                            crate::report::svg::Bar {
                                 value: g.and_then(|g| g.mean_r_normalised),
                                 ci: g.and_then(|g| g.normalised_ci95),
                             }
@@ -251,7 +248,7 @@ pub fn compare(runs: &[PathBuf], out: Option<&Path>) -> Result<String> {
                         .collect()
                 })
                 .collect();
-            crate::plot::bars(
+            crate::report::svg::bars(
                 &out.join(file),
                 title,
                 "mean normalised r (95% CI over countries)",
@@ -265,7 +262,7 @@ pub fn compare(runs: &[PathBuf], out: Option<&Path>) -> Result<String> {
         if rs.iter().any(|(_, r)| !r.groups.is_empty()) {
             figure("compare-groups.svg", "Normalised r per category group", &|r| &r.groups)?;
         }
-        crate::io::atomic_write(&out.join("compare.md"), md.as_bytes())?;
+        crate::util::io::atomic_write(&out.join("compare.md"), md.as_bytes())?;
     }
     Ok(md)
 }

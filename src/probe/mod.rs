@@ -1,13 +1,14 @@
 //! The probe: build prompts for the selected (question, country) pairs in every template and
 //! option order the recipe asks for, score them with a model (resuming from a scoring cache),
 //! map the probabilities back to the question's option order and take expected scores.
-use crate::error::{Error, Result};
-use crate::io::{read_jsonl, sha256_hex};
 use crate::model::Model;
 use crate::prompt::{self, Prompt};
 use crate::recipe::ProbeRecipe;
 use crate::score::{OptionScores, ScoreRequest, Scorer};
 use crate::survey::{Question, Survey};
+use crate::util::error::{Error, Result};
+use crate::util::io::{read_jsonl, sha256_hex};
+use crate::util::shard::Shard;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::Write;
@@ -42,28 +43,6 @@ pub struct Sample {
     pub expected_score: Option<f64>,
     pub human_mean: Option<f64>,
     pub human_distribution: Vec<f64>,
-}
-
-/// Which slice of the work this process does: `index` of `count` (from `--shard I/N`).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Shard {
-    pub index: usize,
-    pub count: usize,
-}
-
-impl std::str::FromStr for Shard {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        let (i, n) = s.split_once('/').ok_or_else(|| format!("shard {s:?}: expected I/N, e.g. 0/4"))?;
-        let (index, count): (usize, usize) = (
-            i.parse().map_err(|_| format!("shard {s:?}: I is not a number"))?,
-            n.parse().map_err(|_| format!("shard {s:?}: N is not a number"))?,
-        );
-        if count == 0 || index >= count {
-            return Err(format!("shard {s:?}: need 0 <= I < N"));
-        }
-        Ok(Shard { index, count })
-    }
 }
 
 /// The (question, country) pairs a recipe selects, in a stable order (country, then questionnaire).
@@ -241,7 +220,7 @@ pub fn run(recipe: &ProbeRecipe, survey: &Survey, model: &Model, opts: &ProbeOpt
         prompts[a].country.cmp(&prompts[b].country).then(prompts[b].text.len().cmp(&prompts[a].text.len()))
     });
     todo.dedup_by_key(|i| keys[*i].clone());
-    let bar = crate::progress::bar(todo.len() as u64, "scoring", opts.progress);
+    let bar = crate::util::progress::bar(todo.len() as u64, "scoring", opts.progress);
     if prompts.len() > todo.len() {
         eprintln!(
             "{} of {} prompts found in the scoring cache {}",

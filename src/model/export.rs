@@ -1,9 +1,9 @@
 //! Merge a LoRA adapter into its base model and write a Hugging Face model folder
 //! (config.json, model.safetensors, tokenizer.json, tokenizer_config.json) that mores,
 //! transformers or any converter can load without PEFT.
-use crate::adapter::{merge_into, save_safetensors, Adapter};
-use crate::error::{Error, Result};
+use crate::model::adapter::{merge_into, save_safetensors, Adapter};
 use crate::model::{Arch, LoadOptions, Model};
+use crate::util::error::{Error, Result};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -37,10 +37,10 @@ pub fn export_hf(model: &mut Model, out: &Path) -> Result<()> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
-    crate::io::atomic_write(&out.join("model.safetensors"), &save_safetensors(&tensors, meta)?)?;
-    crate::io::write_json(&out.join("config.json"), &config)?;
-    let tok_json = model.tok.inner.to_string(false).map_err(crate::error::tok_err)?;
-    crate::io::atomic_write(&out.join("tokenizer.json"), tok_json.as_bytes())?;
+    crate::util::io::atomic_write(&out.join("model.safetensors"), &save_safetensors(&tensors, meta)?)?;
+    crate::util::io::write_json(&out.join("config.json"), &config)?;
+    let tok_json = model.tok.inner.to_string(false).map_err(crate::util::error::tok_err)?;
+    crate::util::io::atomic_write(&out.join("tokenizer.json"), tok_json.as_bytes())?;
     let mut tc = serde_json::Map::new();
     if let Some((_, s)) = &model.tok.bos {
         tc.insert("bos_token".into(), s.clone().into());
@@ -52,5 +52,5 @@ pub fn export_hf(model: &mut Model, out: &Path) -> Result<()> {
     if let Some(c) = &model.chat {
         tc.insert("chat_template".into(), c.template().into());
     }
-    crate::io::write_json(&out.join("tokenizer_config.json"), &serde_json::Value::Object(tc))
+    crate::util::io::write_json(&out.join("tokenizer_config.json"), &serde_json::Value::Object(tc))
 }

@@ -2,12 +2,11 @@
 //! Python stack a user would otherwise run (transformers, llama.cpp via shared/peers scripts) on
 //! the same prompts and threads, in the same run. Each measurement runs in its own process so
 //! that peak memory belongs to it alone.
-use crate::commands::load_options;
-use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::recipe::{ProbeRecipe, WeightMode};
 use crate::score::{ScoreRequest, Scorer};
 use crate::survey::Survey;
+use crate::util::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -63,9 +62,9 @@ pub fn peak_rss_mib() -> f64 {
 
 /// The child side: load, score every prompt once, report.
 pub fn measure_one(model_path: &Path, prompts: &Path, batch: usize, weights: WeightMode) -> Result<Measurement> {
-    let lines: Vec<PromptLine> = crate::io::read_jsonl(prompts)?;
+    let lines: Vec<PromptLine> = crate::util::io::read_jsonl(prompts)?;
     let t0 = std::time::Instant::now();
-    let model = Model::load(model_path, &load_options(weights))?;
+    let model = Model::load(model_path, &crate::model::LoadOptions::for_weights(weights))?;
     let load_s = t0.elapsed().as_secs_f64();
     let t1 = std::time::Instant::now();
     let mut probs = BTreeMap::new();
@@ -174,12 +173,12 @@ pub fn probe_bench(a: &BenchArgs) -> Result<String> {
     );
     let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for model_path in &a.models {
-        let model = Model::load(model_path, &load_options(WeightMode::Stored))?;
+        let model = Model::load(model_path, &crate::model::LoadOptions::for_weights(WeightMode::Stored))?;
         let prompts = prompt_set(&recipe, &survey, &model, a.n)?;
         drop(model);
         let pfile =
             a.work.join(format!("prompts-{}.jsonl", model_path.file_stem().unwrap_or_default().to_string_lossy()));
-        crate::io::write_jsonl(&pfile, &prompts)?;
+        crate::util::io::write_jsonl(&pfile, &prompts)?;
         let mut rows: Vec<Measurement> = Vec::new();
         for w in &a.weights {
             let o = Command::new(&exe)

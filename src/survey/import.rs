@@ -3,8 +3,8 @@
 //! `W_WEIGHT`, answers in columns named by question id, negative codes for missing answers).
 //! Question texts, options and scores come from a template data folder (the shipped
 //! `data/wvs`), since the CSV carries codes only.
-use crate::error::{Error, Result};
 use crate::survey::{Survey, COUNTRIES_FILE, DISTRIBUTIONS_FILE, QUESTIONS_FILE};
+use crate::util::error::{Error, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -179,10 +179,10 @@ pub fn import(csv_path: &Path, template: &Path, out: &Path) -> Result<ImportSumm
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     for f in [QUESTIONS_FILE, COUNTRIES_FILE] {
         let bytes = std::fs::read(template.join(f)).map_err(|e| Error::io(template.join(f), e))?;
-        crate::io::atomic_write(&out.join(f), &bytes)?;
+        crate::util::io::atomic_write(&out.join(f), &bytes)?;
     }
-    crate::io::atomic_write(&out.join(DISTRIBUTIONS_FILE), lines.as_bytes())?;
-    let sha = crate::model::sha256_file(csv_path)?;
+    crate::util::io::atomic_write(&out.join(DISTRIBUTIONS_FILE), lines.as_bytes())?;
+    let sha = crate::util::io::sha256_file(csv_path)?;
     let note = format!(
         "# Provenance\n\nBuilt by `mores survey import` from `{file_name}` (sha256 {sha}), a respondent-level WVS-7 CSV supplied by the user (obtain it from https://www.worldvaluessurvey.org under the WVS terms of use).\n\n- Distributions: {} share of respondents per answer code, per country and question; negative codes (missing, don't know, no answer, not asked) dropped ({} answers); codes that are not options of the question dropped ({}).\n- Question texts, options, scores and the countries table are copied from the template `{}`.\n- {} rows, {} countries, {} questions matched, {} (question, country) pairs.\n",
         if s.weighted { "W_WEIGHT-weighted" } else { "unweighted (no W_WEIGHT column)" },
@@ -194,8 +194,8 @@ pub fn import(csv_path: &Path, template: &Path, out: &Path) -> Result<ImportSumm
         s.questions_matched,
         s.pairs_written
     );
-    crate::io::atomic_write(&out.join("PROVENANCE.md"), note.as_bytes())?;
-    crate::io::write_json(&out.join("import_summary.json"), &s)?;
+    crate::util::io::atomic_write(&out.join("PROVENANCE.md"), note.as_bytes())?;
+    crate::util::io::write_json(&out.join("import_summary.json"), &s)?;
     // The result must load like the shipped data.
     Survey::load(out)?;
     Ok(s)

@@ -1,0 +1,7 @@
+//! From scored samples to numbers: Pearson / Spearman / JSD / Wasserstein maths and bootstrap CIs
+//! ([`correlate`]), option orders and templates averaged per item ([`combine`]), the baselines a
+//! result is read against ([`baseline`]), and the typed results of a probe ([`results`]).
+pub mod baseline;
+pub mod combine;
+pub mod correlate;
+pub mod results;

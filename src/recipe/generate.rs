@@ -1,0 +1,172 @@
+//! The `[generate]` section: what the teacher writes (mode, countries, categories, split and
+//! leakage guard, paraphrasing, few-shot examples) and how it samples.
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum GenMode {
+    Qa,
+    SoftLabels,
+    SurveyGrounded,
+}
+
+impl GenMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            GenMode::Qa => "qa",
+            GenMode::SoftLabels => "soft-labels",
+            GenMode::SurveyGrounded => "survey-grounded",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FewShot {
+    pub country: String,
+    pub category: String,
+    pub question: String,
+    pub options: Vec<String>,
+    pub answer: usize,
+    #[serde(default)]
+    pub rationale: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateSection {
+    pub mode: GenMode,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default = "default_data")]
+    pub data: PathBuf,
+    /// ISO3 codes; empty: every country with at least `min_questions` scored questions.
+    #[serde(default)]
+    pub countries: Vec<String>,
+    #[serde(default = "default_min_questions")]
+    pub min_questions: usize,
+    /// WVS categories to cover; empty: all.
+    #[serde(default)]
+    pub categories: Vec<String>,
+    /// qa: items per (country, category).
+    #[serde(default = "one")]
+    pub per_pair: usize,
+    /// Cap on work items: a seeded sample of them (all when unset).
+    #[serde(default)]
+    pub max_items: Option<usize>,
+    /// soft-labels / survey-grounded: a seeded sample of this many training questions (each is
+    /// paraphrased once and asked for every country).
+    #[serde(default)]
+    pub max_questions: Option<usize>,
+    #[serde(default = "default_heldout")]
+    pub heldout_fraction: f64,
+    /// Word n-gram size and containment threshold of the leakage guard.
+    #[serde(default = "default_ngram")]
+    pub leak_ngram: usize,
+    #[serde(default = "default_leak")]
+    pub leak_threshold: f64,
+    #[serde(default)]
+    pub sampling: Sampling,
+    /// qa: the text before the few-shot examples.
+    #[serde(default = "default_qa_header")]
+    pub qa_header: String,
+    #[serde(default)]
+    pub few_shot: Vec<FewShot>,
+    /// soft-labels / survey-grounded: paraphrase each question with the teacher (semantic
+    /// augmentation); false keeps the survey's own wording.
+    #[serde(default = "yes")]
+    pub paraphrase: bool,
+    /// soft-labels / survey-grounded: few-shot paraphrase prompt ending in `{question}`'s rewrite.
+    #[serde(default = "default_paraphrase")]
+    pub paraphrase_prompt: String,
+}
+
+fn default_data() -> PathBuf {
+    PathBuf::from("data/wvs")
+}
+fn default_min_questions() -> usize {
+    50
+}
+fn one() -> usize {
+    1
+}
+fn yes() -> bool {
+    true
+}
+fn default_heldout() -> f64 {
+    0.3
+}
+fn default_ngram() -> usize {
+    3
+}
+fn default_leak() -> f64 {
+    0.5
+}
+fn default_qa_header() -> String {
+    "The following are survey questions about values and beliefs, each with the answer a typical person from the named country would give, and why.\n\n".into()
+}
+fn default_paraphrase() -> String {
+    "Rewrite each survey question in different words, keeping its meaning.\n\nOriginal: How important is leisure time in your life?\nRewrite: How much does free time matter in your life?\n\nOriginal: Do you think that homosexuality is justifiable?\nRewrite: In your view, can homosexuality be justified?\n\nOriginal: {question}\nRewrite:".into()
+}
+
+impl GenerateSection {
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.mode == GenMode::Qa && self.few_shot.is_empty() {
+            return Err("generate.few_shot: qa mode needs at least one example".into());
+        }
+        if self.mode != GenMode::Qa && !self.paraphrase_prompt.contains("{question}") {
+            return Err("generate.paraphrase_prompt must contain {question}".into());
+        }
+        if !(0.0..=1.0).contains(&self.leak_threshold) || self.leak_ngram == 0 {
+            return Err("generate.leak_threshold must be in [0, 1] and leak_ngram at least 1".into());
+        }
+        if self.per_pair == 0 || self.sampling.max_new_tokens == 0 {
+            return Err("generate.per_pair and sampling.max_new_tokens must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Sampling {
+    /// 0 = greedy.
+    #[serde(default = "default_temperature")]
+    pub temperature: f64,
+    #[serde(default = "default_top_p")]
+    pub top_p: f64,
+    /// 0 = no limit.
+    #[serde(default = "default_top_k")]
+    pub top_k: usize,
+    /// > 1 discourages tokens already in the prompt or output (CTRL-style).
+    #[serde(default = "default_rep")]
+    pub repetition_penalty: f64,
+    #[serde(default = "default_max_new")]
+    pub max_new_tokens: usize,
+    /// Generation stops before the first occurrence of any of these.
+    #[serde(default)]
+    pub stop: Vec<String>,
+}
+
+fn default_temperature() -> f64 {
+    0.7
+}
+fn default_top_p() -> f64 {
+    0.95
+}
+fn default_top_k() -> usize {
+    50
+}
+fn default_rep() -> f64 {
+    1.1
+}
+fn default_max_new() -> usize {
+    128
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        toml::Value::Table(toml::Table::new()).try_into().expect("all fields have defaults")
+    }
+}

@@ -1,0 +1,10 @@
+//! Infrastructure every stage uses and none owns: the error type, atomic writes and JSONL logs,
+//! hashing, seeds from text, shards of a work list, number formatting, progress bars, and the run
+//! manifest that records how a result was made.
+pub mod error;
+pub mod fmt;
+pub mod io;
+pub mod manifest;
+pub mod progress;
+pub mod seed;
+pub mod shard;
