@@ -48,6 +48,11 @@ pub fn resolve_recipe(a: &ProbeArgs, survey_check: bool) -> Result<(ProbeRecipe,
         recipe.scoring.batch = b;
     }
     let survey = Survey::load(&recipe.survey.data)?;
+    if a.limit == Some(0) {
+        return Err(Error::Invalid(
+            "--limit 0 would probe no question: give at least 1, or leave it out for all".into(),
+        ));
+    }
     if let Some(limit) = a.limit {
         // First N scored questions in questionnaire order, the same for every country.
         if recipe.survey.questions.is_empty() {
@@ -105,7 +110,7 @@ pub fn probe_with(recipe: &ProbeRecipe, survey: &Survey, a: &ProbeRun) -> Result
         "model {} ({}, {}), tokenizer: {}",
         model.info.name, model.info.architecture, model.info.format, model.tok.source
     );
-    std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
+    let _writer = crate::util::lock::OutputLock::dir(&a.out)?;
     let popts = ProbeOptions {
         batch: recipe.scoring.batch,
         shard: a.shard,
@@ -170,7 +175,7 @@ fn read_manifest(dir: &Path) -> Result<Manifest> {
 }
 
 /// Join the outputs of `--shard I/N` runs into one run.
-pub fn merge(shards: &[PathBuf], out: &Path) -> Result<Results> {
+pub fn merge(shards: &[PathBuf], out: &Path, allow_partial: bool) -> Result<Results> {
     let mut manifests = Vec::new();
     let mut samples: Vec<Sample> = Vec::new();
     for dir in shards {
@@ -199,8 +204,20 @@ pub fn merge(shards: &[PathBuf], out: &Path) -> Result<Results> {
     let order: std::collections::HashMap<String, usize> =
         probe::variants(&recipe, &survey)?.into_iter().enumerate().map(|(i, v)| (v.id, i)).collect();
     samples.sort_by_key(|s| order.get(&s.id).copied().unwrap_or(usize::MAX));
+    let count = manifests.iter().filter_map(|m| m.shard).map(|s| s.count).max().unwrap_or(1);
+    let have: std::collections::BTreeSet<usize> = manifests.iter().filter_map(|m| m.shard).map(|s| s.index).collect();
+    let missing: Vec<String> = (0..count).filter(|i| !have.contains(i)).map(|i| format!("{i}/{count}")).collect();
     if samples.len() < order.len() {
-        eprintln!("warning: merged {} of {} prompts; some shards are missing", samples.len(), order.len());
+        let what = format!(
+            "merged {} of {} prompts{}",
+            samples.len(),
+            order.len(),
+            if missing.is_empty() { String::new() } else { format!("; missing shards {}", missing.join(", ")) }
+        );
+        if !allow_partial {
+            return Err(Error::Invalid(format!("{what}: run them, or pass --allow-partial")));
+        }
+        eprintln!("warning: {what}");
     }
     m.shard = None;
     m.command = std::env::args().collect();

@@ -26,6 +26,20 @@ fn list(s: &str) -> Vec<String> {
     s.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect()
 }
 
+/// A comma-separated list where every entry counts: an empty or repeated entry is an error
+/// (`--countries ""` once meant "every country", `USA,USA` scored each sample twice).
+fn strict_list(flag: &str, s: &str) -> anyhow::Result<Vec<String>> {
+    let items: Vec<String> = s.split(',').map(|x| x.trim().to_string()).collect();
+    if items.iter().any(|x| x.is_empty()) {
+        anyhow::bail!("{flag} {s:?} has an empty entry: give comma-separated values, or leave {flag} out for all");
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(d) = items.iter().find(|x| !seen.insert(x.as_str())) {
+        anyhow::bail!("{flag} {s:?} names {d:?} twice");
+    }
+    Ok(items)
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Probe a model on WVS questions and correlate with human answers.
@@ -121,6 +135,9 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
         shards: Vec<PathBuf>,
+        /// Merge even when shards of the split are missing (results then cover only some prompts).
+        #[arg(long)]
+        allow_partial: bool,
     },
     /// Side-by-side table of probe runs with CIs; with --out also compare.md and figures
     /// (per continent and per category group, runs side by side).
@@ -295,10 +312,27 @@ fn main() {
     }
 }
 
-fn slurm_shard() -> Option<Shard> {
-    let id = std::env::var("SLURM_ARRAY_TASK_ID").ok()?;
-    let n = std::env::var("SLURM_ARRAY_TASK_COUNT").ok()?;
-    format!("{id}/{n}").parse().ok()
+/// The shard of a SLURM array task. Both variables or neither; a value that is not a number or
+/// an ID outside 0..COUNT is an error (a 1-based `--array=1-4` once made one task do everything
+/// while shard 0 was never done).
+fn slurm_shard() -> anyhow::Result<Option<Shard>> {
+    let (id, n) = (std::env::var("SLURM_ARRAY_TASK_ID").ok(), std::env::var("SLURM_ARRAY_TASK_COUNT").ok());
+    let (id, n) = match (id, n) {
+        (None, None) => return Ok(None),
+        (Some(id), Some(n)) => (id, n),
+        (id, n) => anyhow::bail!(
+            "SLURM_ARRAY_TASK_ID={} and SLURM_ARRAY_TASK_COUNT={}: both are needed to pick a shard (or pass --shard I/N)",
+            id.unwrap_or_else(|| "(unset)".into()),
+            n.unwrap_or_else(|| "(unset)".into())
+        ),
+    };
+    let shard: Shard = format!("{}/{}", id.trim(), n.trim()).parse().map_err(|e: String| {
+        anyhow::anyhow!(
+            "SLURM_ARRAY_TASK_ID={id} with SLURM_ARRAY_TASK_COUNT={n}: {e} (shards are 0-based: submit with --array=0-{})",
+            n.trim().parse::<usize>().map(|c| c.saturating_sub(1)).unwrap_or(0)
+        )
+    })?;
+    Ok(Some(shard))
 }
 
 fn run(cli: Cli, threads: usize) -> Result<()> {
@@ -307,12 +341,15 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
             let args = ProbeArgs {
                 recipe,
                 model,
-                countries: countries.as_deref().map(list),
-                questions: questions.as_deref().map(list),
+                countries: countries.as_deref().map(|c| strict_list("--countries", c)).transpose()?,
+                questions: questions.as_deref().map(|q| strict_list("--questions", q)).transpose()?,
                 limit,
                 threads,
                 batch,
-                shard: shard.or_else(slurm_shard),
+                shard: match shard {
+                    Some(s) => Some(s),
+                    None => slurm_shard()?,
+                },
                 out: out.clone(),
                 cache,
                 adapter,
@@ -322,8 +359,8 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
             let r = evaluate::probe(&args)?;
             print_summary(&r, &out);
         }
-        Cmd::Merge { out, shards } => {
-            let r = evaluate::merge(&shards, &out)?;
+        Cmd::Merge { out, shards, allow_partial } => {
+            let r = evaluate::merge(&shards, &out, allow_partial)?;
             print_summary(&r, &out);
         }
         Cmd::Compare { runs, out } => print!("{}", evaluate::compare(&runs, out.as_deref())?),
@@ -341,7 +378,8 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
                 let l: Vec<f32> = l.flatten_all()?.to_vec1()?;
                 mores::util::io::write_json(&path, &serde_json::json!({"ids": ids, "logits": l}))?;
             }
-            let req = mores::score::ScoreRequest { prompt: text, labels: list(&labels) };
+            let req =
+                mores::score::ScoreRequest { prompt: text, labels: labels.split(',').map(String::from).collect() };
             let s = mores::score::Scorer::score_batch(&m, &[req])?;
             println!("{}", serde_json::to_string_pretty(&s[0])?);
         }
@@ -407,7 +445,10 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
             let args = mores::generate::GenerateArgs {
                 recipe,
                 out: out.clone(),
-                shard: shard.or_else(slurm_shard),
+                shard: match shard {
+                    Some(s) => Some(s),
+                    None => slurm_shard()?,
+                },
                 progress: !cli.quiet,
                 countries: None,
             };

@@ -9,7 +9,7 @@
 //! position along it. Probabilities are then renormalised over the labels; the mass that fell
 //! outside them is kept, since a low mass means the prompt did not elicit an answer.
 use crate::model::Model;
-use crate::util::error::Result;
+use crate::util::error::{Error, Result};
 use candle_core::D;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -65,6 +65,30 @@ pub fn label_sequences(
     Ok(out)
 }
 
+/// Labels must be distinct and non-blank, and the prompt non-empty: an empty label has no token
+/// to score, a repeated one would count its mass twice, and an empty prompt has no context.
+pub fn check_request(req: &ScoreRequest) -> Result<()> {
+    if req.prompt.is_empty() {
+        return Err(Error::Invalid("empty prompt: there is no context to score the labels after".into()));
+    }
+    check_labels(&req.labels).map_err(Error::Invalid)
+}
+
+/// The label rule shared by scoring, recipes and datasets.
+pub fn check_labels(labels: &[String]) -> std::result::Result<(), String> {
+    if labels.is_empty() {
+        return Err("no labels to score: give at least one".into());
+    }
+    if let Some(i) = labels.iter().position(|l| l.trim().is_empty()) {
+        return Err(format!("label {} of {:?} is empty or blank", i + 1, labels));
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(d) = labels.iter().find(|l| !seen.insert(l.as_str())) {
+        return Err(format!("label {d:?} appears twice in {labels:?}"));
+    }
+    Ok(())
+}
+
 /// The token rows and read positions that score one request.
 pub struct Plan {
     pub prompt_ids: Vec<u32>,
@@ -105,6 +129,7 @@ impl Plan {
     }
 
     pub fn new(model: &Model, req: &ScoreRequest) -> Result<Self> {
+        check_request(req)?;
         let prompt_ids = model.tok.encode_prompt(&req.prompt)?;
         let seqs = label_sequences(model, &req.prompt, &prompt_ids, &req.labels)?;
         let mut contexts: Vec<Vec<u32>> = seqs.iter().flatten().map(|s| s[..s.len() - 1].to_vec()).collect();
@@ -135,6 +160,33 @@ impl Scorer for Model {
         }
         let logits = self.logits_at(&rows, &reads)?;
         let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?.to_vec2::<f32>()?;
+        // A NaN anywhere in the forward pass (a NaN epsilon, a broken adapter) must not turn into
+        // finite-looking probabilities: stop, naming the model and the prompt.
+        for (r, row) in logp.iter().enumerate() {
+            if row.iter().any(|x| x.is_nan()) {
+                let item = where_read.iter().position(|m| m.values().any(|&v| v == r)).unwrap_or(0);
+                let adapter = self
+                    .info
+                    .adapter
+                    .as_ref()
+                    .map(|a| format!(" with adapter {}", a.path.display()))
+                    .unwrap_or_default();
+                return Err(Error::model(
+                    &self.info.path,
+                    format!(
+                        "non-finite logits{adapter} for prompt {:?}: the weights or the adapter hold NaN or inf",
+                        items[item].prompt.chars().take(60).collect::<String>()
+                    ),
+                ));
+            }
+        }
+        let width = logp.first().map(|r| r.len()).unwrap_or(0);
+        if let Some(t) = plans.iter().flat_map(|p| p.seqs.iter().flatten().flatten()).find(|&&t| t as usize >= width) {
+            return Err(Error::model(
+                &self.info.path,
+                format!("token id {t} is outside the output head's {width} rows: tokenizer and weights do not match"),
+            ));
+        }
         let mut out = Vec::with_capacity(plans.len());
         for (plan, map) in plans.iter().zip(&where_read) {
             let seq_p = |s: &Vec<u32>| -> f64 {

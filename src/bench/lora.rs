@@ -50,6 +50,7 @@ fn synthetic_text(n_chars: usize) -> String {
 
 /// The child side: train `steps` steps and report.
 pub fn measure_one(model_path: &Path, steps: usize, batch: usize, seq: usize) -> Result<LoraMeasurement> {
+    check_sizes(steps, batch, seq)?;
     let t0 = std::time::Instant::now();
     let mut model = Model::load(model_path, &LoadOptions { dequantize: true, ..Default::default() })?;
     let spec =
@@ -143,8 +144,19 @@ fn run_peer(a: &LoraBenchArgs, peers: &Path) -> Result<LoraMeasurement> {
     })
 }
 
+/// `--steps`, `--batch` and `--seq` of 0 panicked (an empty median, a negative read range).
+fn check_sizes(steps: usize, batch: usize, seq: usize) -> Result<()> {
+    if steps == 0 || batch == 0 || seq < 2 {
+        return Err(Error::Invalid(format!(
+            "bench lora needs --steps >= 1, --batch >= 1 and --seq >= 2 (got {steps}, {batch}, {seq})"
+        )));
+    }
+    Ok(())
+}
+
 pub fn lora_bench(a: &LoraBenchArgs) -> Result<String> {
     use std::fmt::Write;
+    check_sizes(a.steps, a.batch, a.seq)?;
     std::fs::create_dir_all(&a.work).map_err(|e| Error::io(&a.work, e))?;
     let exe = std::env::current_exe().map_err(|e| Error::io("mores", e))?;
     let o = Command::new(&exe)

@@ -162,6 +162,9 @@ fn max_diff(a: &Measurement, b: &Measurement) -> Option<f64> {
 /// Run the benchmark and return a markdown table.
 pub fn probe_bench(a: &BenchArgs) -> Result<String> {
     use std::fmt::Write;
+    if a.n == 0 || a.batch == 0 {
+        return Err(Error::Invalid(format!("bench probe needs --n >= 1 and --batch >= 1 (got {}, {})", a.n, a.batch)));
+    }
     let recipe = ProbeRecipe::load(&a.recipe)?;
     let survey = Survey::load(&recipe.survey.data)?;
     std::fs::create_dir_all(&a.work).map_err(|e| Error::io(&a.work, e))?;

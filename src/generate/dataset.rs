@@ -85,6 +85,7 @@ impl Record {
                 if t.iter().any(|p| !p.is_finite() || *p < 0.0) || (s - 1.0).abs() > 1e-3 {
                     return Err(format!("target is not a probability distribution (sums to {s})"));
                 }
+                crate::score::check_labels(labels)?;
                 Ok(Lesson::Labels { user, labels: labels.clone(), target: t.clone() })
             }
             (Some(Target::Distribution(_)), None) => Err("a distribution `target` needs `labels`".into()),
@@ -113,6 +114,16 @@ impl Record {
 /// Read a dataset, checking every line; errors name the file and line.
 pub fn read(path: &Path) -> Result<Vec<(Record, Lesson)>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    if !text.is_empty() && !text.ends_with('\n') {
+        // The JSONL rule: a last line without its newline was cut short. A log would drop it;
+        // a dataset about to be trained on is incomplete, which the user must know.
+        let line = text.lines().count();
+        return Err(Error::data(
+            path,
+            line,
+            "last line is cut short (an interrupted `mores generate`?): rerun the same command to finish it",
+        ));
+    }
     let mut out = Vec::new();
     let mut ids = std::collections::HashSet::new();
     for (i, line) in text.lines().enumerate() {

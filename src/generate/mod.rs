@@ -19,12 +19,11 @@ use crate::recipe::{DistillRecipe, ModelSection, PromptSection};
 use crate::score::{ScoreRequest, Scorer};
 use crate::survey::{Country, Survey};
 use crate::util::error::{Error, Result};
-use crate::util::io::{sha256_hex, write_json};
+use crate::util::io::{sha256_hex, write_json, JsonlLog};
 use crate::util::shard::Shard;
 use leak::{Guard, Split};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// One unit of work: a record (or a rejection) is produced for each.
@@ -285,24 +284,6 @@ fn qa_block(country: &str, category: &str, question: &str, options: &[String]) -
     s
 }
 
-/// Cut a file back to its last complete line (a kill can leave half a line).
-fn repair_tail(path: &Path) -> Result<()> {
-    if !path.exists() {
-        return Ok(());
-    }
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    if bytes.is_empty() || bytes.ends_with(b"\n") {
-        return Ok(());
-    }
-    let keep = bytes.iter().rposition(|&b| b == b'\n').map(|i| i + 1).unwrap_or(0);
-    let f = std::fs::OpenOptions::new().write(true).open(path).map_err(|e| Error::io(path, e))?;
-    f.set_len(keep as u64).map_err(|e| Error::io(path, e))
-}
-
-fn append(path: &Path) -> Result<std::fs::File> {
-    std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))
-}
-
 pub fn generate(a: &GenerateArgs) -> Result<Card> {
     let recipe = DistillRecipe::load(&a.recipe)?;
     let err = |msg: &str| Error::Recipe { path: a.recipe.clone(), msg: msg.into() };
@@ -314,6 +295,7 @@ pub fn generate(a: &GenerateArgs) -> Result<Card> {
     let teacher_path = teacher_sec.path.clone().ok_or_else(|| err("no teacher model: set [teacher] path"))?;
     let survey = Survey::load(&g.data)?;
     let (out, log_path, card_path, split_path) = paths(&a.out, a.shard);
+    let _writer = crate::util::lock::OutputLock::file(&out)?;
     let settings_sha256 = sha256_hex(serde_json::to_string(&(&g, &recipe.prompt))?.as_bytes());
     // The split is shared by every shard and by evaluation: reuse it when present.
     let split = if split_path.exists() {
@@ -348,21 +330,17 @@ pub fn generate(a: &GenerateArgs) -> Result<Card> {
     let guard = Guard::new(&survey, &split, g.leak_ngram, g.leak_threshold)?;
 
     // Resume: what is already done, from the records themselves and the status log.
-    repair_tail(&out)?;
-    repair_tail(&log_path)?;
-    let mut log: Vec<LogLine> = if log_path.exists() { crate::util::io::read_jsonl(&log_path)? } else { Vec::new() };
-    let mut log_file = append(&log_path)?;
+    let (mut log_file, mut log) = JsonlLog::open::<LogLine>(&log_path)?;
+    let (mut out_file, records) = JsonlLog::open::<Record>(&out)?;
     let logged: HashSet<String> = log.iter().map(|l| l.id.clone()).collect();
     let mut kept_ids: HashSet<String> = HashSet::new();
-    if out.exists() {
-        for r in crate::util::io::read_jsonl::<Record>(&out)? {
-            if !logged.contains(&r.id) {
-                let line = LogLine { id: r.id.clone(), status: "kept".into(), reason: None, tokens: 0 };
-                writeln!(log_file, "{}", serde_json::to_string(&line)?).map_err(|e| Error::io(&log_path, e))?;
-                log.push(line);
-            }
-            kept_ids.insert(r.id);
+    for r in records {
+        if !logged.contains(&r.id) {
+            let line = LogLine { id: r.id.clone(), status: "kept".into(), reason: None, tokens: 0 };
+            log_file.append(std::slice::from_ref(&line))?;
+            log.push(line);
         }
+        kept_ids.insert(r.id);
     }
     // An item is done when its record is on disk, or when it was rejected or dropped; a "kept"
     // line whose record was cut off by a kill is redone.
@@ -392,7 +370,6 @@ pub fn generate(a: &GenerateArgs) -> Result<Card> {
         seconds: 0.0,
     };
     write_json(&card_path, &card)?;
-    let mut out_file = append(&out)?;
     let mut ctx = Ctx {
         g: &g,
         prompt: &recipe.prompt,
@@ -407,8 +384,7 @@ pub fn generate(a: &GenerateArgs) -> Result<Card> {
         let (outcome, tokens) = ctx.run(item)?;
         let line = match outcome {
             Outcome::Kept(rec) => {
-                writeln!(out_file, "{}", serde_json::to_string(&rec)?).map_err(|e| Error::io(&out, e))?;
-                out_file.flush().map_err(|e| Error::io(&out, e))?;
+                out_file.append(std::slice::from_ref(&rec))?;
                 LogLine { id: item.id.clone(), status: "kept".into(), reason: None, tokens }
             }
             Outcome::Rejected(why) => {
@@ -416,8 +392,7 @@ pub fn generate(a: &GenerateArgs) -> Result<Card> {
             }
             Outcome::Leak(what) => LogLine { id: item.id.clone(), status: "leak".into(), reason: Some(what), tokens },
         };
-        writeln!(log_file, "{}", serde_json::to_string(&line)?).map_err(|e| Error::io(&log_path, e))?;
-        log_file.flush().map_err(|e| Error::io(&log_path, e))?;
+        log_file.append(std::slice::from_ref(&line))?;
         log.push(line);
         bar.inc(1);
     }

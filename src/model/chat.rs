@@ -10,6 +10,13 @@ pub struct Message {
     pub content: String,
 }
 
+/// Template instructions one render may run: real chat templates need a few thousand for a
+/// conversation; a hostile one (nested `range(100000)` loops, a lazily repeated huge list) stops
+/// here within a fraction of a second instead of running for minutes.
+const FUEL: u64 = 2_000_000;
+/// Longest rendered prompt accepted, in bytes: far above any real chat wrapping of a survey item.
+const MAX_RENDERED: usize = 1 << 20;
+
 #[derive(Debug, Clone)]
 pub struct ChatTemplate {
     pub source: String,
@@ -22,6 +29,7 @@ impl ChatTemplate {
         let mut env = minijinja::Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        env.set_fuel(Some(FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
             Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
@@ -44,6 +52,47 @@ impl ChatTemplate {
             bos_token => bos,
             eos_token => eos,
         })
-        .map_err(|e| Error::Invalid(format!("chat template from {}: {e}", self.source)))
+        .map_err(|e| {
+            let why = if e.kind() == minijinja::ErrorKind::OutOfFuel {
+                format!("ran more than {FUEL} template instructions (a runaway loop?)")
+            } else {
+                e.to_string()
+            };
+            Error::Invalid(format!("chat template from {}: {why}; use chat = \"never\" to prompt without it", self.source))
+        })
+        .and_then(|out| {
+            if out.len() > MAX_RENDERED {
+                return Err(Error::Invalid(format!(
+                    "chat template from {} rendered {} bytes for one message (limit {MAX_RENDERED}); use chat = \"never\"",
+                    self.source,
+                    out.len()
+                )));
+            }
+            Ok(out)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(t: &str) -> Result<String> {
+        let c = ChatTemplate::new(t.into(), "test".into())?;
+        c.render(&[Message { role: "user".into(), content: "hi".into() }], "", "", true)
+    }
+
+    #[test]
+    fn runaway_templates_stop_with_a_clear_error() {
+        let t0 = std::time::Instant::now();
+        let nested = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}";
+        let e = render(nested).unwrap_err().to_string();
+        assert!(e.contains("template instructions") && e.contains("chat = \"never\""), "{e}");
+        let e = render("{% for x in [1] * 2000000000 %}{{ x }}{% endfor %}").unwrap_err().to_string();
+        assert!(e.contains("chat template from test"), "{e}");
+        let e = render("{{ 'x' * 5000000 }}").unwrap_err().to_string();
+        assert!(e.contains("rendered 5000000 bytes"), "{e}");
+        assert!(t0.elapsed().as_secs() < 10, "bounded time: {:?}", t0.elapsed());
+        assert_eq!(render("{{ messages[0].content }}!").unwrap(), "hi!");
     }
 }

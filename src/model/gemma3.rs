@@ -37,6 +37,9 @@ pub struct Config {
     #[serde(default)]
     pub query_pre_attn_scalar: Option<f64>,
     pub vocab_size: usize,
+    /// Context length the model was trained for; longer inputs are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_position_embeddings: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,6 +86,7 @@ impl Config {
             layer_types: None,
             query_pre_attn_scalar: None,
             vocab_size: g.strings("tokenizer.ggml.tokens")?.len(),
+            max_position_embeddings: g.opt_u32(&format!("{p}.context_length")).map(|x| x as usize),
         })
     }
 
@@ -121,6 +125,27 @@ pub struct Model {
 
 impl Model {
     pub fn load(cfg: Config, w: &mut Weights) -> Result<Self> {
+        super::config::check(
+            &super::config::Dims {
+                hidden: cfg.hidden_size,
+                intermediate: cfg.intermediate_size,
+                layers: cfg.num_hidden_layers,
+                heads: cfg.num_attention_heads,
+                kv_heads: cfg.num_key_value_heads,
+                head_dim: cfg.head_dim,
+                explicit_head_dim: true,
+                vocab: cfg.vocab_size,
+                eps: cfg.rms_norm_eps,
+                rope_theta: cfg.rope_theta.min(cfg.rope_local_base_freq),
+            },
+            w,
+        )?;
+        if cfg.sliding_window == 0 || cfg.sliding_window_pattern == 0 {
+            return Err(crate::util::error::Error::model(
+                w.path(),
+                "invalid model configuration: sliding window and its layer pattern must be at least 1",
+            ));
+        }
         let eps = cfg.rms_norm_eps as f32;
         let plus_one = !w.is_gguf();
         let norm = |w: &mut Weights, hf: &str, gguf: &str| -> Result<RmsNorm> {

@@ -15,7 +15,14 @@ impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
         let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-        let content = Content::read(&mut file).map_err(|e| {
+        // candle's reader panics on some hostile headers (an alignment of 0 divides by zero):
+        // contain that as an error too, without the panic's own message.
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Content::read(&mut file)));
+        std::panic::set_hook(prev);
+        let read = read.unwrap_or_else(|_| Err(candle_core::Error::Msg("its header is inconsistent".into())));
+        let content = read.map_err(|e| {
             Error::model(
                 path,
                 format!("not a readable GGUF file ({e}); if it was downloaded, it may be truncated: run scripts/fetch-models.sh again"),

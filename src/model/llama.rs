@@ -26,6 +26,9 @@ pub struct Config {
     pub vocab_size: usize,
     #[serde(default)]
     pub tie_word_embeddings: bool,
+    /// Context length the model was trained for; longer inputs are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_position_embeddings: Option<usize>,
 }
 
 fn default_eps() -> f64 {
@@ -51,6 +54,7 @@ impl Config {
             rope_theta: g.opt_f32(&format!("{p}.rope.freq_base")).unwrap_or(10_000.0) as f64,
             vocab_size: g.strings("tokenizer.ggml.tokens")?.len(),
             tie_word_embeddings: !g.content.tensor_infos.contains_key("output.weight"),
+            max_position_embeddings: g.opt_u32(&format!("{p}.context_length")).map(|x| x as usize),
         })
     }
 
@@ -85,6 +89,21 @@ pub struct Model {
 
 impl Model {
     pub fn load(cfg: Config, w: &mut Weights) -> Result<Self> {
+        super::config::check(
+            &super::config::Dims {
+                hidden: cfg.hidden_size,
+                intermediate: cfg.intermediate_size,
+                layers: cfg.num_hidden_layers,
+                heads: cfg.num_attention_heads,
+                kv_heads: cfg.kv_heads(),
+                head_dim: if cfg.num_attention_heads == 0 { 0 } else { cfg.head_dim() },
+                explicit_head_dim: cfg.head_dim.is_some(),
+                vocab: cfg.vocab_size,
+                eps: cfg.rms_norm_eps,
+                rope_theta: cfg.rope_theta,
+            },
+            w,
+        )?;
         let eps = cfg.rms_norm_eps as f32;
         let norm = |w: &mut Weights, hf: &str, gguf: &str| -> Result<RmsNorm> {
             Ok(RmsNorm { weight: w.tensor(key(hf, gguf))?, eps })

@@ -3,6 +3,7 @@
 //! at chosen positions.
 pub mod adapter;
 pub mod chat;
+pub mod config;
 pub mod export;
 pub mod gemma3;
 pub mod gguf;
@@ -17,7 +18,7 @@ pub mod tokenizer;
 pub mod weights;
 
 use crate::util::error::{Error, Result};
-use crate::util::io::sha256_file;
+use crate::util::io::{read_json, sha256_file};
 pub use crate::util::manifest::{AdapterInfo, ModelInfo};
 use candle_core::{Device, Tensor};
 use chat::ChatTemplate;
@@ -104,9 +105,33 @@ impl Model {
         }
     }
 
+    /// The context length the model declares (GGUF `*.context_length`, config.json
+    /// `max_position_embeddings`), if any.
+    pub fn context_len(&self) -> Option<usize> {
+        match &self.arch {
+            Arch::Llama(m) => m.cfg.max_position_embeddings,
+            Arch::Gemma3(m) => m.cfg.max_position_embeddings,
+        }
+    }
+
+    /// Refuse inputs longer than the model's context: positions past it were never trained and a
+    /// 12,000-word prompt once took 6 GB before aborting.
+    fn check_len(&self, tokens: usize) -> Result<()> {
+        match self.context_len() {
+            Some(ctx) if tokens > ctx => Err(Error::model(
+                &self.info.path,
+                format!(
+                    "input of {tokens} tokens is longer than the model's context of {ctx} tokens: shorten the prompt"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Logits at `read` = (row, position) pairs, run as one padded batch with no shared-prefix
     /// reuse: the training path, where `mode` decides whether gradients can flow.
     pub fn logits_rows(&self, rows: &[Vec<u32>], read: &[(usize, usize)], mode: Mode) -> Result<Tensor> {
+        self.check_len(rows.iter().map(|r| r.len()).max().unwrap_or(0))?;
         let batch = Batch::new(rows, &self.device)?;
         let idx: Vec<u32> = read.iter().map(|&(r, p)| batch.flat_index(r, p)).collect();
         let idx = Tensor::from_vec(idx, read.len(), &self.device)?;
@@ -118,6 +143,7 @@ impl Model {
         if ids.is_empty() {
             return Err(Error::Invalid("cannot generate from an empty prompt".into()));
         }
+        self.check_len(ids.len())?;
         let b = Batch::new(&[ids.to_vec()], &self.device)?;
         let idx = Tensor::from_vec(vec![b.flat_index(0, ids.len() - 1)], 1, &self.device)?;
         let (logits, kv) = self.forward(&b, &Kv::new(), Some(&idx), true, Mode::INFER)?;
@@ -126,6 +152,7 @@ impl Model {
 
     /// One decoding step after the cached tokens: logits [vocab] for the token after `tok`.
     pub fn decode(&self, kv: &mut Kv, tok: u32) -> Result<Tensor> {
+        self.check_len(kv.len + 1)?;
         let b = Batch::after_prefix(&[vec![tok]], kv.len, &self.device)?;
         let idx = Tensor::from_vec(vec![0u32], 1, &self.device)?;
         let (logits, new) = self.forward(&b, kv, Some(&idx), true, Mode::INFER)?;
@@ -168,6 +195,7 @@ impl Model {
     /// persona line) are run once and their keys and values shared by all rows. Quantized
     /// kernels are left on whole rows: their results depend on how rows are grouped.
     pub fn logits_at(&self, rows: &[Vec<u32>], read: &[(usize, usize)]) -> Result<Tensor> {
+        self.check_len(rows.iter().map(|r| r.len()).max().unwrap_or(0))?;
         let shared = if self.dense { shared_prefix(rows, read) } else { 0 };
         let prefix = if shared > 0 {
             let b = Batch::new(&[rows[0][..shared].to_vec()], &self.device)?;
@@ -264,11 +292,6 @@ fn token_string(v: &Option<serde_json::Value>) -> Option<String> {
         Some(serde_json::Value::Object(o)) => o.get("content").and_then(|c| c.as_str()).map(String::from),
         _ => None,
     }
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::model(path, format!("malformed JSON: {e}")))
 }
 
 fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Model> {

@@ -71,6 +71,18 @@ impl Tok {
         let model = g.string("tokenizer.ggml.model")?;
         let tokens = g.strings("tokenizer.ggml.tokens")?;
         let types = g.i32s("tokenizer.ggml.token_type").ok();
+        if let Some(t) = &types {
+            if t.len() != tokens.len() {
+                return Err(Error::model(
+                    &g.path,
+                    format!(
+                        "tokenizer.ggml.token_type has {} entries for {} tokens: the file is inconsistent",
+                        t.len(),
+                        tokens.len()
+                    ),
+                ));
+            }
+        }
         let mut inner = match model.as_str() {
             "gpt2" => gpt2_tokenizer(g, &tokens)?,
             "llama" => sentencepiece_bpe(g, &tokens, types.as_deref())?,

@@ -7,11 +7,10 @@ use crate::recipe::ProbeRecipe;
 use crate::score::{OptionScores, ScoreRequest, Scorer};
 use crate::survey::{Question, Survey};
 use crate::util::error::{Error, Result};
-use crate::util::io::{read_jsonl, sha256_hex};
+use crate::util::io::{sha256_hex, JsonlLog};
 use crate::util::shard::Shard;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// One scored prompt: everything needed to audit or recompute a number in the report.
@@ -123,10 +122,10 @@ pub fn variants<'a>(recipe: &'a ProbeRecipe, survey: &'a Survey) -> Result<Vec<V
     Ok(out)
 }
 
-/// Append-only cache of option scores, keyed by model hash and prompt hash. Each batch is
-/// appended and flushed, so a killed run loses at most the batch in flight.
+/// Append-only cache of option scores, keyed by model hash and prompt hash. Read once on open;
+/// each batch is appended and synced, so a killed run loses at most the batch in flight.
 pub struct ScoreCache {
-    path: PathBuf,
+    log: JsonlLog,
     entries: HashMap<String, OptionScores>,
 }
 
@@ -140,12 +139,8 @@ impl ScoreCache {
     pub fn open(dir: &Path, model_sha: &str) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let path = dir.join(format!("scores-{}.jsonl", &model_sha[..16.min(model_sha.len())]));
-        let entries = if path.exists() {
-            read_jsonl::<CacheLine>(&path)?.into_iter().map(|l| (l.key, l.scores)).collect()
-        } else {
-            HashMap::new()
-        };
-        Ok(Self { path, entries })
+        let (log, lines) = JsonlLog::open::<CacheLine>(&path)?;
+        Ok(Self { log, entries: lines.into_iter().map(|l| (l.key, l.scores)).collect() })
     }
 
     pub fn key(prompt: &Prompt) -> String {
@@ -173,22 +168,9 @@ impl ScoreCache {
     }
 
     pub fn append(&mut self, new: Vec<(String, OptionScores)>) -> Result<()> {
-        // A previous kill may have left a partial last line: start ours on a fresh line.
-        let needs_newline = std::fs::read(&self.path).map(|b| !b.is_empty() && !b.ends_with(b"\n")).unwrap_or(false);
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .map_err(|e| Error::io(&self.path, e))?;
-        let mut buf = String::new();
-        if needs_newline {
-            buf.push('\n');
-        }
-        for (key, scores) in &new {
-            buf.push_str(&serde_json::to_string(&CacheLine { key: key.clone(), scores: scores.clone() })?);
-            buf.push('\n');
-        }
-        f.write_all(buf.as_bytes()).and_then(|_| f.sync_data()).map_err(|e| Error::io(&self.path, e))?;
+        let lines: Vec<CacheLine> =
+            new.iter().map(|(key, scores)| CacheLine { key: key.clone(), scores: scores.clone() }).collect();
+        self.log.append(&lines)?;
         self.entries.extend(new);
         Ok(())
     }
@@ -226,7 +208,7 @@ pub fn run(recipe: &ProbeRecipe, survey: &Survey, model: &Model, opts: &ProbeOpt
             "{} of {} prompts found in the scoring cache {}",
             prompts.len() - todo.len(),
             prompts.len(),
-            cache.path.display()
+            cache.log.path().display()
         );
     }
     for chunk in todo.chunks(opts.batch.max(1)) {

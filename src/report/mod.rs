@@ -40,7 +40,7 @@ pub fn markdown(r: &Results) -> String {
         r.model.path.display(),
         r.model.architecture,
         if r.model.chat_template.is_some() { "chat template" } else { "plain text" },
-        &r.model.sha256[..12],
+        r.model.sha256.get(..12).unwrap_or(&r.model.sha256),
         r.recipe,
         r.template,
         o.n_samples,

@@ -12,7 +12,7 @@ use crate::model::mode::Mode;
 use crate::model::Model;
 use crate::recipe::{DistillRecipe, Objective};
 use crate::util::error::{Error, Result};
-use crate::util::io::{sha256_hex, write_json};
+use crate::util::io::{sha256_hex, write_json, JsonlLog};
 use candle_core::Tensor;
 use examples::{Built, Example};
 use optim::AdamW;
@@ -21,7 +21,6 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub const CHECKPOINT: &str = "checkpoint";
@@ -131,7 +130,14 @@ pub fn step_grads(
             });
         }
     }
-    Ok((sums.loss(denom), acc.into_iter().map(|g| g.expect("at least one micro-batch")).collect()))
+    let loss = sums.loss(denom);
+    if !loss.is_finite() {
+        let first = exs.first().map(|e| e.id.as_str()).unwrap_or("");
+        return Err(Error::Invalid(format!(
+            "training loss is {loss} on the step starting at example {first:?}: the model, the adapter or the data hold NaN or inf; nothing of this step was applied"
+        )));
+    }
+    Ok((loss, acc.into_iter().map(|g| g.expect("at least one micro-batch")).collect()))
 }
 
 /// Mean loss over `exs` without gradients (the probe's numerics).
@@ -325,12 +331,11 @@ pub fn train(a: &TrainArgs) -> Result<Summary> {
         load_optimizer(&ckpt, &adapter, &mut opt, &model)?;
         opt.step = state.step;
     }
-    std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
+    let _writer = crate::util::lock::OutputLock::dir(&a.out)?;
     let log_path = a.out.join(LOSS_FILE);
     // The curve up to the checkpoint; steps logged after it are replayed.
     let kept: Vec<LogLine> = read_log(&log_path)?.into_iter().filter(|l| a.resume && l.step < state.step).collect();
-    crate::util::io::write_jsonl(&log_path, &kept)?;
-    let mut log = std::fs::OpenOptions::new().append(true).open(&log_path).map_err(|e| Error::io(&log_path, e))?;
+    let mut log = JsonlLog::create(&log_path, &kept)?;
     write_manifest(a, &recipe, &model)?;
     eprintln!(
         "training {} LoRA parameters ({} tensors) on {} examples ({} validation), {} steps of {} examples",
@@ -369,7 +374,7 @@ pub fn train(a: &TrainArgs) -> Result<Summary> {
         };
         let tps = tokens_run as f64 / t0.elapsed().as_secs_f64().max(1e-9);
         let line = LogLine { step, loss, lr, grad_norm, tokens: state.tokens_seen, tokens_per_s: tps, val_loss };
-        writeln!(log, "{}", serde_json::to_string(&line)?).map_err(|e| Error::io(&log_path, e))?;
+        log.append(std::slice::from_ref(&line))?;
         first.get_or_insert(loss);
         last = Some(loss);
         if val_loss.is_some() {

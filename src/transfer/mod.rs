@@ -138,7 +138,7 @@ pub fn run(a: &RunArgs) -> Result<report::TransferReport> {
     if let Some(n) = t.max_heldout_questions {
         heldout = crate::util::seed::sample_in_order(&heldout, n, t.seed ^ 0x4E1D);
     }
-    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    let _writer = crate::util::lock::OutputLock::dir(&out)?;
     let train_probe = crate::util::seed::sample_in_order(
         &split.train.iter().filter(|q| answered(q)).cloned().collect::<Vec<_>>(),
         t.train_questions,

@@ -4,6 +4,7 @@
 pub mod error;
 pub mod fmt;
 pub mod io;
+pub mod lock;
 pub mod manifest;
 pub mod progress;
 pub mod seed;

@@ -1,4 +1,4 @@
-use crate::common::{assert_clean_error, mores, smollm2};
+use crate::common::{assert_clean_error, mores, smollm2, stderr};
 use std::io::Write;
 
 #[test]
@@ -101,4 +101,214 @@ fn malformed_survey_data_line() {
     std::fs::write(dir.path().join("wvs7_country_distributions.jsonl"), "{\"qid\": \"Q1\", \"country\": \n").unwrap();
     let o = mores(&["survey", "stats", "--data", dir.path().to_str().unwrap()]);
     assert_clean_error(&o, "wvs7_country_distributions.jsonl:1: malformed distribution record");
+}
+
+/// Regression (issue 16): two runs on one --out both did all the work, and two generators left
+/// every record twice. The second writer now stops at once, naming the first one's pid.
+#[test]
+fn second_writer_on_the_same_out_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let held = mores::util::lock::OutputLock::dir(&out).unwrap();
+    let model = crate::common::tiny_model(&dir.path().join("m"), "llama", 1);
+    let o = mores(&[
+        "probe",
+        "--model",
+        model.to_str().unwrap(),
+        "--countries",
+        "USA",
+        "--limit",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_clean_error(&o, &format!("another mores process (pid {}) is writing", std::process::id()));
+    assert!(!out.join("samples.jsonl").exists(), "nothing written by the refused run");
+    drop(held);
+    let o = mores(&[
+        "probe",
+        "--model",
+        model.to_str().unwrap(),
+        "--countries",
+        "USA",
+        "--limit",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Output files: the lock is beside the file.
+    let file = dir.path().join("data.jsonl");
+    let _held = mores::util::lock::OutputLock::file(&file).unwrap();
+    let e = mores::util::lock::OutputLock::file(&file).unwrap_err().to_string();
+    assert!(e.contains("is writing") && e.contains("data.jsonl"), "{e}");
+}
+
+/// A minimal llama GGUF (one layer's Q weight, embeddings) with `over` replacing metadata.
+fn hostile_gguf(path: &std::path::Path, over: &[(&str, candle_core::quantized::gguf_file::Value)]) {
+    use candle_core::quantized::{gguf_file::Value, GgmlDType, QTensor};
+    let t = |r: usize, c: usize| {
+        QTensor::quantize(
+            &candle_core::Tensor::zeros((r, c), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap(),
+            GgmlDType::F32,
+        )
+        .unwrap()
+    };
+    let mut md: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String("llama".into())),
+        ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
+        ("tokenizer.ggml.tokens".into(), Value::Array(vec![Value::String("a".into()), Value::String("b".into())])),
+        ("tokenizer.ggml.merges".into(), Value::Array(vec![])),
+        ("llama.embedding_length".into(), Value::U32(32)),
+        ("llama.feed_forward_length".into(), Value::U32(64)),
+        ("llama.block_count".into(), Value::U32(1)),
+        ("llama.attention.head_count".into(), Value::U32(4)),
+    ];
+    for (k, v) in over {
+        md.retain(|(key, _)| key != k);
+        md.push((k.to_string(), v.clone()));
+    }
+    let (emb, q) = (t(2, 32), t(32, 32));
+    let mut f = std::fs::File::create(path).unwrap();
+    let md_ref: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    candle_core::quantized::gguf_file::write(
+        &mut f,
+        &md_ref,
+        &[("token_embd.weight", &emb), ("blk.0.attn_q.weight", &q)],
+    )
+    .unwrap();
+}
+
+/// Regression (issue 16): hyperparameters from a hostile GGUF were trusted, and aborted the
+/// process allocating gigabytes or panicked dividing by zero.
+#[test]
+fn hostile_hyperparameters_are_refused_before_any_allocation() {
+    use candle_core::quantized::gguf_file::Value;
+    let dir = tempfile::tempdir().unwrap();
+    let cases: Vec<(&str, Value, &str)> = vec![
+        ("llama.block_count", Value::U32(u32::MAX), "layer count = 4294967295"),
+        ("llama.attention.head_count", Value::U32(0), "attention heads = 0"),
+        ("llama.rope.dimension_count", Value::U32(u32::MAX), "head dimension 4294967295"),
+        ("llama.attention.head_count_kv", Value::U32(3), "not a multiple of KV heads 3"),
+        ("llama.block_count", Value::U32(2), "does not match the layers stored"),
+        ("llama.attention.layer_norm_rms_epsilon", Value::F32(f32::NAN), "epsilon NaN"),
+    ];
+    for (i, (k, v, want)) in cases.into_iter().enumerate() {
+        let p = dir.path().join(format!("h{i}.gguf"));
+        hostile_gguf(&p, &[(k, v)]);
+        let t0 = std::time::Instant::now();
+        let o = mores(&["score", "--model", p.to_str().unwrap(), "--prompt", "a"]);
+        assert_clean_error(&o, want);
+        assert_clean_error(&o, "invalid model configuration");
+        assert!(t0.elapsed().as_secs() < 20, "{k}: took {:?}", t0.elapsed());
+    }
+    // An alignment of 0 panicked inside candle's GGUF reader.
+    let p = dir.path().join("align.gguf");
+    hostile_gguf(&p, &[("general.alignment", Value::U32(0))]);
+    assert_clean_error(&mores(&["score", "--model", p.to_str().unwrap(), "--prompt", "a"]), "not a readable GGUF");
+}
+
+/// Regression (issue 16): empty, blank and repeated labels, and an empty prompt, panicked or were
+/// silently dropped or double counted.
+#[test]
+fn bad_labels_and_empty_prompt_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = crate::common::tiny_model(&dir.path().join("m"), "llama", 1);
+    let m = model.to_str().unwrap();
+    for (labels, want) in
+        [("", "label 1 of [\"\"] is empty"), ("1,1,2", "\"1\" appears twice"), ("1,,2", "label 2 of"), ("1, ", "blank")]
+    {
+        assert_clean_error(&mores(&["score", "--model", m, "--prompt", "Q?\nAnswer: ", "--labels", labels]), want);
+    }
+    assert_clean_error(&mores(&["score", "--model", m, "--prompt", ""]), "empty prompt");
+}
+
+/// Regression (issue 16): arguments that silently meant "everything".
+#[test]
+fn arguments_that_would_mean_everything_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = crate::common::tiny_model(&dir.path().join("m"), "llama", 1);
+    let out = dir.path().join("o");
+    let probe = |extra: &[&str]| {
+        let mut a = vec!["probe", "--model", model.to_str().unwrap(), "--out", out.to_str().unwrap()];
+        a.extend_from_slice(extra);
+        mores(&a)
+    };
+    assert_clean_error(&probe(&["--limit", "0"]), "--limit 0");
+    assert_clean_error(&probe(&["--countries", ""]), "empty entry");
+    assert_clean_error(&probe(&["--countries", ","]), "empty entry");
+    assert_clean_error(&probe(&["--countries", "USA,USA"]), "\"USA\" twice");
+    let slurm = |id: &str, n: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mores"))
+            .args(["probe", "--model", model.to_str().unwrap(), "--limit", "1", "--countries", "USA"])
+            .args(["--out", out.to_str().unwrap()])
+            .env("SLURM_ARRAY_TASK_ID", id)
+            .env("SLURM_ARRAY_TASK_COUNT", n)
+            .env("MORES_THREADS", "2")
+            .output()
+            .unwrap()
+    };
+    assert_clean_error(&slurm("7", "2"), "--array=0-1");
+    assert_clean_error(&slurm("x", "2"), "SLURM_ARRAY_TASK_ID=x");
+    assert!(!out.join("samples.jsonl").exists(), "nothing written");
+
+    // merge refuses a split with a shard missing unless asked.
+    let shard0 = dir.path().join("s0");
+    let o = mores(&[
+        "probe",
+        "--model",
+        model.to_str().unwrap(),
+        "--limit",
+        "2",
+        "--countries",
+        "USA,DEU",
+        "--shard",
+        "0/2",
+        "--out",
+        shard0.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let merged = dir.path().join("merged");
+    let o = mores(&["merge", "--out", merged.to_str().unwrap(), shard0.to_str().unwrap()]);
+    assert_clean_error(&o, "missing shards 1/2");
+    assert!(!merged.exists(), "a refused merge writes nothing");
+    let o = mores(&["merge", "--allow-partial", "--out", merged.to_str().unwrap(), shard0.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// Regression (issue 16): prompts longer than the context were run anyway (6 GB, then an abort);
+/// NaN weights gave probabilities with exit 0.
+#[test]
+fn overlong_prompts_and_nan_weights_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = crate::common::tiny_model(&dir.path().join("m"), "llama", 1);
+    let cfg_path = model.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["max_position_embeddings"] = 64.into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let m = model.to_str().unwrap();
+    let long = "word ".repeat(40);
+    assert_clean_error(&mores(&["score", "--model", m, "--prompt", &long]), "longer than the model's context of 64");
+    assert!(mores(&["score", "--model", m, "--prompt", "short\nAnswer: "]).status.success());
+
+    let st = model.join("model.safetensors");
+    let mut t = candle_core::safetensors::load(&st, &candle_core::Device::Cpu).unwrap();
+    let w = t["model.layers.1.mlp.down_proj.weight"].clone();
+    let mut v = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    v[5] = f32::NAN;
+    t.insert(
+        "model.layers.1.mlp.down_proj.weight".into(),
+        candle_core::Tensor::from_vec(v, w.shape(), &candle_core::Device::Cpu).unwrap(),
+    );
+    candle_core::safetensors::save(&t, &st).unwrap();
+    assert_clean_error(&mores(&["score", "--model", m, "--prompt", "short\nAnswer: "]), "non-finite logits");
+}
+
+#[test]
+fn bench_sizes_of_zero_are_errors() {
+    for args in [["--steps", "0"], ["--batch", "0"], ["--seq", "0"]] {
+        let mut a = vec!["bench", "lora"];
+        a.extend_from_slice(&args);
+        assert_clean_error(&mores(&a), "bench lora needs");
+    }
 }
