@@ -133,6 +133,26 @@ pub fn read(path: &Path) -> Result<Vec<(Record, Lesson)>> {
         let r: Record =
             serde_json::from_str(line).map_err(|e| Error::data(path, i + 1, format!("not a dataset record: {e}")))?;
         let lesson = r.lesson().map_err(|m| Error::data(path, i + 1, format!("record {:?}: {m}", r.id)))?;
+        if let Some(h) = &r.hash {
+            if *h != r.content_hash() {
+                return Err(Error::data(
+                    path,
+                    i + 1,
+                    format!("record {:?}: its hash does not match its content (edited or corrupted); remove the hash field to keep a hand edit", r.id),
+                ));
+            }
+        }
+        if let Some(m) = &r.mode {
+            use crate::recipe::generate::GenMode;
+            let known = [GenMode::Qa, GenMode::SoftLabels, GenMode::SurveyGrounded].map(|g| g.name());
+            if !known.contains(&m.as_str()) {
+                return Err(Error::data(
+                    path,
+                    i + 1,
+                    format!("record {:?}: unknown mode {m:?} (one of {})", r.id, known.join(", ")),
+                ));
+            }
+        }
         if !ids.insert(r.id.clone()) {
             return Err(Error::data(path, i + 1, format!("duplicate record id {:?}", r.id)));
         }

@@ -312,3 +312,31 @@ fn bench_sizes_of_zero_are_errors() {
         assert_clean_error(&mores(&a), "bench lora needs");
     }
 }
+
+/// Regression (issue 16): `dataset stats` and training accepted records whose hash no longer
+/// matched their content, or with a mode no generator writes.
+#[test]
+fn dataset_hash_and_mode_are_verified() {
+    use mores::generate::dataset::Record;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("d.jsonl");
+    let mut r: Record =
+        serde_json::from_value(serde_json::json!({"id": "a", "prompt": "Q?", "target": "A.", "mode": "qa"})).unwrap();
+    r.hash = Some(r.content_hash());
+    let good = serde_json::to_string(&r).unwrap();
+    std::fs::write(&p, format!("{good}\n")).unwrap();
+    assert!(mores(&["dataset", "stats", p.to_str().unwrap()]).status.success());
+    std::fs::write(&p, format!("{}\n", good.replace("\"A.\"", "\"B.\""))).unwrap();
+    assert_clean_error(
+        &mores(&["dataset", "stats", p.to_str().unwrap()]),
+        "d.jsonl:1: record \"a\": its hash does not match",
+    );
+    r.mode = Some("magic".into());
+    r.hash = None;
+    std::fs::write(&p, format!("{}\n", serde_json::to_string(&r).unwrap())).unwrap();
+    assert_clean_error(&mores(&["dataset", "stats", p.to_str().unwrap()]), "unknown mode \"magic\"");
+    let labels =
+        serde_json::json!({"id": "b", "prompt": "Q?", "labels": ["", "", "", ""], "target": [0.25, 0.25, 0.25, 0.25]});
+    std::fs::write(&p, format!("{labels}\n")).unwrap();
+    assert_clean_error(&mores(&["dataset", "stats", p.to_str().unwrap()]), "empty or blank");
+}
