@@ -53,6 +53,11 @@ fn path_sha256(p: &Path) -> Result<String> {
     Ok(sha256_hex(parts.join("\n").as_bytes()))
 }
 
+/// Version of what the report stage computes from its inputs: bump it when the report's numbers or
+/// layout change, so that finished runs rewrite their report instead of keeping the old one.
+/// 2: no bootstrap CI from fewer than 5 points (8 for a change in r).
+const REPORT_SCHEMA: &str = "report/2";
+
 fn key(parts: &[&str]) -> String {
     sha256_hex(parts.join("\u{1f}").as_bytes())
 }
@@ -256,7 +261,7 @@ pub fn run(a: &RunArgs) -> Result<report::TransferReport> {
     })?;
 
     let mut rep = None;
-    let k_report = key(&["report", &k_after, &json(&t), &json(&heldout), &json(&train_probe)]);
+    let k_report = key(&[REPORT_SCHEMA, &k_after, &json(&t), &json(&heldout), &json(&train_probe)]);
     r.stage("report", &k_report, &[], || {
         let teacher_samples = t.teacher_reference.then(|| teacher_dir.clone());
         let built = report::build(&report::Inputs {

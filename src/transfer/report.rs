@@ -121,11 +121,17 @@ fn seed_of(seed: u64, what: &str) -> u64 {
     crate::util::seed::from_text(&format!("{seed}:{what}"))
 }
 
-fn delta_boot(n: usize, reps: usize, seed: u64, stat: impl Fn(&[usize]) -> Option<f64>) -> Delta {
+/// Fewest paired points a bootstrap CI is printed from: below it the resamples repeat a handful
+/// of points and the interval says more about the resampling than about the data.
+const MIN_CI_POINTS: usize = 5;
+/// Fewest pairs for the CI of a change in a correlation: resampling 5 pairs of an r swings it
+/// between -1 and +1, and the quickstart's category table printed "-2.000 to +2.000".
+const MIN_R_CI_POINTS: usize = 8;
+
+fn delta_boot(n: usize, min: usize, reps: usize, seed: u64, stat: impl Fn(&[usize]) -> Option<f64>) -> Delta {
     let all: Vec<usize> = (0..n).collect();
     let value = stat(&all);
-    if n < 2 {
-        // Resampling one unit always gives the same value: no interval to speak of.
+    if n < min.max(MIN_CI_POINTS) {
         return Delta { value, ci95: None, p: None };
     }
     let (ci95, vals) = bootstrap(n, reps, seed, stat);
@@ -193,10 +199,10 @@ fn subset(
     for (c, ps) in &by_country {
         let n = ps.len();
         let all: Vec<usize> = (0..n).collect();
-        let d = delta_boot(n, reps, seed_of(inp.seed, &format!("{tag}-{c}")), |idx| {
+        let d = delta_boot(n, MIN_R_CI_POINTS, reps, seed_of(inp.seed, &format!("{tag}-{c}")), |idx| {
             Some(r_of(ps, idx, |p| p.a, |p| p.h)? - r_of(ps, idx, |p| p.b, |p| p.h)?)
         });
-        let djs = delta_boot(n, reps, seed_of(inp.seed, &format!("{tag}-js-{c}")), |idx| {
+        let djs = delta_boot(n, MIN_CI_POINTS, reps, seed_of(inp.seed, &format!("{tag}-js-{c}")), |idx| {
             let a: Vec<f64> = idx.iter().map(|&i| ps[i].js_a).collect();
             let b: Vec<f64> = idx.iter().map(|&i| ps[i].js_b).collect();
             Some(mean(&a)? - mean(&b)?)
@@ -221,7 +227,7 @@ fn subset(
     let vals = |g: &dyn Fn(&CountryDelta) -> Option<f64>| -> Vec<f64> { countries.iter().filter_map(g).collect() };
     let over_countries = |g: &dyn Fn(&CountryDelta) -> Option<f64>, what: &str| -> Delta {
         let v = vals(g);
-        delta_boot(v.len(), reps, seed_of(inp.seed, &format!("{tag}-mean-{what}")), |idx| {
+        delta_boot(v.len(), MIN_CI_POINTS, reps, seed_of(inp.seed, &format!("{tag}-mean-{what}")), |idx| {
             mean(&idx.iter().map(|&i| v[i]).collect::<Vec<_>>())
         })
     };
@@ -244,11 +250,12 @@ fn subset(
             Some((r_of(ps, &all, |p| p.b, |p| p.h)?, r_of(ps, &all, |p| p.a, |p| p.h)?))
         })
         .collect();
-    let cross_country_delta = delta_boot(per_q.len(), reps, seed_of(inp.seed, &format!("{tag}-cross")), |idx| {
-        let a: Vec<f64> = idx.iter().map(|&i| per_q[i].1).collect();
-        let b: Vec<f64> = idx.iter().map(|&i| per_q[i].0).collect();
-        Some(fisher_mean(&a)? - fisher_mean(&b)?)
-    });
+    let cross_country_delta =
+        delta_boot(per_q.len(), MIN_CI_POINTS, reps, seed_of(inp.seed, &format!("{tag}-cross")), |idx| {
+            let a: Vec<f64> = idx.iter().map(|&i| per_q[i].1).collect();
+            let b: Vec<f64> = idx.iter().map(|&i| per_q[i].0).collect();
+            Some(fisher_mean(&a)? - fisher_mean(&b)?)
+        });
 
     let mut continents: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for c in &countries {
@@ -260,7 +267,7 @@ fn subset(
         .into_iter()
         .map(|(name, ds)| {
             let n = ds.len();
-            let d = delta_boot(n, reps, seed_of(inp.seed, &format!("{tag}-cont-{name}")), |idx| {
+            let d = delta_boot(n, MIN_CI_POINTS, reps, seed_of(inp.seed, &format!("{tag}-cont-{name}")), |idx| {
                 mean(&idx.iter().map(|&i| ds[i]).collect::<Vec<_>>())
             });
             let members: Vec<&CountryDelta> = countries.iter().filter(|c| c.continent == name).collect();
@@ -283,9 +290,10 @@ fn subset(
         .into_iter()
         .map(|(name, ps)| {
             let all: Vec<usize> = (0..ps.len()).collect();
-            let d = delta_boot(ps.len(), reps, seed_of(inp.seed, &format!("{tag}-cat-{name}")), |idx| {
-                Some(r_of(&ps, idx, |p| p.a, |p| p.h)? - r_of(&ps, idx, |p| p.b, |p| p.h)?)
-            });
+            let d =
+                delta_boot(ps.len(), MIN_R_CI_POINTS, reps, seed_of(inp.seed, &format!("{tag}-cat-{name}")), |idx| {
+                    Some(r_of(&ps, idx, |p| p.a, |p| p.h)? - r_of(&ps, idx, |p| p.b, |p| p.h)?)
+                });
             GroupDelta {
                 name,
                 n: ps.len(),
@@ -499,4 +507,22 @@ pub fn write(out: &Path, r: &TransferReport) -> Result<()> {
             h.continents.iter().map(|c| bar(c.delta.value, c.delta.ci95)).collect(),
         ],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (issue 12, item 5): a change in r resampled from 5 pairs printed "-2.000 to
+    /// +2.000". No CI below 5 points, nor below 8 for a change in r.
+    #[test]
+    fn no_interval_from_too_few_points() {
+        let stat = |idx: &[usize]| Some(idx.iter().map(|&i| i as f64).sum::<f64>() / idx.len() as f64);
+        assert!(delta_boot(4, MIN_CI_POINTS, 200, 1, stat).ci95.is_none());
+        assert!(delta_boot(5, MIN_CI_POINTS, 200, 1, stat).ci95.is_some());
+        assert!(delta_boot(7, MIN_R_CI_POINTS, 200, 1, stat).ci95.is_none());
+        let d = delta_boot(8, MIN_R_CI_POINTS, 200, 1, stat);
+        assert!(d.ci95.is_some() && d.value == Some(3.5));
+        assert!(describe(&delta_boot(4, MIN_CI_POINTS, 200, 1, stat)).contains("no CI: too few points"));
+    }
 }
