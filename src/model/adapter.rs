@@ -191,22 +191,6 @@ impl Adapter {
         });
         Ok(Self { spec, params })
     }
-
-    /// Copy another adapter's values (same layout) into this one's variables.
-    pub fn set_from(&self, tensors: &HashMap<String, Tensor>) -> Result<()> {
-        for p in &self.params {
-            for (which, var) in [("A", &p.a), ("B", &p.b)] {
-                let t =
-                    tensors.get(&p.key(which)).ok_or_else(|| Error::Invalid(format!("missing {}", p.key(which))))?;
-                let t = match (which, p.permuted_heads) {
-                    ("B", Some(h)) => rows_from_hf(t, h)?,
-                    _ => t.clone(),
-                };
-                var.set(&t)?;
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Fold every attached adapter into its base weight (W + scale B A) and detach it. The result is

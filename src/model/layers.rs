@@ -3,7 +3,7 @@
 use super::mode::Mode;
 use super::{grad_ops, kernels};
 use crate::util::error::Result;
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 
 /// Rows of token ids of unequal length, left-padded to one length so that every row's last token
 /// sits in the same column. Padding is masked out of attention and gets no position.
@@ -259,10 +259,6 @@ fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, mode
 pub fn gather(x: &Tensor, index: &Tensor) -> Result<Tensor> {
     let (b, t, hdim) = x.dims3()?;
     Ok(x.reshape((b * t, hdim))?.index_select(index, 0)?)
-}
-
-pub fn last_dim(x: &Tensor) -> Result<usize> {
-    Ok(x.dim(D::Minus1)?)
 }
 
 #[cfg(test)]

@@ -53,8 +53,3 @@ impl Error {
 pub(crate) fn tok_err(e: impl std::fmt::Display) -> Error {
     Error::Tokenizer(e.to_string())
 }
-
-#[macro_export]
-macro_rules! bail {
-    ($($arg:tt)*) => { return Err($crate::util::error::Error::Invalid(format!($($arg)*))) };
-}
