@@ -203,7 +203,16 @@ fn load_table_inner(path: &Path, depth: usize) -> Result<toml::Table> {
         return Err(err("include chain deeper than 8 (a cycle?)".into()));
     }
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| err(e.message().to_string()))?;
+    let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        // Name the place: line and column of the syntax error, in this (possibly included) file.
+        let at = e.span().map(|s| {
+            let before = &text[..s.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+            format!("line {line}, column {col}: ")
+        });
+        err(format!("{}{}", at.unwrap_or_default(), e.message()))
+    })?;
     if let Some(inc) = table.remove("include") {
         let inc = inc.as_str().ok_or_else(|| err("include must be a path string".into()))?;
         let base_path = path.parent().unwrap_or(Path::new(".")).join(inc);

@@ -340,3 +340,23 @@ fn dataset_hash_and_mode_are_verified() {
     std::fs::write(&p, format!("{labels}\n")).unwrap();
     assert_clean_error(&mores(&["dataset", "stats", p.to_str().unwrap()]), "empty or blank");
 }
+
+/// A TOML syntax error names the file it is in (the included one, not the includer) and where.
+#[test]
+fn recipe_syntax_error_names_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("base.toml"), "[scoring]\nbatch = 4\norders = [\"original\"\n").unwrap();
+    let top = dir.path().join("top.toml");
+    std::fs::write(&top, "include = \"base.toml\"\n").unwrap();
+    let o = mores(&[
+        "probe",
+        "--recipe",
+        top.to_str().unwrap(),
+        "--model",
+        "x.gguf",
+        "--out",
+        dir.path().join("o").to_str().unwrap(),
+    ]);
+    assert_clean_error(&o, "base.toml");
+    assert_clean_error(&o, "line 3, column");
+}
