@@ -169,9 +169,7 @@ pub fn write_outputs(
 }
 
 fn read_manifest(dir: &Path) -> Result<Manifest> {
-    let p = dir.join("manifest.json");
-    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::data(&p, 0, format!("malformed manifest: {e}")))
+    crate::util::io::read_json(&dir.join("manifest.json"))
 }
 
 /// Join the outputs of `--shard I/N` runs into one run.
@@ -231,10 +229,7 @@ pub fn compare(runs: &[PathBuf], out: Option<&Path>) -> Result<String> {
     }
     let mut rs = Vec::new();
     for dir in runs {
-        let p = dir.join("results.json");
-        let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-        let r: Results =
-            serde_json::from_str(&text).map_err(|e| Error::data(&p, 0, format!("malformed results: {e}")))?;
+        let r: Results = crate::util::io::read_json(&dir.join("results.json"))?;
         rs.push((dir.display().to_string(), r));
     }
     let md = crate::report::compare(&rs);

@@ -346,10 +346,7 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
                 limit,
                 threads,
                 batch,
-                shard: match shard {
-                    Some(s) => Some(s),
-                    None => slurm_shard()?,
-                },
+                shard: shard.map_or_else(slurm_shard, |s| Ok(Some(s)))?,
                 out: out.clone(),
                 cache,
                 adapter,
@@ -445,10 +442,7 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
             let args = mores::generate::GenerateArgs {
                 recipe,
                 out: out.clone(),
-                shard: match shard {
-                    Some(s) => Some(s),
-                    None => slurm_shard()?,
-                },
+                shard: shard.map_or_else(slurm_shard, |s| Ok(Some(s)))?,
                 progress: !cli.quiet,
                 countries: None,
             };

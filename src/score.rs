@@ -74,7 +74,7 @@ pub fn check_request(req: &ScoreRequest) -> Result<()> {
     check_labels(&req.labels).map_err(Error::Invalid)
 }
 
-/// The label rule shared by scoring, recipes and datasets.
+/// The label rule shared by scoring and datasets.
 pub fn check_labels(labels: &[String]) -> std::result::Result<(), String> {
     if labels.is_empty() {
         return Err("no labels to score: give at least one".into());

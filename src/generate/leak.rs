@@ -98,8 +98,7 @@ impl Split {
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        serde_json::from_str(&text).map_err(|e| Error::data(path, 0, format!("malformed split: {e}")))
+        crate::util::io::read_json(path)
     }
 }
 

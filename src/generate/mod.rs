@@ -317,8 +317,7 @@ pub fn generate(a: &GenerateArgs) -> Result<Card> {
         items = items.into_iter().enumerate().filter(|(i, _)| i % s.count == s.index).map(|(_, it)| it).collect();
     }
     if card_path.exists() {
-        let text = std::fs::read_to_string(&card_path).map_err(|e| Error::io(&card_path, e))?;
-        let old: Card = serde_json::from_str(&text).map_err(|e| Error::data(&card_path, 0, e.to_string()))?;
+        let old: Card = crate::util::io::read_json(&card_path)?;
         if old.settings_sha256 != settings_sha256 {
             return Err(Error::Invalid(format!(
                 "{} was generated with other settings; choose another --out or delete it",
@@ -439,8 +438,7 @@ pub fn merge(shards: &[PathBuf], out: &Path) -> Result<Card> {
         let stem = s.file_stem().map(|x| x.to_string_lossy().to_string()).unwrap_or_default();
         let dir = s.parent().unwrap_or(Path::new("."));
         let c_path = dir.join(format!("{stem}.card.json"));
-        let text = std::fs::read_to_string(&c_path).map_err(|e| Error::io(&c_path, e))?;
-        let c: Card = serde_json::from_str(&text).map_err(|e| Error::data(&c_path, 0, e.to_string()))?;
+        let c: Card = crate::util::io::read_json(&c_path)?;
         if let Some(first) = &card {
             if first.settings_sha256 != c.settings_sha256 || first.teacher.sha256 != c.teacher.sha256 {
                 return Err(Error::Invalid(format!("{}: generated with other settings or teacher", s.display())));

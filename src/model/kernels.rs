@@ -1,4 +1,4 @@
-//! Batch-invariant CPU kernels for the inference forward pass.
+//! Batch-invariant CPU kernels for the forward pass (inference, and training through [`AttnOp`]).
 //!
 //! A prompt's probabilities must not depend on what else is in its batch, how the batch is padded
 //! or whether a shared prefix was run as a separate forward. Two things broke that, both measured:
@@ -73,17 +73,47 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// Shape of one attention call. Queries q [rows, heads, len, dim]; the batch's own keys and
 /// values k, v [rows, kv_heads, len, dim], left-padded by `pad[row]`; a shared prefix's keys and
 /// values [kv_heads, prefix, dim] that every row continues.
-pub struct AttnShape<'a> {
+#[derive(Debug, Clone)]
+pub struct AttnShape {
     pub rows: usize,
     pub heads: usize,
     pub kv_heads: usize,
     pub len: usize,
     pub dim: usize,
     pub prefix: usize,
-    pub pad: &'a [usize],
+    pub pad: Vec<usize>,
     /// Sliding window: a query sees keys at most `window - 1` positions back.
     pub window: Option<usize>,
     pub scale: f32,
+}
+
+/// Softmax weights of query `qi` over the keys at absolute positions `lo..=qa` (`key(a)` gives
+/// each key), written to `w`: scores, max, exponentials and their sum in one fixed order. The
+/// forward and the backward both call this, so the backward sees exactly the forward's weights.
+#[inline]
+fn softmax_weights<'k>(
+    qi: &[f32],
+    lo: usize,
+    qa: usize,
+    scale: f32,
+    key: impl Fn(usize) -> &'k [f32],
+    w: &mut Vec<f32>,
+) {
+    w.clear();
+    let mut max = f32::NEG_INFINITY;
+    for a in lo..=qa {
+        let x = dot(qi, key(a)) * scale;
+        max = max.max(x);
+        w.push(x);
+    }
+    let mut sum = 0f32;
+    for x in w.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    for x in w.iter_mut() {
+        *x /= sum;
+    }
 }
 
 /// Causal softmax attention, returned as [rows, len, heads * dim]. Each real query attends to
@@ -109,24 +139,11 @@ pub fn attend(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32], pk: &[f32], pv: &[
             for i in pad..t {
                 let qa = p + i - pad;
                 let lo = s.window.map_or(0, |win| (qa + 1).saturating_sub(win));
-                let qi = &qs[i * d..(i + 1) * d];
-                w.clear();
-                let mut max = f32::NEG_INFINITY;
-                for a in lo..=qa {
-                    let x = dot(qi, key(a)) * s.scale;
-                    max = max.max(x);
-                    w.push(x);
-                }
-                let mut sum = 0f32;
-                for x in w.iter_mut() {
-                    *x = (*x - max).exp();
-                    sum += *x;
-                }
+                softmax_weights(&qs[i * d..(i + 1) * d], lo, qa, s.scale, key, &mut w);
                 let oi = &mut o[i * d..(i + 1) * d];
                 for (n, a) in (lo..=qa).enumerate() {
-                    let pw = w[n] / sum;
                     for (oe, ve) in oi.iter_mut().zip(value(a)) {
-                        *oe += pw * ve;
+                        *oe += w[n] * ve;
                     }
                 }
             }
@@ -167,22 +184,10 @@ pub fn attend_backward(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32], go: &[f32
                     let lo = s.window.map_or(0, |win| (qa + 1).saturating_sub(win));
                     let qi = &qs[i * d..(i + 1) * d];
                     let gi = &go[((r * t + i) * h + hh) * d..][..d];
-                    p.clear();
+                    softmax_weights(qi, lo, qa, s.scale, |a| &ks[(pad + a) * d..][..d], &mut p);
                     dp.clear();
-                    let mut max = f32::NEG_INFINITY;
-                    for a in lo..=qa {
-                        let x = dot(qi, &ks[(pad + a) * d..][..d]) * s.scale;
-                        max = max.max(x);
-                        p.push(x);
-                    }
-                    let mut sum = 0f32;
-                    for x in p.iter_mut() {
-                        *x = (*x - max).exp();
-                        sum += *x;
-                    }
                     let mut dsum = 0f32;
                     for (n, a) in (lo..=qa).enumerate() {
-                        p[n] /= sum;
                         let g = dot(gi, &vs[(pad + a) * d..][..d]);
                         dp.push(g);
                         dsum += p[n] * g;
@@ -212,34 +217,10 @@ pub fn attend_backward(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32], go: &[f32
     [dq, dk, dv]
 }
 
-/// [`attend`] as a differentiable candle op on (q, k, v) with no shared prefix: the training
-/// path, so that a training example's loss does not depend on the micro-batch it is in either.
-pub struct AttnOp {
-    pub rows: usize,
-    pub heads: usize,
-    pub kv_heads: usize,
-    pub len: usize,
-    pub dim: usize,
-    pub pad: Vec<usize>,
-    pub window: Option<usize>,
-    pub scale: f32,
-}
-
-impl AttnOp {
-    fn shape(&self) -> AttnShape<'_> {
-        AttnShape {
-            rows: self.rows,
-            heads: self.heads,
-            kv_heads: self.kv_heads,
-            len: self.len,
-            dim: self.dim,
-            prefix: 0,
-            pad: &self.pad,
-            window: self.window,
-            scale: self.scale,
-        }
-    }
-}
+/// [`attend`] as a differentiable candle op on (q, k, v) with no shared prefix (`prefix` must be
+/// 0): the training path, so that a training example's loss does not depend on the micro-batch it
+/// is in either.
+pub struct AttnOp(pub AttnShape);
 
 fn cpu_f32<'a>(s: &'a candle_core::CpuStorage, l: &candle_core::Layout) -> candle_core::Result<&'a [f32]> {
     let candle_core::CpuStorage::F32(v) = s else { candle_core::bail!("attention: f32 only") };
@@ -261,8 +242,12 @@ impl candle_core::CustomOp3 for AttnOp {
         s3: &candle_core::CpuStorage,
         l3: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let out = attend(&self.shape(), cpu_f32(s1, l1)?, cpu_f32(s2, l2)?, cpu_f32(s3, l3)?, &[], &[]);
-        Ok((candle_core::CpuStorage::F32(out), (self.rows, self.len, self.heads * self.dim).into()))
+        let s = &self.0;
+        if s.prefix != 0 {
+            candle_core::bail!("attention: the differentiable kernel takes no shared prefix")
+        }
+        let out = attend(s, cpu_f32(s1, l1)?, cpu_f32(s2, l2)?, cpu_f32(s3, l3)?, &[], &[]);
+        Ok((candle_core::CpuStorage::F32(out), (s.rows, s.len, s.heads * s.dim).into()))
     }
 
     fn bwd(
@@ -274,7 +259,7 @@ impl candle_core::CustomOp3 for AttnOp {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let [dq, dk, dv] = with_f32s(&[q, k, v, &grad], |x| attend_backward(&self.shape(), x[0], x[1], x[2], x[3]))
+        let [dq, dk, dv] = with_f32s(&[q, k, v, &grad], |x| attend_backward(&self.0, x[0], x[1], x[2], x[3]))
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let dev = q.device();
         Ok((
@@ -290,13 +275,10 @@ pub fn with_f32s<R>(ts: &[&Tensor], f: impl FnOnce(&[&[f32]]) -> R) -> Result<R>
     let held: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
     let mut slices = Vec::with_capacity(held.len());
     for (storage, layout) in &held {
-        let Some((a, b)) = layout.contiguous_offsets() else {
-            return Err(Error::Invalid("internal: kernel input is not contiguous".into()));
+        let Storage::Cpu(cpu) = &**storage else {
+            return Err(Error::Invalid("internal: kernel input is not a CPU tensor".into()));
         };
-        match &**storage {
-            Storage::Cpu(candle_core::CpuStorage::F32(v)) => slices.push(&v[a..b]),
-            _ => return Err(Error::Invalid("internal: kernel input is not an f32 CPU tensor".into())),
-        }
+        slices.push(cpu_f32(cpu, layout)?);
     }
     Ok(f(&slices))
 }
@@ -343,7 +325,7 @@ mod tests {
             len: t,
             dim: d,
             prefix: 0,
-            pad: &[0],
+            pad: vec![0],
             window: win,
             scale: 0.3,
         };
@@ -376,7 +358,7 @@ mod tests {
                 len: tp,
                 dim: d,
                 prefix: 0,
-                pad: &[0, 3],
+                pad: vec![0, 3],
                 window: win,
                 scale: 0.3,
             };
@@ -394,7 +376,7 @@ mod tests {
                 len: 4,
                 dim: d,
                 prefix: 5,
-                pad: &[0],
+                pad: vec![0],
                 window: win,
                 scale: 0.3,
             };

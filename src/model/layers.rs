@@ -157,9 +157,10 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, style: RopeStyle, mode: Mode
 }
 
 /// What every attention layer of one forward pass shares: the batch layout, the shared prefix's
-/// keys and values, and whether the batch-invariant CPU kernel runs ([`kernels::attend`]).
-/// Training (which needs gradients) and other devices take the composed ops over padded keys,
-/// with additive masks built once per window size.
+/// keys and values, and whether the batch-invariant CPU kernel runs ([`kernels::attend`], and
+/// [`kernels::AttnOp`] when training). Other devices, and a training batch after a shared prefix
+/// (which never happens), take the composed ops over padded keys, with additive masks built once
+/// per window size.
 pub struct AttnCtx<'a> {
     batch: &'a Batch,
     prefix: &'a Kv,
@@ -200,37 +201,26 @@ impl<'a> AttnCtx<'a> {
             let (k, v) = self.prefix.extend(layer, k.clone(), v.clone())?;
             return attention(q, &k, &v, mask, scale, mode);
         }
-        let kvh = k.dim(1)?;
         let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
         let p = self.prefix.len;
+        let shape = kernels::AttnShape {
+            rows: b,
+            heads: h,
+            kv_heads: k.dim(1)?,
+            len: t,
+            dim: d,
+            prefix: p,
+            pad: self.batch.pad.clone(),
+            window,
+            scale: scale as f32,
+        };
         if mode.grad {
-            let op = kernels::AttnOp {
-                rows: b,
-                heads: h,
-                kv_heads: kvh,
-                len: t,
-                dim: d,
-                pad: self.batch.pad.clone(),
-                window,
-                scale: scale as f32,
-            };
-            return Ok(q.apply_op3(&k, &v, op)?);
+            return Ok(q.apply_op3(&k, &v, kernels::AttnOp(shape))?);
         }
         let (pk, pv) = if p > 0 {
             (self.prefix.k[layer].contiguous()?, self.prefix.v[layer].contiguous()?)
         } else {
             (Tensor::zeros(0, q.dtype(), q.device())?, Tensor::zeros(0, q.dtype(), q.device())?)
-        };
-        let shape = kernels::AttnShape {
-            rows: b,
-            heads: h,
-            kv_heads: kvh,
-            len: t,
-            dim: d,
-            prefix: p,
-            pad: &self.batch.pad,
-            window,
-            scale: scale as f32,
         };
         let out =
             kernels::with_f32s(&[&q, &k, &v, &pk, &pv], |x| kernels::attend(&shape, x[0], x[1], x[2], x[3], x[4]))?;

@@ -39,18 +39,18 @@ pub struct GenerateSection {
     pub mode: GenMode,
     #[serde(default)]
     pub seed: u64,
-    #[serde(default = "default_data")]
+    #[serde(default = "super::default_data")]
     pub data: PathBuf,
     /// ISO3 codes; empty: every country with at least `min_questions` scored questions.
     #[serde(default)]
     pub countries: Vec<String>,
-    #[serde(default = "default_min_questions")]
+    #[serde(default = "super::default_min_questions")]
     pub min_questions: usize,
     /// WVS categories to cover; empty: all.
     #[serde(default)]
     pub categories: Vec<String>,
     /// qa: items per (country, category).
-    #[serde(default = "one")]
+    #[serde(default = "super::one")]
     pub per_pair: usize,
     /// Cap on work items: a seeded sample of them (all when unset).
     #[serde(default)]
@@ -75,25 +75,13 @@ pub struct GenerateSection {
     pub few_shot: Vec<FewShot>,
     /// soft-labels / survey-grounded: paraphrase each question with the teacher (semantic
     /// augmentation); false keeps the survey's own wording.
-    #[serde(default = "yes")]
+    #[serde(default = "super::yes")]
     pub paraphrase: bool,
     /// soft-labels / survey-grounded: few-shot paraphrase prompt ending in `{question}`'s rewrite.
     #[serde(default = "default_paraphrase")]
     pub paraphrase_prompt: String,
 }
 
-fn default_data() -> PathBuf {
-    PathBuf::from("data/wvs")
-}
-fn default_min_questions() -> usize {
-    50
-}
-fn one() -> usize {
-    1
-}
-fn yes() -> bool {
-    true
-}
 fn default_heldout() -> f64 {
     0.3
 }

@@ -293,11 +293,7 @@ pub fn train(a: &TrainArgs) -> Result<Summary> {
     let total = t.max_steps.unwrap_or(t.epochs * train_ex.len().div_ceil(per_step));
 
     let (adapter, mut state) = if a.resume {
-        let state: TrainerState = {
-            let p = ckpt.join(STATE_FILE);
-            let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-            serde_json::from_str(&text).map_err(|e| Error::data(&p, 0, format!("malformed trainer state: {e}")))?
-        };
+        let state: TrainerState = crate::util::io::read_json(&ckpt.join(STATE_FILE))?;
         let mismatch = [
             (state.data_sha256 != data_sha256, "data file"),
             (state.recipe_sha256 != recipe_sha256, "recipe"),

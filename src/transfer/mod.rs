@@ -155,12 +155,7 @@ pub fn run(a: &RunArgs) -> Result<report::TransferReport> {
     let (_, _, _, gen_split_path) = crate::generate::paths(&dataset, None);
     let split_path = out.join("split.json");
     let stages_path = out.join("stages.json");
-    let stages: Stages = if stages_path.exists() {
-        let text = std::fs::read_to_string(&stages_path).map_err(|e| Error::io(&stages_path, e))?;
-        serde_json::from_str(&text).map_err(|e| Error::data(&stages_path, 0, e.to_string()))?
-    } else {
-        Stages::new()
-    };
+    let stages: Stages = if stages_path.exists() { crate::util::io::read_json(&stages_path)? } else { Stages::new() };
     let mut r = Runner { out: out.clone(), stages, timings: Vec::new() };
 
     let survey_sha = crate::util::io::sha256_file(&survey.dir.join(crate::survey::QUESTIONS_FILE))?;
@@ -282,11 +277,7 @@ pub fn run(a: &RunArgs) -> Result<report::TransferReport> {
     })?;
     let mut rep = match rep {
         Some(r) => r,
-        None => {
-            let p = out.join("transfer.json");
-            let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-            serde_json::from_str(&text).map_err(|e| Error::data(&p, 0, e.to_string()))?
-        }
+        None => crate::util::io::read_json(&out.join("transfer.json"))?,
     };
     rep.stage_seconds = r.timings.iter().map(|(n, s, skipped)| (n.clone(), (*s, *skipped))).collect();
     write_json(&out.join("transfer.json"), &rep)?;

@@ -111,32 +111,13 @@ fn second_writer_on_the_same_out_is_refused() {
     let out = dir.path().join("run");
     let held = mores::util::lock::OutputLock::dir(&out).unwrap();
     let model = crate::common::tiny_model(&dir.path().join("m"), "llama", 1);
-    let o = mores(&[
-        "probe",
-        "--model",
-        model.to_str().unwrap(),
-        "--countries",
-        "USA",
-        "--limit",
-        "1",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert_clean_error(&o, &format!("another mores process (pid {}) is writing", std::process::id()));
+    let (m, o) = (model.to_str().unwrap(), out.to_str().unwrap());
+    let probe = || mores(&["probe", "--model", m, "--countries", "USA", "--limit", "1", "--out", o]);
+    assert_clean_error(&probe(), &format!("another mores process (pid {}) is writing", std::process::id()));
     assert!(!out.join("samples.jsonl").exists(), "nothing written by the refused run");
     drop(held);
-    let o = mores(&[
-        "probe",
-        "--model",
-        model.to_str().unwrap(),
-        "--countries",
-        "USA",
-        "--limit",
-        "1",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let done = probe();
+    assert!(done.status.success(), "{}", stderr(&done));
     // Output files: the lock is beside the file.
     let file = dir.path().join("data.jsonl");
     let _held = mores::util::lock::OutputLock::file(&file).unwrap();
