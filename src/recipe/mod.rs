@@ -387,6 +387,10 @@ pub struct TransferSection {
     /// Probe the teacher too, as a reference ceiling.
     #[serde(default = "yes")]
     pub teacher_reference: bool,
+    /// Fewest probed countries a question needs for its cross-country r (and swap control) to
+    /// count: with 5 countries an r is noise.
+    #[serde(default = "default_min_countries")]
+    pub min_countries: usize,
     #[serde(default = "default_batch")]
     pub probe_batch: usize,
     #[serde(default = "default_boot")]
@@ -409,6 +413,9 @@ pub struct TransferSection {
 
 fn default_train_probe() -> usize {
     20
+}
+fn default_min_countries() -> usize {
+    8
 }
 fn yes() -> bool {
     true

@@ -56,7 +56,8 @@ fn path_sha256(p: &Path) -> Result<String> {
 /// Version of what the report stage computes from its inputs: bump it when the report's numbers or
 /// layout change, so that finished runs rewrite their report instead of keeping the old one.
 /// 2: no bootstrap CI from fewer than 5 points (8 for a change in r).
-const REPORT_SCHEMA: &str = "report/2";
+/// 3: question-level and country-level verdicts apart, swap control, references, persona spread.
+const REPORT_SCHEMA: &str = "report/3";
 
 fn key(parts: &[&str]) -> String {
     sha256_hex(parts.join("\u{1f}").as_bytes())
@@ -267,6 +268,8 @@ pub fn run(a: &RunArgs) -> Result<report::TransferReport> {
             teacher: teacher_samples.as_deref(),
             heldout: &heldout,
             train: &train_probe,
+            train_split: &split.train,
+            min_countries: t.min_countries,
             bootstrap: t.bootstrap,
             seed: t.seed,
             dataset: &dataset,

@@ -28,3 +28,4 @@ mod survey;
 mod tokenizer;
 mod train;
 mod transfer;
+mod transfer_report;

@@ -68,9 +68,18 @@ fn pipeline_runs_skips_and_resumes_on_tiny_models() {
     let rep: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("transfer.json")).unwrap()).unwrap();
     assert!(rep["heldout"]["n_countries"].as_u64().unwrap() >= 2, "{rep}");
-    assert!(rep["heldout"]["countries"][0]["delta"]["ci95"].is_array(), "per-country CI: {rep}");
+    assert!(rep["heldout"]["question_level"]["countries"][0]["delta"]["ci95"].is_array(), "per-country CI: {rep}");
+    // Both levels reported apart, with the swap control and the references on the same pairs.
+    for k in ["verdict_question_level", "verdict_country_level"] {
+        assert!(rep[k].as_str().is_some_and(|v| v.contains("level")), "{k}: {rep}");
+    }
+    assert!(rep["heldout"]["country_level"]["swap"]["n_pairs"].is_u64(), "{rep}");
+    let refs: Vec<&str> =
+        rep["heldout"]["references"]["rows"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(refs, ["student before", "student after", "typical answer", "lexical neighbour", "teacher"]);
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("Held-out questions") && md.contains("Training questions") && md.contains("teacher"));
+    assert!(md.contains("### Country level") && md.contains("swap gap") && md.contains("lexical neighbour"), "{md}");
     let svg = std::fs::read_to_string(out.join("transfer.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("before") && svg.contains("after"));
     let svg = std::fs::read_to_string(out.join("transfer-continents.svg")).unwrap();

@@ -1,0 +1,206 @@
+//! The report's verdicts, one per level, never merged: question-level transfer (the student moved
+//! toward the humans within countries, which the typical answer alone achieves) and country-level
+//! transfer (it tells countries apart on questions it never saw, confirmed by the swap control).
+//! "Detected" is said only of the level whose change has a 95% CI above 0.
+use super::country::CountryLevel;
+use super::pairs::Delta;
+use super::within::QuestionLevel;
+use crate::util::fmt::f;
+
+pub fn describe(d: &Delta) -> String {
+    match (d.value, d.ci95, d.p) {
+        // A bootstrap p of 0 means no resample crossed zero: below what the resamples resolve.
+        (Some(v), Some((lo, hi)), Some(p)) if p < 0.001 => format!("{v:+.3} (95% CI {lo:+.3} to {hi:+.3}, p < 0.001)"),
+        (Some(v), Some((lo, hi)), Some(p)) => format!("{v:+.3} (95% CI {lo:+.3} to {hi:+.3}, p = {p:.3})"),
+        (Some(v), _, _) => format!("{v:+.3} (no CI: too few points)"),
+        _ => "n/a".into(),
+    }
+}
+
+pub fn up(d: &Delta) -> bool {
+    d.ci95.is_some_and(|(lo, _)| lo > 0.0)
+}
+
+fn down(d: &Delta) -> bool {
+    d.ci95.is_some_and(|(_, hi)| hi < 0.0)
+}
+
+pub fn question_level(q: &QuestionLevel) -> String {
+    let d = describe(&q.mean_delta);
+    if up(&q.mean_delta) {
+        format!("Question-level transfer detected: within-country normalised r on held-out questions rose by {d}.")
+    } else if down(&q.mean_delta) {
+        format!(
+            "Question-level: within-country normalised r on held-out questions fell by {d}: the fine-tune moved the student away from the humans."
+        )
+    } else {
+        format!(
+            "Question-level transfer not detected: within-country normalised r on held-out questions changed by {d}."
+        )
+    }
+}
+
+pub fn country_level(c: &CountryLevel, probed: usize) -> String {
+    if c.delta.ci95.is_none() {
+        return format!(
+            "Country-level transfer not measurable: {} held-out questions were probed in at least {} countries ({probed} countries probed); cross-country r needs at least {} countries per question and 5 such questions.",
+            c.n_questions, c.min_countries, c.min_countries
+        );
+    }
+    let what = format!(
+        "cross-country r per held-out question ({} questions, {:.1} countries each) {} -> {}, change {}, {} of questions improved; swap gap after training {}",
+        c.n_questions,
+        c.mean_countries_per_question.unwrap_or(0.0),
+        f(c.r_before),
+        f(c.r_after),
+        describe(&c.delta),
+        c.share_improved.map(|v| format!("{:.0}%", 100.0 * v)).unwrap_or_else(|| "n/a".into()),
+        describe(&c.swap.gap_after)
+    );
+    if up(&c.delta) && up(&c.swap.gap_after) {
+        format!("Country-level transfer detected: {what}.")
+    } else if up(&c.delta) {
+        format!(
+            "Country-level transfer not confirmed: {what}; the cross-country r rose but the student does not do better with the right country's persona than with a swapped one."
+        )
+    } else if down(&c.delta) {
+        format!("Country-level: {what}: the fine-tune made the student's country differences less like the humans'.")
+    } else {
+        format!("Country-level transfer not detected: {what}.")
+    }
+}
+
+/// The sentence that names which level a held-out gain belongs to, when only one level moved.
+pub fn reading(q: &QuestionLevel, c: &CountryLevel) -> Option<String> {
+    let country = up(&c.delta) && up(&c.swap.gap_after);
+    match (up(&q.mean_delta), country) {
+        (true, false) => Some(
+            "The held-out gain is question-level: the student moved toward each question's typical answer, not toward how countries differ."
+                .into(),
+        ),
+        (false, true) => Some(
+            "The student learned how countries differ without moving its within-country alignment.".into(),
+        ),
+        _ => None,
+    }
+}
+
+/// The training questions' fit, both levels: a variant that does not fit the country differences
+/// of the questions it trained on cannot transfer them.
+pub fn training(q: &QuestionLevel, c: &CountryLevel) -> String {
+    format!(
+        "Training questions (fit): within-country change {}; cross-country change {}.",
+        describe(&q.mean_delta),
+        describe(&c.delta)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::country::SwapControl;
+    use super::*;
+
+    fn delta(v: f64, lo: f64, hi: f64) -> Delta {
+        Delta { value: Some(v), ci95: Some((lo, hi)), p: Some(0.01) }
+    }
+
+    fn levels(q: Delta, c: Delta, gap: Delta) -> (QuestionLevel, CountryLevel) {
+        let ql = QuestionLevel {
+            mean_r_before_raw: None,
+            mean_r_after_raw: None,
+            mean_r_before: Some(0.1),
+            mean_r_after: Some(0.3),
+            mean_r_teacher: None,
+            mean_delta: q,
+            mean_delta_raw: Delta::default(),
+            mean_delta_js: Delta::default(),
+            js_before: None,
+            js_after: None,
+            share_improved: None,
+            countries: vec![],
+            continents: vec![],
+            categories: vec![],
+        };
+        let cl = CountryLevel {
+            min_countries: 8,
+            n_questions: 20,
+            n_questions_few_countries: 0,
+            mean_countries_per_question: Some(15.0),
+            r_before: Some(0.0),
+            r_after: Some(0.2),
+            delta: c,
+            share_improved: Some(0.7),
+            spread_before: None,
+            spread_after: None,
+            swap: SwapControl { gap_after: gap, ..Default::default() },
+            questions: vec![],
+        };
+        (ql, cl)
+    }
+
+    /// Every combination of the two effects gets its own wording; "detected" only where it holds.
+    #[test]
+    fn verdict_wording_for_each_combination() {
+        let (pos, null, neg) = (delta(0.2, 0.1, 0.3), delta(0.01, -0.1, 0.1), delta(-0.2, -0.3, -0.1));
+        let cases = [
+            (
+                pos.clone(),
+                pos.clone(),
+                pos.clone(),
+                "Question-level transfer detected",
+                "Country-level transfer detected",
+                None,
+            ),
+            (
+                pos.clone(),
+                null.clone(),
+                null.clone(),
+                "Question-level transfer detected",
+                "Country-level transfer not detected",
+                Some("is question-level"),
+            ),
+            (
+                null.clone(),
+                pos.clone(),
+                pos.clone(),
+                "Question-level transfer not detected",
+                "Country-level transfer detected",
+                Some("without moving"),
+            ),
+            (
+                null.clone(),
+                pos.clone(),
+                null.clone(),
+                "Question-level transfer not detected",
+                "Country-level transfer not confirmed",
+                None,
+            ),
+            (neg.clone(), neg.clone(), null.clone(), "held-out questions fell", "less like the humans", None),
+            (
+                null.clone(),
+                null.clone(),
+                pos.clone(),
+                "Question-level transfer not detected",
+                "Country-level transfer not detected",
+                None,
+            ),
+        ];
+        for (q, c, g, qwant, cwant, read) in cases {
+            let (ql, cl) = levels(q, c, g);
+            let (qs, cs) = (question_level(&ql), country_level(&cl, 15));
+            assert!(qs.contains(qwant), "{qs}");
+            assert!(cs.contains(cwant), "{cs}");
+            let r = reading(&ql, &cl);
+            match read {
+                Some(w) => assert!(r.as_deref().is_some_and(|r| r.contains(w)), "{r:?}"),
+                None => assert!(r.is_none(), "{r:?}"),
+            }
+        }
+        let (ql, mut cl) = levels(pos.clone(), pos.clone(), pos);
+        cl.delta.ci95 = None;
+        cl.n_questions = 3;
+        let cs = country_level(&cl, 6);
+        assert!(cs.starts_with("Country-level transfer not measurable: 3 held-out questions"), "{cs}");
+        assert!(reading(&ql, &cl).unwrap().contains("question-level"));
+    }
+}
