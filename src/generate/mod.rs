@@ -7,6 +7,7 @@
 //!
 //! Every item is seeded from (run seed, item id), written append-only with a status log, and
 //! checked against the held-out questions; a killed run resumes without loss or duplicates.
+pub mod contrast;
 pub mod dataset;
 pub mod leak;
 pub mod parse;
@@ -97,12 +98,17 @@ fn slug(s: &str) -> String {
     s.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect()
 }
 
-fn work_items(g: &GenerateSection, survey: &Survey, split: &Split) -> Result<Vec<Item>> {
-    let countries: Vec<&Country> = if g.countries.is_empty() {
-        survey.countries_with(g.min_questions)
+/// The countries a generation covers: the recipe's list, else every country with enough questions.
+fn run_countries<'a>(g: &GenerateSection, survey: &'a Survey) -> Result<Vec<&'a Country>> {
+    if g.countries.is_empty() {
+        Ok(survey.countries_with(g.min_questions))
     } else {
-        g.countries.iter().map(|c| survey.country(c)).collect::<Result<_>>()?
-    };
+        g.countries.iter().map(|c| survey.country(c)).collect()
+    }
+}
+
+fn work_items(g: &GenerateSection, survey: &Survey, split: &Split) -> Result<Vec<Item>> {
+    let countries = run_countries(g, survey)?;
     let cats = survey.categories();
     for c in &g.categories {
         if !cats.contains(c) {
@@ -170,6 +176,8 @@ struct Ctx<'a> {
     teacher: &'a Model,
     guard: &'a Guard,
     paraphrases: HashMap<String, (std::result::Result<String, String>, usize)>,
+    /// ISO3 codes of the generation's countries (the mean a contrast target deviates from).
+    countries: Vec<String>,
 }
 
 impl Ctx<'_> {
@@ -258,7 +266,19 @@ impl Ctx<'_> {
                 let labels: Vec<String> = (1..=options.len()).map(|i| i.to_string()).collect();
                 let target = if self.g.mode == GenMode::SurveyGrounded {
                     let h = self.survey.answers(qid, &item.country).expect("items have answers");
-                    h.distribution.clone()
+                    if self.g.contrast == 1.0 {
+                        h.distribution.clone()
+                    } else {
+                        let all: Vec<&[f64]> = self
+                            .countries
+                            .iter()
+                            .filter_map(|c| self.survey.answers(qid, c).map(|a| a.distribution.as_slice()))
+                            .collect();
+                        let mean: Vec<f64> = (0..h.distribution.len())
+                            .map(|k| all.iter().map(|d| d[k]).sum::<f64>() / all.len() as f64)
+                            .collect();
+                        contrast::target(&h.distribution, &mean, self.g.contrast)
+                    }
                 } else {
                     let chat = crate::prompt::use_chat(self.prompt, self.teacher);
                     let text = crate::prompt::render(self.teacher, &user, &self.prompt.answer_cue, chat)?;
@@ -376,6 +396,7 @@ pub fn generate(a: &GenerateArgs) -> Result<Card> {
         teacher: &teacher,
         guard: &guard,
         paraphrases: HashMap::new(),
+        countries: run_countries(&g, &survey)?.iter().map(|c| c.iso3.clone()).collect(),
     };
     let bar = crate::util::progress::bar(todo.len() as u64, &format!("generate {}", g.mode.name()), a.progress);
     let t0 = std::time::Instant::now();

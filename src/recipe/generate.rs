@@ -80,6 +80,20 @@ pub struct GenerateSection {
     /// soft-labels / survey-grounded: few-shot paraphrase prompt ending in `{question}`'s rewrite.
     #[serde(default = "default_paraphrase")]
     pub paraphrase_prompt: String,
+    /// survey-grounded: each target is the question's mean human distribution over the generated
+    /// countries plus `contrast` times the country's deviation from it (clipped at 0,
+    /// renormalised). 1 keeps the humans' own distribution; above 1 amplifies what makes the
+    /// countries differ, so the KL gradient carries (contrast - 1) times more of the country
+    /// difference than the typical answer alone would.
+    #[serde(default = "one_f64", skip_serializing_if = "is_one")]
+    pub contrast: f64,
+}
+
+fn one_f64() -> f64 {
+    1.0
+}
+fn is_one(x: &f64) -> bool {
+    *x == 1.0
 }
 
 fn default_heldout() -> f64 {
@@ -105,6 +119,12 @@ impl GenerateSection {
         }
         if self.mode != GenMode::Qa && !self.paraphrase_prompt.contains("{question}") {
             return Err("generate.paraphrase_prompt must contain {question}".into());
+        }
+        if !(self.contrast.is_finite() && self.contrast >= 0.0) {
+            return Err(format!("generate.contrast = {} must be a finite number >= 0", self.contrast));
+        }
+        if self.contrast != 1.0 && self.mode != GenMode::SurveyGrounded {
+            return Err("generate.contrast applies to the survey-grounded mode only".into());
         }
         if !(0.0..=1.0).contains(&self.leak_threshold) || self.leak_ngram == 0 {
             return Err("generate.leak_threshold must be in [0, 1] and leak_ngram at least 1".into());

@@ -7,7 +7,8 @@ pub mod report;
 
 use crate::evaluate::{probe_with, ProbeRun};
 use crate::generate::leak::Split;
-use crate::recipe::{DistillRecipe, ModelSection, ProbeRecipe, ScoringSection, SurveySection};
+use crate::recipe::generate::GenerateSection;
+use crate::recipe::{DistillRecipe, ModelSection, ProbeRecipe, ScoringSection, SurveySection, TransferSection};
 use crate::survey::Survey;
 use crate::util::error::{Error, Result};
 use crate::util::io::{sha256_hex, write_json};
@@ -114,167 +115,212 @@ impl Runner {
     }
 }
 
-pub fn run(a: &RunArgs) -> Result<report::TransferReport> {
-    // Everything a stage needs is checked before the first stage runs.
-    let recipe = DistillRecipe::load(&a.recipe)?;
-    let rerr = |msg: String| Error::Recipe { path: a.recipe.clone(), msg };
-    let t = recipe.transfer.clone().ok_or_else(|| rerr("no [transfer] section".into()))?;
-    let g = recipe.generate.clone().ok_or_else(|| rerr("no [generate] section".into()))?;
-    let student = model_path(&Some(recipe.student.clone()), "student", &a.recipe)?;
-    let teacher = model_path(&recipe.teacher, "teacher", &a.recipe)?;
-    let teacher_sec = recipe.teacher.clone().expect("checked");
-    let survey = Survey::load(&g.data)?;
-    let countries: Vec<String> = if !t.countries.is_empty() {
-        t.countries.clone()
-    } else if !g.countries.is_empty() {
-        g.countries.clone()
-    } else {
-        survey.countries_with(g.min_questions).iter().map(|c| c.iso3.clone()).collect()
-    };
-    for c in &countries {
-        survey.country(c)?;
-    }
-    let out = a.out.clone().or(t.out.clone()).unwrap_or_else(|| PathBuf::from("runs").join(&recipe.name));
-    let split = Split::draw(&survey, g.seed, g.heldout_fraction, g.leak_ngram, g.leak_threshold)?;
-    let answered = |q: &String| countries.iter().any(|c| survey.answers(q, c).is_some());
-    let mut heldout: Vec<String> = split.heldout.iter().filter(|q| answered(q)).cloned().collect();
-    if heldout.is_empty() {
-        return Err(rerr("the split has no held-out questions answered in these countries".into()));
-    }
-    if let Some(n) = t.max_heldout_questions {
-        heldout = crate::util::seed::sample_in_order(&heldout, n, t.seed ^ 0x4E1D);
-    }
-    let _writer = crate::util::lock::OutputLock::dir(&out)?;
-    let train_probe = crate::util::seed::sample_in_order(
-        &split.train.iter().filter(|q| answered(q)).cloned().collect::<Vec<_>>(),
-        t.train_questions,
-        t.seed ^ 0x7A1,
-    );
+/// Everything a run needs, checked before the first stage runs.
+struct Plan {
+    recipe: DistillRecipe,
+    t: TransferSection,
+    g: GenerateSection,
+    student: PathBuf,
+    teacher: PathBuf,
+    teacher_sec: ModelSection,
+    survey: Survey,
+    countries: Vec<String>,
+    out: PathBuf,
+    split: Split,
+    heldout: Vec<String>,
+    train_probe: Vec<String>,
+}
 
+impl Plan {
+    fn new(a: &RunArgs) -> Result<Self> {
+        let recipe = DistillRecipe::load(&a.recipe)?;
+        let rerr = |msg: String| Error::Recipe { path: a.recipe.clone(), msg };
+        let t = recipe.transfer.clone().ok_or_else(|| rerr("no [transfer] section".into()))?;
+        let g = recipe.generate.clone().ok_or_else(|| rerr("no [generate] section".into()))?;
+        let student = model_path(&Some(recipe.student.clone()), "student", &a.recipe)?;
+        let teacher = model_path(&recipe.teacher, "teacher", &a.recipe)?;
+        let teacher_sec = recipe.teacher.clone().expect("checked");
+        let survey = Survey::load(&g.data)?;
+        let countries: Vec<String> = if !t.countries.is_empty() {
+            t.countries.clone()
+        } else if !g.countries.is_empty() {
+            g.countries.clone()
+        } else {
+            survey.countries_with(g.min_questions).iter().map(|c| c.iso3.clone()).collect()
+        };
+        for c in &countries {
+            survey.country(c)?;
+        }
+        let out = a.out.clone().or(t.out.clone()).unwrap_or_else(|| PathBuf::from("runs").join(&recipe.name));
+        let split = Split::draw(&survey, g.seed, g.heldout_fraction, g.leak_ngram, g.leak_threshold)?;
+        let answered = |q: &String| countries.iter().any(|c| survey.answers(q, c).is_some());
+        let mut heldout: Vec<String> = split.heldout.iter().filter(|q| answered(q)).cloned().collect();
+        if heldout.is_empty() {
+            return Err(rerr("the split has no held-out questions answered in these countries".into()));
+        }
+        if let Some(n) = t.max_heldout_questions {
+            heldout = crate::util::seed::sample_in_order(&heldout, n, t.seed ^ 0x4E1D);
+        }
+        let train_probe = crate::util::seed::sample_in_order(
+            &split.train.iter().filter(|q| answered(q)).cloned().collect::<Vec<_>>(),
+            t.train_questions,
+            t.seed ^ 0x7A1,
+        );
+        Ok(Plan { recipe, t, g, student, teacher, teacher_sec, survey, countries, out, split, heldout, train_probe })
+    }
+
+    /// The probe recipe of the before/after/teacher probes: the run's countries, held-out and
+    /// probed training questions, the recipe's prompt.
+    fn probe_recipe(&self, m: &ModelSection) -> ProbeRecipe {
+        let mut questions = self.heldout.clone();
+        questions.extend(self.train_probe.iter().cloned());
+        ProbeRecipe {
+            name: format!("{}-probe", self.recipe.name),
+            model: m.clone(),
+            survey: SurveySection {
+                data: self.g.data.clone(),
+                countries: self.countries.clone(),
+                min_questions: 0,
+                questions,
+                categories: vec![],
+                category_groups: None,
+            },
+            prompt: self.recipe.prompt.clone(),
+            templates: vec![],
+            blind: None,
+            scoring: ScoringSection {
+                batch: self.t.probe_batch,
+                seed: self.t.seed,
+                orders: self.t.probe_orders,
+                ..Default::default()
+            },
+        }
+    }
+
+    fn probe(&self, a: &RunArgs, pr: &ProbeRecipe, model: &Path, adapter: Option<PathBuf>, dir: &Path) -> Result<()> {
+        let run = ProbeRun {
+            model: model.to_path_buf(),
+            adapter,
+            out: dir.to_path_buf(),
+            cache: self.t.score_cache.clone(),
+            shard: None,
+            threads: a.threads,
+            progress: a.progress,
+        };
+        probe_with(pr, &self.survey, &run).map(|_| ())
+    }
+}
+
+/// Stage keys: each is the hash of everything its output depends on, including the keys of the
+/// stages it reads from.
+struct Keys {
+    split: String,
+    before: String,
+    generate: String,
+    train: String,
+    after: String,
+}
+
+fn generate_stage(a: &RunArgs, p: &Plan, gen_dir: &Path, dataset: &Path, split_path: &Path) -> Result<()> {
+    // The generator reuses the experiment's split, so evaluation and leakage guard agree.
+    let (_, _, _, gen_split_path) = crate::generate::paths(dataset, None);
+    std::fs::create_dir_all(gen_dir).map_err(|e| Error::io(gen_dir, e))?;
+    std::fs::copy(split_path, &gen_split_path).map_err(|e| Error::io(&gen_split_path, e))?;
+    let args = crate::generate::GenerateArgs {
+        recipe: a.recipe.clone(),
+        out: dataset.to_path_buf(),
+        shard: None,
+        progress: a.progress,
+        countries: Some(p.countries.clone()),
+    };
+    let card = crate::generate::generate(&args)?;
+    if card.kept == 0 {
+        return Err(Error::Invalid(format!("{}: the teacher produced no usable records", dataset.display())));
+    }
+    Ok(())
+}
+
+fn train_stage(a: &RunArgs, dataset: &Path, adapter_dir: &Path) -> Result<()> {
+    let args = crate::train::TrainArgs {
+        recipe: a.recipe.clone(),
+        data: dataset.to_path_buf(),
+        out: adapter_dir.to_path_buf(),
+        resume: adapter_dir.join(crate::train::CHECKPOINT).exists(),
+        model: None,
+        max_steps: None,
+        stop_after: None,
+        threads: a.threads,
+        progress: a.progress,
+    };
+    crate::train::train(&args).map(|_| ())
+}
+
+pub fn run(a: &RunArgs) -> Result<report::TransferReport> {
+    let p = Plan::new(a)?;
+    let (out, t, g) = (&p.out, &p.t, &p.g);
+    let _writer = crate::util::lock::OutputLock::dir(out)?;
     let gen_dir = out.join("generate");
     let dataset = gen_dir.join("dataset.jsonl");
-    let (_, _, _, gen_split_path) = crate::generate::paths(&dataset, None);
     let split_path = out.join("split.json");
     let stages_path = out.join("stages.json");
     let stages: Stages = if stages_path.exists() { crate::util::io::read_json(&stages_path)? } else { Stages::new() };
     let mut r = Runner { out: out.clone(), stages, timings: Vec::new() };
 
-    let survey_sha = crate::util::io::sha256_file(&survey.dir.join(crate::survey::QUESTIONS_FILE))?;
-    let dist_sha = crate::util::io::sha256_file(&survey.dir.join(crate::survey::DISTRIBUTIONS_FILE))?;
-    let (student_sha, teacher_sha) = (path_sha256(&student)?, path_sha256(&teacher)?);
+    let survey_sha = crate::util::io::sha256_file(&p.survey.dir.join(crate::survey::QUESTIONS_FILE))?;
+    let dist_sha = crate::util::io::sha256_file(&p.survey.dir.join(crate::survey::DISTRIBUTIONS_FILE))?;
+    let (student_sha, teacher_sha) = (path_sha256(&p.student)?, path_sha256(&p.teacher)?);
     let json = |v: &dyn erased::Ser| v.json();
-    let k_split = key(&["split", &json(&split), &survey_sha]);
-    r.stage("split", &k_split, std::slice::from_ref(&split_path), || write_json(&split_path, &split))?;
+    let student_probe = p.probe_recipe(&p.recipe.student);
+    let split = key(&["split", &json(&p.split), &survey_sha]);
+    let before = key(&["probe-before", &split, &student_sha, &json(&student_probe), &dist_sha]);
+    let generate =
+        key(&["generate", &split, &teacher_sha, &json(g), &json(&p.recipe.prompt), &json(&p.countries), &dist_sha]);
+    let train = key(&["train", &generate, &student_sha, &json(&p.recipe.lora), &json(&p.recipe.train)]);
+    let after = key(&["probe-after", &train, &before]);
+    let k = Keys { split, before, generate, train, after };
 
-    let mut questions = heldout.clone();
-    questions.extend(train_probe.iter().cloned());
-    let probe_recipe = |m: &ModelSection| ProbeRecipe {
-        name: format!("{}-probe", recipe.name),
-        model: m.clone(),
-        survey: SurveySection {
-            data: g.data.clone(),
-            countries: countries.clone(),
-            min_questions: 0,
-            questions: questions.clone(),
-            categories: vec![],
-            category_groups: None,
-        },
-        prompt: recipe.prompt.clone(),
-        templates: vec![],
-        blind: None,
-        scoring: ScoringSection { batch: t.probe_batch, seed: t.seed, orders: t.probe_orders, ..Default::default() },
-    };
-    let student_probe = probe_recipe(&recipe.student);
-    let run_probe = |pr: &ProbeRecipe, model: &Path, adapter: Option<PathBuf>, dir: &Path| -> Result<()> {
-        let run = ProbeRun {
-            model: model.to_path_buf(),
-            adapter,
-            out: dir.to_path_buf(),
-            cache: t.score_cache.clone(),
-            shard: None,
-            threads: a.threads,
-            progress: a.progress,
-        };
-        probe_with(pr, &survey, &run).map(|_| ())
-    };
+    r.stage("split", &k.split, std::slice::from_ref(&split_path), || write_json(&split_path, &p.split))?;
     let before = out.join("probe-before");
-    let k_before = key(&["probe-before", &k_split, &student_sha, &json(&student_probe), &dist_sha]);
-    r.stage("probe-before", &k_before, std::slice::from_ref(&before), || {
-        run_probe(&student_probe, &student, None, &before)
+    r.stage("probe-before", &k.before, std::slice::from_ref(&before), || {
+        p.probe(a, &student_probe, &p.student, None, &before)
     })?;
-
     let teacher_dir = out.join("probe-teacher");
     if t.teacher_reference {
         // Probed in f32 like the student (the quantized form is for fast generation only).
-        let tp = probe_recipe(&ModelSection { weights: crate::recipe::WeightMode::F32, ..teacher_sec.clone() });
-        let k = key(&["probe-teacher", &k_split, &teacher_sha, &json(&tp), &dist_sha]);
-        r.stage("probe-teacher", &k, std::slice::from_ref(&teacher_dir), || {
-            run_probe(&tp, &teacher, None, &teacher_dir)
+        let tp = p.probe_recipe(&ModelSection { weights: crate::recipe::WeightMode::F32, ..p.teacher_sec.clone() });
+        let kt = key(&["probe-teacher", &k.split, &teacher_sha, &json(&tp), &dist_sha]);
+        r.stage("probe-teacher", &kt, std::slice::from_ref(&teacher_dir), || {
+            p.probe(a, &tp, &p.teacher, None, &teacher_dir)
         })?;
     }
-
-    let k_gen =
-        key(&["generate", &k_split, &teacher_sha, &json(&g), &json(&recipe.prompt), &json(&countries), &dist_sha]);
-    r.stage("generate", &k_gen, std::slice::from_ref(&gen_dir), || {
-        // The generator reuses the experiment's split, so evaluation and leakage guard agree.
-        std::fs::create_dir_all(&gen_dir).map_err(|e| Error::io(&gen_dir, e))?;
-        std::fs::copy(&split_path, &gen_split_path).map_err(|e| Error::io(&gen_split_path, e))?;
-        let args = crate::generate::GenerateArgs {
-            recipe: a.recipe.clone(),
-            out: dataset.clone(),
-            shard: None,
-            progress: a.progress,
-            countries: Some(countries.clone()),
-        };
-        let card = crate::generate::generate(&args)?;
-        if card.kept == 0 {
-            return Err(Error::Invalid(format!("{}: the teacher produced no usable records", dataset.display())));
-        }
-        Ok(())
+    r.stage("generate", &k.generate, std::slice::from_ref(&gen_dir), || {
+        generate_stage(a, &p, &gen_dir, &dataset, &split_path)
     })?;
-
     let adapter_dir = out.join("adapter");
-    let k_train = key(&["train", &k_gen, &student_sha, &json(&recipe.lora), &json(&recipe.train)]);
-    r.stage("train", &k_train, std::slice::from_ref(&adapter_dir), || {
-        let args = crate::train::TrainArgs {
-            recipe: a.recipe.clone(),
-            data: dataset.clone(),
-            out: adapter_dir.clone(),
-            resume: adapter_dir.join(crate::train::CHECKPOINT).exists(),
-            model: None,
-            max_steps: None,
-            stop_after: None,
-            threads: a.threads,
-            progress: a.progress,
-        };
-        crate::train::train(&args).map(|_| ())
-    })?;
-
+    r.stage("train", &k.train, std::slice::from_ref(&adapter_dir), || train_stage(a, &dataset, &adapter_dir))?;
     let after = out.join("probe-after");
-    let k_after = key(&["probe-after", &k_train, &k_before]);
-    r.stage("probe-after", &k_after, std::slice::from_ref(&after), || {
-        run_probe(&student_probe, &student, Some(adapter_dir.clone()), &after)
+    r.stage("probe-after", &k.after, std::slice::from_ref(&after), || {
+        p.probe(a, &student_probe, &p.student, Some(adapter_dir.clone()), &after)
     })?;
 
     let mut rep = None;
-    let k_report = key(&[REPORT_SCHEMA, &k_after, &json(&t), &json(&heldout), &json(&train_probe)]);
+    let k_report = key(&[REPORT_SCHEMA, &k.after, &json(t), &json(&p.heldout), &json(&p.train_probe)]);
     r.stage("report", &k_report, &[], || {
-        let teacher_samples = t.teacher_reference.then(|| teacher_dir.clone());
         let built = report::build(&report::Inputs {
-            name: recipe.name.clone(),
-            survey: &survey,
+            name: p.recipe.name.clone(),
+            survey: &p.survey,
             before: &before,
             after: &after,
-            teacher: teacher_samples.as_deref(),
-            heldout: &heldout,
-            train: &train_probe,
-            train_split: &split.train,
+            teacher: t.teacher_reference.then_some(teacher_dir.as_path()),
+            heldout: &p.heldout,
+            train: &p.train_probe,
+            train_split: &p.split.train,
             min_countries: t.min_countries,
             bootstrap: t.bootstrap,
             seed: t.seed,
             dataset: &dataset,
         })?;
-        report::write(&out, &built)?;
+        report::write(out, &built)?;
         rep = Some(built);
         Ok(())
     })?;

@@ -146,3 +146,39 @@ fn bad_generate_input_fails_before_any_work() {
     assert_clean_error(&o, "Cooking");
     assert!(!dir.path().join("x.jsonl").exists() && !dir.path().join("y.jsonl").exists());
 }
+
+/// Contrast-amplified survey-grounded targets (issue 12): each record's target is the humans'
+/// cross-country mean over the generated countries plus 3x the country's deviation from it.
+#[test]
+fn contrast_targets_amplify_country_deviations() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("c.jsonl");
+    let r = recipe(dir.path(), "survey-grounded", "paraphrase = false\ncontrast = 3.0\n");
+    run(&["generate", "--recipe", &s(&r), "--out", &s(&out)]);
+    let survey = Survey::load(root().join("data/wvs")).unwrap();
+    let records = mores::generate::dataset::read(&out).unwrap();
+    assert!(!records.is_empty());
+    for (rec, _) in &records {
+        let q = rec.question_id.as_deref().unwrap();
+        let country = rec.country.as_deref().unwrap();
+        let own = &survey.answers(q, country).unwrap().distribution;
+        let all: Vec<&Vec<f64>> =
+            ["NGA", "DEU"].iter().filter_map(|c| survey.answers(q, c).map(|a| &a.distribution)).collect();
+        let mean: Vec<f64> = (0..own.len()).map(|k| all.iter().map(|d| d[k]).sum::<f64>() / all.len() as f64).collect();
+        let want = mores::generate::contrast::target(own, &mean, 3.0);
+        let Some(mores::generate::dataset::Target::Distribution(got)) = &rec.target else { panic!("{rec:?}") };
+        assert_eq!(got, &want, "{q} {country}");
+        if all.len() == 2 {
+            assert_ne!(got, own, "{q}: two countries differ, so the target is not the humans' own");
+        }
+    }
+    for (mode, extra, want) in [
+        ("survey-grounded", "contrast = -1.0\n", "contrast"),
+        ("soft-labels", "contrast = 2.0\n", "survey-grounded mode only"),
+    ] {
+        let r = recipe(dir.path(), mode, extra);
+        let o = mores(&["generate", "--recipe", &s(&r), "--out", &s(&dir.path().join("bad.jsonl"))]);
+        assert_clean_error(&o, want);
+    }
+    assert!(!dir.path().join("bad.jsonl").exists());
+}

@@ -224,21 +224,21 @@ fn references_match_hand_computed_values() {
     assert_eq!(r.heldout.country_level.swap.gap_before.value, Some(0.0));
 }
 
-/// A tiny world: 12 countries on a latent axis v, 12 questions whose humans follow v with a
-/// question's own base and sign.
-fn world(dir: &Path) -> (Tiny, Survey, Vec<String>, impl Fn(usize, usize) -> (f64, f64, f64)) {
+/// The tiny world's humans: for question q and country c, (the question's base, the country's
+/// deviation along a latent axis v with the question's own sign, a deterministic noise in [-1, 1]).
+fn truth(q: usize, c: usize) -> (f64, f64, f64) {
+    let v = c as f64 / 11.0 - 0.5;
+    let base = 0.35 + 0.025 * q as f64;
+    let amp = if q.is_multiple_of(2) { 0.5 } else { -0.5 };
+    (base, amp * v, ((q * 7919 + c * 104_729) % 1000) as f64 / 500.0 - 1.0)
+}
+
+/// 12 countries x 12 questions answered as `truth` says; all questions held out.
+fn world(dir: &Path) -> (Tiny, Survey, Vec<String>) {
     let countries: Vec<String> = (0..12).map(|i| format!("C{i:02}")).collect();
     let questions: Vec<(String, String, [String; 3])> = (1..=12)
         .map(|i| (format!("Q{i}"), format!("Question number {i} about values?"), s3("low", "mid", "high")))
         .collect();
-    // Deterministic noise in [-1, 1].
-    let noise = |q: usize, c: usize| ((q * 7919 + c * 104_729) % 1000) as f64 / 500.0 - 1.0;
-    let truth = move |q: usize, c: usize| {
-        let v = c as f64 / 11.0 - 0.5;
-        let base = 0.35 + 0.025 * q as f64;
-        let amp = if q % 2 == 0 { 0.5 } else { -0.5 };
-        (base, amp * v, noise(q, c))
-    };
     let mut means = HashMap::new();
     for (qi, (q, _, _)) in questions.iter().enumerate() {
         for (ci, c) in countries.iter().enumerate() {
@@ -249,7 +249,7 @@ fn world(dir: &Path) -> (Tiny, Survey, Vec<String>, impl Fn(usize, usize) -> (f6
     let tiny = Tiny { questions, countries, means };
     let s = tiny.write(dir);
     let heldout: Vec<String> = (1..=12).map(|i| format!("Q{i}")).collect();
-    (tiny, s, heldout, truth)
+    (tiny, s, heldout)
 }
 
 fn probe_of(t: &Tiny, s: &Survey, m: impl Fn(usize, usize) -> f64) -> Vec<Sample> {
@@ -267,7 +267,7 @@ fn probe_of(t: &Tiny, s: &Survey, m: impl Fn(usize, usize) -> f64) -> Vec<Sample
 #[test]
 fn planted_country_signal_is_detected_at_country_level() {
     let dir = tempfile::tempdir().unwrap();
-    let (t, s, heldout, truth) = world(dir.path());
+    let (t, s, heldout) = world(dir.path());
     let before = probe_of(&t, &s, |q, c| 0.5 + 0.05 * truth(q, c).2);
     let after = probe_of(&t, &s, |q, c| {
         let (_, dev, n) = truth(q, c);
@@ -289,7 +289,7 @@ fn planted_country_signal_is_detected_at_country_level() {
 #[test]
 fn planted_typical_answers_are_question_level_only() {
     let dir = tempfile::tempdir().unwrap();
-    let (t, s, heldout, truth) = world(dir.path());
+    let (t, s, heldout) = world(dir.path());
     let before = probe_of(&t, &s, |q, c| 0.5 + 0.05 * truth(q, c).2);
     let after = probe_of(&t, &s, |q, c| {
         let (base, _, n) = truth(q, c);

@@ -1,7 +1,7 @@
 //! report.md: the two verdicts first, then for held-out and training questions the question-level
 //! table, the country-level table (cross-country r, swap control, persona spread), the references
 //! on the same pairs, and per-country, continent and category breakdowns.
-use super::verdict::describe;
+use super::verdict::{describe, describe_to};
 use super::{CountryLevel, QuestionLevel, SubsetReport, TransferReport};
 use crate::util::fmt::f;
 use std::fmt::Write;
@@ -40,15 +40,16 @@ fn country_level(s: &mut String, c: &CountryLevel) {
     let _ =
         writeln!(s, "| cross-country r per question | {} | {} | {} |", f(c.r_before), f(c.r_after), describe(&c.delta));
     let _ = writeln!(s, "| questions improved | | | {} |", pct(c.share_improved));
-    let _ = writeln!(s, "| 1 - JSD, right country's persona | {} | {} | |", f(w.js_true_before), f(w.js_true_after));
-    let _ = writeln!(s, "| 1 - JSD, swapped persona | {} | {} | |", f(w.js_swapped_before), f(w.js_swapped_after));
+    let f4 = |x: Option<f64>| x.map(|v| format!("{v:.4}")).unwrap_or_else(|| "–".into());
+    let _ = writeln!(s, "| 1 - JSD, right country's persona | {} | {} | |", f4(w.js_true_before), f4(w.js_true_after));
+    let _ = writeln!(s, "| 1 - JSD, swapped persona | {} | {} | |", f4(w.js_swapped_before), f4(w.js_swapped_after));
     let _ = writeln!(
         s,
         "| swap gap (right - swapped), {} pairs | {} | {} | {} |",
         w.n_pairs,
-        describe(&w.gap_before),
-        describe(&w.gap_after),
-        describe(&w.gap_change)
+        describe_to(&w.gap_before, 4),
+        describe_to(&w.gap_after, 4),
+        describe_to(&w.gap_change, 4)
     );
     let _ = writeln!(
         s,

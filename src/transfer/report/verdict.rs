@@ -8,11 +8,19 @@ use super::within::QuestionLevel;
 use crate::util::fmt::f;
 
 pub fn describe(d: &Delta) -> String {
+    describe_to(d, 3)
+}
+
+/// `describe` with `digits` decimals (swap gaps in 1 - JSD are often below 0.001).
+pub fn describe_to(d: &Delta, digits: usize) -> String {
+    let n = digits;
     match (d.value, d.ci95, d.p) {
         // A bootstrap p of 0 means no resample crossed zero: below what the resamples resolve.
-        (Some(v), Some((lo, hi)), Some(p)) if p < 0.001 => format!("{v:+.3} (95% CI {lo:+.3} to {hi:+.3}, p < 0.001)"),
-        (Some(v), Some((lo, hi)), Some(p)) => format!("{v:+.3} (95% CI {lo:+.3} to {hi:+.3}, p = {p:.3})"),
-        (Some(v), _, _) => format!("{v:+.3} (no CI: too few points)"),
+        (Some(v), Some((lo, hi)), Some(p)) if p < 0.001 => {
+            format!("{v:+.n$} (95% CI {lo:+.n$} to {hi:+.n$}, p < 0.001)")
+        }
+        (Some(v), Some((lo, hi)), Some(p)) => format!("{v:+.n$} (95% CI {lo:+.n$} to {hi:+.n$}, p = {p:.3})"),
+        (Some(v), _, _) => format!("{v:+.n$} (no CI: too few points)"),
         _ => "n/a".into(),
     }
 }
@@ -55,7 +63,7 @@ pub fn country_level(c: &CountryLevel, probed: usize) -> String {
         f(c.r_after),
         describe(&c.delta),
         c.share_improved.map(|v| format!("{:.0}%", 100.0 * v)).unwrap_or_else(|| "n/a".into()),
-        describe(&c.swap.gap_after)
+        describe_to(&c.swap.gap_after, 4)
     );
     if up(&c.delta) && up(&c.swap.gap_after) {
         format!("Country-level transfer detected: {what}.")
@@ -73,6 +81,11 @@ pub fn country_level(c: &CountryLevel, probed: usize) -> String {
 /// The sentence that names which level a held-out gain belongs to, when only one level moved.
 pub fn reading(q: &QuestionLevel, c: &CountryLevel) -> Option<String> {
     let country = up(&c.delta) && up(&c.swap.gap_after);
+    if c.delta.ci95.is_none() {
+        return up(&q.mean_delta).then(|| {
+            "Only the question level is measurable here, and a question-level gain is what each question's typical answer alone gives (see the typical-answer reference); probe more countries per question to measure the country level.".into()
+        });
+    }
     match (up(&q.mean_delta), country) {
         (true, false) => Some(
             "The held-out gain is question-level: the student moved toward each question's typical answer, not toward how countries differ."
@@ -201,6 +214,6 @@ mod tests {
         cl.n_questions = 3;
         let cs = country_level(&cl, 6);
         assert!(cs.starts_with("Country-level transfer not measurable: 3 held-out questions"), "{cs}");
-        assert!(reading(&ql, &cl).unwrap().contains("question-level"));
+        assert!(reading(&ql, &cl).unwrap().starts_with("Only the question level is measurable"));
     }
 }
