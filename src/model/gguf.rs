@@ -28,6 +28,17 @@ impl GgufFile {
                 format!("not a readable GGUF file ({e}); if it was downloaded, it may be truncated: run scripts/fetch-models.sh again"),
             )
         })?;
+        // candle aligns the tensor data to general.alignment; any other value than a power of two
+        // puts every tensor at a wrong offset.
+        if let Some(v) = content.metadata.get("general.alignment") {
+            let a = to_u64(v).unwrap_or(0);
+            if !a.is_power_of_two() || a > 1 << 16 {
+                return Err(Error::model(
+                    path,
+                    format!("invalid GGUF header: general.alignment = {a} (must be a power of two up to 65536)"),
+                ));
+            }
+        }
         // Tensor data lives after the header; a file cut short still parses its header, so check
         // every tensor's extent against the file length here rather than fail mid-load.
         for (name, info) in &content.tensor_infos {

@@ -108,23 +108,8 @@ impl Model {
         let norm = |w: &mut Weights, hf: &str, gguf: &str| -> Result<RmsNorm> {
             Ok(RmsNorm { weight: w.tensor(key(hf, gguf))?, eps })
         };
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for i in 0..cfg.num_hidden_layers {
-            let hf = |s: &str| format!("model.layers.{i}.{s}.weight");
-            let gg = |s: &str| format!("blk.{i}.{s}.weight");
-            let mut lin = |a: &str, b: &str| -> Result<Linear> { Ok(Linear::new(w.linear(key(&hf(a), &gg(b)))?)) };
-            layers.push(Layer {
-                q: lin("self_attn.q_proj", "attn_q")?,
-                k: lin("self_attn.k_proj", "attn_k")?,
-                v: lin("self_attn.v_proj", "attn_v")?,
-                o: lin("self_attn.o_proj", "attn_output")?,
-                gate: lin("mlp.gate_proj", "ffn_gate")?,
-                up: lin("mlp.up_proj", "ffn_up")?,
-                down: lin("mlp.down_proj", "ffn_down")?,
-                input_norm: norm(w, &hf("input_layernorm"), &gg("attn_norm"))?,
-                post_norm: norm(w, &hf("post_attention_layernorm"), &gg("ffn_norm"))?,
-            });
-        }
+        // Embedding and head first: their shapes are checked against the vocabulary before the
+        // layers are read.
         let embed_key = key("model.embed_tokens.weight", "token_embd.weight");
         let embed = w.tensor(embed_key)?;
         if embed.dims2()? != (cfg.vocab_size, cfg.hidden_size) {
@@ -147,6 +132,34 @@ impl Model {
         } else {
             w.linear(embed_key)?
         });
+        // A head with other rows than the vocabulary would score token ids it does not have.
+        let (_, head_rows) = lm_head.dims()?;
+        if head_rows != cfg.vocab_size {
+            return Err(Error::model(
+                w.path(),
+                format!(
+                    "invalid model configuration: the output head has {head_rows} rows but the vocabulary has {} tokens",
+                    cfg.vocab_size
+                ),
+            ));
+        }
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let hf = |s: &str| format!("model.layers.{i}.{s}.weight");
+            let gg = |s: &str| format!("blk.{i}.{s}.weight");
+            let mut lin = |a: &str, b: &str| -> Result<Linear> { Ok(Linear::new(w.linear(key(&hf(a), &gg(b)))?)) };
+            layers.push(Layer {
+                q: lin("self_attn.q_proj", "attn_q")?,
+                k: lin("self_attn.k_proj", "attn_k")?,
+                v: lin("self_attn.v_proj", "attn_v")?,
+                o: lin("self_attn.o_proj", "attn_output")?,
+                gate: lin("mlp.gate_proj", "ffn_gate")?,
+                up: lin("mlp.up_proj", "ffn_up")?,
+                down: lin("mlp.down_proj", "ffn_down")?,
+                input_norm: norm(w, &hf("input_layernorm"), &gg("attn_norm"))?,
+                post_norm: norm(w, &hf("post_attention_layernorm"), &gg("ffn_norm"))?,
+            });
+        }
         let rope_style = if w.is_gguf() { RopeStyle::Interleaved } else { RopeStyle::Halves };
         Ok(Self { norm: norm(w, "model.norm.weight", "output_norm.weight")?, cfg, embed, layers, lm_head, rope_style })
     }

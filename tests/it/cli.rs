@@ -127,6 +127,15 @@ fn second_writer_on_the_same_out_is_refused() {
 
 /// A minimal llama GGUF (one layer's Q weight, embeddings) with `over` replacing metadata.
 fn hostile_gguf(path: &std::path::Path, over: &[(&str, candle_core::quantized::gguf_file::Value)]) {
+    hostile_gguf_with(path, over, None)
+}
+
+/// The same, with an output head of `head_rows` rows when given.
+fn hostile_gguf_with(
+    path: &std::path::Path,
+    over: &[(&str, candle_core::quantized::gguf_file::Value)],
+    head_rows: Option<usize>,
+) {
     use candle_core::quantized::{gguf_file::Value, GgmlDType, QTensor};
     let t = |r: usize, c: usize| {
         QTensor::quantize(
@@ -149,15 +158,14 @@ fn hostile_gguf(path: &std::path::Path, over: &[(&str, candle_core::quantized::g
         md.retain(|(key, _)| key != k);
         md.push((k.to_string(), v.clone()));
     }
-    let (emb, q) = (t(2, 32), t(32, 32));
+    let (emb, q, head) = (t(2, 32), t(32, 32), t(head_rows.unwrap_or(1), 32));
     let mut f = std::fs::File::create(path).unwrap();
     let md_ref: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    candle_core::quantized::gguf_file::write(
-        &mut f,
-        &md_ref,
-        &[("token_embd.weight", &emb), ("blk.0.attn_q.weight", &q)],
-    )
-    .unwrap();
+    let mut tensors = vec![("token_embd.weight", &emb), ("blk.0.attn_q.weight", &q)];
+    if head_rows.is_some() {
+        tensors.push(("output.weight", &head));
+    }
+    candle_core::quantized::gguf_file::write(&mut f, &md_ref, &tensors).unwrap();
 }
 
 /// Regression (issue 16): hyperparameters from a hostile GGUF were trusted, and aborted the
@@ -187,6 +195,14 @@ fn hostile_hyperparameters_are_refused_before_any_allocation() {
     let p = dir.path().join("align.gguf");
     hostile_gguf(&p, &[("general.alignment", Value::U32(0))]);
     assert_clean_error(&mores(&["score", "--model", p.to_str().unwrap(), "--prompt", "a"]), "not a readable GGUF");
+    hostile_gguf(&p, &[("general.alignment", Value::U32(48))]);
+    assert_clean_error(&mores(&["score", "--model", p.to_str().unwrap(), "--prompt", "a"]), "general.alignment = 48");
+    // An output head wider than the vocabulary scored token ids the tokenizer does not have.
+    hostile_gguf_with(&p, &[], Some(3));
+    assert_clean_error(
+        &mores(&["score", "--model", p.to_str().unwrap(), "--prompt", "a"]),
+        "the output head has 3 rows but the vocabulary has 2 tokens",
+    );
 }
 
 /// Regression (issue 16): empty, blank and repeated labels, and an empty prompt, panicked or were
