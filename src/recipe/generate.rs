@@ -85,13 +85,10 @@ pub struct GenerateSection {
     /// renormalised). 1 keeps the humans' own distribution; above 1 amplifies what makes the
     /// countries differ, so the KL gradient carries (contrast - 1) times more of the country
     /// difference than the typical answer alone would.
-    #[serde(default = "one_f64", skip_serializing_if = "is_one")]
+    #[serde(default = "super::one_f", skip_serializing_if = "is_one")]
     pub contrast: f64,
 }
 
-fn one_f64() -> f64 {
-    1.0
-}
 fn is_one(x: &f64) -> bool {
     *x == 1.0
 }

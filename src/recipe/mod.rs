@@ -3,6 +3,11 @@
 //! errors, so a typo never silently falls back to a default.
 pub mod generate;
 pub mod lora;
+mod train;
+mod transfer;
+
+pub use train::{Objective, Schedule, TrainSection};
+pub use transfer::TransferSection;
 
 use crate::util::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -371,59 +376,9 @@ pub struct DistillRecipe {
     pub transfer: Option<TransferSection>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct TransferSection {
-    /// ISO3 codes probed and generated for; empty: [generate] countries, else every country with
-    /// at least [generate] min_questions scored questions.
-    #[serde(default)]
-    pub countries: Vec<String>,
-    /// Held-out questions probed (a seeded sample; all when unset).
-    #[serde(default)]
-    pub max_heldout_questions: Option<usize>,
-    /// Training-split questions also probed, to tell memorising from transferring (0: none).
-    #[serde(default = "default_train_probe")]
-    pub train_questions: usize,
-    /// Probe the teacher too, as a reference ceiling.
-    #[serde(default = "yes")]
-    pub teacher_reference: bool,
-    /// Fewest probed countries a question needs for its cross-country r (and swap control) to
-    /// count: with 5 countries an r is noise.
-    #[serde(default = "default_min_countries")]
-    pub min_countries: usize,
-    #[serde(default = "default_batch")]
-    pub probe_batch: usize,
-    #[serde(default = "default_boot")]
-    pub bootstrap: usize,
-    #[serde(default)]
-    pub seed: u64,
-    /// Output folder; `mores run --out` overrides. Default runs/NAME.
-    #[serde(default)]
-    pub out: Option<PathBuf>,
-    /// Scoring-cache folder shared with other runs (e.g. `mores probe --cache`); entries are
-    /// keyed by model, weight form, adapter and prompt hashes, so sharing never mixes models.
-    /// Default: a cache inside each probe stage's folder.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub score_cache: Option<PathBuf>,
-    /// Option orders of the before/after/teacher probes (see [scoring] orders); `reversed`
-    /// doubles their cost and cancels position preferences.
-    #[serde(default, skip_serializing_if = "OrderMode::is_original")]
-    pub probe_orders: OrderMode,
-}
-
-fn default_train_probe() -> usize {
-    20
-}
-fn default_min_countries() -> usize {
-    8
-}
 fn yes() -> bool {
     true
 }
-fn default_boot() -> usize {
-    1000
-}
-
 pub fn default_persona_prompt() -> PromptSection {
     PromptSection {
         template_name: default_template_name(),
@@ -434,119 +389,12 @@ pub fn default_persona_prompt() -> PromptSection {
     }
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Objective {
-    /// Whatever the records carry: text targets train "lm", distributions train "kl".
-    Auto,
-    /// Causal LM, loss on the answer tokens only.
-    Lm,
-    /// KL(target || student) over the option labels, renormalised as the probe does.
-    Kl,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Schedule {
-    Cosine,
-    Linear,
-    Constant,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct TrainSection {
-    #[serde(default = "objective_auto")]
-    pub objective: Objective,
-    #[serde(default = "default_lr")]
-    pub lr: f64,
-    #[serde(default = "default_epochs")]
-    pub epochs: usize,
-    /// Stop after this many optimizer steps (overrides `epochs`).
-    #[serde(default)]
-    pub max_steps: Option<usize>,
-    /// Examples per forward pass.
-    #[serde(default = "default_micro_batch")]
-    pub batch: usize,
-    /// Micro-batches per optimizer step.
-    #[serde(default = "one")]
-    pub grad_accum: usize,
-    #[serde(default)]
-    pub warmup_steps: usize,
-    #[serde(default = "default_schedule")]
-    pub schedule: Schedule,
-    #[serde(default = "default_wd")]
-    pub weight_decay: f64,
-    #[serde(default = "default_betas")]
-    pub betas: (f64, f64),
-    #[serde(default = "default_eps")]
-    pub eps: f64,
-    /// Global gradient-norm clip; 0 disables it.
-    #[serde(default = "one_f")]
-    pub clip: f64,
-    #[serde(default)]
-    pub seed: u64,
-    /// Share of records held out for validation loss (split seeded by record id).
-    #[serde(default = "default_val")]
-    pub val_fraction: f64,
-    #[serde(default = "default_eval_every")]
-    pub eval_every: usize,
-    #[serde(default = "default_save_every")]
-    pub save_every: usize,
-    /// Longest training sequence in tokens; longer answers are cut, longer prompts skipped.
-    #[serde(default = "default_max_len")]
-    pub max_len: usize,
-}
-
-fn objective_auto() -> Objective {
-    Objective::Auto
-}
-fn default_lr() -> f64 {
-    2e-4
-}
-fn default_epochs() -> usize {
-    1
-}
-fn default_micro_batch() -> usize {
-    4
-}
 fn one() -> usize {
     1
 }
 fn one_f() -> f64 {
     1.0
 }
-fn default_schedule() -> Schedule {
-    Schedule::Cosine
-}
-fn default_wd() -> f64 {
-    0.01
-}
-fn default_betas() -> (f64, f64) {
-    (0.9, 0.999)
-}
-fn default_eps() -> f64 {
-    1e-8
-}
-fn default_val() -> f64 {
-    0.1
-}
-fn default_eval_every() -> usize {
-    20
-}
-fn default_save_every() -> usize {
-    50
-}
-fn default_max_len() -> usize {
-    512
-}
-
-impl Default for TrainSection {
-    fn default() -> Self {
-        toml::Value::Table(toml::Table::new()).try_into().expect("all fields have defaults")
-    }
-}
-
 impl DistillRecipe {
     pub fn load(path: &Path) -> Result<Self> {
         load_recipe(path)

@@ -1,0 +1,110 @@
+//! `[train]`: the LoRA fine-tune's objective, optimizer, schedule and checkpointing.
+use super::{one, one_f};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Objective {
+    /// Whatever the records carry: text targets train "lm", distributions train "kl".
+    Auto,
+    /// Causal LM, loss on the answer tokens only.
+    Lm,
+    /// KL(target || student) over the option labels, renormalised as the probe does.
+    Kl,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    Cosine,
+    Linear,
+    Constant,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    #[serde(default = "objective_auto")]
+    pub objective: Objective,
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    #[serde(default = "default_epochs")]
+    pub epochs: usize,
+    /// Stop after this many optimizer steps (overrides `epochs`).
+    #[serde(default)]
+    pub max_steps: Option<usize>,
+    /// Examples per forward pass.
+    #[serde(default = "default_micro_batch")]
+    pub batch: usize,
+    /// Micro-batches per optimizer step.
+    #[serde(default = "one")]
+    pub grad_accum: usize,
+    #[serde(default)]
+    pub warmup_steps: usize,
+    #[serde(default = "default_schedule")]
+    pub schedule: Schedule,
+    #[serde(default = "default_wd")]
+    pub weight_decay: f64,
+    #[serde(default = "default_betas")]
+    pub betas: (f64, f64),
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    /// Global gradient-norm clip; 0 disables it.
+    #[serde(default = "one_f")]
+    pub clip: f64,
+    #[serde(default)]
+    pub seed: u64,
+    /// Share of records held out for validation loss (split seeded by record id).
+    #[serde(default = "default_val")]
+    pub val_fraction: f64,
+    #[serde(default = "default_eval_every")]
+    pub eval_every: usize,
+    #[serde(default = "default_save_every")]
+    pub save_every: usize,
+    /// Longest training sequence in tokens; longer answers are cut, longer prompts skipped.
+    #[serde(default = "default_max_len")]
+    pub max_len: usize,
+}
+
+fn objective_auto() -> Objective {
+    Objective::Auto
+}
+fn default_lr() -> f64 {
+    2e-4
+}
+fn default_epochs() -> usize {
+    1
+}
+fn default_micro_batch() -> usize {
+    4
+}
+fn default_schedule() -> Schedule {
+    Schedule::Cosine
+}
+fn default_wd() -> f64 {
+    0.01
+}
+fn default_betas() -> (f64, f64) {
+    (0.9, 0.999)
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+fn default_val() -> f64 {
+    0.1
+}
+fn default_eval_every() -> usize {
+    20
+}
+fn default_save_every() -> usize {
+    50
+}
+fn default_max_len() -> usize {
+    512
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        toml::Value::Table(toml::Table::new()).try_into().expect("all fields have defaults")
+    }
+}
