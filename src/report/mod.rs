@@ -54,6 +54,29 @@ pub fn markdown(r: &Results) -> String {
          whether the model ranks countries like humans do on the same question: that is the test of \
          cultural knowledge.\n"
     );
+    overall_table(&mut out, r);
+    let _ = writeln!(out, "\nPlots: {}.", plot_links(r));
+
+    country_table(&mut out, r);
+    baselines_section(&mut out, r);
+    group_table(&mut out, "WVS category", &r.categories);
+    if !r.groups.is_empty() {
+        group_table(&mut out, "Category group", &r.groups);
+        let _ = writeln!(out, "\nGroups from {}:", r.category_groups_source);
+        for (g, cats) in &r.category_groups {
+            let _ = writeln!(out, "- {g}: {}", cats.join("; "));
+        }
+    }
+    group_table(&mut out, "Continent", &r.continents);
+    templates_section(&mut out, r);
+    order_section(&mut out, r);
+    question_table(&mut out, r);
+    out
+}
+
+/// The headline numbers, each beside the baseline it is read against.
+fn overall_table(out: &mut String, r: &Results) {
+    let o = &r.overall;
     let _ = writeln!(out, "| metric | value |\n|---|---:|");
     let _ = writeln!(out, "| mean per-country r, raw (paper's metric) | {} |", f(o.mean_r_raw));
     let _ = writeln!(out, "| same, uniform-answer baseline | {} |", f(o.uniform_mean_r_raw));
@@ -99,8 +122,9 @@ pub fn markdown(r: &Results) -> String {
             sp.orders_per_item, sp.mean_range
         );
     }
-    let _ = writeln!(out, "\nPlots: {}.", plot_links(r));
+}
 
+fn country_table(out: &mut String, r: &Results) {
     let _ = writeln!(out, "\n## Countries\n");
     let _ = writeln!(
         out,
@@ -129,18 +153,9 @@ pub fn markdown(r: &Results) -> String {
             c.mean_mass
         );
     }
-    baselines_section(&mut out, r);
-    group_table(&mut out, "WVS category", &r.categories);
-    if !r.groups.is_empty() {
-        group_table(&mut out, "Category group", &r.groups);
-        let _ = writeln!(out, "\nGroups from {}:", r.category_groups_source);
-        for (g, cats) in &r.category_groups {
-            let _ = writeln!(out, "- {g}: {}", cats.join("; "));
-        }
-    }
-    group_table(&mut out, "Continent", &r.continents);
-    templates_section(&mut out, r);
-    order_section(&mut out, r);
+}
+
+fn question_table(out: &mut String, r: &Results) {
     let _ = writeln!(out, "\n## Questions across countries\n");
     let _ = writeln!(out, "| question | category | countries | cross-country r | model spread | human spread |");
     let _ = writeln!(out, "|---|---|---:|---:|---:|---:|");
@@ -156,7 +171,6 @@ pub fn markdown(r: &Results) -> String {
             q.human_spread
         );
     }
-    out
 }
 
 /// The SVG files `report::plots` writes next to report.md.
