@@ -6,11 +6,11 @@ pub mod examples;
 pub mod loss;
 pub mod optim;
 
-use crate::generate::dataset::{self, Lesson};
+use crate::generate::dataset::{self, Lesson, Record};
 use crate::model::adapter::{self, Adapter};
 use crate::model::mode::Mode;
 use crate::model::Model;
-use crate::recipe::{DistillRecipe, Objective};
+use crate::recipe::{DistillRecipe, Objective, TrainSection};
 use crate::util::error::{Error, Result};
 use crate::util::io::{sha256_hex, write_json, JsonlLog};
 use candle_core::Tensor;
@@ -228,21 +228,9 @@ pub fn plot_loss(out: &Path) -> Result<()> {
     crate::report::svg::lines(&out.join("loss.svg"), "LoRA training loss", "optimizer step", "loss", &[train, val])
 }
 
-pub fn train(a: &TrainArgs) -> Result<Summary> {
-    let mut recipe = DistillRecipe::load(&a.recipe)?;
-    if let Some(m) = &a.model {
-        recipe.student.path = Some(m.clone());
-    }
-    if let Some(s) = a.max_steps {
-        recipe.train.max_steps = Some(s);
-    }
-    let t = recipe.train.clone();
-    let model_path = recipe.student.path.clone().ok_or_else(|| Error::Recipe {
-        path: a.recipe.clone(),
-        msg: "no student model: set [student] path or pass --model".into(),
-    })?;
-    // Check the output folder before any work: a finished or running job's checkpoint is
-    // continued only on request and never overwritten by a fresh run.
+/// A finished or running job's checkpoint is continued only on request and never overwritten by
+/// a fresh run; checked before any work.
+fn check_out(a: &TrainArgs) -> Result<PathBuf> {
     recover(&a.out)?;
     let ckpt = a.out.join(CHECKPOINT);
     if ckpt.exists() && !a.resume {
@@ -254,8 +242,12 @@ pub fn train(a: &TrainArgs) -> Result<Summary> {
     if a.resume && !ckpt.exists() {
         return Err(Error::Invalid(format!("--resume: no checkpoint in {}", a.out.display())));
     }
-    let data = dataset::read(&a.data)?;
-    for (r, lesson) in &data {
+    Ok(ckpt)
+}
+
+/// Every record's target must suit the recipe's objective.
+fn check_objective(a: &TrainArgs, t: &TrainSection, data: &[(Record, Lesson)]) -> Result<()> {
+    for (r, lesson) in data {
         let bad = match (t.objective, lesson) {
             (Objective::Lm, Lesson::Labels { .. }) => Some("a distribution target, but train.objective = \"lm\""),
             (Objective::Kl, Lesson::Text { .. }) => Some("a text target, but train.objective = \"kl\""),
@@ -265,16 +257,22 @@ pub fn train(a: &TrainArgs) -> Result<Summary> {
             return Err(Error::Invalid(format!("{}: record {:?} has {why}", a.data.display(), r.id)));
         }
     }
-    let data_sha256 = crate::util::io::sha256_file(&a.data)?;
-    let recipe_json = serde_json::to_value(&recipe)?;
-    let recipe_sha256 = sha256_hex(serde_json::to_string(&recipe_json)?.as_bytes());
+    Ok(())
+}
 
-    let mut model = Model::load(&model_path, &crate::model::LoadOptions::for_weights(recipe.student.weights))?;
+/// Training and validation examples (a seeded split by record id) and how many were too long.
+fn build_examples(
+    a: &TrainArgs,
+    recipe: &DistillRecipe,
+    model: &Model,
+    data: &[(Record, Lesson)],
+) -> Result<(Vec<Example>, Vec<Example>, usize)> {
+    let t = &recipe.train;
     // The probe's chat setting: training contexts are rendered exactly as the probe's prompts.
-    let chat = crate::prompt::use_chat(&recipe.prompt, &model);
+    let chat = crate::prompt::use_chat(&recipe.prompt, model);
     let (mut train_ex, mut val_ex, mut too_long) = (Vec::new(), Vec::new(), 0);
-    for (r, lesson) in &data {
-        match examples::build(&model, r, lesson, chat, t.max_len)? {
+    for (r, lesson) in data {
+        match examples::build(model, r, lesson, chat, t.max_len)? {
             Built::Ok(ex) if is_val(t.seed, &r.id, t.val_fraction) => val_ex.push(ex),
             Built::Ok(ex) => train_ex.push(ex),
             Built::TooLong => too_long += 1,
@@ -289,38 +287,72 @@ pub fn train(a: &TrainArgs) -> Result<Summary> {
             a.data.display()
         )));
     }
+    Ok((train_ex, val_ex, too_long))
+}
+
+/// The adapter and trainer state: a fresh adapter, or the checkpoint's after checking it was
+/// trained on the same data, recipe and student.
+fn start_or_resume(
+    a: &TrainArgs,
+    recipe: &DistillRecipe,
+    model: &mut Model,
+    ckpt: &Path,
+    fresh: TrainerState,
+) -> Result<(Adapter, TrainerState)> {
+    if !a.resume {
+        return Ok((Adapter::attach_new(model, &recipe.lora, recipe.train.seed)?, fresh));
+    }
+    let state: TrainerState = crate::util::io::read_json(&ckpt.join(STATE_FILE))?;
+    let mismatch = [
+        (state.data_sha256 != fresh.data_sha256, "data file"),
+        (state.recipe_sha256 != fresh.recipe_sha256, "recipe"),
+        (state.base_sha256 != model.info.sha256, "student model"),
+    ];
+    if let Some((_, what)) = mismatch.iter().find(|m| m.0) {
+        return Err(Error::Invalid(format!(
+            "--resume: the {what} differs from the one {} was trained with; resume with the same inputs or start a new --out",
+            a.out.display()
+        )));
+    }
+    Ok((Adapter::load(model, ckpt)?, state))
+}
+
+pub fn train(a: &TrainArgs) -> Result<Summary> {
+    let mut recipe = DistillRecipe::load(&a.recipe)?;
+    if let Some(m) = &a.model {
+        recipe.student.path = Some(m.clone());
+    }
+    if let Some(s) = a.max_steps {
+        recipe.train.max_steps = Some(s);
+    }
+    let t = recipe.train.clone();
+    let model_path = recipe.student.path.clone().ok_or_else(|| Error::Recipe {
+        path: a.recipe.clone(),
+        msg: "no student model: set [student] path or pass --model".into(),
+    })?;
+    let ckpt = check_out(a)?;
+    let data = dataset::read(&a.data)?;
+    check_objective(a, &t, &data)?;
+    let data_sha256 = crate::util::io::sha256_file(&a.data)?;
+    let recipe_json = serde_json::to_value(&recipe)?;
+    let recipe_sha256 = sha256_hex(serde_json::to_string(&recipe_json)?.as_bytes());
+
+    let mut model = Model::load(&model_path, &crate::model::LoadOptions::for_weights(recipe.student.weights))?;
+    let (train_ex, val_ex, too_long) = build_examples(a, &recipe, &model, &data)?;
     let per_step = t.batch * t.grad_accum;
     let total = t.max_steps.unwrap_or(t.epochs * train_ex.len().div_ceil(per_step));
-
-    let (adapter, mut state) = if a.resume {
-        let state: TrainerState = crate::util::io::read_json(&ckpt.join(STATE_FILE))?;
-        let mismatch = [
-            (state.data_sha256 != data_sha256, "data file"),
-            (state.recipe_sha256 != recipe_sha256, "recipe"),
-            (state.base_sha256 != model.info.sha256, "student model"),
-        ];
-        if let Some((_, what)) = mismatch.iter().find(|m| m.0) {
-            return Err(Error::Invalid(format!(
-                "--resume: the {what} differs from the one {} was trained with; resume with the same inputs or start a new --out",
-                a.out.display()
-            )));
-        }
-        (Adapter::load(&mut model, &ckpt)?, state)
-    } else {
-        let adapter = Adapter::attach_new(&mut model, &recipe.lora, t.seed)?;
-        let state = TrainerState {
-            step: 0,
-            total_steps: total,
-            seed: t.seed,
-            data_sha256,
-            recipe_sha256,
-            base_sha256: model.info.sha256.clone(),
-            tokens_seen: 0,
-            n_train: train_ex.len(),
-            n_val: val_ex.len(),
-        };
-        (adapter, state)
+    let fresh = TrainerState {
+        step: 0,
+        total_steps: total,
+        seed: t.seed,
+        data_sha256,
+        recipe_sha256,
+        base_sha256: model.info.sha256.clone(),
+        tokens_seen: 0,
+        n_train: train_ex.len(),
+        n_val: val_ex.len(),
     };
+    let (adapter, mut state) = start_or_resume(a, &recipe, &mut model, &ckpt, fresh)?;
     state.total_steps = total;
     let mut opt = AdamW::new(adapter.vars(), t.betas, t.eps, t.weight_decay)?;
     if a.resume {
@@ -342,47 +374,9 @@ pub fn train(a: &TrainArgs) -> Result<Summary> {
         total,
         per_step
     );
-
-    let bar = crate::util::progress::bar(total.saturating_sub(state.step) as u64, "train", a.progress);
-    let val_refs: Vec<&Example> = val_ex.iter().collect();
-    let (mut first, mut last, mut last_val) = (None, None, None);
-    let t0 = std::time::Instant::now();
-    let mut tokens_run = 0u64;
-    let end = a.stop_after.map(|n| (state.step + n).min(total)).unwrap_or(total);
-    for step in state.step..end {
-        let idx = step_indices(train_ex.len(), per_step, t.seed, step);
-        let exs: Vec<&Example> = idx.iter().map(|&i| &train_ex[i]).collect();
-        let dropout_seed = (recipe.lora.dropout > 0.0).then(|| t.seed ^ (step as u64 + 1).wrapping_mul(0x9E37_79B9));
-        let (loss, mut grads) = step_grads(&model, &adapter, &exs, t.batch, dropout_seed)?;
-        let grad_norm = optim::clip(&mut grads, t.clip)?;
-        let lr = optim::lr_at(t.lr, t.schedule, t.warmup_steps, step, total);
-        opt.step(&grads, lr)?;
-        let tokens: u64 = exs.iter().map(|e| e.n_tokens() as u64).sum();
-        state.tokens_seen += tokens;
-        tokens_run += tokens;
-        state.step = step + 1;
-        let done = state.step == total;
-        let pausing = state.step == end;
-        let val_loss = if !val_refs.is_empty() && (state.step.is_multiple_of(t.eval_every.max(1)) || done) {
-            Some(eval_loss(&model, &val_refs, t.batch)?)
-        } else {
-            None
-        };
-        let tps = tokens_run as f64 / t0.elapsed().as_secs_f64().max(1e-9);
-        let line = LogLine { step, loss, lr, grad_norm, tokens: state.tokens_seen, tokens_per_s: tps, val_loss };
-        log.append(std::slice::from_ref(&line))?;
-        first.get_or_insert(loss);
-        last = Some(loss);
-        if val_loss.is_some() {
-            last_val = val_loss;
-        }
-        if state.step.is_multiple_of(t.save_every.max(1)) || done || pausing {
-            save_checkpoint(&a.out, &adapter, &model, &opt, &state)?;
-        }
-        bar.set_message(format!("train loss {loss:.4} {tps:.0} tok/s"));
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
+    let mut run =
+        Run { a, t: &t, dropout: recipe.lora.dropout, model: &model, adapter: &adapter, opt: &mut opt, log: &mut log };
+    let (first, last, last_val) = run.steps(&mut state, &train_ex, &val_ex)?;
     if state.step == total && total > 0 && !ckpt.exists() {
         save_checkpoint(&a.out, &adapter, &model, &opt, &state)?;
     }
@@ -394,6 +388,73 @@ pub fn train(a: &TrainArgs) -> Result<Summary> {
         val_loss: last_val,
         skipped_too_long: too_long,
     })
+}
+
+/// The optimizer loop's fixed inputs.
+struct Run<'a> {
+    a: &'a TrainArgs,
+    t: &'a TrainSection,
+    dropout: f64,
+    model: &'a Model,
+    adapter: &'a Adapter,
+    opt: &'a mut AdamW,
+    log: &'a mut JsonlLog,
+}
+
+impl Run<'_> {
+    /// Steps from the state's step to the end (or `--stop-after`); returns the first and last
+    /// training loss and the last validation loss.
+    fn steps(
+        &mut self,
+        state: &mut TrainerState,
+        train_ex: &[Example],
+        val_ex: &[Example],
+    ) -> Result<(Option<f64>, Option<f64>, Option<f64>)> {
+        let (a, t) = (self.a, self.t);
+        let total = state.total_steps;
+        let per_step = t.batch * t.grad_accum;
+        let bar = crate::util::progress::bar(total.saturating_sub(state.step) as u64, "train", a.progress);
+        let val_refs: Vec<&Example> = val_ex.iter().collect();
+        let (mut first, mut last, mut last_val) = (None, None, None);
+        let t0 = std::time::Instant::now();
+        let mut tokens_run = 0u64;
+        let end = a.stop_after.map(|n| (state.step + n).min(total)).unwrap_or(total);
+        for step in state.step..end {
+            let idx = step_indices(train_ex.len(), per_step, t.seed, step);
+            let exs: Vec<&Example> = idx.iter().map(|&i| &train_ex[i]).collect();
+            let dropout_seed = (self.dropout > 0.0).then(|| t.seed ^ (step as u64 + 1).wrapping_mul(0x9E37_79B9));
+            let (loss, mut grads) = step_grads(self.model, self.adapter, &exs, t.batch, dropout_seed)?;
+            let grad_norm = optim::clip(&mut grads, t.clip)?;
+            let lr = optim::lr_at(t.lr, t.schedule, t.warmup_steps, step, total);
+            self.opt.step(&grads, lr)?;
+            let tokens: u64 = exs.iter().map(|e| e.n_tokens() as u64).sum();
+            state.tokens_seen += tokens;
+            tokens_run += tokens;
+            state.step = step + 1;
+            let done = state.step == total;
+            let pausing = state.step == end;
+            let val_loss = if !val_refs.is_empty() && (state.step.is_multiple_of(t.eval_every.max(1)) || done) {
+                Some(eval_loss(self.model, &val_refs, t.batch)?)
+            } else {
+                None
+            };
+            let tps = tokens_run as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+            let line = LogLine { step, loss, lr, grad_norm, tokens: state.tokens_seen, tokens_per_s: tps, val_loss };
+            self.log.append(std::slice::from_ref(&line))?;
+            first.get_or_insert(loss);
+            last = Some(loss);
+            if val_loss.is_some() {
+                last_val = val_loss;
+            }
+            if state.step.is_multiple_of(t.save_every.max(1)) || done || pausing {
+                save_checkpoint(&a.out, self.adapter, self.model, self.opt, state)?;
+            }
+            bar.set_message(format!("train loss {loss:.4} {tps:.0} tok/s"));
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        Ok((first, last, last_val))
+    }
 }
 
 fn write_manifest(a: &TrainArgs, recipe: &DistillRecipe, model: &Model) -> Result<()> {
