@@ -142,6 +142,34 @@ fn import_official_csv_layout_with_weights() {
     crate::common::assert_clean_error(&o, "B_COUNTRY_ALPHA");
 }
 
+/// An export with only ISO numeric country codes (B_COUNTRY) and no weights: codes map to ISO3
+/// through countries.csv, every respondent counts once, and an unknown code is reported by number.
+#[test]
+fn import_numeric_country_codes_unweighted() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("wvs.csv");
+    std::fs::write(&csv, "B_COUNTRY,Q1\n840,1\n840,1\n840,2\n276,3\n4242,1\n").unwrap();
+    let out = dir.path().join("data");
+    let o = crate::common::mores(&["survey", "import", csv.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", crate::common::stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("#4242"));
+    let s = mores::survey::Survey::load(&out).unwrap();
+    let usa = s.answers("Q1", "USA").unwrap();
+    assert_eq!((usa.distribution[0], usa.distribution[1], usa.n), (2.0 / 3.0, 1.0 / 3.0, Some(3)));
+    assert_eq!(s.answers("Q1", "DEU").unwrap().distribution[2], 1.0);
+    assert!(std::fs::read_to_string(out.join("PROVENANCE.md")).unwrap().contains("unweighted"));
+    // A code that is not a number names the column.
+    std::fs::write(&csv, "B_COUNTRY,Q1\nUSA,1\n").unwrap();
+    let o = crate::common::mores(&[
+        "survey",
+        "import",
+        csv.to_str().unwrap(),
+        "--out",
+        dir.path().join("y").to_str().unwrap(),
+    ]);
+    crate::common::assert_clean_error(&o, "B_COUNTRY is not a number");
+}
+
 /// Why raw r misleads: a model answering every question uniformly at random, correlated with
 /// human means across questions on raw WVS scores, gets a mean r of about 0.72 on the 19
 /// countries with all questions (issue 5's measurement: min 0.09, max 0.83), only because
