@@ -1,0 +1,166 @@
+//! One work item -> one record: the teacher's prompt per mode, parsing, the leakage check, and the
+//! record's target (the teacher's text or distribution, or the humans' distribution).
+use super::dataset::{Record, Target};
+use super::leak::Guard;
+use super::{contrast, parse, sample, GenMode, GenerateSection, Item};
+use crate::model::Model;
+use crate::recipe::PromptSection;
+use crate::score::{ScoreRequest, Scorer};
+use crate::survey::Survey;
+use crate::util::error::Result;
+use std::collections::HashMap;
+
+pub(super) enum Outcome {
+    Kept(Box<Record>),
+    Rejected(String),
+    Leak(String),
+}
+
+pub(super) struct Ctx<'a> {
+    pub(super) g: &'a GenerateSection,
+    pub(super) prompt: &'a PromptSection,
+    pub(super) survey: &'a Survey,
+    pub(super) teacher: &'a Model,
+    pub(super) guard: &'a Guard,
+    pub(super) paraphrases: HashMap<String, (std::result::Result<String, String>, usize)>,
+    /// ISO3 codes of the generation's countries (the mean a contrast target deviates from).
+    pub(super) countries: Vec<String>,
+}
+
+impl Ctx<'_> {
+    fn paraphrase(&mut self, qid: &str) -> Result<(std::result::Result<String, String>, usize)> {
+        if let Some(p) = self.paraphrases.get(qid) {
+            return Ok((p.0.clone(), 0));
+        }
+        let q = self.survey.question(qid)?;
+        if !self.g.paraphrase {
+            return Ok((Ok(q.text.clone()), 0));
+        }
+        let mut s = self.g.sampling.clone();
+        s.stop = vec!["\n".into()];
+        s.max_new_tokens = s.max_new_tokens.min(64);
+        let mut rng = sample::record_rng(self.g.seed, &format!("paraphrase-{qid}"));
+        let prompt = self.g.paraphrase_prompt.replace("{question}", &q.text);
+        let out = sample::generate(self.teacher, &prompt, &s, &mut rng)?;
+        let p = parse::paraphrase(&q.text, &out.text).map_err(String::from);
+        self.paraphrases.insert(qid.to_string(), (p.clone(), out.n_tokens));
+        Ok((p, out.n_tokens))
+    }
+
+    pub(super) fn run(&mut self, item: &Item) -> Result<(Outcome, usize)> {
+        let country = self.survey.country(&item.country)?;
+        let mut rec = Record {
+            id: item.id.clone(),
+            hash: None,
+            mode: Some(self.g.mode.name().into()),
+            country: Some(item.country.clone()),
+            category: Some(item.category.clone()),
+            question_id: item.question_id.clone(),
+            messages: None,
+            prompt: None,
+            answer_prefix: Some(self.prompt.answer_cue.clone()),
+            labels: None,
+            target: None,
+            question: None,
+            options: None,
+            rationale: None,
+            teacher_sha256: Some(self.teacher.info.sha256.clone()),
+            seed: Some(self.g.seed),
+        };
+        let (outcome, tokens) = match self.g.mode {
+            GenMode::Qa => self.qa(&mut rec, item, &country.name)?,
+            GenMode::SoftLabels | GenMode::SurveyGrounded => self.survey_item(&mut rec, item, &country.name)?,
+        };
+        if let Some(o) = outcome {
+            return Ok((o, tokens));
+        }
+        rec.hash = Some(rec.content_hash());
+        Ok((Outcome::Kept(Box::new(rec)), tokens))
+    }
+
+    /// qa: the teacher writes a question, options, answer and rationale for the country and topic.
+    /// Returns a rejection or leak, or None when `rec` was filled.
+    fn qa(&mut self, rec: &mut Record, item: &Item, country: &str) -> Result<(Option<Outcome>, usize)> {
+        let mut prompt = self.g.qa_header.clone();
+        for ex in &self.g.few_shot {
+            prompt.push_str(&qa_block(&ex.country, &ex.category, &ex.question, &ex.options));
+            prompt.push_str(&format!("Answer: {}\nRationale: {}\n\n", ex.answer, ex.rationale));
+        }
+        prompt.push_str(&format!("Country: {country}\nTopic: {}\nQuestion:", item.category));
+        let mut s = self.g.sampling.clone();
+        s.stop.push("\nCountry:".into());
+        let mut rng = sample::record_rng(self.g.seed, &item.id);
+        let out = sample::generate(self.teacher, &prompt, &s, &mut rng)?;
+        let tokens = out.n_tokens;
+        let qa = match parse::qa(&format!("Question:{}", out.text)) {
+            Ok(q) => q,
+            Err(why) => return Ok((Some(Outcome::Rejected(why.into())), tokens)),
+        };
+        if let Some((h, c)) = self.guard.leaks(&qa.question) {
+            return Ok((Some(Outcome::Leak(format!("{} ~ {h} ({c:.2})", item.id))), tokens));
+        }
+        let labels: Vec<String> = (1..=qa.options.len()).map(|i| i.to_string()).collect();
+        rec.prompt = Some(crate::prompt::user_text_raw(self.prompt, country, &qa.question, &qa.options));
+        rec.target = Some(Target::Text(labels[qa.answer - 1].clone()));
+        rec.labels = Some(labels);
+        rec.question = Some(qa.question);
+        rec.options = Some(qa.options);
+        rec.rationale = Some(qa.rationale);
+        Ok((None, tokens))
+    }
+
+    /// soft-labels / survey-grounded: a (paraphrased) survey question with a distribution target.
+    fn survey_item(&mut self, rec: &mut Record, item: &Item, country: &str) -> Result<(Option<Outcome>, usize)> {
+        let qid = item.question_id.as_deref().expect("question items");
+        let (para, tokens) = self.paraphrase(qid)?;
+        let para = match para {
+            Ok(p) => p,
+            Err(why) => return Ok((Some(Outcome::Rejected(why)), tokens)),
+        };
+        if let Some((h, c)) = self.guard.leaks(&para).filter(|_| self.g.paraphrase) {
+            return Ok((Some(Outcome::Leak(format!("{} ~ {h} ({c:.2})", item.id))), tokens));
+        }
+        let q = self.survey.question(qid)?;
+        let options: Vec<String> = q.options.iter().map(|o| o.label.clone()).collect();
+        let user = crate::prompt::user_text_raw(self.prompt, country, &para, &options);
+        let labels: Vec<String> = (1..=options.len()).map(|i| i.to_string()).collect();
+        let target = if self.g.mode == GenMode::SurveyGrounded {
+            self.human_target(qid, &item.country)
+        } else {
+            let chat = crate::prompt::use_chat(self.prompt, self.teacher);
+            let text = crate::prompt::render(self.teacher, &user, &self.prompt.answer_cue, chat)?;
+            let s = self.teacher.score_batch(&[ScoreRequest { prompt: text, labels: labels.clone() }])?;
+            s.into_iter().next().expect("one request").probs
+        };
+        rec.prompt = Some(user);
+        rec.question = Some(para);
+        rec.labels = Some(labels);
+        rec.target = Some(Target::Distribution(target));
+        Ok((None, tokens))
+    }
+
+    /// The country's human distribution, its deviation from the generation's cross-country mean
+    /// scaled by `contrast` when that is not 1.
+    fn human_target(&self, qid: &str, country: &str) -> Vec<f64> {
+        let h = self.survey.answers(qid, country).expect("items have answers");
+        if self.g.contrast == 1.0 {
+            return h.distribution.clone();
+        }
+        let all: Vec<&[f64]> = self
+            .countries
+            .iter()
+            .filter_map(|c| self.survey.answers(qid, c).map(|a| a.distribution.as_slice()))
+            .collect();
+        let mean: Vec<f64> =
+            (0..h.distribution.len()).map(|k| all.iter().map(|d| d[k]).sum::<f64>() / all.len() as f64).collect();
+        contrast::target(&h.distribution, &mean, self.g.contrast)
+    }
+}
+
+fn qa_block(country: &str, category: &str, question: &str, options: &[String]) -> String {
+    let mut s = format!("Country: {country}\nTopic: {category}\nQuestion: {question}\nOptions:\n");
+    for (i, o) in options.iter().enumerate() {
+        s.push_str(&format!("{}. {o}\n", i + 1));
+    }
+    s
+}
