@@ -164,6 +164,46 @@ fn work_items(g: &GenerateSection, survey: &Survey, split: &Split) -> Result<Vec
     Ok(items)
 }
 
+/// The split is shared by every shard and by evaluation: reused when present (and drawn with the
+/// same settings), else drawn and written.
+fn shared_split(split_path: &Path, g: &GenerateSection, survey: &Survey) -> Result<Split> {
+    if split_path.exists() {
+        let s = Split::load(split_path)?;
+        if s.seed != g.seed || s.heldout_fraction != g.heldout_fraction || s.group_ngram != g.leak_ngram {
+            return Err(Error::Invalid(format!(
+                "{} was drawn with another seed or held-out fraction; choose another --out",
+                split_path.display()
+            )));
+        }
+        return Ok(s);
+    }
+    let s = Split::draw(survey, g.seed, g.heldout_fraction, g.leak_ngram, g.leak_threshold)?;
+    write_json(split_path, &s)?;
+    Ok(s)
+}
+
+/// Resume: what is already done, from the records themselves and the status log. Returns the
+/// open log, its lines, the open records file and the ids of finished items.
+fn resume(log_path: &Path, out: &Path) -> Result<(JsonlLog, Vec<LogLine>, JsonlLog, HashSet<String>)> {
+    let (mut log_file, mut log) = JsonlLog::open::<LogLine>(log_path)?;
+    let (out_file, records) = JsonlLog::open::<Record>(out)?;
+    let logged: HashSet<String> = log.iter().map(|l| l.id.clone()).collect();
+    let mut kept_ids: HashSet<String> = HashSet::new();
+    for r in records {
+        if !logged.contains(&r.id) {
+            let line = LogLine { id: r.id.clone(), status: "kept".into(), reason: None, tokens: 0 };
+            log_file.append(std::slice::from_ref(&line))?;
+            log.push(line);
+        }
+        kept_ids.insert(r.id);
+    }
+    // An item is done when its record is on disk, or when it was rejected or dropped; a "kept"
+    // line whose record was cut off by a kill is redone.
+    log.retain(|l| l.status != "kept" || kept_ids.contains(&l.id));
+    let done: HashSet<String> = log.iter().map(|l| l.id.clone()).collect();
+    Ok((log_file, log, out_file, done))
+}
+
 pub fn generate(a: &GenerateArgs) -> Result<Card> {
     let recipe = DistillRecipe::load(&a.recipe)?;
     let err = |msg: &str| Error::Recipe { path: a.recipe.clone(), msg: msg.into() };
@@ -177,21 +217,7 @@ pub fn generate(a: &GenerateArgs) -> Result<Card> {
     let (out, log_path, card_path, split_path) = paths(&a.out, a.shard);
     let _writer = crate::util::lock::OutputLock::file(&out)?;
     let settings_sha256 = sha256_hex(serde_json::to_string(&(&g, &recipe.prompt))?.as_bytes());
-    // The split is shared by every shard and by evaluation: reuse it when present.
-    let split = if split_path.exists() {
-        let s = Split::load(&split_path)?;
-        if s.seed != g.seed || s.heldout_fraction != g.heldout_fraction || s.group_ngram != g.leak_ngram {
-            return Err(Error::Invalid(format!(
-                "{} was drawn with another seed or held-out fraction; choose another --out",
-                split_path.display()
-            )));
-        }
-        s
-    } else {
-        let s = Split::draw(&survey, g.seed, g.heldout_fraction, g.leak_ngram, g.leak_threshold)?;
-        write_json(&split_path, &s)?;
-        s
-    };
+    let split = shared_split(&split_path, &g, &survey)?;
     let mut items = work_items(&g, &survey, &split)?;
     if let Some(s) = a.shard {
         items = items.into_iter().enumerate().filter(|(i, _)| i % s.count == s.index).map(|(_, it)| it).collect();
@@ -208,23 +234,7 @@ pub fn generate(a: &GenerateArgs) -> Result<Card> {
     let teacher = Model::load(&teacher_path, &crate::model::LoadOptions::for_weights(teacher_sec.weights))?;
     let guard = Guard::new(&survey, &split, g.leak_ngram, g.leak_threshold)?;
 
-    // Resume: what is already done, from the records themselves and the status log.
-    let (mut log_file, mut log) = JsonlLog::open::<LogLine>(&log_path)?;
-    let (mut out_file, records) = JsonlLog::open::<Record>(&out)?;
-    let logged: HashSet<String> = log.iter().map(|l| l.id.clone()).collect();
-    let mut kept_ids: HashSet<String> = HashSet::new();
-    for r in records {
-        if !logged.contains(&r.id) {
-            let line = LogLine { id: r.id.clone(), status: "kept".into(), reason: None, tokens: 0 };
-            log_file.append(std::slice::from_ref(&line))?;
-            log.push(line);
-        }
-        kept_ids.insert(r.id);
-    }
-    // An item is done when its record is on disk, or when it was rejected or dropped; a "kept"
-    // line whose record was cut off by a kill is redone.
-    log.retain(|l| l.status != "kept" || kept_ids.contains(&l.id));
-    let done: HashSet<String> = log.iter().map(|l| l.id.clone()).collect();
+    let (mut log_file, mut log, mut out_file, done) = resume(&log_path, &out)?;
     let todo: Vec<&Item> = items.iter().filter(|i| !done.contains(&i.id)).collect();
     if !done.is_empty() {
         eprintln!("resuming: {} of {} items already done", items.len() - todo.len(), items.len());
