@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job on the shipped defaults: fetch the two default models, build mores, and run the
-# cultural-transfer quickstart (recipes/transfer/quickstart.toml): probe the SmolLM2-135M student
-# and the Gemma-3-270M teacher, have the teacher write soft labels on paraphrased survey items, LoRA-train the
-# student, probe it again and report the change on held-out questions. Rerun after an
+# cultural-transfer quickstart (recipes/transfer/quickstart.toml): probe the SmolLM2-135M student in
+# the 19 fully covered countries, have the Gemma-3-270M teacher paraphrase training questions whose
+# targets are each country's human answers, LoRA-train the student, probe it again and report the
+# change on held-out questions at the question level and the country level. Rerun after an
 # interruption: finished stages are skipped and generation/training resume from their checkpoints.
 set -euo pipefail
 cd "$(dirname "$0")/.."
