@@ -115,23 +115,7 @@ impl Adapter {
         let w_path = dir.join(WEIGHTS_FILE);
         let bytes = std::fs::read(&w_path).map_err(|e| Error::io(&w_path, e))?;
         let (tensors, _) = read_safetensors(&bytes, &model.device).map_err(|m| Error::model(&w_path, m))?;
-        let base_path = dir.join(MORES_FILE);
-        if base_path.exists() {
-            let text = std::fs::read_to_string(&base_path).map_err(|e| Error::io(&base_path, e))?;
-            let base: BaseInfo = serde_json::from_str(&text).map_err(|e| Error::model(&base_path, e.to_string()))?;
-            if base.architecture != model.architecture() {
-                return Err(Error::model(
-                    dir,
-                    format!(
-                        "adapter was trained on a {} model ({}), not {} ({})",
-                        base.architecture,
-                        base.base_name,
-                        model.architecture(),
-                        model.info.name
-                    ),
-                ));
-            }
-        }
+        check_base(dir, model)?;
         let mut by_slot: BTreeMap<(usize, String), [Option<Tensor>; 2]> = BTreeMap::new();
         for (name, t) in tensors {
             let (layer, module, which) = parse_key(&name).ok_or_else(|| {
@@ -370,4 +354,26 @@ pub fn read_safetensors(bytes: &[u8], device: &candle_core::Device) -> std::resu
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok((out, meta.metadata().clone().unwrap_or_default()))
+}
+
+/// An adapter trained by mores records its base model's architecture: refuse another one.
+fn check_base(dir: &Path, model: &Model) -> Result<()> {
+    let base_path = dir.join(MORES_FILE);
+    if base_path.exists() {
+        let text = std::fs::read_to_string(&base_path).map_err(|e| Error::io(&base_path, e))?;
+        let base: BaseInfo = serde_json::from_str(&text).map_err(|e| Error::model(&base_path, e.to_string()))?;
+        if base.architecture != model.architecture() {
+            return Err(Error::model(
+                dir,
+                format!(
+                    "adapter was trained on a {} model ({}), not {} ({})",
+                    base.architecture,
+                    base.base_name,
+                    model.architecture(),
+                    model.info.name
+                ),
+            ));
+        }
+    }
+    Ok(())
 }

@@ -294,6 +294,45 @@ fn token_string(v: &Option<serde_json::Value>) -> Option<String> {
     }
 }
 
+/// tokenizer_config.json's chat template: a string, or the entry named "default" of a list.
+fn hf_chat_template(tc: &TokenizerConfig, tc_path: &Path) -> Result<Option<ChatTemplate>> {
+    Ok(match &tc.chat_template {
+        Some(serde_json::Value::String(s)) => Some(ChatTemplate::new(s.clone(), tc_path.display().to_string())?),
+        Some(serde_json::Value::Array(list)) => list
+            .iter()
+            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+            .and_then(|t| t.get("template").and_then(|t| t.as_str()))
+            .map(|t| ChatTemplate::new(t.to_string(), tc_path.display().to_string()))
+            .transpose()?,
+        _ => None,
+    })
+}
+
+/// The model's safetensors files: the shards of model.safetensors.index.json, else model.safetensors.
+fn safetensor_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = Vec::new();
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let idx: serde_json::Value = read_json(&index)?;
+        let mut shards: Vec<String> = idx
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .map(|m| m.values().filter_map(|v| v.as_str().map(String::from)).collect())
+            .unwrap_or_default();
+        shards.sort();
+        shards.dedup();
+        files.extend(shards.into_iter().map(|s| dir.join(s)));
+    } else {
+        files.push(dir.join("model.safetensors"));
+    }
+    for f in &files {
+        if !f.exists() {
+            return Err(Error::model(f, "safetensors file not found in the model folder"));
+        }
+    }
+    Ok(files)
+}
+
 fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Model> {
     let cfg_path = dir.join("config.json");
     let raw: serde_json::Value = read_json(&cfg_path)?;
@@ -318,36 +357,8 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Model> {
         token_string(&tc.eos_token),
         tc.add_bos_token.unwrap_or(family == "gemma3"),
     )?;
-    let chat = match &tc.chat_template {
-        Some(serde_json::Value::String(s)) => Some(ChatTemplate::new(s.clone(), tc_path.display().to_string())?),
-        Some(serde_json::Value::Array(list)) => list
-            .iter()
-            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
-            .and_then(|t| t.get("template").and_then(|t| t.as_str()))
-            .map(|t| ChatTemplate::new(t.to_string(), tc_path.display().to_string()))
-            .transpose()?,
-        _ => None,
-    };
-    let mut files: Vec<PathBuf> = Vec::new();
-    let index = dir.join("model.safetensors.index.json");
-    if index.exists() {
-        let idx: serde_json::Value = read_json(&index)?;
-        let mut shards: Vec<String> = idx
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .map(|m| m.values().filter_map(|v| v.as_str().map(String::from)).collect())
-            .unwrap_or_default();
-        shards.sort();
-        shards.dedup();
-        files.extend(shards.into_iter().map(|s| dir.join(s)));
-    } else {
-        files.push(dir.join("model.safetensors"));
-    }
-    for f in &files {
-        if !f.exists() {
-            return Err(Error::model(f, "safetensors file not found in the model folder"));
-        }
-    }
+    let chat = hf_chat_template(&tc, &tc_path)?;
+    let files = safetensor_files(dir)?;
     // Safety: the files are memory-mapped read-only and not modified while the model lives.
     let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }
         .map_err(|e| Error::model(dir, format!("cannot read safetensors: {e}")))?;
