@@ -429,3 +429,31 @@ impl DistillRecipe {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An include chain merges table by table: the includer's keys win, untouched keys (and the
+    /// included file's own includes) survive, and a nested table merges key by key.
+    #[test]
+    fn include_and_override_merge_key_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("base.toml"),
+            "name = \"base\"\n[train]\nlr = 1e-3\nepochs = 3\n[generate]\nmode = \"survey-grounded\"\n[generate.sampling]\ntemperature = 0.7\ntop_k = 50\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("mid.toml"), "include = \"base.toml\"\n[train]\nepochs = 2\n").unwrap();
+        let top = dir.path().join("top.toml");
+        std::fs::write(&top, "include = \"mid.toml\"\nname = \"top\"\n[generate.sampling]\ntop_k = 5\n").unwrap();
+        let r = DistillRecipe::load(&top).unwrap();
+        assert_eq!(r.name, "top");
+        assert_eq!((r.train.lr, r.train.epochs), (1e-3, 2));
+        let g = r.generate.unwrap();
+        assert_eq!(g.mode, generate::GenMode::SurveyGrounded);
+        assert_eq!((g.sampling.temperature, g.sampling.top_k), (0.7, 5));
+        // Defaults fill what no file sets.
+        assert_eq!(r.train.batch, 4);
+    }
+}

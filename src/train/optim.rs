@@ -70,3 +70,51 @@ pub fn clip(grads: &mut [Tensor], max: f64) -> Result<f64> {
     }
     Ok(norm)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Against torch.optim.AdamW's documented update (decoupled decay, then the bias-corrected
+    /// Adam step), lr 0.1, betas (0.9, 0.999), eps 1e-8, weight decay 0.01, w0 = 1 and gradients
+    /// 0.5, -0.2, 0.3, computed in f64 by that formula (PyTorch is not installed here):
+    /// 0.899000002, 0.8635404181145108, 0.8082328432610408.
+    #[test]
+    fn adamw_follows_pytorch_decoupled_update() {
+        let w = Var::from_slice(&[1.0f32], 1, &candle_core::Device::Cpu).unwrap();
+        let mut opt = AdamW::new(vec![w.clone()], (0.9, 0.999), 1e-8, 0.01).unwrap();
+        for (g, want) in [(0.5f32, 0.899000002), (-0.2, 0.8635404181145108), (0.3, 0.8082328432610408)] {
+            let g = Tensor::from_slice(&[g], 1, &candle_core::Device::Cpu).unwrap();
+            opt.step(&[g], 0.1).unwrap();
+            let got = w.as_tensor().to_vec1::<f32>().unwrap()[0] as f64;
+            assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        }
+        assert_eq!(opt.step, 3);
+    }
+
+    #[test]
+    fn lr_schedules_warm_up_then_decay_to_zero() {
+        let at = |s, step| lr_at(1.0, s, 2, step, 10);
+        // Warmup: (step + 1) / warmup.
+        assert_eq!((at(Schedule::Cosine, 0), at(Schedule::Cosine, 1)), (0.5, 1.0));
+        // After warmup, progress (step - 2) / 8: 0 at step 2, 0.5 at step 6, 1 at step 10.
+        for s in [Schedule::Cosine, Schedule::Linear, Schedule::Constant] {
+            assert_eq!(at(s, 2), 1.0);
+        }
+        assert!((at(Schedule::Cosine, 6) - 0.5).abs() < 1e-12);
+        assert!((at(Schedule::Linear, 6) - 0.5).abs() < 1e-12);
+        assert!((at(Schedule::Cosine, 4) - 0.5 * (1.0 + (std::f64::consts::PI * 0.25).cos())).abs() < 1e-12);
+        assert!(at(Schedule::Cosine, 10).abs() < 1e-12 && at(Schedule::Linear, 12) == 0.0);
+        assert_eq!(at(Schedule::Constant, 9), 1.0);
+    }
+
+    #[test]
+    fn clipping_scales_to_the_max_norm_and_reports_the_norm_before() {
+        let d = candle_core::Device::Cpu;
+        let mut g = vec![Tensor::from_slice(&[3.0f32], 1, &d).unwrap(), Tensor::from_slice(&[4.0f32], 1, &d).unwrap()];
+        assert!((clip(&mut g, 1.0).unwrap() - 5.0).abs() < 1e-6);
+        let after: f32 = g.iter().map(|t| t.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap()).sum();
+        assert!((after.sqrt() - 1.0).abs() < 1e-5);
+        assert!((clip(&mut g, 0.0).unwrap() - 1.0).abs() < 1e-5, "0 = no clipping");
+    }
+}

@@ -127,7 +127,7 @@ pub fn markdown(r: &TransferReport) -> String {
     let _ = writeln!(s, "\nDataset: `{}` ({} records). {EXPLAIN}\n", r.dataset, r.dataset_records);
     part(&mut s, "Held-out questions (never seen in training)", &r.heldout);
     if let Some(t) = &r.train {
-        part(&mut s, "Training questions (seen, paraphrased, in training)", t);
+        part(&mut s, "Training questions (seen in training)", t);
     }
     let _ = writeln!(s, "![before and after per country](transfer.svg)\n");
     let _ = writeln!(s, "![before, after and change per continent](transfer-continents.svg)\n");
