@@ -159,7 +159,7 @@ pub fn write_outputs(
     m: &Manifest,
 ) -> Result<Results> {
     let items = crate::analysis::combine::items(samples, survey, None);
-    let res = results::compute(samples, &items, survey, m.model.clone(), recipe)?;
+    let res = crate::analysis::compute::compute(samples, &items, survey, m.model.clone(), recipe)?;
     write_jsonl(&out.join("samples.jsonl"), samples)?;
     write_json(&out.join("results.json"), &res)?;
     crate::report::plots::write(out, &res, &items, survey)?;

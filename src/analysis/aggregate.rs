@@ -2,13 +2,11 @@
 //! scale-normalised, with a bootstrap CI), per category, category group and continent (Fisher
 //! means over countries), per question across countries, and the overall means.
 use super::correlate::{bootstrap, fisher_mean, js_similarity, mean, pearson, spearman, wasserstein1, Corr};
-use super::results::{CountryResult, GroupResult, Overall, QuestionResult, Results, SCHEMA};
+use super::results::{CountryResult, GroupResult, Overall, QuestionResult, Results, BOOTSTRAP, SCHEMA};
 use crate::probe::Sample;
 use crate::survey::{Question, Survey};
 use crate::util::manifest::ModelInfo;
 use std::collections::BTreeMap;
-
-pub const BOOTSTRAP: usize = 1000;
 
 /// One scored item with the numbers every aggregate reads.
 struct Point<'a> {
