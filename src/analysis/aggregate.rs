@@ -132,18 +132,29 @@ fn group_result(name: String, ps: &[&Point]) -> GroupResult {
         norm.extend(n.map(|c| c.r));
         uni.extend(u);
     }
-    let mut qs: Vec<&str> = ps.iter().map(|p| p.s.question_id.as_str()).collect();
+    group_of(name, &raw, &norm, &uni, ps.iter().map(|p| p.s.question_id.as_str()))
+}
+
+/// A group's Fisher means (and CI) over its countries' r values; `questions` may repeat.
+fn group_of<'a>(
+    name: String,
+    raw: &[f64],
+    norm: &[f64],
+    uni: &[f64],
+    questions: impl Iterator<Item = &'a str>,
+) -> GroupResult {
+    let mut qs: Vec<&str> = questions.collect();
     qs.sort();
     qs.dedup();
     GroupResult {
         cross_country_r: None,
-        normalised_ci95: fisher_ci(&norm, &name),
+        normalised_ci95: fisher_ci(norm, &name),
         name,
         n_countries: raw.len(),
         n_questions: qs.len(),
-        mean_r_raw: fisher_mean(&raw),
-        mean_r_normalised: fisher_mean(&norm),
-        uniform_mean_r_raw: fisher_mean(&uni),
+        mean_r_raw: fisher_mean(raw),
+        mean_r_normalised: fisher_mean(norm),
+        uniform_mean_r_raw: fisher_mean(uni),
     }
 }
 
@@ -158,23 +169,8 @@ fn continent_results(countries: &[CountryResult], points: &[Point]) -> Vec<Group
         let raw: Vec<f64> = cs.iter().filter_map(|c| c.raw.as_ref().map(|x| x.r)).collect();
         let norm: Vec<f64> = cs.iter().filter_map(|c| c.normalised.as_ref().map(|x| x.r)).collect();
         let uni: Vec<f64> = cs.iter().filter_map(|c| c.uniform_raw_r).collect();
-        let mut qs: Vec<&str> = points
-            .iter()
-            .filter(|p| cs.iter().any(|c| c.iso3 == p.s.country))
-            .map(|p| p.s.question_id.as_str())
-            .collect();
-        qs.sort();
-        qs.dedup();
-        continents.push(GroupResult {
-            cross_country_r: None,
-            normalised_ci95: fisher_ci(&norm, &name),
-            name,
-            n_countries: raw.len(),
-            n_questions: qs.len(),
-            mean_r_raw: fisher_mean(&raw),
-            mean_r_normalised: fisher_mean(&norm),
-            uniform_mean_r_raw: fisher_mean(&uni),
-        });
+        let qs = points.iter().filter(|p| cs.iter().any(|c| c.iso3 == p.s.country)).map(|p| p.s.question_id.as_str());
+        continents.push(group_of(name, &raw, &norm, &uni, qs));
     }
     continents
 }
