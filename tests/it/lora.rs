@@ -392,3 +392,44 @@ fn fused_training_ops_match_composed_gradients() {
         check(if interleaved { "rope_i" } else { "rope" }, fused, reference);
     }
 }
+
+/// `mores adapter merge` end to end: the merged Hugging Face folder scores a prompt like the base
+/// model with the adapter (`mores score --adapter`), and unlike the base model alone.
+#[test]
+fn adapter_merge_cli_matches_scoring_with_the_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_model(&dir.path().join("base"), "llama", 4);
+    let mut m = Model::load(&path, &LoadOptions::default()).unwrap();
+    let ad = Adapter::attach_new(&mut m, &spec(&ALL, 4), 5).unwrap();
+    randomise_b(&ad, 6, 0.3);
+    let ad_dir = dir.path().join("adapter");
+    ad.save(&ad_dir, &m).unwrap();
+    let merged = dir.path().join("merged");
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let o = crate::common::mores(&[
+        "adapter",
+        "merge",
+        "--model",
+        &s(&path),
+        "--adapter",
+        &s(&ad_dir),
+        "--out",
+        &s(&merged),
+    ]);
+    assert!(o.status.success(), "{}", crate::common::stderr(&o));
+    let score = |model: &std::path::Path, adapter: Option<&std::path::Path>| -> Vec<f64> {
+        let mut args = vec!["score".to_string(), "--model".into(), s(model), "--prompt".into(), "a b a".into()];
+        if let Some(a) = adapter {
+            args.extend(["--adapter".into(), s(a)]);
+        }
+        let args: Vec<&str> = args.iter().map(|x| x.as_str()).collect();
+        let o = crate::common::mores(&args);
+        assert!(o.status.success(), "{}", crate::common::stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["probs"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    };
+    let (with, merged_p, base) = (score(&path, Some(&ad_dir)), score(&merged, None), score(&path, None));
+    let diff = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    assert!(diff(&with, &merged_p) < 1e-5, "merged {merged_p:?} vs adapter {with:?}");
+    assert!(diff(&with, &base) > 1e-4, "the adapter must change the scores: {with:?} vs {base:?}");
+}
