@@ -8,6 +8,7 @@
 //! pass: the prompt plus the longest continuation of each branch, with logits taken at each
 //! position along it. Probabilities are then renormalised over the labels; the mass that fell
 //! outside them is kept, since a low mass means the prompt did not elicit an answer.
+use crate::model::radix::PrefixCache;
 use crate::model::Model;
 use crate::util::error::{Error, Result};
 use candle_core::D;
@@ -35,6 +36,12 @@ pub struct OptionScores {
 /// scorer can stand in for the in-process model.
 pub trait Scorer {
     fn score_batch(&self, items: &[ScoreRequest]) -> Result<Vec<OptionScores>>;
+
+    /// The same numbers, reusing prompt prefixes kept in `cache` from earlier batches (a backend
+    /// without such reuse ignores it).
+    fn score_batch_cached(&self, items: &[ScoreRequest], _cache: &mut PrefixCache) -> Result<Vec<OptionScores>> {
+        self.score_batch(items)
+    }
 }
 
 /// Token sequences continuing `prompt_ids` for each label: the label and " label", as the
@@ -146,6 +153,10 @@ impl Plan {
 
 impl Scorer for Model {
     fn score_batch(&self, items: &[ScoreRequest]) -> Result<Vec<OptionScores>> {
+        self.score_batch_cached(items, &mut PrefixCache::new(0))
+    }
+
+    fn score_batch_cached(&self, items: &[ScoreRequest], cache: &mut PrefixCache) -> Result<Vec<OptionScores>> {
         let plans: Vec<Plan> = items.iter().map(|r| Plan::new(self, r)).collect::<Result<_>>()?;
         let mut rows: Vec<Vec<u32>> = Vec::new();
         let mut reads: Vec<(usize, usize)> = Vec::new();
@@ -158,7 +169,7 @@ impl Scorer for Model {
             reads.extend(rd.into_iter().map(|(row, pos)| (row0 + row, pos)));
             where_read.push(map.into_iter().map(|(k, v)| (k, read0 + v)).collect());
         }
-        let logits = self.logits_at(&rows, &reads)?;
+        let logits = self.logits_at_cached(&rows, &reads, cache)?;
         let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?.to_vec2::<f32>()?;
         // A NaN anywhere in the forward pass (a NaN epsilon, a broken adapter) must not turn into
         // finite-looking probabilities: stop, naming the model and the prompt.

@@ -205,12 +205,12 @@ impl Model {
         Ok(Self { norm: norm(w, "model.norm.weight", "output_norm.weight")?, cfg, embed, layers, lm_head })
     }
 
-    /// Run `batch` after the shared `prefix`. Returns logits [n, vocab] at the flat positions
+    /// Run `batch` after `prefix` (none, one for every row, or one per row). Returns logits [n, vocab] at the flat positions
     /// `read` (if given) and, when `record`, the batch's own keys and values per layer.
     pub fn forward(
         &self,
         batch: &Batch,
-        prefix: &Kv,
+        prefix: &[&Kv],
         read: Option<&Tensor>,
         record: bool,
         mode: Mode,

@@ -71,8 +71,9 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Shape of one attention call. Queries q [rows, heads, len, dim]; the batch's own keys and
-/// values k, v [rows, kv_heads, len, dim], left-padded by `pad[row]`; a shared prefix's keys and
-/// values [kv_heads, prefix, dim] that every row continues.
+/// values k, v [rows, kv_heads, len, dim], left-padded by `pad[row]`; each row continues a prefix
+/// of `prefix[row]` tokens whose keys and values [kv_heads, prefix[row], dim] are given apart
+/// (one prefix shared by every row, or each row its own: a node of the radix tree).
 #[derive(Debug, Clone)]
 pub struct AttnShape {
     pub rows: usize,
@@ -80,7 +81,7 @@ pub struct AttnShape {
     pub kv_heads: usize,
     pub len: usize,
     pub dim: usize,
-    pub prefix: usize,
+    pub prefix: Vec<usize>,
     pub pad: Vec<usize>,
     /// Sliding window: a query sees keys at most `window - 1` positions back.
     pub window: Option<usize>,
@@ -116,21 +117,26 @@ fn softmax_weights<'k>(
     }
 }
 
+/// One row's prefix keys and values, [kv_heads, prefix, dim] each (empty without a prefix).
+pub type PrefixKv<'a> = (&'a [f32], &'a [f32]);
+
 /// Causal softmax attention, returned as [rows, len, heads * dim]. Each real query attends to
 /// absolute positions max(0, q - window + 1)..=q in that order; padding queries give zeros.
-pub fn attend(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32], pk: &[f32], pv: &[f32]) -> Vec<f32> {
-    let (t, d, h, p) = (s.len, s.dim, s.heads, s.prefix);
+/// `pre[row]`: the row's prefix keys and values (may be empty when no row has a prefix).
+pub fn attend(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32], pre: &[PrefixKv]) -> Vec<f32> {
+    let (t, d, h) = (s.len, s.dim, s.heads);
     let group = h / s.kv_heads;
     let parts: Vec<Vec<f32>> = (0..s.rows * h)
         .into_par_iter()
         .map(|rh| {
             let (r, hh) = (rh / h, rh % h);
             let g = hh / group;
-            let pad = s.pad[r];
+            let (pad, p) = (s.pad[r], s.prefix[r]);
             let qs = &q[rh * t * d..][..t * d];
             let own = (r * s.kv_heads + g) * t * d;
             let (ks, vs) = (&k[own..][..t * d], &v[own..][..t * d]);
-            let (pks, pvs) = (&pk[g * p * d..][..p * d], &pv[g * p * d..][..p * d]);
+            let (pks, pvs): (&[f32], &[f32]) =
+                if p > 0 { (&pre[r].0[g * p * d..][..p * d], &pre[r].1[g * p * d..][..p * d]) } else { (&[], &[]) };
             // Absolute key position a: row a of the prefix, or row pad + a - p of this row's own.
             let key = |a: usize| if a < p { &pks[a * d..(a + 1) * d] } else { &ks[(pad + a - p) * d..][..d] };
             let value = |a: usize| if a < p { &pvs[a * d..(a + 1) * d] } else { &vs[(pad + a - p) * d..][..d] };
@@ -243,10 +249,10 @@ impl candle_core::CustomOp3 for AttnOp {
         l3: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         let s = &self.0;
-        if s.prefix != 0 {
+        if s.prefix.iter().any(|&p| p != 0) {
             candle_core::bail!("attention: the differentiable kernel takes no shared prefix")
         }
-        let out = attend(s, cpu_f32(s1, l1)?, cpu_f32(s2, l2)?, cpu_f32(s3, l3)?, &[], &[]);
+        let out = attend(s, cpu_f32(s1, l1)?, cpu_f32(s2, l2)?, cpu_f32(s3, l3)?, &[]);
         Ok((candle_core::CpuStorage::F32(out), (s.rows, s.len, s.heads * s.dim).into()))
     }
 
@@ -324,12 +330,12 @@ mod tests {
             kv_heads: kv,
             len: t,
             dim: d,
-            prefix: 0,
+            prefix: vec![0],
             pad: vec![0],
             window: win,
             scale: 0.3,
         };
-        attend(&s, qkv[0], qkv[1], qkv[2], &[], &[])
+        attend(&s, qkv[0], qkv[1], qkv[2], &[])
     }
 
     #[test]
@@ -357,12 +363,12 @@ mod tests {
                 kv_heads: kv,
                 len: tp,
                 dim: d,
-                prefix: 0,
+                prefix: vec![0, 0],
                 pad: vec![0, 3],
                 window: win,
                 scale: 0.3,
             };
-            let got = attend(&s, &pad_rows(&q, h, 6), &pad_rows(&k, kv, 7), &pad_rows(&v, kv, 8), &[], &[]);
+            let got = attend(&s, &pad_rows(&q, h, 6), &pad_rows(&k, kv, 7), &pad_rows(&v, kv, 8), &[]);
             let got_row1 = &got[tp * h * d..];
             assert_eq!(&got_row1[3 * h * d..], &want[..], "window {win:?}: padded batch");
             // The first 5 positions as a shared prefix, the last 4 as the row.
@@ -375,19 +381,13 @@ mod tests {
                 kv_heads: kv,
                 len: 4,
                 dim: d,
-                prefix: 5,
+                prefix: vec![5],
                 pad: vec![0],
                 window: win,
                 scale: 0.3,
             };
-            let got = attend(
-                &s,
-                &split(&q, h, 5, t),
-                &split(&k, kv, 5, t),
-                &split(&v, kv, 5, t),
-                &split(&k, kv, 0, 5),
-                &split(&v, kv, 0, 5),
-            );
+            let (pk, pv) = (split(&k, kv, 0, 5), split(&v, kv, 0, 5));
+            let got = attend(&s, &split(&q, h, 5, t), &split(&k, kv, 5, t), &split(&v, kv, 5, t), &[(&pk, &pv)]);
             assert_eq!(&got[..], &want[5 * h * d..], "window {win:?}: after a prefix");
         }
     }

@@ -12,12 +12,13 @@ pub struct Batch {
     pub pad: Vec<usize>,
     pub rows: usize,
     pub len: usize,
-    /// Tokens of a shared prefix whose keys and values are already computed (see [`Kv`]).
-    pub offset: usize,
+    /// Per row, the tokens of the prefix it continues, whose keys and values are already
+    /// computed (see [`Kv`]): its positions start there.
+    pub offsets: Vec<usize>,
     positions: Vec<u32>,
 }
 
-/// Keys and values per layer for a prefix shared by every row ([1, kv_heads, len, head_dim]).
+/// Keys and values per layer of a prefix that rows continue ([1, kv_heads, len, head_dim]).
 pub struct Kv {
     pub k: Vec<Tensor>,
     pub v: Vec<Tensor>,
@@ -57,11 +58,16 @@ impl Batch {
 
     /// Rows that continue a shared prefix of `offset` tokens: positions start at `offset`.
     pub fn after_prefix(rows: &[Vec<u32>], offset: usize, device: &Device) -> Result<Self> {
+        Self::after_prefixes(rows, &vec![offset; rows.len()], device)
+    }
+
+    /// Rows that each continue their own prefix, of `offsets[row]` tokens.
+    pub fn after_prefixes(rows: &[Vec<u32>], offsets: &[usize], device: &Device) -> Result<Self> {
         let len = rows.iter().map(|r| r.len()).max().unwrap_or(0);
         let mut ids = Vec::with_capacity(rows.len() * len);
         let mut positions = Vec::with_capacity(rows.len() * len);
         let mut pad = Vec::with_capacity(rows.len());
-        for r in rows {
+        for (r, &offset) in rows.iter().zip(offsets) {
             let p = len - r.len();
             pad.push(p);
             ids.extend(std::iter::repeat_n(0u32, p));
@@ -70,7 +76,7 @@ impl Batch {
             positions.extend(offset as u32..(offset + r.len()) as u32);
         }
         let ids = Tensor::from_vec(ids, (rows.len(), len), device)?;
-        Ok(Self { ids, pad, rows: rows.len(), len, offset, positions })
+        Ok(Self { ids, pad, rows: rows.len(), len, offsets: offsets.to_vec(), positions })
     }
 
     /// Flat index (row * len + column) of token `pos` of `row` (unpadded position).
@@ -81,8 +87,15 @@ impl Batch {
     /// Additive attention mask [rows, 1, len, offset + len]: 0 where query i may see key j,
     /// -inf elsewhere. Keys are the shared prefix, then the row's own tokens.
     /// `window`: keys at most `window - 1` positions back (Gemma's sliding-window layers).
+    /// Only for rows that all continue one prefix (the composed-ops path).
     pub fn mask(&self, window: Option<usize>, device: &Device) -> Result<Tensor> {
-        let (b, t, o) = (self.rows, self.len, self.offset);
+        let o = self.offsets.first().copied().unwrap_or(0);
+        if self.offsets.iter().any(|&x| x != o) {
+            return Err(crate::util::error::Error::Invalid(
+                "internal: rows with different prefixes need the CPU attention kernel".into(),
+            ));
+        }
+        let (b, t) = (self.rows, self.len);
         let cols = o + t;
         let mut m = vec![f32::NEG_INFINITY; b * t * cols];
         for (r, &p) in self.pad.iter().enumerate() {
@@ -156,14 +169,14 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, style: RopeStyle, mode: Mode
     })
 }
 
-/// What every attention layer of one forward pass shares: the batch layout, the shared prefix's
-/// keys and values, and whether the batch-invariant CPU kernel runs ([`kernels::attend`], and
+/// What every attention layer of one forward pass shares: the batch layout, the prefix keys and
+/// values the rows continue (none, one for every row, or one per row), and whether the batch-invariant CPU kernel runs ([`kernels::attend`], and
 /// [`kernels::AttnOp`] when training). Other devices, and a training batch after a shared prefix
 /// (which never happens), take the composed ops over padded keys, with additive masks built once
 /// per window size.
 pub struct AttnCtx<'a> {
     batch: &'a Batch,
-    prefix: &'a Kv,
+    prefix: &'a [&'a Kv],
     kernel: bool,
     masks: Vec<(Option<usize>, Tensor)>,
     mode: Mode,
@@ -171,10 +184,11 @@ pub struct AttnCtx<'a> {
 
 impl<'a> AttnCtx<'a> {
     /// `windows`: the window sizes the model's layers use (None: full causal attention).
-    pub fn new(batch: &'a Batch, prefix: &'a Kv, windows: &[Option<usize>], mode: Mode) -> Result<Self> {
+    /// `prefix`: empty, one [`Kv`] every row continues, or one per row.
+    pub fn new(batch: &'a Batch, prefix: &'a [&'a Kv], windows: &[Option<usize>], mode: Mode) -> Result<Self> {
         let dev = batch.ids.device();
         // Training batches have no prefix; the differentiable kernel assumes none.
-        let kernel = dev.is_cpu() && (!mode.grad || prefix.len == 0);
+        let kernel = dev.is_cpu() && (!mode.grad || prefix.iter().all(|p| p.len == 0));
         let masks = if kernel {
             Vec::new()
         } else {
@@ -198,18 +212,51 @@ impl<'a> AttnCtx<'a> {
         let (b, h, t, d) = q.dims4()?;
         if !self.kernel {
             let mask = &self.masks.iter().find(|(w, _)| *w == window).expect("mask built for every window").1;
-            let (k, v) = self.prefix.extend(layer, k.clone(), v.clone())?;
+            let (k, v) = match self.prefix {
+                [] => (k.clone(), v.clone()),
+                [p] => p.extend(layer, k.clone(), v.clone())?,
+                _ => {
+                    return Err(crate::util::error::Error::Invalid(
+                        "internal: per-row prefixes need the CPU attention kernel".into(),
+                    ))
+                }
+            };
             return attention(q, &k, &v, mask, scale, mode);
         }
         let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
-        let p = self.prefix.len;
+        // Row r's prefix: the one shared [`Kv`] or its own; each distinct one is read once.
+        let of_row = |r: usize| -> Option<&Kv> {
+            match self.prefix {
+                [] => None,
+                [p] => Some(*p),
+                ps => Some(ps[r]),
+            }
+        };
+        let mut tensors: Vec<Tensor> = vec![q.clone(), k.clone(), v.clone()];
+        let mut slot: Vec<Option<usize>> = Vec::with_capacity(b);
+        let mut seen: Vec<(*const Kv, usize)> = Vec::new();
+        for r in 0..b {
+            slot.push(match of_row(r).filter(|p| p.len > 0) {
+                None => None,
+                Some(p) => Some(match seen.iter().find(|(ptr, _)| std::ptr::eq(*ptr, p)) {
+                    Some(&(_, i)) => i,
+                    None => {
+                        let i = tensors.len();
+                        tensors.push(p.k[layer].contiguous()?);
+                        tensors.push(p.v[layer].contiguous()?);
+                        seen.push((p as *const Kv, i));
+                        i
+                    }
+                }),
+            });
+        }
         let shape = kernels::AttnShape {
             rows: b,
             heads: h,
             kv_heads: k.dim(1)?,
             len: t,
             dim: d,
-            prefix: p,
+            prefix: (0..b).map(|r| of_row(r).map_or(0, |p| p.len)).collect(),
             pad: self.batch.pad.clone(),
             window,
             scale: scale as f32,
@@ -217,13 +264,12 @@ impl<'a> AttnCtx<'a> {
         if mode.grad {
             return Ok(q.apply_op3(&k, &v, kernels::AttnOp(shape))?);
         }
-        let (pk, pv) = if p > 0 {
-            (self.prefix.k[layer].contiguous()?, self.prefix.v[layer].contiguous()?)
-        } else {
-            (Tensor::zeros(0, q.dtype(), q.device())?, Tensor::zeros(0, q.dtype(), q.device())?)
-        };
-        let out =
-            kernels::with_f32s(&[&q, &k, &v, &pk, &pv], |x| kernels::attend(&shape, x[0], x[1], x[2], x[3], x[4]))?;
+        let refs: Vec<&Tensor> = tensors.iter().collect();
+        let out = kernels::with_f32s(&refs, |x| {
+            let pre: Vec<kernels::PrefixKv> =
+                slot.iter().map(|s| s.map_or((&[][..], &[][..]), |i| (x[i], x[i + 1]))).collect();
+            kernels::attend(&shape, x[0], x[1], x[2], &pre)
+        })?;
         Ok(Tensor::from_vec(out, (b, t, h * d), q.device())?)
     }
 }
@@ -274,8 +320,7 @@ mod tests {
         for window in [None, Some(3)] {
             let (q, k, v) = (var(1, (2, h, t, d)), var(2, (2, kv, t, d)), var(3, (2, kv, t, d)));
             let mode = Mode::train(None);
-            let prefix = Kv::new();
-            let ctx = AttnCtx::new(&batch, &prefix, &[window], mode).unwrap();
+            let ctx = AttnCtx::new(&batch, &[], &[window], mode).unwrap();
             let fused = ctx.attend(0, q.as_tensor(), k.as_tensor(), v.as_tensor(), window, 0.35).unwrap();
             let mask = batch.mask(window, &Device::Cpu).unwrap();
             let composed = attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), &mask, 0.35, mode).unwrap();

@@ -14,6 +14,7 @@ pub mod linear;
 pub mod llama;
 pub mod lora;
 pub mod mode;
+pub mod radix;
 pub mod tokenizer;
 pub mod weights;
 
@@ -77,6 +78,9 @@ pub struct Model {
     pub dense: bool,
     /// How the weights are held: "f32", "q8" or "stored".
     pub form: &'static str,
+    /// Run each distinct prompt prefix once when scoring (dense weights on the CPU; see
+    /// [`radix`]). Off, every row runs whole: the same numbers, for benchmarks and tests.
+    pub prefix_reuse: bool,
 }
 
 impl Model {
@@ -94,7 +98,7 @@ impl Model {
     fn forward(
         &self,
         batch: &Batch,
-        prefix: &Kv,
+        prefix: &[&Kv],
         read: Option<&Tensor>,
         record: bool,
         mode: Mode,
@@ -135,7 +139,7 @@ impl Model {
         let batch = Batch::new(rows, &self.device)?;
         let idx: Vec<u32> = read.iter().map(|&(r, p)| batch.flat_index(r, p)).collect();
         let idx = Tensor::from_vec(idx, read.len(), &self.device)?;
-        Ok(self.forward(&batch, &Kv::new(), Some(&idx), false, mode)?.0.expect("read positions given"))
+        Ok(self.forward(&batch, &[], Some(&idx), false, mode)?.0.expect("read positions given"))
     }
 
     /// Start a generation: run `ids` and return the last position's logits [vocab] and the cache.
@@ -146,7 +150,7 @@ impl Model {
         self.check_len(ids.len())?;
         let b = Batch::new(&[ids.to_vec()], &self.device)?;
         let idx = Tensor::from_vec(vec![b.flat_index(0, ids.len() - 1)], 1, &self.device)?;
-        let (logits, kv) = self.forward(&b, &Kv::new(), Some(&idx), true, Mode::INFER)?;
+        let (logits, kv) = self.forward(&b, &[], Some(&idx), true, Mode::INFER)?;
         Ok((logits.expect("read given").squeeze(0)?, kv))
     }
 
@@ -155,7 +159,7 @@ impl Model {
         self.check_len(kv.len + 1)?;
         let b = Batch::after_prefix(&[vec![tok]], kv.len, &self.device)?;
         let idx = Tensor::from_vec(vec![0u32], 1, &self.device)?;
-        let (logits, new) = self.forward(&b, kv, Some(&idx), true, Mode::INFER)?;
+        let (logits, new) = self.forward(&b, &[&*kv], Some(&idx), true, Mode::INFER)?;
         for i in 0..new.k.len() {
             kv.k[i] = Tensor::cat(&[&kv.k[i], &new.k[i]], 2)?;
             kv.v[i] = Tensor::cat(&[&kv.v[i], &new.v[i]], 2)?;
@@ -190,16 +194,36 @@ impl Model {
     }
 
     /// Logits [n, vocab] (f32) at `read` = (row, position) pairs of the given token rows.
-    ///
-    /// With dense weights, the tokens every row starts with (a chat template's system prompt, a
-    /// persona line) are run once and their keys and values shared by all rows. Quantized
-    /// kernels are left on whole rows: their results depend on how rows are grouped.
     pub fn logits_at(&self, rows: &[Vec<u32>], read: &[(usize, usize)]) -> Result<Tensor> {
+        self.logits_at_cached(rows, read, &mut radix::PrefixCache::new(0))
+    }
+
+    /// [`Self::logits_at`], keeping prefixes in `cache` for later calls.
+    ///
+    /// With dense weights on the CPU, every distinct prefix of the rows (a chat template's
+    /// system prompt, a persona line, a question before its two option orders, a prompt before
+    /// its label branches) is run once ([`radix`]). On other devices only the tokens every row
+    /// starts with are shared. Quantized kernels are left on whole rows: their results depend
+    /// on how rows are grouped.
+    pub fn logits_at_cached(
+        &self,
+        rows: &[Vec<u32>],
+        read: &[(usize, usize)],
+        cache: &mut radix::PrefixCache,
+    ) -> Result<Tensor> {
         self.check_len(rows.iter().map(|r| r.len()).max().unwrap_or(0))?;
+        if self.dense && self.device.is_cpu() {
+            if !self.prefix_reuse {
+                cache.stats.row_tokens += rows.iter().map(|r| r.len() as u64).sum::<u64>();
+                cache.stats.computed += rows.iter().map(|r| r.len() as u64).sum::<u64>();
+                return self.logits_rows(rows, read, Mode::INFER);
+            }
+            return self.logits_radix(rows, read, cache);
+        }
         let shared = if self.dense { shared_prefix(rows, read) } else { 0 };
         let prefix = if shared > 0 {
             let b = Batch::new(&[rows[0][..shared].to_vec()], &self.device)?;
-            self.forward(&b, &Kv::new(), None, true, Mode::INFER)?.1
+            self.forward(&b, &[], None, true, Mode::INFER)?.1
         } else {
             Kv::new()
         };
@@ -207,7 +231,7 @@ impl Model {
         let batch = Batch::after_prefix(&rest, shared, &self.device)?;
         let idx: Vec<u32> = read.iter().map(|&(r, p)| batch.flat_index(r, p - shared)).collect();
         let idx = Tensor::from_vec(idx, read.len(), &self.device)?;
-        Ok(self.forward(&batch, &prefix, Some(&idx), false, Mode::INFER)?.0.expect("read positions given"))
+        Ok(self.forward(&batch, &[&prefix], Some(&idx), false, Mode::INFER)?.0.expect("read positions given"))
     }
 
     pub fn is_chat(&self) -> bool {
@@ -271,7 +295,16 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Model> {
         vocab_size: vocab,
         adapter: None,
     };
-    Ok(Model { arch, tok, chat, info, device: opts.device.clone(), dense: opts.dequantize, form: opts.form() })
+    Ok(Model {
+        arch,
+        tok,
+        chat,
+        info,
+        device: opts.device.clone(),
+        dense: opts.dequantize,
+        form: opts.form(),
+        prefix_reuse: true,
+    })
 }
 
 #[derive(Deserialize, Default)]
@@ -398,5 +431,5 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Model> {
         vocab_size: vocab,
         adapter: None,
     };
-    Ok(Model { arch, tok, chat, info, device: opts.device.clone(), dense: true, form: "f32" })
+    Ok(Model { arch, tok, chat, info, device: opts.device.clone(), dense: true, form: "f32", prefix_reuse: true })
 }

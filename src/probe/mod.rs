@@ -1,6 +1,7 @@
 //! The probe: build prompts for the selected (question, country) pairs in every template and
 //! option order the recipe asks for, score them with a model (resuming from a scoring cache),
 //! map the probabilities back to the question's option order and take expected scores.
+use crate::model::radix::PrefixCache;
 use crate::model::Model;
 use crate::prompt::{self, Prompt};
 use crate::recipe::ProbeRecipe;
@@ -195,12 +196,11 @@ pub fn run(recipe: &ProbeRecipe, survey: &Survey, model: &Model, opts: &ProbeOpt
         .collect::<Result<_>>()?;
     let mut cache = ScoreCache::open(&opts.cache_dir, &model.scoring_id())?;
     let keys: Vec<String> = prompts.iter().map(ScoreCache::key).collect();
-    // One country at a time (its prompts share the persona prefix, computed once per batch),
-    // longest first within it (similar lengths share a batch: less padding).
+    // One country at a time, then question by question with its templates and option orders
+    // side by side (the order `variants` gives): prompts that share a prefix meet in one batch,
+    // and the persona prefix of a country stays in the prefix cache between batches.
     let mut todo: Vec<usize> = (0..prompts.len()).filter(|&i| cache.get(&keys[i]).is_none()).collect();
-    todo.sort_by(|&a, &b| {
-        prompts[a].country.cmp(&prompts[b].country).then(prompts[b].text.len().cmp(&prompts[a].text.len()))
-    });
+    todo.sort_by(|&a, &b| prompts[a].country.cmp(&prompts[b].country).then(a.cmp(&b)));
     todo.dedup_by_key(|i| keys[*i].clone());
     let bar = crate::util::progress::bar(todo.len() as u64, "scoring", opts.progress);
     if prompts.len() > todo.len() {
@@ -211,16 +211,26 @@ pub fn run(recipe: &ProbeRecipe, survey: &Survey, model: &Model, opts: &ProbeOpt
             cache.log.path().display()
         );
     }
+    let mut prefixes = PrefixCache::new(recipe.scoring.prefix_cache_mib);
     for chunk in todo.chunks(opts.batch.max(1)) {
         let reqs: Vec<ScoreRequest> = chunk
             .iter()
             .map(|&i| ScoreRequest { prompt: prompts[i].text.clone(), labels: prompts[i].labels.clone() })
             .collect();
-        let scores = model.score_batch(&reqs)?;
+        let scores = model.score_batch_cached(&reqs, &mut prefixes)?;
         cache.append(chunk.iter().map(|&i| keys[i].clone()).zip(scores).collect())?;
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
+    let st = prefixes.stats;
+    if st.row_tokens > 0 && opts.progress {
+        eprintln!(
+            "prefix reuse: {} of {} tokens computed ({:.0}%)",
+            st.computed,
+            st.row_tokens,
+            100.0 * st.computed as f64 / st.row_tokens as f64
+        );
+    }
     let mut samples = Vec::with_capacity(prompts.len());
     for ((p, v), key) in prompts.into_iter().zip(&vars).zip(&keys) {
         let s = cache.get(key).expect("scored above").clone();

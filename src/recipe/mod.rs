@@ -157,11 +157,20 @@ pub struct ScoringSection {
     /// most this many options, and original + reversed above it.
     #[serde(default = "default_cyclic_max", skip_serializing_if = "is_default_cyclic_max")]
     pub cyclic_max_options: usize,
+    /// Memory for prompt prefixes kept across batches (MiB). It changes speed, never a number.
+    #[serde(default = "default_prefix_cache", skip_serializing_if = "is_default_prefix_cache")]
+    pub prefix_cache_mib: usize,
 }
 
 impl Default for ScoringSection {
     fn default() -> Self {
-        Self { batch: default_batch(), seed: 0, orders: OrderMode::default(), cyclic_max_options: default_cyclic_max() }
+        Self {
+            batch: default_batch(),
+            seed: 0,
+            orders: OrderMode::default(),
+            cyclic_max_options: default_cyclic_max(),
+            prefix_cache_mib: default_prefix_cache(),
+        }
     }
 }
 
@@ -191,6 +200,18 @@ impl OrderMode {
     fn is_original(&self) -> bool {
         *self == OrderMode::Original
     }
+}
+
+/// Default bound on the prefix cache: the chat header and a persona sentence per country fit
+/// many times over.
+pub const DEFAULT_PREFIX_CACHE_MIB: usize = 256;
+
+fn default_prefix_cache() -> usize {
+    DEFAULT_PREFIX_CACHE_MIB
+}
+
+fn is_default_prefix_cache(n: &usize) -> bool {
+    *n == default_prefix_cache()
 }
 
 fn default_batch() -> usize {

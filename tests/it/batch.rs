@@ -157,3 +157,65 @@ fn label_one_does_not_count_the_answer_ten() {
     );
     assert!(ten.mass <= 1.0 + 1e-9);
 }
+
+/// Probe-shaped prompts: one header, a persona per country, each question in two option orders,
+/// ten labels (so "10" branches after "1"), wrapped in the chat template when the model has one.
+fn persona_requests(m: &Model) -> Vec<ScoreRequest> {
+    let mut out = Vec::new();
+    for country in ["Kenya", "Germany", "Peru"] {
+        for q in ["How important is family in your life?", "How much do you trust your neighbours?"] {
+            for options in ["1. Very\n2. Rather\n3. Not very", "3. Not very\n2. Rather\n1. Very"] {
+                let user = format!(
+                    "Imagine you are a person living in {country}. Answer the following survey question as they would.\nQuestion: {q}\nOptions:\n{options}"
+                );
+                let prompt = if m.is_chat() { m.render_chat(&user).unwrap() } else { user };
+                out.push(ScoreRequest {
+                    prompt: format!("{prompt}Answer: "),
+                    labels: (1..=10).map(|i| i.to_string()).collect(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Issue 13: scoring through the radix tree and a prefix cache kept across batches gives the
+/// probabilities of whole rows bit for bit (also when the cache is too small to keep anything),
+/// and the reuse really happens: most tokens are not computed again.
+fn assert_prefix_reuse_exact(m: &mut Model) {
+    use mores::model::radix::PrefixCache;
+    let reqs = persona_requests(m);
+    m.prefix_reuse = false;
+    let whole: Vec<OptionScores> = reqs.chunks(3).flat_map(|c| m.score_batch(c).unwrap()).collect();
+    m.prefix_reuse = true;
+    for mib in [256, 0] {
+        let mut cache = PrefixCache::new(mib);
+        let got: Vec<OptionScores> =
+            reqs.chunks(3).flat_map(|c| m.score_batch_cached(c, &mut cache).unwrap()).collect();
+        for (i, (g, w)) in got.iter().zip(&whole).enumerate() {
+            assert_eq!(g, w, "cache {mib} MiB: prompt {i} differs from its whole-row score");
+        }
+        let s = cache.stats;
+        assert!(s.computed < s.row_tokens, "cache {mib} MiB: nothing shared: {s:?}");
+        if mib > 0 {
+            assert!(s.from_cache > 0 && 2 * s.computed < s.row_tokens, "cache {mib} MiB: little reuse: {s:?}");
+        } else {
+            assert_eq!(s.from_cache, 0);
+        }
+    }
+}
+
+#[test]
+fn prefix_reuse_equals_whole_rows_tiny_llama_and_gemma3_past_the_window() {
+    for (arch, seed) in [("llama", 3), ("gemma3", 4)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Model::load(&tiny_model(dir.path(), arch, seed), &LoadOptions::default()).unwrap();
+        assert_prefix_reuse_exact(&mut m);
+    }
+}
+
+#[test]
+fn prefix_reuse_equals_whole_rows_smollm2() {
+    let mut m = Model::load(&smollm2(), &LoadOptions { dequantize: true, ..Default::default() }).unwrap();
+    assert_prefix_reuse_exact(&mut m);
+}

@@ -1,0 +1,390 @@
+//! Prefix-shared forward passes for scoring: a radix tree over a batch's token rows, and a cache
+//! of prefix keys and values kept across batches.
+//!
+//! Probe prompts share most of their tokens: the chat header and system prompt, the persona
+//! sentence of a country, the question asked in two option orders, and a multi-token label's
+//! branch ("1" then "0") continues the whole prompt. Each distinct prefix is run once: the rows
+//! become a radix tree, its nodes run level by level, each node after its parent's keys and
+//! values (the attention kernel takes one prefix per row). Across batches, [`PrefixCache`] keeps
+//! the keys and values of inner nodes (bounded by memory, least recently used out first).
+//!
+//! The numbers do not change: every token's hidden state is computed by the same arithmetic
+//! whether its prefix ran in this forward, an earlier one or an earlier batch (the kernels in
+//! [`super::kernels`] are row- and prefix-invariant), so probabilities equal those of whole rows
+//! bit for bit (`tests/it/batch.rs`).
+use super::layers::{Batch, Kv};
+use super::mode::Mode;
+use super::Model;
+use crate::util::error::Result;
+use candle_core::Tensor;
+use std::sync::Arc;
+
+/// How much prefix sharing saved: tokens in the rows asked for, tokens run through the model,
+/// and tokens of rows whose keys and values came from the cache (counted per row).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReuseStats {
+    pub row_tokens: u64,
+    pub computed: u64,
+    pub from_cache: u64,
+}
+
+/// Keys and values of prefixes seen in earlier batches, for one model, bounded by memory.
+pub struct PrefixCache {
+    entries: Vec<Entry>,
+    bytes: usize,
+    limit: usize,
+    clock: u64,
+    model: Option<String>,
+    pub stats: ReuseStats,
+}
+
+struct Entry {
+    tokens: Vec<u32>,
+    kv: Arc<Kv>,
+    bytes: usize,
+    used: u64,
+}
+
+impl PrefixCache {
+    pub fn new(limit_mib: usize) -> Self {
+        Self {
+            entries: Vec::new(),
+            bytes: 0,
+            limit: limit_mib << 20,
+            clock: 0,
+            model: None,
+            stats: ReuseStats::default(),
+        }
+    }
+
+    /// Memory held now, in bytes.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// A cache serves one model (file, weight form and adapter): another model empties it.
+    fn bind(&mut self, model_id: &str) {
+        if self.model.as_deref() != Some(model_id) {
+            self.entries.clear();
+            self.bytes = 0;
+            self.model = Some(model_id.to_string());
+        }
+    }
+
+    /// The longest cached prefix of `row` with at most `max_len` tokens.
+    fn lookup(&mut self, row: &[u32], max_len: usize) -> Option<(usize, Arc<Kv>)> {
+        self.clock += 1;
+        let clock = self.clock;
+        let best = self
+            .entries
+            .iter_mut()
+            .filter(|e| e.tokens.len() <= max_len && row.starts_with(&e.tokens))
+            .max_by_key(|e| e.tokens.len())?;
+        best.used = clock;
+        Some((best.tokens.len(), best.kv.clone()))
+    }
+
+    fn offer(&mut self, tokens: Vec<u32>, kv: Arc<Kv>) {
+        let bytes: usize = kv.k.iter().chain(&kv.v).map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum();
+        if bytes > self.limit || self.entries.iter().any(|e| e.tokens == tokens) {
+            return;
+        }
+        self.clock += 1;
+        self.entries.push(Entry { tokens, kv, bytes, used: self.clock });
+        self.bytes += bytes;
+        while self.bytes > self.limit {
+            let lru = (0..self.entries.len()).min_by_key(|&i| self.entries[i].used).expect("over the limit: not empty");
+            self.bytes -= self.entries.swap_remove(lru).bytes;
+        }
+    }
+}
+
+const ROOT: usize = 0;
+
+struct Node {
+    /// Position of the node's first token in every row through it.
+    start: usize,
+    tokens: Vec<u32>,
+    parent: usize,
+    children: Vec<usize>,
+    /// Keys and values of the whole path from the root through this node, once known.
+    kv: Option<Arc<Kv>>,
+    cached: bool,
+}
+
+impl Node {
+    fn end(&self) -> usize {
+        self.start + self.tokens.len()
+    }
+}
+
+/// A radix tree (compressed trie) of token rows.
+struct Tree {
+    nodes: Vec<Node>,
+}
+
+impl Tree {
+    fn new() -> Self {
+        let root = Node { start: 0, tokens: Vec::new(), parent: ROOT, children: Vec::new(), kv: None, cached: true };
+        Self { nodes: vec![root] }
+    }
+
+    fn child(&self, n: usize, tok: u32) -> Option<usize> {
+        self.nodes[n].children.iter().copied().find(|&c| self.nodes[c].tokens[0] == tok)
+    }
+
+    /// Cut node `c` after its first `at` tokens; returns the new upper part.
+    fn split(&mut self, c: usize, at: usize) -> usize {
+        let m = self.nodes.len();
+        let parent = self.nodes[c].parent;
+        let upper = Node {
+            start: self.nodes[c].start,
+            tokens: self.nodes[c].tokens[..at].to_vec(),
+            parent,
+            children: vec![c],
+            kv: None,
+            cached: false,
+        };
+        self.nodes.push(upper);
+        let lower = &mut self.nodes[c];
+        lower.tokens.drain(..at);
+        lower.start += at;
+        lower.parent = m;
+        for x in self.nodes[parent].children.iter_mut() {
+            if *x == c {
+                *x = m;
+            }
+        }
+        m
+    }
+
+    fn insert(&mut self, row: &[u32]) {
+        let (mut cur, mut pos) = (ROOT, 0);
+        while pos < row.len() {
+            let Some(c) = self.child(cur, row[pos]) else {
+                let n = self.nodes.len();
+                self.nodes.push(Node {
+                    start: pos,
+                    tokens: row[pos..].to_vec(),
+                    parent: cur,
+                    children: Vec::new(),
+                    kv: None,
+                    cached: false,
+                });
+                self.nodes[cur].children.push(n);
+                return;
+            };
+            let common = self.nodes[c].tokens.iter().zip(&row[pos..]).take_while(|(a, b)| a == b).count();
+            if common == self.nodes[c].tokens.len() {
+                (cur, pos) = (c, pos + common);
+            } else if pos + common == row.len() {
+                return; // the row ends inside c
+            } else {
+                (cur, pos) = (self.split(c, common), pos + common);
+            }
+        }
+    }
+
+    /// The node on `row`'s path that ends at position `at` (0 < at <= row length), splitting one.
+    fn boundary(&mut self, row: &[u32], at: usize) -> usize {
+        let (mut cur, mut pos) = (ROOT, 0);
+        while pos < at {
+            let c = self.child(cur, row[pos]).expect("row inserted");
+            let end = self.nodes[c].end();
+            if end <= at {
+                (cur, pos) = (c, end);
+            } else {
+                return self.split(c, at - pos);
+            }
+        }
+        cur
+    }
+
+    /// The node holding position `pos` of `row`, and the offset in it.
+    fn locate(&self, row: &[u32], pos: usize) -> (usize, usize) {
+        let mut at = 0;
+        loop {
+            let c = self.child_on(row, at);
+            if pos < self.nodes[c].end() {
+                return (c, pos - self.nodes[c].start);
+            }
+            at = self.nodes[c].end();
+        }
+    }
+
+    /// The node that holds position `at` of `row`, found from the root.
+    fn child_on(&self, row: &[u32], at: usize) -> usize {
+        let (mut cur, mut pos) = (ROOT, 0);
+        loop {
+            let c = self.child(cur, row[pos]).expect("row inserted");
+            if at < self.nodes[c].end() {
+                return c;
+            }
+            (cur, pos) = (c, self.nodes[c].end());
+        }
+    }
+}
+
+/// Keys and values of a node's whole path: its parent's, then rows `row` of this batch's own.
+fn path_kv(parent: &Kv, own: &Kv, row: usize, pad: usize, len: usize) -> Result<Kv> {
+    let mut kv = Kv { len: parent.len + len, ..Kv::new() };
+    for (dst, src, up) in [(&mut kv.k, &own.k, &parent.k), (&mut kv.v, &own.v, &parent.v)] {
+        for (i, t) in src.iter().enumerate() {
+            let mine = t.narrow(0, row, 1)?.narrow(2, pad, len)?;
+            dst.push(if parent.len > 0 { Tensor::cat(&[&up[i], &mine], 2)? } else { mine.contiguous()? });
+        }
+    }
+    Ok(kv)
+}
+
+impl Model {
+    /// Logits [n, vocab] at `read` = (row, position) pairs, each distinct prefix of the rows run
+    /// once (CPU, dense weights): see the module doc. `cache` carries prefixes across calls.
+    pub fn logits_radix(&self, rows: &[Vec<u32>], read: &[(usize, usize)], cache: &mut PrefixCache) -> Result<Tensor> {
+        cache.bind(&self.scoring_id());
+        let mut tree = Tree::new();
+        tree.nodes[ROOT].kv = Some(Arc::new(Kv::new()));
+        for r in rows {
+            tree.insert(r);
+        }
+        cache.stats.row_tokens += rows.iter().map(|r| r.len() as u64).sum::<u64>();
+        // A cached prefix may cover a row up to its first read position (that token must run).
+        let mut first_read = vec![usize::MAX; rows.len()];
+        for &(r, p) in read {
+            first_read[r] = first_read[r].min(p);
+        }
+        for (i, row) in rows.iter().enumerate() {
+            if let Some((len, kv)) = cache.lookup(row, first_read[i].min(row.len())) {
+                cache.stats.from_cache += len as u64;
+                let n = tree.boundary(row, len);
+                tree.nodes[n].kv = Some(kv);
+                tree.nodes[n].cached = true;
+            }
+        }
+        let located: Vec<(usize, usize)> = read.iter().map(|&(r, p)| tree.locate(&rows[r], p)).collect();
+        let mut has_read = vec![false; tree.nodes.len()];
+        for &(n, _) in &located {
+            has_read[n] = true;
+        }
+        let need = needed(&tree, &has_read);
+        let mut frontier = ready_below(&tree, ROOT, &need);
+        frontier.sort_unstable();
+        let (mut pieces, mut order): (Vec<Tensor>, Vec<usize>) = (Vec::new(), Vec::new());
+        while !frontier.is_empty() {
+            let seg: Vec<Vec<u32>> = frontier.iter().map(|&n| tree.nodes[n].tokens.clone()).collect();
+            let offsets: Vec<usize> = frontier.iter().map(|&n| tree.nodes[n].start).collect();
+            cache.stats.computed += seg.iter().map(|s| s.len() as u64).sum::<u64>();
+            let batch = Batch::after_prefixes(&seg, &offsets, &self.device)?;
+            let parents: Vec<Arc<Kv>> =
+                frontier.iter().map(|&n| tree.nodes[tree.nodes[n].parent].kv.clone().expect("parent known")).collect();
+            let prefix: Vec<&Kv> = parents.iter().map(|p| &**p).collect();
+            let (mut idx, mut which) = (Vec::new(), Vec::new());
+            for (i, &n) in frontier.iter().enumerate() {
+                for (ri, &(ln, off)) in located.iter().enumerate() {
+                    if ln == n {
+                        idx.push(batch.flat_index(i, off));
+                        which.push(ri);
+                    }
+                }
+            }
+            let inner: Vec<bool> = frontier.iter().map(|&n| tree.nodes[n].children.iter().any(|&c| need[c])).collect();
+            let record = inner.iter().any(|&x| x);
+            let idx_t =
+                (!idx.is_empty()).then(|| Tensor::from_vec(idx.clone(), idx.len(), &self.device)).transpose()?;
+            let (logits, own) = self.forward(&batch, &prefix, idx_t.as_ref(), record, Mode::INFER)?;
+            if let Some(l) = logits {
+                pieces.push(l);
+                order.extend(which);
+            }
+            let mut next = Vec::new();
+            for (i, &n) in frontier.iter().enumerate() {
+                if inner[i] {
+                    let kv = path_kv(&parents[i], &own, i, batch.pad[i], tree.nodes[n].tokens.len())?;
+                    tree.nodes[n].kv = Some(Arc::new(kv));
+                }
+                next.extend(ready_below(&tree, n, &need));
+            }
+            next.sort_unstable();
+            frontier = next;
+        }
+        // Inner nodes computed here serve later batches (the chat header, a country's persona).
+        for n in 1..tree.nodes.len() {
+            if !tree.nodes[n].cached && !tree.nodes[n].children.is_empty() {
+                if let Some(kv) = tree.nodes[n].kv.clone() {
+                    cache.offer(path_tokens(&tree, n), kv);
+                }
+            }
+        }
+        let all = Tensor::cat(&pieces, 0)?;
+        let mut inverse = vec![0u32; order.len()];
+        for (pos, &ri) in order.iter().enumerate() {
+            inverse[ri] = pos as u32;
+        }
+        Ok(all.index_select(&Tensor::from_vec(inverse, order.len(), &self.device)?, 0)?)
+    }
+}
+
+/// The nodes below `n` that must run once `n` is known: its needed children, and those of cached
+/// nodes below it (a cached node's keys and values are known already).
+fn ready_below(tree: &Tree, n: usize, need: &[bool]) -> Vec<usize> {
+    let mut out = Vec::new();
+    for &c in &tree.nodes[n].children {
+        if need[c] {
+            out.push(c);
+        } else if tree.nodes[c].cached {
+            out.extend(ready_below(tree, c, need));
+        }
+    }
+    out
+}
+
+/// Nodes that must run: not cached, and read from or a parent of one that must run.
+fn needed(tree: &Tree, has_read: &[bool]) -> Vec<bool> {
+    fn visit(tree: &Tree, n: usize, has_read: &[bool], need: &mut [bool]) -> bool {
+        let mut below = false;
+        for &c in &tree.nodes[n].children {
+            below |= visit(tree, c, has_read, need);
+        }
+        need[n] = n != ROOT && !tree.nodes[n].cached && (has_read[n] || below);
+        need[n]
+    }
+    let mut need = vec![false; tree.nodes.len()];
+    visit(tree, ROOT, has_read, &mut need);
+    need
+}
+
+/// The tokens from the root through node `n`.
+fn path_tokens(tree: &Tree, mut n: usize) -> Vec<u32> {
+    let mut parts = Vec::new();
+    while n != ROOT {
+        parts.push(&tree.nodes[n].tokens);
+        n = tree.nodes[n].parent;
+    }
+    parts.into_iter().rev().flatten().copied().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn radix_tree_splits_shared_prefixes_and_locates_positions() {
+        let rows: Vec<Vec<u32>> = vec![vec![1, 2, 3, 4], vec![1, 2, 5], vec![1, 2, 3, 6, 7], vec![9], vec![1, 2]];
+        let mut t = Tree::new();
+        for r in &rows {
+            t.insert(r);
+        }
+        // [1,2] -> {[3] -> {[4], [6,7]}, [5]}, [9]
+        let (n, off) = t.locate(&rows[2], 4);
+        assert_eq!((t.nodes[n].tokens.clone(), t.nodes[n].start, off), (vec![6, 7], 3, 1));
+        let (n, off) = t.locate(&rows[4], 1);
+        assert_eq!((t.nodes[n].tokens.clone(), off), (vec![1, 2], 1));
+        assert_eq!(path_tokens(&t, t.locate(&rows[0], 3).0), vec![1, 2, 3, 4]);
+        // A boundary inside [6, 7] splits it; positions still resolve.
+        let b = t.boundary(&rows[2], 4);
+        assert_eq!(path_tokens(&t, b), vec![1, 2, 3, 6]);
+        assert_eq!(t.locate(&rows[2], 4).0, t.nodes[b].children[0]);
+        let tokens: usize = t.nodes.iter().map(|n| n.tokens.len()).sum();
+        assert_eq!(tokens, 8, "each distinct token position once: [1 2] [3] [4] [6] [7] [5] [9]");
+    }
+}
