@@ -134,6 +134,10 @@ pub enum BenchCmd {
         recipe: PathBuf,
         #[arg(long, default_value = "runs/bench")]
         work: PathBuf,
+        /// Rounds: each backend runs once per round, the backends in turn; the table gives the
+        /// median and range.
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
     },
     /// LoRA training: seconds per step and peak memory, beside Python PEFT + transformers.
     Lora {
@@ -177,6 +181,9 @@ pub enum BenchCmd {
         batch: usize,
         #[arg(long)]
         weights: String,
+        /// No prefix reuse: every row runs whole.
+        #[arg(long)]
+        whole_rows: bool,
     },
 }
 

@@ -28,7 +28,7 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
         }
         Cmd::Compare { runs, out } => print!("{}", evaluate::compare(&runs, out.as_deref())?),
         Cmd::Score(c) => score(c)?,
-        Cmd::Bench { cmd: BenchCmd::Probe { models, n, batch, weights, peers, python, recipe, work } } => {
+        Cmd::Bench { cmd: BenchCmd::Probe { models, n, batch, weights, peers, python, recipe, work, repeat } } => {
             let weights =
                 list(&weights).iter().map(|w| w.parse()).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg)?;
             let args = mores::bench::probe::BenchArgs {
@@ -41,6 +41,7 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
                 python,
                 recipe,
                 work,
+                repeat,
             };
             print!("{}", mores::bench::probe::probe_bench(&args)?);
         }
@@ -51,9 +52,10 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
         Cmd::Bench { cmd: BenchCmd::LoraOne { model, steps, batch, seq } } => {
             println!("{}", serde_json::to_string(&mores::bench::lora::measure_one(&model, steps, batch, seq)?)?);
         }
-        Cmd::Bench { cmd: BenchCmd::ProbeOne { model, prompts, batch, weights } } => {
+        Cmd::Bench { cmd: BenchCmd::ProbeOne { model, prompts, batch, weights, whole_rows } } => {
             let w = weights.parse().map_err(anyhow::Error::msg)?;
-            println!("{}", serde_json::to_string(&mores::bench::probe::measure_one(&model, &prompts, batch, w)?)?);
+            let m = mores::bench::probe::measure_one(&model, &prompts, batch, w, whole_rows)?;
+            println!("{}", serde_json::to_string(&m)?);
         }
         Cmd::Train(c) => train(c, threads, !cli.quiet)?,
         Cmd::Run { recipe, out } => {

@@ -30,23 +30,42 @@ pub struct Measurement {
     pub peak_rss_mib: f64,
     #[serde(default)]
     pub probs: BTreeMap<String, Vec<f64>>,
+    /// Tokens in the scored rows (prompt plus label branches) and tokens run through the model
+    /// (mores only: the rest came from shared prefixes).
+    #[serde(default)]
+    pub tokens: Option<(u64, u64)>,
 }
 
-/// The fixed prompt set: four countries from four continents x the first scored questions.
+/// The fixed prompt set: a slice of the recipe as the probe really runs it. Four countries from
+/// four continents x the first scored questions that all four answered, in every template and
+/// option order the recipe asks for, plus its country-blind prompts, in the probe's scoring
+/// order; enough questions for at least `n` prompts.
 pub fn prompt_set(recipe: &ProbeRecipe, survey: &Survey, model: &Model, n: usize) -> Result<Vec<PromptLine>> {
     let countries = ["USA", "NGA", "DEU", "IND"];
-    let per = n.div_ceil(countries.len());
-    let qs: Vec<_> = survey.questions.iter().filter(|q| q.is_scored() && q.probeable()).take(per).collect();
-    let mut out = Vec::new();
-    for c in countries {
-        let c = survey.country(c)?;
-        for q in &qs {
-            let p = crate::prompt::build(&recipe.prompt, q, c, model)?;
-            out.push(PromptLine { id: p.id, prompt: p.text, options: p.labels });
+    let answered = |q: &crate::survey::Question| countries.iter().all(|c| survey.answers(&q.id, c).is_some());
+    let qs: Vec<_> = survey.questions.iter().filter(|q| q.is_scored() && q.probeable() && answered(q)).collect();
+    let mut slice = recipe.clone();
+    slice.survey.countries = countries.iter().map(|c| c.to_string()).collect();
+    slice.survey.categories.clear();
+    let mut k = 0;
+    let prompts = loop {
+        k += 1;
+        slice.survey.questions = qs.iter().take(k).map(|q| q.id.clone()).collect();
+        let vars = crate::probe::variants(&slice, survey)?;
+        if vars.len() >= n || k >= qs.len() {
+            break crate::probe::build_prompts(&vars, model)?;
         }
-    }
-    out.truncate(n);
-    Ok(out)
+    };
+    let mut order: Vec<usize> = (0..prompts.len()).collect();
+    crate::probe::scoring_order(&prompts, &mut order);
+    Ok(order
+        .into_iter()
+        .map(|i| PromptLine {
+            id: prompts[i].id.clone(),
+            prompt: prompts[i].text.clone(),
+            options: prompts[i].labels.clone(),
+        })
+        .collect())
 }
 
 pub fn peak_rss_mib() -> f64 {
@@ -60,24 +79,36 @@ pub fn peak_rss_mib() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// The child side: load, score every prompt once, report.
-pub fn measure_one(model_path: &Path, prompts: &Path, batch: usize, weights: WeightMode) -> Result<Measurement> {
+/// The child side: load, score every prompt once, report. `whole_rows`: no prefix reuse (the
+/// reference for what the reuse saves).
+pub fn measure_one(
+    model_path: &Path,
+    prompts: &Path,
+    batch: usize,
+    weights: WeightMode,
+    whole_rows: bool,
+) -> Result<Measurement> {
     let lines: Vec<PromptLine> = crate::util::io::read_jsonl(prompts)?;
     let t0 = std::time::Instant::now();
-    let model = Model::load(model_path, &crate::model::LoadOptions::for_weights(weights))?;
+    let mut model = Model::load(model_path, &crate::model::LoadOptions::for_weights(weights))?;
+    model.prefix_reuse = !whole_rows;
     let load_s = t0.elapsed().as_secs_f64();
     let t1 = std::time::Instant::now();
     let mut probs = BTreeMap::new();
+    let mut cache = crate::model::radix::PrefixCache::new(crate::recipe::DEFAULT_PREFIX_CACHE_MIB);
     for chunk in lines.chunks(batch.max(1)) {
         let reqs: Vec<ScoreRequest> =
             chunk.iter().map(|l| ScoreRequest { prompt: l.prompt.clone(), labels: l.options.clone() }).collect();
-        for (l, s) in chunk.iter().zip(model.score_batch(&reqs)?) {
+        for (l, s) in chunk.iter().zip(model.score_batch_cached(&reqs, &mut cache)?) {
             probs.insert(l.id.clone(), s.probs);
         }
     }
     let score_s = t1.elapsed().as_secs_f64();
+    let st = cache.stats;
+    let form = format!("{weights:?}").to_lowercase();
     Ok(Measurement {
-        backend: format!("mores ({})", format!("{weights:?}").to_lowercase()),
+        backend: if whole_rows { format!("mores ({form}, whole rows)") } else { format!("mores ({form})") },
+        tokens: (st.row_tokens > 0).then_some((st.row_tokens, st.computed)),
         n: lines.len(),
         batch,
         load_s,
@@ -98,6 +129,8 @@ pub struct BenchArgs {
     pub python: String,
     pub recipe: PathBuf,
     pub work: PathBuf,
+    /// Rounds: every backend once per round, in turn.
+    pub repeat: usize,
 }
 
 fn run_peer(
@@ -139,6 +172,7 @@ fn run_peer(
         score_s: num("score_s"),
         prompts_per_s: num("prompts_per_s"),
         peak_rss_mib: num("peak_rss_mib"),
+        tokens: None,
         probs: p
             .results
             .into_iter()
@@ -159,11 +193,57 @@ fn max_diff(a: &Measurement, b: &Measurement) -> Option<f64> {
     m
 }
 
-/// Run the benchmark and return a markdown table.
+/// One backend's repeated measurements.
+struct Series {
+    runs: Vec<Measurement>,
+}
+
+impl Series {
+    /// Median, min and max of a figure over the runs.
+    fn spread(&self, f: impl Fn(&Measurement) -> f64) -> (f64, f64, f64) {
+        let mut v: Vec<f64> = self.runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        let mid = if v.len() % 2 == 1 { v[v.len() / 2] } else { (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0 };
+        (mid, v[0], v[v.len() - 1])
+    }
+
+    fn last(&self) -> &Measurement {
+        self.runs.last().expect("at least one run")
+    }
+}
+
+/// One mores child process: load, score the prompt file, print its [`Measurement`].
+fn mores_child(
+    a: &BenchArgs,
+    exe: &Path,
+    model: &Path,
+    pfile: &Path,
+    w: WeightMode,
+    whole: bool,
+) -> Result<Measurement> {
+    let mut cmd = Command::new(exe);
+    cmd.args(["--threads", &a.threads.to_string(), "bench", "probe-one", "--model"]).arg(model).arg("--prompts");
+    cmd.arg(pfile).args(["--batch", &a.batch.to_string(), "--weights", &format!("{w:?}").to_lowercase()]);
+    if whole {
+        cmd.arg("--whole-rows");
+    }
+    let o = cmd.output().map_err(|e| Error::io(exe, e))?;
+    if !o.status.success() {
+        return Err(Error::Invalid(format!("bench child failed: {}", String::from_utf8_lossy(&o.stderr))));
+    }
+    Ok(serde_json::from_slice(&o.stdout)?)
+}
+
+/// Run the benchmark and return a markdown table. Every backend runs `repeat` times, the
+/// backends taking turns (A B C A B C ...), so a drift of the machine's speed hits them alike;
+/// the table gives the median and the range of prompts/s.
 pub fn probe_bench(a: &BenchArgs) -> Result<String> {
     use std::fmt::Write;
-    if a.n == 0 || a.batch == 0 {
-        return Err(Error::Invalid(format!("bench probe needs --n >= 1 and --batch >= 1 (got {}, {})", a.n, a.batch)));
+    if a.n == 0 || a.batch == 0 || a.repeat == 0 {
+        return Err(Error::Invalid(format!(
+            "bench probe needs --n, --batch and --repeat >= 1 (got {}, {}, {})",
+            a.n, a.batch, a.repeat
+        )));
     }
     let recipe = ProbeRecipe::load(&a.recipe)?;
     let survey = Survey::load(&recipe.survey.data)?;
@@ -172,7 +252,7 @@ pub fn probe_bench(a: &BenchArgs) -> Result<String> {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| model | backend | batch | prompts | load s | prompts/s | peak RSS MiB | mores speed / this | this RSS / mores | max abs dp vs mores |"
+        "| model | backend | batch | prompts | tokens computed / in rows | prompts/s median (min-max) | peak RSS MiB | mores speed / this | this RSS / mores | max abs dp vs mores |"
     );
     let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for model_path in &a.models {
@@ -182,52 +262,72 @@ pub fn probe_bench(a: &BenchArgs) -> Result<String> {
         let pfile =
             a.work.join(format!("prompts-{}.jsonl", model_path.file_stem().unwrap_or_default().to_string_lossy()));
         crate::util::io::write_jsonl(&pfile, &prompts)?;
-        let mut rows: Vec<Measurement> = Vec::new();
-        for w in &a.weights {
-            let o = Command::new(&exe)
-                .args(["--threads", &a.threads.to_string(), "bench", "probe-one", "--model"])
-                .arg(model_path)
-                .arg("--prompts")
-                .arg(&pfile)
-                .args(["--batch", &a.batch.to_string(), "--weights", &format!("{w:?}").to_lowercase()])
-                .output()
-                .map_err(|e| Error::io(&exe, e))?;
-            if !o.status.success() {
-                return Err(Error::Invalid(format!("bench child failed: {}", String::from_utf8_lossy(&o.stderr))));
-            }
-            rows.push(serde_json::from_slice(&o.stdout)?);
+        // (weights, whole rows) per mores backend: each weight form, and f32 without prefix reuse.
+        let mut sides: Vec<(WeightMode, bool)> = a.weights.iter().map(|&w| (w, false)).collect();
+        if a.weights.contains(&WeightMode::F32) {
+            sides.push((WeightMode::F32, true));
         }
-        if let Some(peers) = &a.peers {
-            for backend in ["hf", "llamacpp"] {
-                let f =
-                    a.work.join(format!("{backend}-{}.json", pfile.file_stem().unwrap_or_default().to_string_lossy()));
-                match run_peer(a, peers, backend, model_path, &pfile, &f) {
-                    Ok(m) => rows.push(m),
-                    Err(e) => eprintln!("warning: {e}"),
+        let mut series: Vec<Series> = Vec::new();
+        let mut peer_names: Vec<&str> = Vec::new();
+        for round in 0..a.repeat {
+            let mut i = 0;
+            for &(w, whole) in &sides {
+                let m = mores_child(a, &exe, model_path, &pfile, w, whole)?;
+                push(&mut series, i, m);
+                i += 1;
+            }
+            if let Some(peers) = &a.peers {
+                for backend in ["hf", "llamacpp"] {
+                    if round > 0 && !peer_names.contains(&backend) {
+                        continue; // it failed in the first round
+                    }
+                    let stem = pfile.file_stem().unwrap_or_default().to_string_lossy();
+                    let f = a.work.join(format!("{backend}-{stem}.json"));
+                    match run_peer(a, peers, backend, model_path, &pfile, &f) {
+                        Ok(m) => {
+                            if round == 0 {
+                                peer_names.push(backend);
+                            }
+                            push(&mut series, i, m);
+                            i += 1;
+                        }
+                        Err(e) => eprintln!("warning: {e}"),
+                    }
                 }
             }
         }
-        let best = rows
+        let speed = |s: &Series| s.spread(|m| m.prompts_per_s);
+        let best = series
             .iter()
-            .filter(|m| m.backend.starts_with("mores"))
-            .max_by(|x, y| x.prompts_per_s.total_cmp(&y.prompts_per_s))
+            .filter(|s| s.last().backend.starts_with("mores") && s.last().tokens.is_some_and(|(r, c)| c < r))
+            .chain(series.iter().filter(|s| s.last().backend.starts_with("mores")))
+            .max_by(|x, y| speed(x).0.total_cmp(&speed(y).0))
             .expect("at least one mores row");
         let name = model_path.file_name().unwrap_or_default().to_string_lossy();
-        for m in &rows {
+        for s in &series {
+            let m = s.last();
+            let (med, lo, hi) = speed(s);
+            let rss = s.spread(|m| m.peak_rss_mib).0;
+            let tokens = m.tokens.map(|(r, c)| format!("{c} / {r}")).unwrap_or_else(|| "–".into());
             let _ = writeln!(
                 out,
-                "| {name} | {} | {} | {} | {:.1} | {:.2} | {:.0} | {:.2}x | {:.2}x | {} |",
+                "| {name} | {} | {} | {} | {tokens} | {med:.2} ({lo:.2}-{hi:.2}) | {rss:.0} | {:.2}x | {:.2}x | {} |",
                 m.backend,
                 m.batch,
                 m.n,
-                m.load_s,
-                m.prompts_per_s,
-                m.peak_rss_mib,
-                best.prompts_per_s / m.prompts_per_s,
-                m.peak_rss_mib / best.peak_rss_mib,
-                max_diff(best, m).map(|d| format!("{d:.1e}")).unwrap_or_else(|| "–".into())
+                speed(best).0 / med,
+                rss / best.spread(|m| m.peak_rss_mib).0,
+                max_diff(best.last(), m).map(|d| format!("{d:.1e}")).unwrap_or_else(|| "–".into())
             );
         }
     }
+    let _ = writeln!(out, "\n{} round(s), backends in turn; threads {}.", a.repeat, a.threads);
     Ok(out)
+}
+
+fn push(series: &mut Vec<Series>, i: usize, m: Measurement) {
+    match series.get_mut(i) {
+        Some(s) => s.runs.push(m),
+        None => series.push(Series { runs: vec![m] }),
+    }
 }

@@ -184,23 +184,30 @@ pub struct ProbeOptions {
     pub progress: bool,
 }
 
+/// The prompts of `variants`, built for `model`.
+pub fn build_prompts(vars: &[Variant], model: &Model) -> Result<Vec<Prompt>> {
+    vars.iter().map(|v| prompt::build_ordered(v.template, v.question, v.country, &v.order, model)).collect()
+}
+
+/// The order prompts are scored in: one country at a time, then question by question with its
+/// templates and option orders side by side (the order `variants` gives). Prompts that share a
+/// prefix meet in one batch, and a country's persona prefix stays in the prefix cache between
+/// batches.
+pub fn scoring_order(prompts: &[Prompt], todo: &mut [usize]) {
+    todo.sort_by(|&a, &b| prompts[a].country.cmp(&prompts[b].country).then(a.cmp(&b)));
+}
+
 /// Score every prompt the recipe asks for and return one sample per prompt, in `variants` order.
 pub fn run(recipe: &ProbeRecipe, survey: &Survey, model: &Model, opts: &ProbeOptions) -> Result<Vec<Sample>> {
     let mut vars = variants(recipe, survey)?;
     if let Some(sh) = opts.shard {
         vars = vars.into_iter().enumerate().filter(|(i, _)| i % sh.count == sh.index).map(|(_, v)| v).collect();
     }
-    let prompts: Vec<Prompt> = vars
-        .iter()
-        .map(|v| prompt::build_ordered(v.template, v.question, v.country, &v.order, model))
-        .collect::<Result<_>>()?;
+    let prompts = build_prompts(&vars, model)?;
     let mut cache = ScoreCache::open(&opts.cache_dir, &model.scoring_id())?;
     let keys: Vec<String> = prompts.iter().map(ScoreCache::key).collect();
-    // One country at a time, then question by question with its templates and option orders
-    // side by side (the order `variants` gives): prompts that share a prefix meet in one batch,
-    // and the persona prefix of a country stays in the prefix cache between batches.
     let mut todo: Vec<usize> = (0..prompts.len()).filter(|&i| cache.get(&keys[i]).is_none()).collect();
-    todo.sort_by(|&a, &b| prompts[a].country.cmp(&prompts[b].country).then(a.cmp(&b)));
+    scoring_order(&prompts, &mut todo);
     todo.dedup_by_key(|i| keys[*i].clone());
     let bar = crate::util::progress::bar(todo.len() as u64, "scoring", opts.progress);
     if prompts.len() > todo.len() {
