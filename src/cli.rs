@@ -139,6 +139,43 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 1)]
         repeat: usize,
     },
+    /// Greedy decoding (the teacher's generation): prefill seconds and decode tokens/s, beside
+    /// transformers and llama.cpp.
+    Generate {
+        #[arg(
+            long,
+            default_value = "checkpoints/gemma-3-270m-q4_k_m.gguf,checkpoints/SmolLM2-135M-Instruct.Q4_1.gguf"
+        )]
+        models: String,
+        /// mores weight modes to measure (comma-separated: stored, q8, f32).
+        #[arg(long, default_value = "f32,q8")]
+        weights: String,
+        /// New tokens per run.
+        #[arg(long, default_value_t = 64)]
+        new: usize,
+        /// Timed runs per backend (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Folder with the reference scripts (gen_bench.py); omitted: mores rows only.
+        #[arg(long, env = "MORES_PEERS")]
+        peers: Option<PathBuf>,
+        #[arg(long, env = "MORES_PEERS_PYTHON", default_value = "python3")]
+        python: String,
+        #[arg(long, default_value = "runs/bench")]
+        work: PathBuf,
+    },
+    /// (internal) one decoding measurement in a fresh process, printed as JSON.
+    #[command(hide = true)]
+    GenerateOne {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        weights: String,
+        #[arg(long)]
+        new: usize,
+        #[arg(long)]
+        reps: usize,
+    },
     /// LoRA training: seconds per step and peak memory, beside Python PEFT + transformers.
     Lora {
         #[arg(long, default_value = "checkpoints/SmolLM2-135M-Instruct.Q4_1.gguf")]

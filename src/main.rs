@@ -45,6 +45,18 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
             };
             print!("{}", mores::bench::probe::probe_bench(&args)?);
         }
+        Cmd::Bench { cmd: BenchCmd::Generate { models, weights, new, reps, peers, python, work } } => {
+            let weights =
+                list(&weights).iter().map(|w| w.parse()).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg)?;
+            let models = list(&models).into_iter().map(PathBuf::from).collect();
+            let args =
+                mores::bench::generate::GenBenchArgs { models, weights, new, reps, threads, peers, python, work };
+            print!("{}", mores::bench::generate::generate_bench(&args)?);
+        }
+        Cmd::Bench { cmd: BenchCmd::GenerateOne { model, weights, new, reps } } => {
+            let w = weights.parse().map_err(anyhow::Error::msg)?;
+            println!("{}", serde_json::to_string(&mores::bench::generate::measure_one(&model, w, new, reps)?)?);
+        }
         Cmd::Bench { cmd: BenchCmd::Lora { model, steps, batch, seq, peers, python, work } } => {
             let args = mores::bench::lora::LoraBenchArgs { model, steps, batch, seq, threads, peers, python, work };
             print!("{}", mores::bench::lora::lora_bench(&args)?);

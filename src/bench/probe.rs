@@ -34,6 +34,8 @@ pub struct Measurement {
     /// (mores only: the rest came from shared prefixes).
     #[serde(default)]
     pub tokens: Option<(u64, u64)>,
+    #[serde(default)]
+    pub reuse: Option<crate::model::radix::ReuseStats>,
 }
 
 /// The fixed prompt set: a slice of the recipe as the probe really runs it. Four countries from
@@ -109,6 +111,7 @@ pub fn measure_one(
     Ok(Measurement {
         backend: if whole_rows { format!("mores ({form}, whole rows)") } else { format!("mores ({form})") },
         tokens: (st.row_tokens > 0).then_some((st.row_tokens, st.computed)),
+        reuse: Some(st),
         n: lines.len(),
         batch,
         load_s,
@@ -173,6 +176,7 @@ fn run_peer(
         prompts_per_s: num("prompts_per_s"),
         peak_rss_mib: num("peak_rss_mib"),
         tokens: None,
+        reuse: None,
         probs: p
             .results
             .into_iter()

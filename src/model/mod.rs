@@ -216,6 +216,7 @@ impl Model {
             if !self.prefix_reuse {
                 cache.stats.row_tokens += rows.iter().map(|r| r.len() as u64).sum::<u64>();
                 cache.stats.computed += rows.iter().map(|r| r.len() as u64).sum::<u64>();
+                cache.stats.padded += (rows.len() * rows.iter().map(|r| r.len()).max().unwrap_or(0)) as u64;
                 return self.logits_rows(rows, read, Mode::INFER);
             }
             return self.logits_radix(rows, read, cache);

@@ -26,6 +26,9 @@ pub struct ReuseStats {
     pub row_tokens: u64,
     pub computed: u64,
     pub from_cache: u64,
+    /// Positions run including left padding (rows x longest row, per forward pass).
+    #[serde(default)]
+    pub padded: u64,
 }
 
 /// Keys and values of prefixes seen in earlier batches, for one model, bounded by memory.
@@ -71,22 +74,32 @@ impl PrefixCache {
         }
     }
 
-    /// The longest cached prefix of `row` with at most `max_len` tokens.
+    /// The longest prefix of `row`, at most `max_len` tokens, that some cached entry begins
+    /// with, and its keys and values. Any prefix of an entry serves: a position's keys and values
+    /// depend only on the tokens up to it (causal attention), so the first L positions of a
+    /// cached path are those of its first L tokens.
     fn lookup(&mut self, row: &[u32], max_len: usize) -> Option<(usize, Arc<Kv>)> {
         self.clock += 1;
         let clock = self.clock;
-        let best = self
-            .entries
-            .iter_mut()
-            .filter(|e| e.tokens.len() <= max_len && row.starts_with(&e.tokens))
-            .max_by_key(|e| e.tokens.len())?;
+        let common = |e: &Entry| e.tokens.iter().zip(row).take_while(|(a, b)| a == b).count().min(max_len);
+        let best = self.entries.iter_mut().max_by_key(|e| common(e))?;
+        let len = common(best);
+        if len == 0 {
+            return None;
+        }
         best.used = clock;
-        Some((best.tokens.len(), best.kv.clone()))
+        if len == best.kv.len {
+            return Some((len, best.kv.clone()));
+        }
+        let cut = |ts: &[Tensor]| ts.iter().map(|t| t.narrow(2, 0, len)).collect::<candle_core::Result<Vec<_>>>();
+        let kv = Kv { k: cut(&best.kv.k).ok()?, v: cut(&best.kv.v).ok()?, len };
+        Some((len, Arc::new(kv)))
     }
 
     fn offer(&mut self, tokens: Vec<u32>, kv: Arc<Kv>) {
         let bytes: usize = kv.k.iter().chain(&kv.v).map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum();
-        if bytes > self.limit || self.entries.iter().any(|e| e.tokens == tokens) {
+        // An entry that begins with these tokens already serves them.
+        if bytes > self.limit || self.entries.iter().any(|e| e.tokens.starts_with(&tokens)) {
             return;
         }
         self.clock += 1;
@@ -275,6 +288,7 @@ impl Model {
             let offsets: Vec<usize> = frontier.iter().map(|&n| tree.nodes[n].start).collect();
             cache.stats.computed += seg.iter().map(|s| s.len() as u64).sum::<u64>();
             let batch = Batch::after_prefixes(&seg, &offsets, &self.device)?;
+            cache.stats.padded += (batch.rows * batch.len) as u64;
             let parents: Vec<Arc<Kv>> =
                 frontier.iter().map(|&n| tree.nodes[tree.nodes[n].parent].kv.clone().expect("parent known")).collect();
             let prefix: Vec<&Kv> = parents.iter().map(|p| &**p).collect();

@@ -111,6 +111,9 @@ pub fn step_grads(
     let vars = adapter.vars();
     let mut acc: Vec<Option<Tensor>> = vec![None; vars.len()];
     let mut sums = examples::LossSums::default();
+    // Micro-batches of similar lengths: rows are padded to the longest in their micro-batch.
+    // The loss does not depend on the grouping (batch-invariant kernels, f64 sums).
+    let exs = by_length(exs);
     for (mi, chunk) in exs.chunks(micro).enumerate() {
         let seed = dropout_seed.map(|s| s ^ ((mi as u64 + 1) << 40));
         let l = examples::batch_loss(model, chunk, Mode::train(seed), denom, &mut sums)?;
@@ -140,11 +143,18 @@ pub fn step_grads(
     Ok((loss, acc.into_iter().map(|g| g.expect("at least one micro-batch")).collect()))
 }
 
+/// `exs` longest row first (stable, so equal lengths keep their order).
+fn by_length<'a>(exs: &[&'a Example]) -> Vec<&'a Example> {
+    let mut v = exs.to_vec();
+    v.sort_by_key(|e| std::cmp::Reverse(e.rows.iter().map(|r| r.len()).max().unwrap_or(0)));
+    v
+}
+
 /// Mean loss over `exs` without gradients (the probe's numerics).
 pub fn eval_loss(model: &Model, exs: &[&Example], micro: usize) -> Result<f64> {
     let denom = denominators(exs);
     let mut sums = examples::LossSums::default();
-    for chunk in exs.chunks(micro) {
+    for chunk in by_length(exs).chunks(micro) {
         examples::batch_loss(model, chunk, Mode::INFER, denom, &mut sums)?;
     }
     Ok(sums.loss(denom))
