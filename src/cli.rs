@@ -301,6 +301,9 @@ pub struct ProbeCmd {
     /// LoRA adapter folder (PEFT format, e.g. a `mores train` output).
     #[arg(long)]
     pub adapter: Option<PathBuf>,
+    /// Run every prompt row whole, without prefix reuse: the same numbers, slower (a check).
+    #[arg(long)]
+    pub whole_rows: bool,
     #[arg(long)]
     pub out: PathBuf,
 }

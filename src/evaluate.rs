@@ -23,6 +23,8 @@ pub struct ProbeArgs {
     pub cache: Option<PathBuf>,
     pub weights: Option<WeightMode>,
     pub adapter: Option<PathBuf>,
+    /// No prefix reuse (same numbers; a check).
+    pub whole_rows: bool,
     pub progress: bool,
 }
 
@@ -82,6 +84,7 @@ pub fn probe(a: &ProbeArgs) -> Result<Results> {
         cache: a.cache.clone(),
         shard: a.shard,
         threads: a.threads,
+        whole_rows: a.whole_rows,
         progress: a.progress,
     };
     probe_with(&recipe, &survey, &run)
@@ -95,6 +98,8 @@ pub struct ProbeRun {
     pub cache: Option<PathBuf>,
     pub shard: Option<crate::util::shard::Shard>,
     pub threads: usize,
+    /// Every row runs whole, without prefix reuse (the same numbers).
+    pub whole_rows: bool,
     pub progress: bool,
 }
 
@@ -102,6 +107,7 @@ pub fn probe_with(recipe: &ProbeRecipe, survey: &Survey, a: &ProbeRun) -> Result
     let recipe = recipe.clone();
     let opts = LoadOptions::for_weights(recipe.model.weights);
     let mut model = Model::load(&a.model, &opts)?;
+    model.prefix_reuse = !a.whole_rows;
     if let Some(dir) = &a.adapter {
         let ad = crate::model::adapter::Adapter::load(&mut model, dir)?;
         eprintln!("adapter {} (rank {}, {} modules)", dir.display(), ad.spec.rank, ad.params.len());

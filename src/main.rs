@@ -104,7 +104,20 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
 }
 
 fn probe(c: cli::ProbeCmd, threads: usize, progress: bool) -> Result<()> {
-    let cli::ProbeCmd { recipe, model, countries, questions, limit, batch, shard, weights, cache, adapter, out } = c;
+    let cli::ProbeCmd {
+        recipe,
+        model,
+        countries,
+        questions,
+        limit,
+        batch,
+        shard,
+        weights,
+        cache,
+        adapter,
+        whole_rows,
+        out,
+    } = c;
     let args = ProbeArgs {
         recipe,
         model,
@@ -118,6 +131,7 @@ fn probe(c: cli::ProbeCmd, threads: usize, progress: bool) -> Result<()> {
         cache,
         adapter,
         weights: weights.map(|w| w.parse()).transpose().map_err(anyhow::Error::msg)?,
+        whole_rows,
         progress,
     };
     let r = evaluate::probe(&args)?;

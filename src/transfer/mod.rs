@@ -205,6 +205,7 @@ impl Plan {
             cache: self.t.score_cache.clone(),
             shard: None,
             threads: a.threads,
+            whole_rows: false,
             progress: a.progress,
         };
         probe_with(pr, &self.survey, &run).map(|_| ())

@@ -61,6 +61,11 @@ fn probe_end_to_end_resume_and_shards() {
     }
     let merged_res = std::fs::read_to_string(merged.join("results.json")).unwrap();
     assert_eq!(merged_res, std::fs::read_to_string(full.join("results.json")).unwrap());
+
+    // Every row run whole, without prefix reuse: the same samples and results.json bytes (issue 13).
+    let (whole, _) = run("whole", &["--whole-rows"]);
+    assert_eq!(samples(&whole), s);
+    assert_eq!(std::fs::read_to_string(whole.join("results.json")).unwrap(), merged_res);
 }
 
 #[test]
