@@ -217,11 +217,10 @@ pub fn attend_backward(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32], go: &[f32
                     for (n, a) in (lo..=qa).enumerate() {
                         let ds = p[n] * (dp[n] - dsum) * s.scale;
                         let row = (pad + a) * d;
-                        for e in 0..d {
-                            dqi[e] += ds * ks[row + e];
-                            dk[row + e] += ds * qi[e];
-                            dv[row + e] += p[n] * gi[e];
-                        }
+                        // Three vectorised updates; each element sees the same operations.
+                        axpy(dqi, ds, &ks[row..row + d]);
+                        axpy(&mut dk[row..row + d], ds, qi);
+                        axpy(&mut dv[row..row + d], p[n], gi);
                     }
                 }
             }
