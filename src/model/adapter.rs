@@ -46,6 +46,7 @@ pub struct Adapter {
 impl Adapter {
     /// Fresh adapter: A Kaiming-uniform from `seed` (one stream per layer and module), B zeros.
     pub fn attach_new(model: &mut Model, spec: &LoraSpec, seed: u64) -> Result<Self> {
+        model.check_lora()?;
         spec.validate().map_err(Error::Invalid)?;
         let targets = spec.target_modules().map_err(Error::Invalid)?;
         let device = model.device.clone();
@@ -103,6 +104,7 @@ impl Adapter {
 
     /// Load a PEFT adapter folder (made by mores or by Python PEFT) onto `model`.
     pub fn load(model: &mut Model, dir: &Path) -> Result<Self> {
+        model.check_lora()?;
         let cfg_path = dir.join(CONFIG_FILE);
         let err = |msg: String| Error::model(dir, msg);
         if !cfg_path.exists() {

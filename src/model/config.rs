@@ -50,10 +50,13 @@ pub fn check(d: &Dims, w: &Weights) -> Result<()> {
     }
     if bad.is_empty() {
         // The file must hold exactly the layers the header claims.
-        let q = |i: usize| (format!("model.layers.{i}.self_attn.q_proj.weight"), format!("blk.{i}.attn_q.weight"));
-        let (hf, gg) = q(d.layers - 1);
-        let (hf2, gg2) = q(d.layers);
-        if !w.has(key(&hf, &gg)) || w.has(key(&hf2, &gg2)) {
+        // Q, or Phi-3's fused QKV.
+        let has_layer = |i: usize| {
+            ["q_proj", "qkv_proj"].iter().zip(["attn_q", "attn_qkv"]).any(|(h, g)| {
+                w.has(key(&format!("model.layers.{i}.self_attn.{h}.weight"), &format!("blk.{i}.{g}.weight")))
+            })
+        };
+        if !has_layer(d.layers - 1) || has_layer(d.layers) {
             bad.push(format!("layer count {} does not match the layers stored in the file", d.layers));
         }
     }

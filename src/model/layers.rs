@@ -127,7 +127,13 @@ impl Batch {
         let half = head_dim / 2;
         let inv: Vec<f32> =
             (0..half).map(|i| (1.0 / theta.powf(2.0 * i as f64 / head_dim as f64) / scale) as f32).collect();
-        let inv = Tensor::from_vec(inv, (1, half), device)?;
+        self.rope_tables_from(&inv, device)
+    }
+
+    /// cos and sin tables for the given inverse frequencies (head_dim / 2 of them).
+    pub fn rope_tables_from(&self, inv: &[f32], device: &Device) -> Result<(Tensor, Tensor)> {
+        let half = inv.len();
+        let inv = Tensor::from_slice(inv, (1, half), device)?;
         let pos = Tensor::from_slice(&self.positions, (self.positions.len(), 1), device)?.to_dtype(DType::F32)?;
         let freqs = pos.broadcast_mul(&inv)?.reshape((self.rows, self.len, half))?;
         Ok((freqs.cos()?.contiguous()?, freqs.sin()?.contiguous()?))

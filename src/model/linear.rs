@@ -7,16 +7,22 @@ use crate::util::error::Result;
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Module, Tensor};
 
-/// Bias-free linear layer over a possibly quantized weight, with an optional LoRA adapter.
+/// Linear layer over a possibly quantized weight, with an optional (frozen) bias and an optional
+/// LoRA adapter.
 #[derive(Debug, Clone)]
 pub struct Linear {
     pub base: QMatMul,
+    pub bias: Option<Tensor>,
     pub lora: Option<LoraLayer>,
 }
 
 impl Linear {
     pub fn new(base: QMatMul) -> Self {
-        Self { base, lora: None }
+        Self { base, bias: None, lora: None }
+    }
+
+    pub fn with_bias(base: QMatMul, bias: Option<Tensor>) -> Self {
+        Self { base, bias, lora: None }
     }
 
     /// Input and output width.
@@ -38,7 +44,10 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let y = self.forward_base(x, mode)?;
+        let mut y = self.forward_base(x, mode)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
         match &self.lora {
             Some(l) => Ok((y + l.forward(x, mode)?)?),
             None => Ok(y),

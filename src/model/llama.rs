@@ -1,13 +1,38 @@
-//! Llama-family decoder (SmolLM2, Llama 2/3, TinyLlama): RMSNorm, rotary attention with grouped KV
-//! heads, SwiGLU MLP. Built from GGUF (`llama.*` metadata) or a Hugging Face folder (config.json).
+//! Llama-shaped decoder (SmolLM2, Llama 2/3, TinyLlama, and from config.json Mistral, Qwen2/2.5,
+//! Qwen3 and Phi-3: see [`super::family`] for what sets each apart): RMSNorm, rotary attention
+//! with grouped KV heads, SwiGLU MLP. Built from GGUF (`llama.*` metadata) or a Hugging Face
+//! folder (config.json).
+use super::family::{Family, Traits};
 use super::gguf::GgufFile;
 use super::layers::{gather, rope, AttnCtx, Batch, Kv, RmsNorm, RopeStyle};
 use super::linear::{layer_slots, Linear, Slot};
 use super::mode::Mode;
 use super::weights::{key, Weights};
 use crate::util::error::{Error, Result};
+use candle_core::quantized::QMatMul;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
+
+/// A fused weight [sum(parts), in] cut into its row blocks.
+fn split_rows(w: &mut Weights, name: &str, parts: &[usize]) -> Result<Vec<Tensor>> {
+    let full = w.tensor(key(name, name))?;
+    let rows = full.dim(0)?;
+    if rows != parts.iter().sum::<usize>() {
+        return Err(Error::model(
+            w.path(),
+            format!("{name} has {rows} rows, expected {}", parts.iter().sum::<usize>()),
+        ));
+    }
+    let mut at = 0;
+    parts
+        .iter()
+        .map(|&n| {
+            let t = full.narrow(0, at, n)?.contiguous()?;
+            at += n;
+            Ok(t)
+        })
+        .collect()
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Config {
@@ -29,6 +54,12 @@ pub struct Config {
     /// Context length the model was trained for; longer inputs are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_position_embeddings: Option<usize>,
+    /// The family's differences from Llama, resolved from the raw config (see [`super::family`]).
+    #[serde(skip)]
+    pub traits: Traits,
+    /// config.json as read (written back unchanged when a merged model is exported).
+    #[serde(skip)]
+    pub raw: Option<serde_json::Value>,
 }
 
 fn default_eps() -> f64 {
@@ -55,7 +86,22 @@ impl Config {
             vocab_size: g.strings("tokenizer.ggml.tokens")?.len(),
             tie_word_embeddings: !g.content.tensor_infos.contains_key("output.weight"),
             max_position_embeddings: g.opt_u32(&format!("{p}.context_length")).map(|x| x as usize),
+            traits: Traits {
+                rope_theta: g.opt_f32(&format!("{p}.rope.freq_base")).unwrap_or(10_000.0) as f64,
+                ..Default::default()
+            },
+            raw: None,
         })
+    }
+
+    /// A config.json of family `family`: the shapes, and the family's traits resolved from it.
+    pub fn from_hf(family: Family, raw: serde_json::Value, path: &std::path::Path) -> Result<Self> {
+        let mut c: Config = serde_json::from_value(raw.clone())
+            .map_err(|e| Error::model(path, format!("{} config: {e}", family.name())))?;
+        c.traits = super::family::resolve(family, &raw, path)?;
+        c.rope_theta = c.traits.rope_theta;
+        c.raw = Some(raw);
+        Ok(c)
     }
 
     fn head_dim(&self) -> usize {
@@ -76,6 +122,8 @@ struct Layer {
     down: Linear,
     input_norm: RmsNorm,
     post_norm: RmsNorm,
+    /// Qwen3: RMSNorm over each head of Q and K.
+    qk_norm: Option<(RmsNorm, RmsNorm)>,
 }
 
 pub struct Model {
@@ -85,6 +133,7 @@ pub struct Model {
     norm: RmsNorm,
     lm_head: Linear,
     rope_style: RopeStyle,
+    inv_freq: Vec<f32>,
 }
 
 impl Model {
@@ -143,25 +192,74 @@ impl Model {
                 ),
             ));
         }
+        let t = cfg.traits.clone();
+        let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let hf = |s: &str| format!("model.layers.{i}.{s}.weight");
             let gg = |s: &str| format!("blk.{i}.{s}.weight");
-            let mut lin = |a: &str, b: &str| -> Result<Linear> { Ok(Linear::new(w.linear(key(&hf(a), &gg(b)))?)) };
+            let bias = |w: &mut Weights, s: &str, on: bool| -> Result<Option<Tensor>> {
+                let name = format!("model.layers.{i}.{s}.bias");
+                on.then(|| w.tensor(key(&name, &format!("blk.{i}.{s}.bias")))).transpose()
+            };
+            let lin = |w: &mut Weights, a: &str, b: &str| -> Result<Linear> {
+                Ok(Linear::new(w.linear(key(&hf(a), &gg(b)))?))
+            };
+            let (mut q, mut k, mut v, mut o, gate, up, down);
+            if t.fused {
+                // Phi-3: rows of qkv_proj are Q, K, V; rows of gate_up_proj are gate, up.
+                let qkv = split_rows(w, &hf("self_attn.qkv_proj"), &[nh * hd, nkv * hd, nkv * hd])?;
+                let gu = split_rows(w, &hf("mlp.gate_up_proj"), &[cfg.intermediate_size, cfg.intermediate_size])?;
+                let mut it = qkv.into_iter().chain(gu).map(|t| Linear::new(QMatMul::Tensor(t)));
+                (q, k, v) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
+                (gate, up) = (it.next().unwrap(), it.next().unwrap());
+                o = lin(w, "self_attn.o_proj", "attn_output")?;
+                down = lin(w, "mlp.down_proj", "ffn_down")?;
+            } else {
+                q = lin(w, "self_attn.q_proj", "attn_q")?;
+                k = lin(w, "self_attn.k_proj", "attn_k")?;
+                v = lin(w, "self_attn.v_proj", "attn_v")?;
+                o = lin(w, "self_attn.o_proj", "attn_output")?;
+                gate = lin(w, "mlp.gate_proj", "ffn_gate")?;
+                up = lin(w, "mlp.up_proj", "ffn_up")?;
+                down = lin(w, "mlp.down_proj", "ffn_down")?;
+            }
+            q.bias = bias(w, "self_attn.q_proj", t.qkv_bias)?;
+            k.bias = bias(w, "self_attn.k_proj", t.qkv_bias)?;
+            v.bias = bias(w, "self_attn.v_proj", t.qkv_bias)?;
+            o.bias = bias(w, "self_attn.o_proj", t.o_bias)?;
+            let qk_norm = if t.qk_norm {
+                Some((
+                    norm(w, &hf("self_attn.q_norm"), &gg("attn_q_norm"))?,
+                    norm(w, &hf("self_attn.k_norm"), &gg("attn_k_norm"))?,
+                ))
+            } else {
+                None
+            };
             layers.push(Layer {
-                q: lin("self_attn.q_proj", "attn_q")?,
-                k: lin("self_attn.k_proj", "attn_k")?,
-                v: lin("self_attn.v_proj", "attn_v")?,
-                o: lin("self_attn.o_proj", "attn_output")?,
-                gate: lin("mlp.gate_proj", "ffn_gate")?,
-                up: lin("mlp.up_proj", "ffn_up")?,
-                down: lin("mlp.down_proj", "ffn_down")?,
+                q,
+                k,
+                v,
+                o,
+                gate,
+                up,
+                down,
                 input_norm: norm(w, &hf("input_layernorm"), &gg("attn_norm"))?,
                 post_norm: norm(w, &hf("post_attention_layernorm"), &gg("ffn_norm"))?,
+                qk_norm,
             });
         }
         let rope_style = if w.is_gguf() { RopeStyle::Interleaved } else { RopeStyle::Halves };
-        Ok(Self { norm: norm(w, "model.norm.weight", "output_norm.weight")?, cfg, embed, layers, lm_head, rope_style })
+        let inv_freq = t.rope.inv_freq(hd, cfg.rope_theta);
+        Ok(Self {
+            norm: norm(w, "model.norm.weight", "output_norm.weight")?,
+            cfg,
+            embed,
+            layers,
+            lm_head,
+            rope_style,
+            inv_freq,
+        })
     }
 
     /// Run `batch` after `prefix` (none, one for every row, or one per row). Returns logits [n, vocab] at the flat positions
@@ -177,15 +275,20 @@ impl Model {
         let dev = batch.ids.device();
         let (b, t) = (batch.rows, batch.len);
         let (hd, nh, nkv) = (self.cfg.head_dim(), self.cfg.num_attention_heads, self.cfg.kv_heads());
-        let ctx = AttnCtx::new(batch, prefix, &[None], mode)?;
-        let (cos, sin) = batch.rope_tables(hd, self.cfg.rope_theta, 1.0, dev)?;
+        let window = self.cfg.traits.window;
+        let ctx = AttnCtx::new(batch, prefix, &[window], mode)?;
+        let (cos, sin) = batch.rope_tables_from(&self.inv_freq, dev)?;
         let mut x = self.embed.index_select(&batch.ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?;
         let scale = 1.0 / (hd as f64).sqrt();
         let mut kv = Kv { len: t, ..Kv::new() };
         for (li, l) in self.layers.iter().enumerate() {
             let h = l.input_norm.forward(&x, mode)?;
-            let q = l.q.forward(&h, mode)?.reshape((b, t, nh, hd))?.transpose(1, 2)?;
-            let k = l.k.forward(&h, mode)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+            let mut q = l.q.forward(&h, mode)?.reshape((b, t, nh, hd))?;
+            let mut k = l.k.forward(&h, mode)?.reshape((b, t, nkv, hd))?;
+            if let Some((qn, kn)) = &l.qk_norm {
+                (q, k) = (qn.forward(&q, mode)?, kn.forward(&k, mode)?);
+            }
+            let (q, k) = (q.transpose(1, 2)?, k.transpose(1, 2)?);
             let v = l.v.forward(&h, mode)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
             let q = rope(&q, &cos, &sin, self.rope_style, mode)?;
             let k = rope(&k, &cos, &sin, self.rope_style, mode)?;
@@ -193,7 +296,7 @@ impl Model {
                 kv.k.push(k.clone());
                 kv.v.push(v.clone());
             }
-            let a = ctx.attend(li, &q, &k, &v, None, scale)?;
+            let a = ctx.attend(li, &q, &k, &v, window, scale)?;
             x = (x + l.o.forward(&a, mode)?)?;
             let h = l.post_norm.forward(&x, mode)?;
             let m = (candle_nn::ops::silu(&l.gate.forward(&h, mode)?)? * l.up.forward(&h, mode)?)?;
@@ -239,6 +342,15 @@ impl Model {
             out.push((p("mlp.down_proj"), l.down.dense_weight()?));
             out.push((p("input_layernorm"), l.input_norm.weight.clone()));
             out.push((p("post_attention_layernorm"), l.post_norm.weight.clone()));
+            for (name, lin) in [("q_proj", &l.q), ("k_proj", &l.k), ("v_proj", &l.v), ("o_proj", &l.o)] {
+                if let Some(b) = &lin.bias {
+                    out.push((format!("model.layers.{i}.self_attn.{name}.bias"), b.clone()));
+                }
+            }
+            if let Some((qn, kn)) = &l.qk_norm {
+                out.push((p("self_attn.q_norm"), qn.weight.clone()));
+                out.push((p("self_attn.k_norm"), kn.weight.clone()));
+            }
         }
         out.push(("model.norm.weight".into(), self.norm.weight.clone()));
         if !self.cfg.tie_word_embeddings {
@@ -248,6 +360,9 @@ impl Model {
     }
 
     pub fn hf_config(&self) -> serde_json::Value {
+        if let Some(raw) = &self.cfg.raw {
+            return raw.clone();
+        }
         let mut v = serde_json::to_value(&self.cfg).expect("config serialises");
         let o = v.as_object_mut().expect("object");
         o.insert("architectures".into(), serde_json::json!(["LlamaForCausalLM"]));

@@ -5,6 +5,7 @@ pub mod adapter;
 pub mod chat;
 pub mod config;
 pub mod export;
+pub mod family;
 pub mod gemma3;
 pub mod gguf;
 pub mod grad_ops;
@@ -31,7 +32,8 @@ use std::path::{Path, PathBuf};
 use tokenizer::Tok;
 use weights::{Source, Weights};
 
-pub const SUPPORTED: &str = "llama (SmolLM2, Llama), gemma3";
+pub const SUPPORTED: &str =
+    "llama (SmolLM2, Llama), gemma3 (GGUF or Hugging Face); mistral, qwen2, qwen3, phi3 (Hugging Face folders)";
 
 pub enum Arch {
     Llama(llama::Model),
@@ -182,6 +184,18 @@ impl Model {
         let form = self.form;
         let adapter = self.info.adapter.as_ref().map(|a| a.sha256.as_str()).unwrap_or("-");
         crate::util::io::sha256_hex(format!("{}|{form}|{adapter}", self.info.sha256).as_bytes())
+    }
+
+    /// LoRA needs the projections under their PEFT names: Phi-3's fused `qkv_proj` and
+    /// `gate_up_proj` are split at load, so an adapter would not carry Phi-3's PEFT names.
+    pub fn check_lora(&self) -> Result<()> {
+        match &self.arch {
+            Arch::Llama(m) if m.cfg.traits.fused => Err(Error::model(
+                &self.info.path,
+                "LoRA on phi3 is not supported yet (its fused qkv_proj and gate_up_proj are split at load, so adapters would not carry Phi-3's PEFT names); probe and generate work",
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Whether any layer carries an unmerged LoRA adapter.
@@ -377,9 +391,10 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Model> {
         .or_else(|| raw.get("model_type").and_then(|m| m.as_str()))
         .unwrap_or("unknown")
         .to_string();
-    let family = match arch_name.as_str() {
-        "LlamaForCausalLM" | "llama" => "llama",
-        "Gemma3ForCausalLM" | "gemma3_text" => "gemma3",
+    let llama_family = family::Family::from_hf(&arch_name);
+    let family = match (arch_name.as_str(), llama_family) {
+        (_, Some(f)) => f.name(),
+        ("Gemma3ForCausalLM" | "gemma3_text", _) => "gemma3",
         _ => return Err(unsupported(&cfg_path, &arch_name)),
     };
     let tc_path = dir.join("tokenizer_config.json");
@@ -402,13 +417,12 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Model> {
         requantize_slow: false,
         dequantize: true,
     };
-    let (arch, vocab) = match family {
-        "llama" => {
-            let c: llama::Config =
-                serde_json::from_value(raw).map_err(|e| Error::model(&cfg_path, format!("llama config: {e}")))?;
+    let (arch, vocab) = match llama_family {
+        Some(f) => {
+            let c = llama::Config::from_hf(f, raw, &cfg_path)?;
             (Arch::Llama(llama::Model::load(c.clone(), &mut w)?), c.vocab_size)
         }
-        _ => {
+        None => {
             let c: gemma3::Config =
                 serde_json::from_value(raw).map_err(|e| Error::model(&cfg_path, format!("gemma3 config: {e}")))?;
             (Arch::Gemma3(gemma3::Model::load(c.clone(), &mut w)?), c.vocab_size)

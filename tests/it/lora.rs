@@ -9,7 +9,7 @@ use mores::model::{LoadOptions, Model};
 use mores::train::examples::{batch_loss, build, Built, Example, LossSums};
 use rand::{Rng, SeedableRng};
 
-fn spec(targets: &[&str], rank: usize) -> LoraSpec {
+pub fn spec(targets: &[&str], rank: usize) -> LoraSpec {
     LoraSpec {
         rank,
         alpha: 2.0 * rank as f64,
@@ -19,7 +19,7 @@ fn spec(targets: &[&str], rank: usize) -> LoraSpec {
     }
 }
 
-const ALL: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+pub const ALL: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
 
 fn randomise_b(ad: &Adapter, seed: u64, std: f32) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
@@ -81,7 +81,13 @@ fn gemma3_lora_gradients_match_finite_differences() {
 
 fn gradients_match_finite_differences(arch: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let mut m = Model::load(&tiny_model(dir.path(), arch, 3), &LoadOptions::default()).unwrap();
+    gradients_match_finite_differences_at(&tiny_model(dir.path(), arch, 3));
+}
+
+/// LoRA on every projection of the model at `path`: analytic gradients against central finite
+/// differences, two coordinates per variable.
+pub fn gradients_match_finite_differences_at(path: &std::path::Path) {
+    let mut m = Model::load(path, &LoadOptions::default()).unwrap();
     let ad = Adapter::attach_new(&mut m, &spec(&ALL, 2), 7).unwrap();
     randomise_b(&ad, 8, 0.3);
     let exs = examples(&m);
@@ -119,7 +125,7 @@ fn gradients_match_finite_differences(arch: &str) {
     assert_eq!(checked, vars.len() * 2);
 }
 
-fn logits(m: &Model, mode: Mode) -> Vec<f32> {
+pub fn logits(m: &Model, mode: Mode) -> Vec<f32> {
     let rows = vec![m.tok.encode_prompt("Family is very important").unwrap(), m.tok.encode_prompt("Hi").unwrap()];
     let reads: Vec<(usize, usize)> = vec![(0, 3), (0, rows[0].len() - 1), (1, rows[1].len() - 1)];
     m.logits_rows(&rows, &reads, mode).unwrap().flatten_all().unwrap().to_vec1().unwrap()
@@ -133,7 +139,7 @@ fn probs(m: &Model) -> Vec<f32> {
     candle_nn::ops::softmax_last_dim(&l).unwrap().flatten_all().unwrap().to_vec1().unwrap()
 }
 
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
@@ -154,9 +160,11 @@ fn lora_with_zero_b_equals_base_exactly() {
 
 #[test]
 fn merged_equals_unmerged_and_export_round_trips() {
-    for arch in ["llama", "gemma3"] {
+    // Also Qwen2 (biases) and Qwen3 (Q/K norms): the export must carry those tensors.
+    let fixture = |n: &str| crate::common::root().join("tests/data/arch").join(n);
+    for arch in ["llama", "gemma3", "qwen2", "qwen3"] {
         let dir = tempfile::tempdir().unwrap();
-        let path = tiny_model(&dir.path().join("base"), arch, 9);
+        let path = if arch.starts_with("qwen") { fixture(arch) } else { tiny_model(&dir.path().join("base"), arch, 9) };
         let mut m = Model::load(&path, &LoadOptions::default()).unwrap();
         let base = logits(&m, Mode::INFER);
         let ad = Adapter::attach_new(&mut m, &spec(&ALL, 4), 2).unwrap();

@@ -14,6 +14,7 @@
 //! - `transfer`: `mores run` end to end on tiny models; stage skipping, resume, bad recipes
 //! - `train`: `mores train` resume equivalence, bad input, loss falls on SmolLM2
 //! - `layout`: the source tree's imports point down the pipeline, with no cycles
+mod arch;
 mod batch;
 mod cli;
 mod common;

@@ -1,0 +1,104 @@
+//! Issue 17: the families beyond llama and gemma3 (qwen2, qwen3, mistral, phi3) against
+//! transformers, on tiny random-weight models saved by transformers with its logits beside them
+//! (tests/data/arch, made by scripts/make_arch_fixtures.py).
+use crate::common::{assert_clean_error, mores, root};
+use crate::lora::{gradients_match_finite_differences_at, logits, max_diff, spec, ALL};
+use mores::model::adapter::Adapter;
+use mores::model::mode::Mode;
+use mores::model::{LoadOptions, Model};
+use mores::score::{ScoreRequest, Scorer};
+use std::path::PathBuf;
+
+const FAMILIES: [&str; 4] = ["qwen2", "qwen3", "mistral", "phi3"];
+
+fn fixture(name: &str) -> PathBuf {
+    root().join("tests/data/arch").join(name)
+}
+
+#[derive(serde::Deserialize)]
+struct Reference {
+    rows: Vec<Vec<u32>>,
+    logits: Vec<Vec<Vec<f32>>>,
+}
+
+#[test]
+fn families_match_transformers_logits_at_every_position() {
+    for name in FAMILIES {
+        let m = Model::load(&fixture(name), &LoadOptions::default()).unwrap();
+        assert_eq!(m.architecture(), name);
+        let r: Reference = mores::util::io::read_json(&fixture(name).join("reference.json")).unwrap();
+        for (row, want) in r.rows.iter().zip(&r.logits) {
+            let reads: Vec<(usize, usize)> = (0..row.len()).map(|p| (0, p)).collect();
+            let got = m.logits_rows(std::slice::from_ref(row), &reads, Mode::INFER).unwrap();
+            let got = got.to_vec2::<f32>().unwrap();
+            let worst = got.iter().zip(want).map(|(g, w)| max_diff(g, w)).fold(0.0, f32::max);
+            assert!(worst < 1e-4, "{name}: logits differ from transformers by {worst}");
+        }
+        // The prefix-shared path, both rows in one batch: the same logits at the last positions.
+        let reads: Vec<(usize, usize)> = r.rows.iter().enumerate().map(|(i, row)| (i, row.len() - 1)).collect();
+        let shared = m.logits_at(&r.rows, &reads).unwrap().to_vec2::<f32>().unwrap();
+        for (i, row) in r.rows.iter().enumerate() {
+            let d = max_diff(&shared[i], &r.logits[i][row.len() - 1]);
+            assert!(d < 1e-4, "{name}: batched row {i} differs from transformers by {d}");
+        }
+    }
+}
+
+#[test]
+fn families_score_batched_equal_to_single() {
+    for name in FAMILIES {
+        let m = Model::load(&fixture(name), &LoadOptions::default()).unwrap();
+        let reqs: Vec<ScoreRequest> =
+            ["Family matters a lot to me. Answer: ", "Work? Answer: ", "Family matters less. Answer: "]
+                .iter()
+                .map(|p| ScoreRequest { prompt: p.to_string(), labels: (1..=10).map(|i| i.to_string()).collect() })
+                .collect();
+        let batched = m.score_batch(&reqs).unwrap();
+        for (r, b) in reqs.iter().zip(&batched) {
+            assert_eq!(&m.score_batch(std::slice::from_ref(r)).unwrap()[0], b, "{name}: {:?}", r.prompt);
+        }
+    }
+}
+
+#[test]
+fn families_lora_with_zero_b_equals_base_and_gradients_match_finite_differences() {
+    for name in ["qwen2", "qwen3", "mistral"] {
+        let mut m = Model::load(&fixture(name), &LoadOptions::default()).unwrap();
+        let (train, infer) = (logits(&m, Mode::train(None)), logits(&m, Mode::INFER));
+        Adapter::attach_new(&mut m, &spec(&ALL, 4), 1).unwrap();
+        assert_eq!(max_diff(&train, &logits(&m, Mode::train(None))), 0.0, "{name}: training path");
+        assert_eq!(max_diff(&infer, &logits(&m, Mode::INFER)), 0.0, "{name}: inference path");
+    }
+    // Qwen2 has biases on Q, K and V, Qwen3 norms on Q and K heads: both in the graph.
+    for name in ["qwen2", "qwen3"] {
+        gradients_match_finite_differences_at(&fixture(name));
+    }
+}
+
+#[test]
+fn phi3_lora_is_refused_with_a_clear_error() {
+    let mut m = Model::load(&fixture("phi3"), &LoadOptions::default()).unwrap();
+    let e = Adapter::attach_new(&mut m, &spec(&["q_proj"], 2), 1).err().expect("refused").to_string();
+    assert!(e.contains("LoRA on phi3 is not supported"), "{e}");
+}
+
+#[test]
+fn unknown_architecture_names_the_supported_list() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+        std::fs::copy(fixture("qwen2").join(f), dir.path().join(f)).unwrap();
+    }
+    let cfg = std::fs::read_to_string(dir.path().join("config.json"))
+        .unwrap()
+        .replace("Qwen2ForCausalLM", "FalconForCausalLM");
+    std::fs::write(dir.path().join("config.json"), cfg).unwrap();
+    let o = mores(&["score", "--model", dir.path().to_str().unwrap(), "--prompt", "Hi", "--labels", "1,2"]);
+    assert_clean_error(&o, "unsupported architecture \"FalconForCausalLM\" (supported: llama");
+    // A RoPE scaling the decoder cannot honour is refused by name, not ignored.
+    let mut raw: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("qwen2").join("config.json")).unwrap()).unwrap();
+    raw["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0});
+    std::fs::write(dir.path().join("config.json"), raw.to_string()).unwrap();
+    let o = mores(&["score", "--model", dir.path().to_str().unwrap(), "--prompt", "Hi", "--labels", "1,2"]);
+    assert_clean_error(&o, "rope scaling type \"yarn\"");
+}
