@@ -136,12 +136,25 @@ fn gpt2_tokenizer(g: &GgufFile, tokens: &[String]) -> Result<Tokenizer> {
         .build()
         .map_err(|e| Error::model(&g.path, format!("cannot build BPE tokenizer: {e}")))?;
     let mut tk = Tokenizer::new(bpe);
-    // The pre-tokenizer is not in GGUF metadata: digits split one by one, then byte-level, as
-    // SmolLM2 and most gpt2-type models of this size do (llama.cpp's `smollm` pre-tokenizer).
-    tk.with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(PreSequence::new(vec![
-        PreTokenizerWrapper::Digits(Digits::new(true)),
-        PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true)),
-    ]))));
+    // GGUF names the pre-tokenizer (`tokenizer.ggml.pre`) but does not hold its rules: mores
+    // knows llama.cpp's `smollm` (digits one by one, then GPT-2's byte-level split) and the GPT-2
+    // default (also what llama.cpp assumes when the key is missing). Any other rule (llama-bpe,
+    // qwen2, deepseek...) splits text differently, so it is refused rather than guessed.
+    let byte_level = PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true));
+    let pre = g.string("tokenizer.ggml.pre").ok();
+    match pre.as_deref() {
+        Some("smollm") => tk.with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(PreSequence::new(vec![
+            PreTokenizerWrapper::Digits(Digits::new(true)),
+            byte_level,
+        ])))),
+        None | Some("default") | Some("gpt-2") | Some("gpt2") => tk.with_pre_tokenizer(Some(byte_level)),
+        Some(other) => {
+            return Err(Error::model(
+                &g.path,
+                format!("tokenizer.ggml.pre = {other:?} is not supported (supported: smollm, gpt-2, default): use a Hugging Face folder with tokenizer.json for this model"),
+            ))
+        }
+    };
     tk.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevelDecoder::default())));
     Ok(tk)
 }

@@ -40,6 +40,33 @@ fn unsupported_architecture_names_the_supported_ones() {
     assert_clean_error(&o, "gemma3");
 }
 
+/// Issue 17: a gpt2-type GGUF vocabulary with a pre-tokenizer mores does not implement (Qwen's,
+/// Llama 3's) was once split by SmolLM2's rules without a word; now it is refused by name.
+#[test]
+fn unknown_gguf_pre_tokenizer_is_refused_not_guessed() {
+    use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("qwen-vocab.gguf");
+    let t = QTensor::quantize(
+        &candle_core::Tensor::zeros((4, 32), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap(),
+        GgmlDType::F32,
+    )
+    .unwrap();
+    let md = [
+        ("general.architecture", gguf_file::Value::String("llama".into())),
+        ("tokenizer.ggml.model", gguf_file::Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre", gguf_file::Value::String("qwen2".into())),
+        ("tokenizer.ggml.tokens", gguf_file::Value::Array(vec![gguf_file::Value::String("a".into())])),
+        ("tokenizer.ggml.merges", gguf_file::Value::Array(vec![])),
+    ];
+    let mut f = std::fs::File::create(&path).unwrap();
+    gguf_file::write(&mut f, &md.iter().map(|(k, v)| (*k, v)).collect::<Vec<_>>(), &[("token_embd.weight", &t)])
+        .unwrap();
+    drop(f);
+    let o = mores(&["score", "--model", path.to_str().unwrap(), "--prompt", "x"]);
+    assert_clean_error(&o, "tokenizer.ggml.pre = \"qwen2\" is not supported");
+}
+
 #[test]
 fn missing_model_file() {
     assert_clean_error(&mores(&["score", "--model", "checkpoints/nope.gguf", "--prompt", "x"]), "model not found");
