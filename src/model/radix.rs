@@ -114,6 +114,10 @@ impl PrefixCache {
 
 const ROOT: usize = 0;
 
+/// A tree level must save at least this many token computations: measured on SmolLM2 with 2
+/// threads, one forward pass costs about as much packing as some 30 tokens cost compute.
+const MIN_SAVED: usize = 32;
+
 struct Node {
     /// Position of the node's first token in every row through it.
     start: usize,
@@ -144,6 +148,43 @@ impl Tree {
 
     fn child(&self, n: usize, tok: u32) -> Option<usize> {
         self.nodes[n].children.iter().copied().find(|&c| self.nodes[c].tokens[0] == tok)
+    }
+
+    /// The child of `n` that `rest` (a row from the child's start) runs through. After
+    /// [`Tree::collapse`] siblings may begin alike, so the whole segment is compared.
+    fn child_for(&self, n: usize, rest: &[u32]) -> Option<usize> {
+        self.nodes[n].children.iter().copied().find(|&c| {
+            let t = &self.nodes[c].tokens;
+            let k = t.len().min(rest.len());
+            t[..k] == rest[..k]
+        })
+    }
+
+    /// Fold into its children every inner node whose sharing saves fewer than `min_saved` token
+    /// computations ((children - 1) x its length): a forward pass has a fixed cost (the GEMM
+    /// packs every weight matrix on each call), so a tree level that saves little costs more
+    /// than it saves. Cached nodes stay: their keys and values are the children's prefix.
+    fn collapse(&mut self, min_saved: usize) {
+        loop {
+            let Some(n) = (1..self.nodes.len()).find(|&n| {
+                let node = &self.nodes[n];
+                !node.cached && !node.children.is_empty() && (node.children.len() - 1) * node.tokens.len() < min_saved
+            }) else {
+                return;
+            };
+            let (parent, tokens, start) = (self.nodes[n].parent, self.nodes[n].tokens.clone(), self.nodes[n].start);
+            let children = std::mem::take(&mut self.nodes[n].children);
+            for &c in &children {
+                let child = &mut self.nodes[c];
+                child.tokens.splice(0..0, tokens.iter().copied());
+                child.start = start;
+                child.parent = parent;
+            }
+            self.nodes[n].tokens.clear();
+            let siblings = &mut self.nodes[parent].children;
+            let at = siblings.iter().position(|&x| x == n).expect("child of its parent");
+            siblings.splice(at..=at, children);
+        }
     }
 
     /// Cut node `c` after its first `at` tokens; returns the new upper part.
@@ -229,7 +270,7 @@ impl Tree {
     fn child_on(&self, row: &[u32], at: usize) -> usize {
         let (mut cur, mut pos) = (ROOT, 0);
         loop {
-            let c = self.child(cur, row[pos]).expect("row inserted");
+            let c = self.child_for(cur, &row[pos..]).expect("row inserted");
             if at < self.nodes[c].end() {
                 return c;
             }
@@ -274,6 +315,7 @@ impl Model {
                 tree.nodes[n].cached = true;
             }
         }
+        tree.collapse(MIN_SAVED);
         let located: Vec<(usize, usize)> = read.iter().map(|&(r, p)| tree.locate(&rows[r], p)).collect();
         let mut has_read = vec![false; tree.nodes.len()];
         for &(n, _) in &located {
@@ -400,5 +442,14 @@ mod tests {
         assert_eq!(t.locate(&rows[2], 4).0, t.nodes[b].children[0]);
         let tokens: usize = t.nodes.iter().map(|n| n.tokens.len()).sum();
         assert_eq!(tokens, 8, "each distinct token position once: [1 2] [3] [4] [6] [7] [5] [9]");
+        // Folding [3] (two children, saves one token) and [6] (one child) but not [1 2] (saves 2):
+        // [1 2] -> {[3 4], [3 6 7], [5]}; every position still resolves to a node holding it.
+        t.collapse(2);
+        let (n, off) = t.locate(&rows[2], 4);
+        assert_eq!((t.nodes[n].tokens.clone(), t.nodes[n].start, off), (vec![3, 6, 7], 2, 2));
+        assert_eq!(t.nodes[t.locate(&rows[0], 3).0].tokens, vec![3, 4]);
+        assert_eq!(t.nodes[t.locate(&rows[4], 1).0].tokens, vec![1, 2]);
+        let tokens: usize = t.nodes.iter().map(|n| n.tokens.len()).sum();
+        assert_eq!(tokens, 9, "position 2 ([3]) is now computed twice");
     }
 }
