@@ -28,19 +28,6 @@ pub struct GenMeasurement {
     pub first_tokens: Vec<u32>,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 /// Greedy: prefill the prompt, then `new` argmax tokens, each fed back through the KV cache.
 fn greedy(model: &Model, ids: &[u32], new: usize) -> Result<(f64, f64, Vec<u32>)> {
     let t0 = std::time::Instant::now();
@@ -74,7 +61,7 @@ pub fn measure_one(model_path: &Path, weights: WeightMode, new: usize, reps: usi
         tot.push(t);
         first = out;
     }
-    let (pre, tot) = (median(pre), median(tot));
+    let (pre, tot) = (super::median(pre), super::median(tot));
     first.truncate(16);
     Ok(GenMeasurement {
         backend: format!("mores ({})", format!("{weights:?}").to_lowercase()),
@@ -135,6 +122,9 @@ fn run_peer(a: &GenBenchArgs, peers: &Path, backend: &str, model: &Path, out: &P
 /// Run the benchmark and return a markdown table.
 pub fn generate_bench(a: &GenBenchArgs) -> Result<String> {
     use std::fmt::Write;
+    if a.new == 0 || a.reps == 0 {
+        return Err(Error::Invalid(format!("bench generate needs --new and --reps >= 1 (got {}, {})", a.new, a.reps)));
+    }
     std::fs::create_dir_all(&a.work).map_err(|e| Error::io(&a.work, e))?;
     let exe = std::env::current_exe().map_err(|e| Error::io("mores", e))?;
     let mut out = String::new();

@@ -205,10 +205,9 @@ struct Series {
 impl Series {
     /// Median, min and max of a figure over the runs.
     fn spread(&self, f: impl Fn(&Measurement) -> f64) -> (f64, f64, f64) {
-        let mut v: Vec<f64> = self.runs.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        let mid = if v.len() % 2 == 1 { v[v.len() / 2] } else { (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0 };
-        (mid, v[0], v[v.len() - 1])
+        let v: Vec<f64> = self.runs.iter().map(f).collect();
+        let (lo, hi) = v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+        (super::median(v), lo, hi)
     }
 
     fn last(&self) -> &Measurement {

@@ -15,26 +15,35 @@ fn truncated_gguf_is_a_clear_error() {
     assert_clean_error(&mores(&["score", "--model", cut.to_str().unwrap(), "--prompt", "x"]), "not a readable GGUF");
 }
 
-#[test]
-fn unsupported_architecture_names_the_supported_ones() {
+/// A GGUF with one tensor and a one-token gpt2-type vocabulary: enough to reach the tokenizer
+/// and the architecture checks.
+fn vocab_gguf(path: &std::path::Path, arch: &str, pre: Option<&str>) {
     use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("mamba.gguf");
     let t = QTensor::quantize(
         &candle_core::Tensor::zeros((4, 32), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap(),
         GgmlDType::F32,
     )
     .unwrap();
-    let md = [
-        ("general.architecture", gguf_file::Value::String("mamba".into())),
-        ("tokenizer.ggml.model", gguf_file::Value::String("gpt2".into())),
-        ("tokenizer.ggml.tokens", gguf_file::Value::Array(vec![gguf_file::Value::String("a".into())])),
+    let s = |x: &str| gguf_file::Value::String(x.into());
+    let mut md = vec![
+        ("general.architecture", s(arch)),
+        ("tokenizer.ggml.model", s("gpt2")),
+        ("tokenizer.ggml.tokens", gguf_file::Value::Array(vec![s("a")])),
         ("tokenizer.ggml.merges", gguf_file::Value::Array(vec![])),
     ];
-    let mut f = std::fs::File::create(&path).unwrap();
+    if let Some(p) = pre {
+        md.push(("tokenizer.ggml.pre", s(p)));
+    }
+    let mut f = std::fs::File::create(path).unwrap();
     gguf_file::write(&mut f, &md.iter().map(|(k, v)| (*k, v)).collect::<Vec<_>>(), &[("token_embd.weight", &t)])
         .unwrap();
-    drop(f);
+}
+
+#[test]
+fn unsupported_architecture_names_the_supported_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mamba.gguf");
+    vocab_gguf(&path, "mamba", None);
     let o = mores(&["score", "--model", path.to_str().unwrap(), "--prompt", "x"]);
     assert_clean_error(&o, "unsupported architecture \"mamba\"");
     assert_clean_error(&o, "gemma3");
@@ -44,25 +53,9 @@ fn unsupported_architecture_names_the_supported_ones() {
 /// Llama 3's) was once split by SmolLM2's rules without a word; now it is refused by name.
 #[test]
 fn unknown_gguf_pre_tokenizer_is_refused_not_guessed() {
-    use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("qwen-vocab.gguf");
-    let t = QTensor::quantize(
-        &candle_core::Tensor::zeros((4, 32), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap(),
-        GgmlDType::F32,
-    )
-    .unwrap();
-    let md = [
-        ("general.architecture", gguf_file::Value::String("llama".into())),
-        ("tokenizer.ggml.model", gguf_file::Value::String("gpt2".into())),
-        ("tokenizer.ggml.pre", gguf_file::Value::String("qwen2".into())),
-        ("tokenizer.ggml.tokens", gguf_file::Value::Array(vec![gguf_file::Value::String("a".into())])),
-        ("tokenizer.ggml.merges", gguf_file::Value::Array(vec![])),
-    ];
-    let mut f = std::fs::File::create(&path).unwrap();
-    gguf_file::write(&mut f, &md.iter().map(|(k, v)| (*k, v)).collect::<Vec<_>>(), &[("token_embd.weight", &t)])
-        .unwrap();
-    drop(f);
+    vocab_gguf(&path, "llama", Some("qwen2"));
     let o = mores(&["score", "--model", path.to_str().unwrap(), "--prompt", "x"]);
     assert_clean_error(&o, "tokenizer.ggml.pre = \"qwen2\" is not supported");
 }
@@ -335,6 +328,36 @@ fn bench_sizes_of_zero_are_errors() {
         a.extend_from_slice(&args);
         assert_clean_error(&mores(&a), "bench lora needs");
     }
+}
+
+/// Issue 13: both benchmarks run end to end on a tiny model (mores rows only): the probe table
+/// shows prefix reuse computing fewer tokens than the rows hold, beside the whole-rows reference;
+/// the decoding table reports the tokens asked for.
+#[test]
+fn bench_probe_and_generate_tables_on_a_tiny_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = crate::common::tiny_model(&dir.path().join("m"), "llama", 1);
+    let work = dir.path().join("work");
+    let (m, work) = (m.to_str().unwrap(), work.to_str().unwrap());
+    let o = mores(&["bench", "probe", "--models", m, "--n", "12", "--weights", "f32", "--repeat", "2", "--work", work]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout).to_string();
+    let row = |name: &str| {
+        table.lines().find(|l| l.contains(name)).unwrap_or_else(|| panic!("no {name} row: {table}")).to_string()
+    };
+    let tokens = |line: &str| -> (u64, u64) {
+        let cell = line.split('|').nth(5).unwrap().trim().to_string();
+        let (a, b) = cell.split_once(" / ").unwrap_or_else(|| panic!("tokens cell {cell:?}"));
+        (a.parse().unwrap(), b.parse().unwrap())
+    };
+    let (reuse, whole) = (tokens(&row("| mores (f32) |")), tokens(&row("whole rows")));
+    assert!(reuse.0 < reuse.1 && whole.0 == whole.1 && reuse.1 == whole.1, "{table}");
+    assert!(table.contains("2 round(s)"), "{table}");
+    let o =
+        mores(&["bench", "generate", "--models", m, "--weights", "f32", "--new", "3", "--reps", "1", "--work", work]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("3 new tokens"));
+    assert_clean_error(&mores(&["bench", "generate", "--models", m, "--new", "0"]), "bench generate needs");
 }
 
 /// Regression (issue 16): `dataset stats` and training accepted records whose hash no longer
