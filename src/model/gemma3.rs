@@ -48,6 +48,51 @@ pub struct RopeScaling {
     pub factor: Option<f64>,
 }
 
+impl Config {
+    /// A config.json: the shapes, and RoPE from the older top-level keys (`rope_theta`,
+    /// `rope_local_base_freq`, `rope_scaling`) or transformers 5's `rope_parameters` (one entry
+    /// per layer kind). Scaling other than linear is refused by name, never ignored: Gemma 3 4B
+    /// and up scale their global layers by 8, and a dropped factor gives wrong logits.
+    pub fn from_hf(raw: serde_json::Value, path: &std::path::Path) -> Result<Self> {
+        use serde_json::Value;
+        let mut c: Config =
+            serde_json::from_value(raw.clone()).map_err(|e| Error::model(path, format!("gemma3 config: {e}")))?;
+        let refuse = |m: String| Error::model(path, format!("unsupported gemma3 configuration: {m}"));
+        let num = |v: &Value, k: &str| v.get(k).and_then(|x| x.as_f64());
+        // The linear factor of a RoPE entry, None without scaling.
+        let factor = |v: &Value, which: &str| -> Result<Option<f64>> {
+            let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(|t| t.as_str()).unwrap_or("default");
+            match kind {
+                "default" => Ok(None),
+                "linear" => num(v, "factor")
+                    .filter(|f| *f > 0.0)
+                    .map(Some)
+                    .ok_or_else(|| refuse(format!("{which}: linear RoPE scaling without a positive factor"))),
+                other => Err(refuse(format!("{which}: RoPE scaling type {other:?} (supported: default, linear)"))),
+            }
+        };
+        if let Some(p) = raw.get("rope_parameters").filter(|v| v.is_object()) {
+            let (full, local) = (p.get("full_attention"), p.get("sliding_attention"));
+            let full = full.unwrap_or(p);
+            if let Some(t) = num(full, "rope_theta") {
+                c.rope_theta = t;
+            }
+            c.rope_scaling = factor(full, "rope_parameters.full_attention")?.map(|f| RopeScaling { factor: Some(f) });
+            if let Some(l) = local {
+                if let Some(t) = num(l, "rope_theta") {
+                    c.rope_local_base_freq = t;
+                }
+                if factor(l, "rope_parameters.sliding_attention")?.is_some() {
+                    return Err(refuse("RoPE scaling on the sliding-window layers".into()));
+                }
+            }
+        } else if let Some(s) = raw.get("rope_scaling").filter(|v| v.is_object()) {
+            c.rope_scaling = factor(s, "rope_scaling")?.map(|f| RopeScaling { factor: Some(f) });
+        }
+        Ok(c)
+    }
+}
+
 fn default_eps() -> f64 {
     1e-6
 }
@@ -311,5 +356,39 @@ impl Model {
         o.insert("query_pre_attn_scalar".into(), c.query_pre_attn_scalar.unwrap_or(c.head_dim as f64).into());
         o.insert("torch_dtype".into(), "float32".into());
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: serde_json::Value) -> serde_json::Value {
+        let mut v = serde_json::json!({"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "vocab_size": 99});
+        v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        v
+    }
+
+    #[test]
+    fn rope_from_transformers_5_parameters_and_unknown_scaling_refused() {
+        let p = std::path::Path::new("config.json");
+        // Gemma 3 4B as transformers 5 writes it: global layers linear x8, local base 10k.
+        let c = Config::from_hf(
+            config(serde_json::json!({"rope_parameters": {
+                "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}})),
+            p,
+        )
+        .unwrap();
+        assert_eq!(c.rope_scaling.and_then(|r| r.factor), Some(8.0));
+        assert_eq!((c.rope_theta, c.rope_local_base_freq), (1_000_000.0, 10_000.0));
+        for bad in [
+            serde_json::json!({"rope_scaling": {"rope_type": "yarn", "factor": 8.0}}),
+            serde_json::json!({"rope_parameters": {"full_attention": {"rope_type": "dynamic", "factor": 2.0}}}),
+        ] {
+            let e = Config::from_hf(config(bad), p).unwrap_err().to_string();
+            assert!(e.contains("RoPE scaling type"), "{e}");
+        }
     }
 }

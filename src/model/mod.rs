@@ -423,8 +423,7 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Model> {
             (Arch::Llama(llama::Model::load(c.clone(), &mut w)?), c.vocab_size)
         }
         None => {
-            let c: gemma3::Config =
-                serde_json::from_value(raw).map_err(|e| Error::model(&cfg_path, format!("gemma3 config: {e}")))?;
+            let c = gemma3::Config::from_hf(raw, &cfg_path)?;
             (Arch::Gemma3(gemma3::Model::load(c.clone(), &mut w)?), c.vocab_size)
         }
     };
