@@ -302,13 +302,20 @@ impl Model {
             tree.insert(r);
         }
         cache.stats.row_tokens += rows.iter().map(|r| r.len() as u64).sum::<u64>();
-        // A cached prefix may cover a row up to its first read position (that token must run).
+        // A cached prefix may cover a row up to its first read position (that token must run),
+        // and no further than any read of another row that shares those tokens: its read would
+        // fall inside the cached node, which does not run.
         let mut first_read = vec![usize::MAX; rows.len()];
         for &(r, p) in read {
             first_read[r] = first_read[r].min(p);
         }
+        let lcp = |a: &[u32], b: &[u32]| a.iter().zip(b).take_while(|(x, y)| x == y).count();
         for (i, row) in rows.iter().enumerate() {
-            if let Some((len, kv)) = cache.lookup(row, first_read[i].min(row.len())) {
+            let bound = (0..rows.len())
+                .filter(|&j| j != i && lcp(row, &rows[j]) > first_read[j])
+                .map(|j| first_read[j])
+                .fold(first_read[i].min(row.len()), usize::min);
+            if let Some((len, kv)) = cache.lookup(row, bound) {
                 cache.stats.from_cache += len as u64;
                 let n = tree.boundary(row, len);
                 tree.nodes[n].kv = Some(kv);
@@ -371,6 +378,13 @@ impl Model {
                 }
             }
         }
+        if order.len() != read.len() {
+            return Err(crate::util::error::Error::Invalid(format!(
+                "internal: prefix-shared scoring produced {} of {} read positions",
+                order.len(),
+                read.len()
+            )));
+        }
         let all = Tensor::cat(&pieces, 0)?;
         let mut inverse = vec![0u32; order.len()];
         for (pos, &ri) in order.iter().enumerate() {
@@ -380,14 +394,15 @@ impl Model {
     }
 }
 
-/// The nodes below `n` that must run once `n` is known: its needed children, and those of cached
-/// nodes below it (a cached node's keys and values are known already).
+/// The nodes below `n` that must run once `n` is known: its needed children, and the needed
+/// nodes below children that need not run (a cached node, or an ancestor of cached nodes only:
+/// a needed node's parent is always needed or cached, so its keys and values are known then).
 fn ready_below(tree: &Tree, n: usize, need: &[bool]) -> Vec<usize> {
     let mut out = Vec::new();
     for &c in &tree.nodes[n].children {
         if need[c] {
             out.push(c);
-        } else if tree.nodes[c].cached {
+        } else {
             out.extend(ready_below(tree, c, need));
         }
     }

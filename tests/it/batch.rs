@@ -219,3 +219,23 @@ fn prefix_reuse_equals_whole_rows_smollm2() {
     let mut m = Model::load(&smollm2(), &LoadOptions { dequantize: true, ..Default::default() }).unwrap();
     assert_prefix_reuse_exact(&mut m);
 }
+
+/// Regression: a cached prefix taken for one row covered the read position of a shorter row in the
+/// same batch that shares those tokens ("cat expects at least one tensor" in `mores run`).
+#[test]
+fn cached_prefix_never_covers_another_rows_read() {
+    use mores::model::radix::PrefixCache;
+    let dir = tempfile::tempdir().unwrap();
+    let m = Model::load(&tiny_model(dir.path(), "llama", 6), &LoadOptions::default()).unwrap();
+    let req = |p: &str| ScoreRequest { prompt: p.to_string(), labels: vec!["1".into(), "2".into(), "3".into()] };
+    let p = "Imagine a person in Kenya. Question: family?";
+    let mut cache = PrefixCache::new(256);
+    let first = [req(&format!("{p} Options: 1 2 Answer: ")), req(&format!("{p} Options: 2 1 Answer: "))];
+    m.score_batch_cached(&first, &mut cache).unwrap();
+    // The shorter prompt ends inside the cached "... Options: " path of the other one.
+    let second = [req("Imagine a person in Kenya. Question: fam"), req(&format!("{p} Options: 3 1 Answer: "))];
+    let got = m.score_batch_cached(&second, &mut cache).unwrap();
+    for (r, g) in second.iter().zip(&got) {
+        assert_eq!(g, &m.score_batch(std::slice::from_ref(r)).unwrap()[0], "{:?}", r.prompt);
+    }
+}
