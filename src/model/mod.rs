@@ -228,8 +228,9 @@ impl Model {
         self.check_len(rows.iter().map(|r| r.len()).max().unwrap_or(0))?;
         if self.dense && self.device.is_cpu() {
             if !self.prefix_reuse {
-                cache.stats.row_tokens += rows.iter().map(|r| r.len() as u64).sum::<u64>();
-                cache.stats.computed += rows.iter().map(|r| r.len() as u64).sum::<u64>();
+                let tokens: u64 = rows.iter().map(|r| r.len() as u64).sum();
+                cache.stats.row_tokens += tokens;
+                cache.stats.computed += tokens;
                 cache.stats.padded += (rows.len() * rows.iter().map(|r| r.len()).max().unwrap_or(0)) as u64;
                 return self.logits_rows(rows, read, Mode::INFER);
             }
@@ -265,7 +266,7 @@ impl Model {
 /// Length of the token prefix common to all rows, leaving every read position after it.
 fn shared_prefix(rows: &[Vec<u32>], read: &[(usize, usize)]) -> usize {
     let Some(first) = rows.first() else { return 0 };
-    let mut n = rows.iter().map(|r| first.iter().zip(r).take_while(|(a, b)| a == b).count()).min().unwrap_or(0);
+    let mut n = rows.iter().map(|r| radix::common_prefix(first, r)).min().unwrap_or(0);
     if let Some(min_read) = read.iter().map(|&(_, p)| p).min() {
         n = n.min(min_read);
     }

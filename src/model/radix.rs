@@ -60,11 +60,6 @@ impl PrefixCache {
         }
     }
 
-    /// Memory held now, in bytes.
-    pub fn bytes(&self) -> usize {
-        self.bytes
-    }
-
     /// A cache serves one model (file, weight form and adapter): another model empties it.
     fn bind(&mut self, model_id: &str) {
         if self.model.as_deref() != Some(model_id) {
@@ -81,7 +76,7 @@ impl PrefixCache {
     fn lookup(&mut self, row: &[u32], max_len: usize) -> Option<(usize, Arc<Kv>)> {
         self.clock += 1;
         let clock = self.clock;
-        let common = |e: &Entry| e.tokens.iter().zip(row).take_while(|(a, b)| a == b).count().min(max_len);
+        let common = |e: &Entry| common_prefix(&e.tokens, row).min(max_len);
         let best = self.entries.iter_mut().max_by_key(|e| common(e))?;
         let len = common(best);
         if len == 0 {
@@ -110,6 +105,11 @@ impl PrefixCache {
             self.bytes -= self.entries.swap_remove(lru).bytes;
         }
     }
+}
+
+/// How many leading tokens `a` and `b` share.
+pub fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 const ROOT: usize = 0;
@@ -228,7 +228,7 @@ impl Tree {
                 self.nodes[cur].children.push(n);
                 return;
             };
-            let common = self.nodes[c].tokens.iter().zip(&row[pos..]).take_while(|(a, b)| a == b).count();
+            let common = common_prefix(&self.nodes[c].tokens, &row[pos..]);
             if common == self.nodes[c].tokens.len() {
                 (cur, pos) = (c, pos + common);
             } else if pos + common == row.len() {
@@ -254,27 +254,15 @@ impl Tree {
         cur
     }
 
-    /// The node holding position `pos` of `row`, and the offset in it.
+    /// The node holding position `pos` of `row`, and the offset in it: one walk from the root.
     fn locate(&self, row: &[u32], pos: usize) -> (usize, usize) {
-        let mut at = 0;
+        let (mut cur, mut at) = (ROOT, 0);
         loop {
-            let c = self.child_on(row, at);
+            let c = self.child_for(cur, &row[at..]).expect("row inserted");
             if pos < self.nodes[c].end() {
                 return (c, pos - self.nodes[c].start);
             }
-            at = self.nodes[c].end();
-        }
-    }
-
-    /// The node that holds position `at` of `row`, found from the root.
-    fn child_on(&self, row: &[u32], at: usize) -> usize {
-        let (mut cur, mut pos) = (ROOT, 0);
-        loop {
-            let c = self.child_for(cur, &row[pos..]).expect("row inserted");
-            if at < self.nodes[c].end() {
-                return c;
-            }
-            (cur, pos) = (c, self.nodes[c].end());
+            (cur, at) = (c, self.nodes[c].end());
         }
     }
 }
@@ -309,10 +297,9 @@ impl Model {
         for &(r, p) in read {
             first_read[r] = first_read[r].min(p);
         }
-        let lcp = |a: &[u32], b: &[u32]| a.iter().zip(b).take_while(|(x, y)| x == y).count();
         for (i, row) in rows.iter().enumerate() {
             let bound = (0..rows.len())
-                .filter(|&j| j != i && lcp(row, &rows[j]) > first_read[j])
+                .filter(|&j| j != i && common_prefix(row, &rows[j]) > first_read[j])
                 .map(|j| first_read[j])
                 .fold(first_read[i].min(row.len()), usize::min);
             if let Some((len, kv)) = cache.lookup(row, bound) {
@@ -323,12 +310,13 @@ impl Model {
             }
         }
         tree.collapse(MIN_SAVED);
-        let located: Vec<(usize, usize)> = read.iter().map(|&(r, p)| tree.locate(&rows[r], p)).collect();
-        let mut has_read = vec![false; tree.nodes.len()];
-        for &(n, _) in &located {
-            has_read[n] = true;
+        // Per node, the reads it holds: (index into `read`, offset in the node).
+        let mut reads_of: Vec<Vec<(usize, usize)>> = vec![Vec::new(); tree.nodes.len()];
+        for (ri, &(r, p)) in read.iter().enumerate() {
+            let (n, off) = tree.locate(&rows[r], p);
+            reads_of[n].push((ri, off));
         }
-        let need = needed(&tree, &has_read);
+        let need = needed(&tree, &reads_of);
         let mut frontier = ready_below(&tree, ROOT, &need);
         frontier.sort_unstable();
         let (mut pieces, mut order): (Vec<Tensor>, Vec<usize>) = (Vec::new(), Vec::new());
@@ -343,17 +331,15 @@ impl Model {
             let prefix: Vec<&Kv> = parents.iter().map(|p| &**p).collect();
             let (mut idx, mut which) = (Vec::new(), Vec::new());
             for (i, &n) in frontier.iter().enumerate() {
-                for (ri, &(ln, off)) in located.iter().enumerate() {
-                    if ln == n {
-                        idx.push(batch.flat_index(i, off));
-                        which.push(ri);
-                    }
+                for &(ri, off) in &reads_of[n] {
+                    idx.push(batch.flat_index(i, off));
+                    which.push(ri);
                 }
             }
             let inner: Vec<bool> = frontier.iter().map(|&n| tree.nodes[n].children.iter().any(|&c| need[c])).collect();
             let record = inner.iter().any(|&x| x);
-            let idx_t =
-                (!idx.is_empty()).then(|| Tensor::from_vec(idx.clone(), idx.len(), &self.device)).transpose()?;
+            let n_idx = idx.len();
+            let idx_t = (n_idx > 0).then(|| Tensor::from_vec(idx, n_idx, &self.device)).transpose()?;
             let (logits, own) = self.forward(&batch, &prefix, idx_t.as_ref(), record, Mode::INFER)?;
             if let Some(l) = logits {
                 pieces.push(l);
@@ -410,17 +396,17 @@ fn ready_below(tree: &Tree, n: usize, need: &[bool]) -> Vec<usize> {
 }
 
 /// Nodes that must run: not cached, and read from or a parent of one that must run.
-fn needed(tree: &Tree, has_read: &[bool]) -> Vec<bool> {
-    fn visit(tree: &Tree, n: usize, has_read: &[bool], need: &mut [bool]) -> bool {
+fn needed(tree: &Tree, reads_of: &[Vec<(usize, usize)>]) -> Vec<bool> {
+    fn visit(tree: &Tree, n: usize, reads_of: &[Vec<(usize, usize)>], need: &mut [bool]) -> bool {
         let mut below = false;
         for &c in &tree.nodes[n].children {
-            below |= visit(tree, c, has_read, need);
+            below |= visit(tree, c, reads_of, need);
         }
-        need[n] = n != ROOT && !tree.nodes[n].cached && (has_read[n] || below);
+        need[n] = n != ROOT && !tree.nodes[n].cached && (!reads_of[n].is_empty() || below);
         need[n]
     }
     let mut need = vec![false; tree.nodes.len()];
-    visit(tree, ROOT, has_read, &mut need);
+    visit(tree, ROOT, reads_of, &mut need);
     need
 }
 
