@@ -94,16 +94,7 @@ fn run_peer(a: &GenBenchArgs, peers: &Path, backend: &str, model: &Path, out: &P
     cmd.arg(&script).args(["--backend", backend, "--model"]).arg(model);
     cmd.args(["--threads", &a.threads.to_string(), "--new", &a.new.to_string(), "--reps", &a.reps.to_string()]);
     cmd.arg("--out").arg(out);
-    let o =
-        cmd.output().map_err(|e| Error::Invalid(format!("cannot run {} with {}: {e}", script.display(), a.python)))?;
-    if !o.status.success() {
-        let err = String::from_utf8_lossy(&o.stderr);
-        return Err(Error::Invalid(format!(
-            "peer {backend} failed ({}): {}",
-            o.status,
-            err.lines().last().unwrap_or("")
-        )));
-    }
+    super::peer(&mut cmd, &script, &a.python, &format!("peer {backend}"))?;
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(out).map_err(|e| Error::io(out, e))?)?;
     let num = |k: &str| v.get(k).and_then(|x| x.as_f64()).unwrap_or(f64::NAN);
     Ok(GenMeasurement {
@@ -136,17 +127,11 @@ pub fn generate_bench(a: &GenBenchArgs) -> Result<String> {
     for model_path in &a.models {
         let mut rows: Vec<GenMeasurement> = Vec::new();
         for w in &a.weights {
-            let o = Command::new(&exe)
-                .args(["--threads", &a.threads.to_string(), "bench", "generate-one", "--model"])
-                .arg(model_path)
-                .args(["--weights", &format!("{w:?}").to_lowercase()])
-                .args(["--new", &a.new.to_string(), "--reps", &a.reps.to_string()])
-                .output()
-                .map_err(|e| Error::io(&exe, e))?;
-            if !o.status.success() {
-                return Err(Error::Invalid(format!("bench child failed: {}", String::from_utf8_lossy(&o.stderr))));
-            }
-            rows.push(serde_json::from_slice(&o.stdout)?);
+            let mut cmd = Command::new(&exe);
+            cmd.args(["--threads", &a.threads.to_string(), "bench", "generate-one", "--model"]).arg(model_path);
+            cmd.args(["--weights", &format!("{w:?}").to_lowercase()]);
+            cmd.args(["--new", &a.new.to_string(), "--reps", &a.reps.to_string()]);
+            rows.push(super::child(&mut cmd, &exe)?);
         }
         if let Some(peers) = &a.peers {
             let stem = model_path.file_stem().unwrap_or_default().to_string_lossy().to_string();

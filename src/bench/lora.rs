@@ -115,19 +115,11 @@ pub struct LoraBenchArgs {
 fn run_peer(a: &LoraBenchArgs, peers: &Path) -> Result<LoraMeasurement> {
     let script = peers.join("lora_bench.py");
     let out = a.work.join("peft-lora.json");
-    let o = Command::new(&a.python)
-        .arg(&script)
-        .arg("--model")
-        .arg(&a.model)
-        .args(["--steps", &a.steps.to_string(), "--threads", &a.threads.to_string()])
-        .args(["--batch", &a.batch.to_string(), "--seq", &a.seq.to_string(), "--out"])
-        .arg(&out)
-        .output()
-        .map_err(|e| Error::Invalid(format!("cannot run {} with {}: {e}", script.display(), a.python)))?;
-    if !o.status.success() {
-        let err = String::from_utf8_lossy(&o.stderr);
-        return Err(Error::Invalid(format!("PEFT peer failed ({}): {}", o.status, err.lines().last().unwrap_or(""))));
-    }
+    let mut cmd = Command::new(&a.python);
+    cmd.arg(&script).arg("--model").arg(&a.model);
+    cmd.args(["--steps", &a.steps.to_string(), "--threads", &a.threads.to_string()]);
+    cmd.args(["--batch", &a.batch.to_string(), "--seq", &a.seq.to_string(), "--out"]).arg(&out);
+    super::peer(&mut cmd, &script, &a.python, "PEFT peer")?;
     let text = std::fs::read_to_string(&out).map_err(|e| Error::io(&out, e))?;
     let v: serde_json::Value = serde_json::from_str(&text)?;
     let num = |k: &str| v.get(k).and_then(|x| x.as_f64()).unwrap_or(f64::NAN);
@@ -159,16 +151,10 @@ pub fn lora_bench(a: &LoraBenchArgs) -> Result<String> {
     check_sizes(a.steps, a.batch, a.seq)?;
     std::fs::create_dir_all(&a.work).map_err(|e| Error::io(&a.work, e))?;
     let exe = std::env::current_exe().map_err(|e| Error::io("mores", e))?;
-    let o = Command::new(&exe)
-        .args(["--threads", &a.threads.to_string(), "bench", "lora-one", "--model"])
-        .arg(&a.model)
-        .args(["--steps", &a.steps.to_string(), "--batch", &a.batch.to_string(), "--seq", &a.seq.to_string()])
-        .output()
-        .map_err(|e| Error::io(&exe, e))?;
-    if !o.status.success() {
-        return Err(Error::Invalid(format!("bench child failed: {}", String::from_utf8_lossy(&o.stderr))));
-    }
-    let mut rows: Vec<LoraMeasurement> = vec![serde_json::from_slice(&o.stdout)?];
+    let mut cmd = Command::new(&exe);
+    cmd.args(["--threads", &a.threads.to_string(), "bench", "lora-one", "--model"]).arg(&a.model);
+    cmd.args(["--steps", &a.steps.to_string(), "--batch", &a.batch.to_string(), "--seq", &a.seq.to_string()]);
+    let mut rows: Vec<LoraMeasurement> = vec![super::child(&mut cmd, &exe)?];
     if let Some(peers) = &a.peers {
         match run_peer(a, peers) {
             Ok(m) => rows.push(m),

@@ -4,6 +4,31 @@ pub mod generate;
 pub mod lora;
 pub mod probe;
 
+use crate::util::error::{Error, Result};
+use std::path::Path;
+use std::process::Command;
+
+/// Run one mores measurement in a fresh process (so its peak memory is its own) and parse the
+/// JSON it prints.
+pub fn child<T: serde::de::DeserializeOwned>(cmd: &mut Command, exe: &Path) -> Result<T> {
+    let o = cmd.output().map_err(|e| Error::io(exe, e))?;
+    if !o.status.success() {
+        return Err(Error::Invalid(format!("bench child failed: {}", String::from_utf8_lossy(&o.stderr))));
+    }
+    Ok(serde_json::from_slice(&o.stdout)?)
+}
+
+/// Run a reference script of shared/peers with `python`; a failure names `what` and the last
+/// line of the script's stderr.
+pub fn peer(cmd: &mut Command, script: &Path, python: &str, what: &str) -> Result<()> {
+    let o = cmd.output().map_err(|e| Error::Invalid(format!("cannot run {} with {python}: {e}", script.display())))?;
+    if !o.status.success() {
+        let err = String::from_utf8_lossy(&o.stderr);
+        return Err(Error::Invalid(format!("{what} failed ({}): {}", o.status, err.lines().last().unwrap_or(""))));
+    }
+    Ok(())
+}
+
 /// The median of repeated measurements (NaN for none).
 pub fn median(v: Vec<f64>) -> f64 {
     use statrs::statistics::{Data, Median};

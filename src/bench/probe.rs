@@ -30,10 +30,8 @@ pub struct Measurement {
     pub peak_rss_mib: f64,
     #[serde(default)]
     pub probs: BTreeMap<String, Vec<f64>>,
-    /// Tokens in the scored rows (prompt plus label branches) and tokens run through the model
-    /// (mores only: the rest came from shared prefixes).
-    #[serde(default)]
-    pub tokens: Option<(u64, u64)>,
+    /// Tokens in the scored rows (prompt plus label branches), tokens run through the model and
+    /// from the prefix cache (mores only).
     #[serde(default)]
     pub reuse: Option<crate::model::radix::ReuseStats>,
 }
@@ -110,8 +108,7 @@ pub fn measure_one(
     let form = format!("{weights:?}").to_lowercase();
     Ok(Measurement {
         backend: if whole_rows { format!("mores ({form}, whole rows)") } else { format!("mores ({form})") },
-        tokens: (st.row_tokens > 0).then_some((st.row_tokens, st.computed)),
-        reuse: Some(st),
+        reuse: (st.row_tokens > 0).then_some(st),
         n: lines.len(),
         batch,
         load_s,
@@ -152,13 +149,7 @@ fn run_peer(
     if backend == "hf" {
         cmd.args(["--batch", &batch]);
     }
-    let o =
-        cmd.output().map_err(|e| Error::Invalid(format!("cannot run {} with {}: {e}", script.display(), a.python)))?;
-    if !o.status.success() {
-        let err = String::from_utf8_lossy(&o.stderr);
-        let last = err.lines().last().unwrap_or("");
-        return Err(Error::Invalid(format!("peer {backend} failed ({}): {last}", o.status)));
-    }
+    super::peer(&mut cmd, &script, &a.python, &format!("peer {backend}"))?;
     #[derive(Deserialize)]
     struct PeerOut {
         meta: serde_json::Value,
@@ -175,7 +166,6 @@ fn run_peer(
         score_s: num("score_s"),
         prompts_per_s: num("prompts_per_s"),
         peak_rss_mib: num("peak_rss_mib"),
-        tokens: None,
         reuse: None,
         probs: p
             .results
@@ -230,11 +220,7 @@ fn mores_child(
     if whole {
         cmd.arg("--whole-rows");
     }
-    let o = cmd.output().map_err(|e| Error::io(exe, e))?;
-    if !o.status.success() {
-        return Err(Error::Invalid(format!("bench child failed: {}", String::from_utf8_lossy(&o.stderr))));
-    }
-    Ok(serde_json::from_slice(&o.stdout)?)
+    super::child(&mut cmd, exe)
 }
 
 /// Run the benchmark and return a markdown table. Every backend runs `repeat` times, the
@@ -302,8 +288,7 @@ pub fn probe_bench(a: &BenchArgs) -> Result<String> {
         let speed = |s: &Series| s.spread(|m| m.prompts_per_s);
         let best = series
             .iter()
-            .filter(|s| s.last().backend.starts_with("mores") && s.last().tokens.is_some_and(|(r, c)| c < r))
-            .chain(series.iter().filter(|s| s.last().backend.starts_with("mores")))
+            .filter(|s| s.last().backend.starts_with("mores"))
             .max_by(|x, y| speed(x).0.total_cmp(&speed(y).0))
             .expect("at least one mores row");
         let name = model_path.file_name().unwrap_or_default().to_string_lossy();
@@ -311,7 +296,7 @@ pub fn probe_bench(a: &BenchArgs) -> Result<String> {
             let m = s.last();
             let (med, lo, hi) = speed(s);
             let rss = s.spread(|m| m.peak_rss_mib).0;
-            let tokens = m.tokens.map(|(r, c)| format!("{c} / {r}")).unwrap_or_else(|| "–".into());
+            let tokens = m.reuse.map(|r| format!("{} / {}", r.computed, r.row_tokens)).unwrap_or_else(|| "–".into());
             let _ = writeln!(
                 out,
                 "| {name} | {} | {} | {} | {tokens} | {med:.2} ({lo:.2}-{hi:.2}) | {rss:.0} | {:.2}x | {:.2}x | {} |",
