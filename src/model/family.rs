@@ -48,23 +48,12 @@ impl Family {
             Family::Phi3 => "phi3",
         }
     }
-
-    pub fn hf_class(self) -> &'static str {
-        match self {
-            Family::Llama => "LlamaForCausalLM",
-            Family::Mistral => "MistralForCausalLM",
-            Family::Qwen2 => "Qwen2ForCausalLM",
-            Family::Qwen3 => "Qwen3ForCausalLM",
-            Family::Phi3 => "Phi3ForCausalLM",
-        }
-    }
 }
 
 /// What the decoder needs to know beyond the shapes.
 #[derive(Debug, Clone, Default)]
 pub struct Traits {
     pub family: Family,
-    pub rope_theta: f64,
     /// Per-frequency divisors from RoPE scaling (empty: none).
     pub rope: RopeScaling,
     /// Bias on Q, K and V (qwen2; llama-like `attention_bias` also on O).
@@ -114,8 +103,19 @@ impl RopeScaling {
     }
 }
 
-fn num(v: &Value, k: &str) -> Option<f64> {
+pub(crate) fn num(v: &Value, k: &str) -> Option<f64> {
     v.get(k).and_then(|x| x.as_f64())
+}
+
+/// The scaling type of a RoPE entry (`rope_type`, or the older `type`; none: "default").
+pub(crate) fn rope_type(v: &Value) -> &str {
+    v.get("rope_type").or_else(|| v.get("type")).and_then(|t| t.as_str()).unwrap_or("default")
+}
+
+/// The RoPE base: transformers 5's `rope_parameters.rope_theta`, else the top-level `rope_theta`.
+pub fn rope_theta(raw: &Value) -> f64 {
+    let params = raw.get("rope_parameters").filter(|v| v.is_object());
+    params.and_then(|p| num(p, "rope_theta")).or_else(|| num(raw, "rope_theta")).unwrap_or(10_000.0)
 }
 
 /// Resolve a config.json (older top-level `rope_theta` / `rope_scaling`, or transformers 5's
@@ -124,11 +124,10 @@ pub fn resolve(family: Family, raw: &Value, path: &Path) -> Result<Traits> {
     let refuse = |what: String| Error::model(path, format!("unsupported {} configuration: {what}", family.name()));
     let params = raw.get("rope_parameters").filter(|v| v.is_object());
     let scaling = raw.get("rope_scaling").filter(|v| v.is_object()).or(params);
-    let rope_theta = params.and_then(|p| num(p, "rope_theta")).or_else(|| num(raw, "rope_theta")).unwrap_or(10_000.0);
     let rope = match scaling {
         None => RopeScaling::None,
         Some(s) => {
-            let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(|t| t.as_str()).unwrap_or("default");
+            let kind = rope_type(s);
             let need = |k: &str| num(s, k).ok_or_else(|| refuse(format!("rope scaling {kind:?} without {k}")));
             match kind {
                 "default" => RopeScaling::None,
@@ -190,7 +189,6 @@ pub fn resolve(family: Family, raw: &Value, path: &Path) -> Result<Traits> {
     }
     Ok(Traits {
         family,
-        rope_theta,
         rope,
         qkv_bias: family == Family::Qwen2 || attention_bias,
         o_bias: attention_bias,
@@ -235,7 +233,8 @@ mod tests {
         }
         let e = resolve(Family::Qwen2, &serde_json::json!({"use_sliding_window": true}), p).unwrap_err().to_string();
         assert!(e.contains("use_sliding_window"), "{e}");
-        let t = resolve(Family::Llama, &serde_json::json!({"rope_parameters": {"rope_theta": 500000.0}}), p).unwrap();
-        assert_eq!(t.rope_theta, 500_000.0, "transformers 5 keeps rope_theta in rope_parameters");
+        let raw = serde_json::json!({"rope_parameters": {"rope_theta": 500000.0}});
+        resolve(Family::Llama, &raw, p).unwrap();
+        assert_eq!(rope_theta(&raw), 500_000.0, "transformers 5 keeps rope_theta in rope_parameters");
     }
 }

@@ -54,15 +54,14 @@ impl Config {
     /// per layer kind). Scaling other than linear is refused by name, never ignored: Gemma 3 4B
     /// and up scale their global layers by 8, and a dropped factor gives wrong logits.
     pub fn from_hf(raw: serde_json::Value, path: &std::path::Path) -> Result<Self> {
+        use super::family::{num, rope_type};
         use serde_json::Value;
         let mut c: Config =
             serde_json::from_value(raw.clone()).map_err(|e| Error::model(path, format!("gemma3 config: {e}")))?;
         let refuse = |m: String| Error::model(path, format!("unsupported gemma3 configuration: {m}"));
-        let num = |v: &Value, k: &str| v.get(k).and_then(|x| x.as_f64());
         // The linear factor of a RoPE entry, None without scaling.
         let factor = |v: &Value, which: &str| -> Result<Option<f64>> {
-            let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(|t| t.as_str()).unwrap_or("default");
-            match kind {
+            match rope_type(v) {
                 "default" => Ok(None),
                 "linear" => num(v, "factor")
                     .filter(|f| *f > 0.0)

@@ -21,10 +21,6 @@ impl Linear {
         Self { base, bias: None, lora: None }
     }
 
-    pub fn with_bias(base: QMatMul, bias: Option<Tensor>) -> Self {
-        Self { base, bias, lora: None }
-    }
-
     /// Input and output width.
     pub fn dims(&self) -> Result<(usize, usize)> {
         let (out, inp) = match &self.base {

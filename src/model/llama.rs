@@ -86,10 +86,7 @@ impl Config {
             vocab_size: g.strings("tokenizer.ggml.tokens")?.len(),
             tie_word_embeddings: !g.content.tensor_infos.contains_key("output.weight"),
             max_position_embeddings: g.opt_u32(&format!("{p}.context_length")).map(|x| x as usize),
-            traits: Traits {
-                rope_theta: g.opt_f32(&format!("{p}.rope.freq_base")).unwrap_or(10_000.0) as f64,
-                ..Default::default()
-            },
+            traits: Traits::default(),
             raw: None,
         })
     }
@@ -99,7 +96,7 @@ impl Config {
         let mut c: Config = serde_json::from_value(raw.clone())
             .map_err(|e| Error::model(path, format!("{} config: {e}", family.name())))?;
         c.traits = super::family::resolve(family, &raw, path)?;
-        c.rope_theta = c.traits.rope_theta;
+        c.rope_theta = super::family::rope_theta(&raw);
         c.raw = Some(raw);
         Ok(c)
     }
