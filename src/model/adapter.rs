@@ -50,9 +50,17 @@ impl Adapter {
         spec.validate().map_err(Error::Invalid)?;
         let targets = spec.target_modules().map_err(Error::Invalid)?;
         let device = model.device.clone();
+        let n_layers = model.lora_slots().iter().map(|s| s.layer + 1).max().unwrap_or(0);
+        if let Some(&bad) = spec.layers.iter().flatten().find(|&&l| l >= n_layers) {
+            return Err(Error::Invalid(format!(
+                "lora.layers names layer {bad}, but {} has {n_layers} decoder layers (0 to {})",
+                model.info.name,
+                n_layers.saturating_sub(1)
+            )));
+        }
         let mut params = Vec::new();
         for slot in model.lora_slots() {
-            if !targets.contains(&slot.target) {
+            if !targets.contains(&slot.target) || !spec.adapts_layer(slot.layer) {
                 continue;
             }
             let (inp, out) = slot.linear.dims()?;
@@ -142,6 +150,12 @@ impl Adapter {
                         "adapter has layer {layer} but {} has {n_layers} layers: adapter for another model",
                         model.info.name
                     ),
+                ));
+            }
+            if !spec.adapts_layer(layer) {
+                return Err(Error::model(
+                    &w_path,
+                    format!("layer {layer} {module}: not among the config's layers_to_transform {:?}", spec.layers),
                 ));
             }
             let mut slots = model.lora_slots();
@@ -270,7 +284,10 @@ impl PeftConfig {
             rank_pattern: serde_json::json!({}),
             alpha_pattern: serde_json::json!({}),
             modules_to_save: serde_json::Value::Null,
-            layers_to_transform: serde_json::Value::Null,
+            layers_to_transform: match &s.layers {
+                Some(l) => serde_json::json!(l),
+                None => serde_json::Value::Null,
+            },
             lora_bias: false,
             target_parameters: serde_json::Value::Null,
             layer_replication: serde_json::Value::Null,
@@ -290,19 +307,29 @@ impl PeftConfig {
             || !empty(&self.rank_pattern)
             || !empty(&self.alpha_pattern)
             || !self.modules_to_save.is_null()
-            || !self.layers_to_transform.is_null()
             || self.lora_bias
             || !self.target_parameters.is_null()
             || !self.layer_replication.is_null()
             || !self.trainable_token_indices.is_null()
             || !empty(&self.exclude_modules)
         {
-            return Err("uses LoRA options mores does not support (DoRA, bias, fan_in_fan_out, rank/alpha patterns, modules_to_save, layers_to_transform, lora_bias, target_parameters, layer_replication, trainable_token_indices, exclude_modules)".into());
+            return Err("uses LoRA options mores does not support (DoRA, bias, fan_in_fan_out, rank/alpha patterns, modules_to_save, lora_bias, target_parameters, layer_replication, trainable_token_indices, exclude_modules)".into());
         }
         let targets: Vec<String> = match &self.target_modules {
             serde_json::Value::Array(a) => a.iter().filter_map(|v| v.as_str().map(String::from)).collect(),
             serde_json::Value::String(s) => vec![s.clone()],
             _ => return Err("target_modules must be a list of module names".into()),
+        };
+        // PEFT accepts one layer index or a list.
+        let layers = match &self.layers_to_transform {
+            serde_json::Value::Null => None,
+            serde_json::Value::Number(n) => Some(vec![n.as_u64().ok_or("layers_to_transform must be a layer index")? as usize]),
+            serde_json::Value::Array(a) => Some(
+                a.iter()
+                    .map(|v| v.as_u64().map(|x| x as usize).ok_or("layers_to_transform must list layer indices"))
+                    .collect::<std::result::Result<Vec<_>, _>>()?,
+            ),
+            _ => return Err("layers_to_transform must be a layer index or a list of them".into()),
         };
         let spec = LoraSpec {
             rank: self.r,
@@ -310,6 +337,7 @@ impl PeftConfig {
             dropout: self.lora_dropout,
             targets,
             rslora: self.use_rslora,
+            layers,
         };
         spec.validate()?;
         Ok(spec)

@@ -269,16 +269,70 @@ impl Model {
         record: bool,
         mode: Mode,
     ) -> Result<(Option<Tensor>, Kv)> {
+        let x = self.embed_rows(batch)?;
+        let (x, kv) = self.run_layers(batch, prefix, x, 0..self.layers.len(), record, mode)?;
+        Ok((self.head(&x, read, mode)?, kv))
+    }
+
+    /// The first decoder layer an adapter reaches (the layer count when none does): in training,
+    /// the layers below it hold no variable, so they run as inference and their output per row
+    /// does not change from step to step.
+    pub fn first_adapted(&self) -> usize {
+        let adapted = |l: &Layer| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].iter().any(|x| x.lora.is_some());
+        self.layers.iter().position(adapted).unwrap_or(self.layers.len())
+    }
+
+    /// The hidden states entering decoder layer `layer` [rows, len, hidden] (inference).
+    pub fn hidden_before(&self, batch: &Batch, layer: usize) -> Result<Tensor> {
+        let x = self.embed_rows(batch)?;
+        Ok(self.run_layers(batch, &[], x, 0..layer, false, Mode::INFER)?.0)
+    }
+
+    /// Logits at `read` from hidden states `x` entering decoder layer `layer` (no prefix).
+    pub fn forward_from(&self, batch: &Batch, layer: usize, x: Tensor, read: &Tensor, mode: Mode) -> Result<Tensor> {
+        let (x, _) = self.run_layers(batch, &[], x, layer..self.layers.len(), false, mode)?;
+        Ok(self.head(&x, Some(read), mode)?.expect("read given"))
+    }
+
+    fn embed_rows(&self, batch: &Batch) -> Result<Tensor> {
+        let (b, t) = (batch.rows, batch.len);
+        Ok(self.embed.index_select(&batch.ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?)
+    }
+
+    fn head(&self, x: &Tensor, read: Option<&Tensor>, mode: Mode) -> Result<Option<Tensor>> {
+        Ok(match read {
+            Some(read) => Some(self.lm_head.forward(&self.norm.forward(&gather(x, read)?, mode)?, mode)?),
+            None => None,
+        })
+    }
+
+    /// Decoder layers `range` on hidden states `x`; layers below the first adapted one run as
+    /// inference even in training (nothing below them needs a gradient).
+    fn run_layers(
+        &self,
+        batch: &Batch,
+        prefix: &[&Kv],
+        mut x: Tensor,
+        range: std::ops::Range<usize>,
+        record: bool,
+        mode: Mode,
+    ) -> Result<(Tensor, Kv)> {
         let dev = batch.ids.device();
         let (b, t) = (batch.rows, batch.len);
         let (hd, nh, nkv) = (self.cfg.head_dim(), self.cfg.num_attention_heads, self.cfg.kv_heads());
         let window = self.cfg.traits.window;
+        let frozen = if mode.grad { self.first_adapted() } else { 0 };
         let ctx = AttnCtx::new(batch, prefix, &[window], mode)?;
+        let ctx_frozen = if range.start < frozen { Some(AttnCtx::new(batch, prefix, &[window], Mode::INFER)?) } else { None };
         let (cos, sin) = batch.rope_tables_from(&self.inv_freq, dev)?;
-        let mut x = self.embed.index_select(&batch.ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?;
         let scale = 1.0 / (hd as f64).sqrt();
         let mut kv = Kv { len: t, ..Kv::new() };
-        for (li, l) in self.layers.iter().enumerate() {
+        for li in range {
+            let l = &self.layers[li];
+            let (mode, ctx) = match &ctx_frozen {
+                Some(c) if li < frozen => (Mode::INFER, c),
+                _ => (mode, &ctx),
+            };
             let h = l.input_norm.forward(&x, mode)?;
             let mut q = l.q.forward(&h, mode)?.reshape((b, t, nh, hd))?;
             let mut k = l.k.forward(&h, mode)?.reshape((b, t, nkv, hd))?;
@@ -299,11 +353,7 @@ impl Model {
             let m = (candle_nn::ops::silu(&l.gate.forward(&h, mode)?)? * l.up.forward(&h, mode)?)?;
             x = (x + l.down.forward(&m, mode)?)?;
         }
-        let logits = match read {
-            Some(read) => Some(self.lm_head.forward(&self.norm.forward(&gather(&x, read)?, mode)?, mode)?),
-            None => None,
-        };
-        Ok((logits, kv))
+        Ok((x, kv))
     }
 
     /// The projections LoRA can adapt, in layer order.

@@ -6,6 +6,7 @@ pub mod chat;
 pub mod config;
 pub mod export;
 pub mod family;
+pub mod frozen;
 pub mod gemma3;
 pub mod gguf;
 pub mod grad_ops;
@@ -83,6 +84,8 @@ pub struct Model {
     /// Run each distinct prompt prefix once when scoring (dense weights on the CPU; see
     /// [`radix`]). Off, every row runs whole: the same numbers, for benchmarks and tests.
     pub prefix_reuse: bool,
+    /// Training with frozen lower layers: their output per row, kept across steps ([`frozen`]).
+    pub frozen_rows: Option<std::sync::Mutex<frozen::FrozenRows>>,
 }
 
 impl Model {
@@ -141,6 +144,14 @@ impl Model {
         let batch = Batch::new(rows, &self.device)?;
         let idx: Vec<u32> = read.iter().map(|&(r, p)| batch.flat_index(r, p)).collect();
         let idx = Tensor::from_vec(idx, read.len(), &self.device)?;
+        if let (Some(store), Arch::Llama(m)) = (&self.frozen_rows, &self.arch) {
+            let layer = m.first_adapted();
+            if layer > 0 {
+                let mut store = store.lock().expect("frozen rows lock");
+                let x = store.assemble(rows, layer, &self.device, &|b| m.hidden_before(b, layer))?;
+                return m.forward_from(&batch, layer, x, &idx, mode);
+            }
+        }
         Ok(self.forward(&batch, &[], Some(&idx), false, mode)?.0.expect("read positions given"))
     }
 
@@ -320,6 +331,7 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Model> {
         dense: opts.dequantize,
         form: opts.form(),
         prefix_reuse: true,
+        frozen_rows: None,
     })
 }
 
@@ -446,5 +458,5 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Model> {
         vocab_size: vocab,
         adapter: None,
     };
-    Ok(Model { arch, tok, chat, info, device: opts.device.clone(), dense: true, form: "f32", prefix_reuse: true })
+    Ok(Model { arch, tok, chat, info, device: opts.device.clone(), dense: true, form: "f32", prefix_reuse: true, frozen_rows: None })
 }

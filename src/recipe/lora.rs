@@ -64,6 +64,11 @@ pub struct LoraSpec {
     /// Scale alpha / sqrt(rank) instead of alpha / rank (rsLoRA).
     #[serde(default)]
     pub rslora: bool,
+    /// Decoder layers to adapt (0-based; PEFT's `layers_to_transform`); absent: every layer.
+    /// Adapting only upper layers leaves the layers below frozen, so training runs them without
+    /// gradients and keeps their output per row across steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<Vec<usize>>,
 }
 
 fn default_rank() -> usize {
@@ -78,7 +83,14 @@ fn default_targets() -> Vec<String> {
 
 impl Default for LoraSpec {
     fn default() -> Self {
-        Self { rank: default_rank(), alpha: default_alpha(), dropout: 0.0, targets: default_targets(), rslora: false }
+        Self {
+            rank: default_rank(),
+            alpha: default_alpha(),
+            dropout: 0.0,
+            targets: default_targets(),
+            rslora: false,
+            layers: None,
+        }
     }
 }
 
@@ -113,6 +125,19 @@ impl LoraSpec {
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(format!("lora.dropout {} must be in [0, 1)", self.dropout));
         }
+        if let Some(l) = &self.layers {
+            if l.is_empty() {
+                return Err("lora.layers is empty: name at least one decoder layer, or leave it out for all".into());
+            }
+            if l.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(format!("lora.layers {l:?} must be increasing, without repeats"));
+            }
+        }
         self.target_modules().map(|_| ())
+    }
+
+    /// Whether decoder layer `layer` is adapted.
+    pub fn adapts_layer(&self, layer: usize) -> bool {
+        self.layers.as_ref().is_none_or(|l| l.contains(&layer))
     }
 }

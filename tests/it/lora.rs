@@ -16,6 +16,7 @@ pub fn spec(targets: &[&str], rank: usize) -> LoraSpec {
         dropout: 0.0,
         targets: targets.iter().map(|s| s.to_string()).collect(),
         rslora: false,
+        layers: None,
     }
 }
 
@@ -440,4 +441,43 @@ fn adapter_merge_cli_matches_scoring_with_the_adapter() {
     let diff = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
     assert!(diff(&with, &merged_p) < 1e-5, "merged {merged_p:?} vs adapter {with:?}");
     assert!(diff(&with, &base) > 1e-4, "the adapter must change the scores: {with:?} vs {base:?}");
+}
+
+/// LoRA on the upper layers only: the frozen layers' output kept per row across steps gives the
+/// same loss and gradients, bit for bit, as recomputing it (and as the dense path would), over
+/// three steps with a changing adapter and dropout; layers outside `lora.layers` get no parameters.
+#[test]
+fn frozen_lower_layers_kept_per_row_equal_recomputed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = Model::load(&tiny_model(dir.path(), "llama", 21), &LoadOptions::default()).unwrap();
+    let mut s = spec(&ALL, 2);
+    s.layers = Some(vec![1, 2]);
+    let ad = Adapter::attach_new(&mut m, &s, 7).unwrap();
+    assert!(ad.params.iter().all(|p| p.layer >= 1) && ad.params.len() == 14);
+    randomise_b(&ad, 8, 0.3);
+    let exs = examples(&m);
+    let refs: Vec<&Example> = exs.iter().collect();
+    let mut kept = Vec::new();
+    let mut fresh = Vec::new();
+    for on in [false, true] {
+        m.frozen_rows = on.then(|| std::sync::Mutex::new(mores::model::frozen::FrozenRows::new(64)));
+        for step in 0u64..3 {
+            randomise_b(&ad, 8 + step, 0.3); // the adapter changes from step to step
+            let (loss, grads) = mores::train::step_grads(&m, &ad, &refs, 2, Some(step)).unwrap();
+            let g: Vec<Vec<f32>> = grads.iter().map(|g| g.flatten_all().unwrap().to_vec1().unwrap()).collect();
+            if on { &mut kept } else { &mut fresh }.push((loss, g));
+        }
+    }
+    let hits = m.frozen_rows.as_ref().unwrap().lock().unwrap().hits;
+    assert!(hits > 0, "rows were never reused");
+    for (i, ((l0, g0), (l1, g1))) in fresh.iter().zip(&kept).enumerate() {
+        assert_eq!(l0.to_bits(), l1.to_bits(), "step {i}: loss {l1} with kept rows vs {l0}");
+        assert_eq!(g0, g1, "step {i}: gradients differ with kept rows");
+        assert!(g0.iter().all(|v| v.iter().any(|x| *x != 0.0)), "a variable got no gradient");
+    }
+    // A layer index past the model's end is an error naming it.
+    let mut m2 = Model::load(&tiny_model(dir.path(), "llama", 21), &LoadOptions::default()).unwrap();
+    s.layers = Some(vec![3]);
+    let err = Adapter::attach_new(&mut m2, &s, 7).err().unwrap().to_string();
+    assert!(err.contains("layer 3") && err.contains("3 decoder layers"), "{err}");
 }
