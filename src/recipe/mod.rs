@@ -6,7 +6,7 @@ pub mod lora;
 mod train;
 mod transfer;
 
-pub use train::{Objective, Schedule, TrainSection};
+pub use train::{Group, Objective, Schedule, TrainSection};
 pub use transfer::TransferSection;
 
 use crate::util::error::{Error, Result};
@@ -443,6 +443,15 @@ impl DistillRecipe {
         }
         if t.max_len < 8 {
             return Err("train.max_len must be at least 8 tokens".into());
+        }
+        if t.questions_per_step == 0 {
+            return Err("train.questions_per_step must be at least 1".into());
+        }
+        if !(t.deviation >= 0.0 && t.deviation.is_finite()) {
+            return Err(format!("train.deviation {} must be 0 or positive", t.deviation));
+        }
+        if t.deviation > 0.0 && t.group != train::Group::Question {
+            return Err("train.deviation needs train.group = \"question\" (the term compares the countries of one question within a step)".into());
         }
         if self.student.weights != WeightMode::F32 {
             return Err("student.weights must be \"f32\": quantized matmul passes no gradient".into());

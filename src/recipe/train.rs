@@ -64,6 +64,37 @@ pub struct TrainSection {
     /// Longest training sequence in tokens; longer answers are cut, longer prompts skipped.
     #[serde(default = "default_max_len")]
     pub max_len: usize,
+    /// What one optimizer step holds: random records ("none"), or every record of
+    /// `questions_per_step` source questions ("question": all countries of a question together,
+    /// which the deviation term needs).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub group: Group,
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub questions_per_step: usize,
+    /// Weight of the country-deviation term (needs `group = "question"`): per question, the mean
+    /// squared error between the student's and the humans' deviations of each country's expected
+    /// answer from the question's mean over the step's countries, divided by the humans' variance
+    /// across those countries. 0: KL only.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub deviation: f64,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Group {
+    #[default]
+    None,
+    Question,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+fn is_one(v: &usize) -> bool {
+    *v == 1
+}
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 fn objective_auto() -> Objective {

@@ -8,6 +8,8 @@ use candle_core::{Tensor, D};
 #[derive(Debug, Clone)]
 pub struct Example {
     pub id: String,
+    /// The survey question the record was made from, if any (steps grouped by question).
+    pub question: Option<String>,
     pub rows: Vec<Vec<u32>>,
     /// (row, position) pairs whose next-token logits the loss reads.
     pub reads: Vec<(usize, usize)>,
@@ -71,7 +73,13 @@ pub fn build(model: &Model, rec: &Record, lesson: &Lesson, chat: bool, max_len: 
             let mut row = ctx;
             row.extend_from_slice(&ans);
             let reads = (0..ans.len()).map(|i| (0, start - 1 + i)).collect();
-            Ok(Built::Ok(Example { id: rec.id.clone(), rows: vec![row], reads, kind: Kind::Tokens(ans) }))
+            Ok(Built::Ok(Example {
+                id: rec.id.clone(),
+                question: rec.question_id.clone(),
+                rows: vec![row],
+                reads,
+                kind: Kind::Tokens(ans),
+            }))
         }
         Lesson::Labels { user, labels, target } => {
             let prompt = crate::prompt::render(model, user, prefix, chat)?;
@@ -89,7 +97,7 @@ pub fn build(model: &Model, rec: &Record, lesson: &Lesson, chat: bool, max_len: 
                 }
             }
             let kind = Kind::Labels(LabelLoss { seqs, label_of, longer: plan.longer(), target: target.clone() });
-            Ok(Built::Ok(Example { id: rec.id.clone(), rows, reads, kind }))
+            Ok(Built::Ok(Example { id: rec.id.clone(), question: rec.question_id.clone(), rows, reads, kind }))
         }
     }
 }
@@ -121,6 +129,18 @@ pub fn batch_loss(
     denom: (f64, f64),
     sums: &mut LossSums,
 ) -> Result<Tensor> {
+    Ok(batch_loss_parts(model, batch, mode, denom, sums)?.0)
+}
+
+/// [`batch_loss`], plus each label example's expected answer under the student (a scalar tensor
+/// in the graph, on the label-index scale 0..1: sum_k q_k k / (K - 1)), in batch order.
+pub fn batch_loss_parts(
+    model: &Model,
+    batch: &[&Example],
+    mode: crate::model::mode::Mode,
+    denom: (f64, f64),
+    sums: &mut LossSums,
+) -> Result<(Tensor, Vec<Tensor>)> {
     // Token reads first, label reads after, so each part is a contiguous block of logits.
     let (mut rows, mut tok_reads, mut targets, mut lab_reads) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut lab_r0 = Vec::new();
@@ -144,6 +164,7 @@ pub fn batch_loss(
     let logits = model.logits_rows(&rows, &all, mode)?;
     let dev = logits.device();
     let mut total = Tensor::zeros((), candle_core::DType::F32, dev)?;
+    let mut expected = Vec::new();
     if n_tok > 0 {
         let nll = super::loss::nll_rows(&logits.narrow(0, 0, n_tok)?, &targets)?;
         for x in nll.to_vec1::<f32>()? {
@@ -164,15 +185,27 @@ pub fn batch_loss(
             Kind::Tokens(_) => None,
         });
         for (l, &r0) in labels.zip(&lab_r0) {
-            let kl = label_kl(l, r0, vocab, &pick)?;
+            let (kl, e) = label_kl(l, r0, vocab, &pick)?;
             sums.kl += kl.to_scalar::<f32>()? as f64;
             total = (total + (kl / denom.1)?)?;
+            expected.push(e);
         }
     }
-    Ok(total)
+    Ok((total, expected))
 }
 
-fn label_kl(l: &LabelLoss, r0: usize, vocab: usize, pick: &dyn Fn(Vec<u32>) -> Result<Tensor>) -> Result<Tensor> {
+/// The label-index scale 0..1 of `k` labels (the first label 0, the last 1).
+pub fn label_scale(k: usize) -> Vec<f64> {
+    (0..k).map(|i| if k > 1 { i as f64 / (k - 1) as f64 } else { 0.0 }).collect()
+}
+
+/// KL(target || student) over the labels and the student's expected answer on the label scale.
+fn label_kl(
+    l: &LabelLoss,
+    r0: usize,
+    vocab: usize,
+    pick: &dyn Fn(Vec<u32>) -> Result<Tensor>,
+) -> Result<(Tensor, Tensor)> {
     let (n_seq, n_lab) = (l.seqs.len(), l.target.len());
     let mut idx = Vec::new();
     let mut owner = Vec::new(); // step -> sequence
@@ -209,5 +242,7 @@ fn label_kl(l: &LabelLoss, r0: usize, vocab: usize, pick: &dyn Fn(Vec<u32>) -> R
     let t: Vec<f32> = l.target.iter().map(|&p| p as f32).collect();
     let ent: f32 = t.iter().filter(|&&p| p > 0.0).map(|&p| p * p.ln()).sum();
     let t = Tensor::from_vec(t, n_lab, dev)?;
-    Ok(((t * logq)?.sum_all()?.neg()? + ent as f64)?)
+    let scale: Vec<f32> = label_scale(n_lab).into_iter().map(|x| x as f32).collect();
+    let expected = (logq.exp()? * Tensor::from_vec(scale, n_lab, dev)?)?.sum_all()?;
+    Ok((((t * logq)?.sum_all()?.neg()? + ent as f64)?, expected))
 }

@@ -69,6 +69,9 @@ pub struct LogLine {
     pub tokens_per_s: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_loss: Option<f64>,
+    /// The country-deviation term's value (unweighted), when the recipe uses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deviation: Option<f64>,
 }
 
 pub struct Summary {
@@ -95,6 +98,34 @@ pub fn step_indices(n: usize, per_step: usize, seed: u64, step: usize) -> Vec<us
     order[within * per_step..((within + 1) * per_step).min(n)].to_vec()
 }
 
+/// Examples for optimizer step `step` when steps hold whole questions: epoch
+/// `step / steps_per_epoch` is a seeded permutation of `groups` (each a question's examples), and
+/// the step takes `per_step` of them.
+pub fn group_step_indices(groups: &[Vec<usize>], per_step: usize, seed: u64, step: usize) -> Vec<usize> {
+    step_indices(groups.len(), per_step, seed, step).into_iter().flat_map(|g| groups[g].iter().copied()).collect()
+}
+
+/// The training examples' indices by source question, in order of first appearance.
+fn question_groups(a: &TrainArgs, exs: &[Example]) -> Result<Vec<Vec<usize>>> {
+    let mut order: Vec<&str> = Vec::new();
+    let mut by: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, e) in exs.iter().enumerate() {
+        let q = e.question.as_deref().ok_or_else(|| {
+            Error::Invalid(format!(
+                "{}: train.group = \"question\", but record {:?} names no question_id (only survey-grounded and soft-label records do)",
+                a.data.display(),
+                e.id
+            ))
+        })?;
+        by.entry(q).or_insert_with(|| {
+            order.push(q);
+            Vec::new()
+        });
+        by.get_mut(q).expect("inserted").push(i);
+    }
+    Ok(order.iter().map(|q| by.remove(q).expect("listed")).collect())
+}
+
 fn denominators(exs: &[&Example]) -> (f64, f64) {
     let lm: usize = exs.iter().filter(|e| matches!(e.kind, examples::Kind::Tokens(_))).map(|e| e.weight()).sum();
     let kl = exs.iter().filter(|e| matches!(e.kind, examples::Kind::Labels(_))).count();
@@ -110,6 +141,21 @@ pub fn step_grads(
     micro: usize,
     dropout_seed: Option<u64>,
 ) -> Result<(f64, Vec<Tensor>)> {
+    step_grads_with(model, adapter, exs, micro, dropout_seed, 0.0).map(|(l, _, g)| (l, g))
+}
+
+/// [`step_grads`] with the country-deviation term of weight `deviation` (see
+/// [`TrainSection::deviation`]); returns the loss (KL plus the weighted term), the term's value
+/// and the gradients. With the term, every micro-batch's graph is kept until one backward pass at
+/// the end of the step, since the term couples the step's examples through their mean.
+pub fn step_grads_with(
+    model: &Model,
+    adapter: &Adapter,
+    exs: &[&Example],
+    micro: usize,
+    dropout_seed: Option<u64>,
+    deviation: f64,
+) -> Result<(f64, Option<f64>, Vec<Tensor>)> {
     let denom = denominators(exs);
     let vars = adapter.vars();
     let mut acc: Vec<Option<Tensor>> = vec![None; vars.len()];
@@ -117,9 +163,9 @@ pub fn step_grads(
     // Micro-batches of similar lengths: rows are padded to the longest in their micro-batch.
     // The loss does not depend on the grouping (batch-invariant kernels, f64 sums).
     let exs = by_length(exs);
-    for (mi, chunk) in exs.chunks(micro).enumerate() {
-        let seed = dropout_seed.map(|s| s ^ ((mi as u64 + 1) << 40));
-        let l = examples::batch_loss(model, chunk, Mode::train(seed), denom, &mut sums)?;
+    let mut kept: Vec<Tensor> = Vec::new();
+    let mut expected: Vec<(&Example, Tensor)> = Vec::new();
+    let mut accumulate = |l: &Tensor| -> Result<()> {
         let grads = l.backward()?;
         for (i, v) in vars.iter().enumerate() {
             let g = grads.get(v.as_tensor()).ok_or_else(|| {
@@ -135,15 +181,81 @@ pub fn step_grads(
                 None => g.clone(),
             });
         }
+        Ok(())
+    };
+    for (mi, chunk) in exs.chunks(micro).enumerate() {
+        let seed = dropout_seed.map(|s| s ^ ((mi as u64 + 1) << 40));
+        let (l, e) = examples::batch_loss_parts(model, chunk, Mode::train(seed), denom, &mut sums)?;
+        if deviation > 0.0 {
+            let labelled = chunk.iter().filter(|x| matches!(x.kind, examples::Kind::Labels(_)));
+            expected.extend(labelled.copied().zip(e));
+            kept.push(l);
+        } else {
+            accumulate(&l)?;
+        }
     }
-    let loss = sums.loss(denom);
+    let mut dev_value = None;
+    if deviation > 0.0 {
+        let mut total = Tensor::zeros((), candle_core::DType::F32, &model.device)?;
+        for l in &kept {
+            total = (total + l)?;
+        }
+        if let Some(d) = deviation_term(&expected)? {
+            let v = d.to_scalar::<f32>()? as f64;
+            dev_value = Some(v);
+            total = (total + (d * deviation)?)?;
+        }
+        accumulate(&total)?;
+    }
+    let loss = sums.loss(denom) + deviation * dev_value.unwrap_or(0.0);
     if !loss.is_finite() {
         let first = exs.first().map(|e| e.id.as_str()).unwrap_or("");
         return Err(Error::Invalid(format!(
             "training loss is {loss} on the step starting at example {first:?}: the model, the adapter or the data hold NaN or inf; nothing of this step was applied"
         )));
     }
-    Ok((loss, acc.into_iter().map(|g| g.expect("at least one micro-batch")).collect()))
+    Ok((loss, dev_value, acc.into_iter().map(|g| g.expect("at least one micro-batch")).collect()))
+}
+
+/// Fewest countries of a question in a step for its deviation term, and the least human variance
+/// (on the 0..1 scale) that counts as the countries differing at all.
+const DEVIATION_MIN_COUNTRIES: usize = 3;
+const DEVIATION_MIN_VAR: f64 = 1e-6;
+
+/// The country-deviation term over a step's label examples: per source question with at least
+/// three of them, mean_c ((e_c - mean e) - (h_c - mean h))^2 / var(h), where e is the student's
+/// expected answer and h the target's, both on the label scale; averaged over questions. The
+/// mean over the step's countries stays in the graph: the term's gradient is that of each
+/// country's deviation, not of the question's typical answer (the KL term's job).
+pub fn deviation_term(expected: &[(&Example, Tensor)]) -> Result<Option<Tensor>> {
+    let mut by_q: std::collections::BTreeMap<&str, Vec<(f64, &Tensor)>> = Default::default();
+    for (ex, e) in expected {
+        let (Some(q), examples::Kind::Labels(l)) = (&ex.question, &ex.kind) else { continue };
+        let h: f64 = examples::label_scale(l.target.len()).iter().zip(&l.target).map(|(s, p)| s * p).sum();
+        by_q.entry(q.as_str()).or_default().push((h, e));
+    }
+    let mut terms = Vec::new();
+    for rows in by_q.values() {
+        let n = rows.len();
+        if n < DEVIATION_MIN_COUNTRIES {
+            continue;
+        }
+        let h_mean = rows.iter().map(|r| r.0).sum::<f64>() / n as f64;
+        let var = rows.iter().map(|r| (r.0 - h_mean).powi(2)).sum::<f64>() / n as f64;
+        if var < DEVIATION_MIN_VAR {
+            continue;
+        }
+        let e = Tensor::stack(&rows.iter().map(|r| r.1).collect::<Vec<_>>(), 0)?;
+        let dh: Vec<f32> = rows.iter().map(|r| (r.0 - h_mean) as f32).collect();
+        let dh = Tensor::from_vec(dh, n, e.device())?;
+        let r = (e.broadcast_sub(&e.mean_all()?)? - dh)?;
+        terms.push((r.sqr()?.mean_all()? / var)?);
+    }
+    if terms.is_empty() {
+        return Ok(None);
+    }
+    let n = terms.len() as f64;
+    Ok(Some((Tensor::stack(&terms, 0)?.sum_all()? / n)?))
 }
 
 /// `exs` longest row first (stable, so equal lengths keep their order).
@@ -352,8 +464,15 @@ pub fn train(a: &TrainArgs) -> Result<Summary> {
 
     let mut model = Model::load(&model_path, &crate::model::LoadOptions::for_weights(recipe.student.weights))?;
     let (train_ex, val_ex, too_long) = build_examples(a, &recipe, &model, &data)?;
-    let per_step = t.batch * t.grad_accum;
-    let total = t.max_steps.unwrap_or(t.epochs * train_ex.len().div_ceil(per_step));
+    let groups = match t.group {
+        crate::recipe::Group::Question => Some(question_groups(a, &train_ex)?),
+        crate::recipe::Group::None => None,
+    };
+    let (units, per_step) = match &groups {
+        Some(g) => (g.len(), t.questions_per_step),
+        None => (train_ex.len(), t.batch * t.grad_accum),
+    };
+    let total = t.max_steps.unwrap_or(t.epochs * units.div_ceil(per_step));
     let fresh = TrainerState {
         step: 0,
         total_steps: total,
@@ -382,16 +501,25 @@ pub fn train(a: &TrainArgs) -> Result<Summary> {
     let mut log = JsonlLog::create(&log_path, &kept)?;
     write_manifest(a, &recipe, &model)?;
     eprintln!(
-        "training {} LoRA parameters ({} tensors) on {} examples ({} validation), {} steps of {} examples",
+        "training {} LoRA parameters ({} tensors) on {} examples ({} validation), {} steps of {} {}",
         adapter.vars().iter().map(|v| v.elem_count()).sum::<usize>(),
         adapter.params.len() * 2,
         train_ex.len(),
         val_ex.len(),
         total,
-        per_step
+        per_step,
+        if groups.is_some() { "questions (all their countries)" } else { "examples" }
     );
-    let mut run =
-        Run { a, t: &t, dropout: recipe.lora.dropout, model: &model, adapter: &adapter, opt: &mut opt, log: &mut log };
+    let mut run = Run {
+        a,
+        t: &t,
+        dropout: recipe.lora.dropout,
+        model: &model,
+        adapter: &adapter,
+        opt: &mut opt,
+        log: &mut log,
+        groups: groups.as_deref(),
+    };
     let (first, last, last_val) = run.steps(&mut state, &train_ex, &val_ex)?;
     if state.step == total && total > 0 && !ckpt.exists() {
         save_checkpoint(&a.out, &adapter, &model, &opt, &state)?;
@@ -415,6 +543,8 @@ struct Run<'a> {
     adapter: &'a Adapter,
     opt: &'a mut AdamW,
     log: &'a mut JsonlLog,
+    /// Steps of whole questions (`train.group = "question"`): the examples of each.
+    groups: Option<&'a [Vec<usize>]>,
 }
 
 impl Run<'_> {
@@ -428,7 +558,6 @@ impl Run<'_> {
     ) -> Result<(Option<f64>, Option<f64>, Option<f64>)> {
         let (a, t) = (self.a, self.t);
         let total = state.total_steps;
-        let per_step = t.batch * t.grad_accum;
         let bar = crate::util::progress::bar(total.saturating_sub(state.step) as u64, "train", a.progress);
         let val_refs: Vec<&Example> = val_ex.iter().collect();
         let (mut first, mut last, mut last_val) = (None, None, None);
@@ -436,10 +565,14 @@ impl Run<'_> {
         let mut tokens_run = 0u64;
         let end = a.stop_after.map(|n| (state.step + n).min(total)).unwrap_or(total);
         for step in state.step..end {
-            let idx = step_indices(train_ex.len(), per_step, t.seed, step);
+            let idx = match self.groups {
+                Some(g) => group_step_indices(g, t.questions_per_step, t.seed, step),
+                None => step_indices(train_ex.len(), t.batch * t.grad_accum, t.seed, step),
+            };
             let exs: Vec<&Example> = idx.iter().map(|&i| &train_ex[i]).collect();
             let dropout_seed = (self.dropout > 0.0).then(|| t.seed ^ (step as u64 + 1).wrapping_mul(0x9E37_79B9));
-            let (loss, mut grads) = step_grads(self.model, self.adapter, &exs, t.batch, dropout_seed)?;
+            let (loss, deviation, mut grads) =
+                step_grads_with(self.model, self.adapter, &exs, t.batch, dropout_seed, t.deviation)?;
             let grad_norm = optim::clip(&mut grads, t.clip)?;
             let lr = optim::lr_at(t.lr, t.schedule, t.warmup_steps, step, total);
             self.opt.step(&grads, lr)?;
@@ -455,7 +588,8 @@ impl Run<'_> {
                 None
             };
             let tps = tokens_run as f64 / t0.elapsed().as_secs_f64().max(1e-9);
-            let line = LogLine { step, loss, lr, grad_norm, tokens: state.tokens_seen, tokens_per_s: tps, val_loss };
+            let line =
+                LogLine { step, loss, lr, grad_norm, tokens: state.tokens_seen, tokens_per_s: tps, val_loss, deviation };
             self.log.append(std::slice::from_ref(&line))?;
             first.get_or_insert(loss);
             last = Some(loss);

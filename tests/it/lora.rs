@@ -481,3 +481,80 @@ fn frozen_lower_layers_kept_per_row_equal_recomputed() {
     let err = Adapter::attach_new(&mut m2, &s, 7).err().unwrap().to_string();
     assert!(err.contains("layer 3") && err.contains("3 decoder layers"), "{err}");
 }
+
+/// One question asked for three countries: labels 1-3, targets at the scale's two ends and middle.
+fn country_examples(m: &Model) -> Vec<Example> {
+    let targets = [[0.8, 0.1, 0.1], [0.2, 0.6, 0.2], [0.1, 0.1, 0.8]];
+    targets
+        .iter()
+        .zip(["Spain", "Japan", "Kenya"])
+        .map(|(t, c)| {
+            let r = rec(
+                c,
+                serde_json::json!({"prompt": format!("You live in {c}. Is work important?"), "answer_prefix": "Answer: ",
+                    "labels": ["1", "2", "3"], "target": t, "question_id": "Q5"}),
+            );
+            match build(m, &r, &r.lesson().unwrap(), false, 256).unwrap() {
+                Built::Ok(e) => e,
+                Built::TooLong => panic!("too long"),
+            }
+        })
+        .collect()
+}
+
+/// The deviation term against hand-computed values: targets' expected answers 0.15, 0.5, 0.85
+/// (label scale 0, 0.5, 1); a student answering 0.5 everywhere has deviations -0.35, 0, 0.35,
+/// all missed: mean squared error 0.0817 over a variance of 0.0817, so the term is 1; a student
+/// matching the deviations (shifted by any constant) scores 0; examples of a question with fewer
+/// than three countries are left out.
+#[test]
+fn deviation_term_against_hand_computed_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Model::load(&tiny_model(dir.path(), "llama", 4), &LoadOptions::default()).unwrap();
+    let exs = country_examples(&m);
+    let scalar = |x: f32| Tensor::new(x, &Device::Cpu).unwrap();
+    let term = |es: [f32; 3]| {
+        let pairs: Vec<(&Example, Tensor)> = exs.iter().zip(es).map(|(e, x)| (e, scalar(x))).collect();
+        mores::train::deviation_term(&pairs).unwrap().map(|t| t.to_scalar::<f32>().unwrap())
+    };
+    assert!((term([0.5, 0.5, 0.5]).unwrap() - 1.0).abs() < 1e-5);
+    assert!(term([0.25, 0.6, 0.95]).unwrap().abs() < 1e-6);
+    // Reversed deviations: residuals -0.7, 0, 0.7 -> 4x the variance.
+    assert!((term([0.85, 0.5, 0.15]).unwrap() - 4.0).abs() < 1e-4);
+    let two: Vec<(&Example, Tensor)> = exs.iter().take(2).map(|e| (e, scalar(0.5))).collect();
+    assert!(mores::train::deviation_term(&two).unwrap().is_none());
+}
+
+/// KL plus the deviation term through the whole model: analytic gradients against finite
+/// differences (micro-batches of one, so the kept graphs of several micro-batches are joined).
+#[test]
+fn deviation_objective_gradients_match_finite_differences() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = Model::load(&tiny_model(dir.path(), "llama", 9), &LoadOptions::default()).unwrap();
+    let ad = Adapter::attach_new(&mut m, &spec(&["q_proj", "v_proj", "down_proj"], 2), 7).unwrap();
+    randomise_b(&ad, 8, 0.3);
+    let exs = country_examples(&m);
+    let refs: Vec<&Example> = exs.iter().collect();
+    let lambda = 2.0;
+    let loss_at = || mores::train::step_grads_with(&m, &ad, &refs, 1, None, lambda).unwrap();
+    let (loss, dev, grads) = loss_at();
+    let (kl, _) = mores::train::step_grads(&m, &ad, &refs, 3, None).unwrap();
+    let dev = dev.expect("three countries of one question");
+    assert!(dev > 0.0 && (loss - kl - lambda * dev).abs() < 1e-5, "loss {loss} = kl {kl} + {lambda} x {dev}");
+    for (vi, var) in ad.vars().iter().enumerate() {
+        let g = grads[vi].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let big = g.iter().enumerate().max_by(|a, b| a.1.abs().total_cmp(&b.1.abs())).unwrap().0;
+        let orig = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let eps = 1e-2f32;
+        let at = |d: f32| {
+            let mut v = orig.clone();
+            v[big] += d;
+            var.set(&Tensor::from_vec(v, var.as_tensor().dims(), &Device::Cpu).unwrap()).unwrap();
+            loss_at().0
+        };
+        let fd = (at(eps) - at(-eps)) / (2.0 * eps as f64);
+        var.set(&Tensor::from_vec(orig, var.as_tensor().dims(), &Device::Cpu).unwrap()).unwrap();
+        let an = g[big] as f64;
+        assert!((fd - an).abs() <= 2e-3 + 0.03 * an.abs(), "var {vi}: analytic {an} vs finite difference {fd}");
+    }
+}
