@@ -146,8 +146,14 @@ pub fn step_grads(
 
 /// [`step_grads`] with the country-deviation term of weight `deviation` (see
 /// [`TrainSection::deviation`]); returns the loss (KL plus the weighted term), the term's value
-/// and the gradients. With the term, every micro-batch's graph is kept until one backward pass at
-/// the end of the step, since the term couples the step's examples through their mean.
+/// and the gradients.
+///
+/// The term couples a step's examples through each question's mean, so it is computed in two
+/// passes instead of keeping every micro-batch's graph (16 GB for one 10-option question's 17
+/// countries on SmolLM2): a forward pass without gradients gives every example's expected answer
+/// e_j and so the term and its derivative c_j = d term / d e_j; the training pass then adds
+/// c_j e_j (c_j a constant) to each micro-batch's loss, whose gradient is the term's. Both passes
+/// use the same micro-batches and dropout masks.
 pub fn step_grads_with(
     model: &Model,
     adapter: &Adapter,
@@ -163,9 +169,37 @@ pub fn step_grads_with(
     // Micro-batches of similar lengths: rows are padded to the longest in their micro-batch.
     // The loss does not depend on the grouping (batch-invariant kernels, f64 sums).
     let exs = by_length(exs);
-    let mut kept: Vec<Tensor> = Vec::new();
-    let mut expected: Vec<(&Example, Tensor)> = Vec::new();
-    let mut accumulate = |l: &Tensor| -> Result<()> {
+    let seed_of = |mi: usize| dropout_seed.map(|s| s ^ ((mi as u64 + 1) << 40));
+    let labelled = |chunk: &[&Example]| -> Vec<usize> {
+        chunk.iter().enumerate().filter(|(_, x)| matches!(x.kind, examples::Kind::Labels(_))).map(|(i, _)| i).collect()
+    };
+    let (mut dev_value, mut coef) = (None, vec![0.0; exs.len()]);
+    if deviation > 0.0 {
+        let mut values = Vec::new();
+        let mut scratch = examples::LossSums::default();
+        for (mi, chunk) in exs.chunks(micro).enumerate() {
+            let mode = Mode { grad: false, dropout_seed: seed_of(mi) };
+            let (_, e) = examples::batch_loss_parts(model, chunk, mode, denom, &mut scratch)?;
+            for (i, e) in labelled(chunk).into_iter().zip(e) {
+                values.push((mi * micro + i, e.to_scalar::<f32>()? as f64));
+            }
+        }
+        let pairs: Vec<(&Example, f64)> = values.iter().map(|&(i, v)| (exs[i], v)).collect();
+        if let Some((v, c)) = deviation_term(&pairs) {
+            dev_value = Some(v);
+            for (&(i, _), c) in values.iter().zip(c) {
+                coef[i] = c * deviation;
+            }
+        }
+    }
+    for (mi, chunk) in exs.chunks(micro).enumerate() {
+        let (mut l, e) = examples::batch_loss_parts(model, chunk, Mode::train(seed_of(mi)), denom, &mut sums)?;
+        for (i, e) in labelled(chunk).into_iter().zip(e) {
+            let c = coef[mi * micro + i];
+            if c != 0.0 {
+                l = (l + (e * c)?)?;
+            }
+        }
         let grads = l.backward()?;
         for (i, v) in vars.iter().enumerate() {
             let g = grads.get(v.as_tensor()).ok_or_else(|| {
@@ -181,31 +215,6 @@ pub fn step_grads_with(
                 None => g.clone(),
             });
         }
-        Ok(())
-    };
-    for (mi, chunk) in exs.chunks(micro).enumerate() {
-        let seed = dropout_seed.map(|s| s ^ ((mi as u64 + 1) << 40));
-        let (l, e) = examples::batch_loss_parts(model, chunk, Mode::train(seed), denom, &mut sums)?;
-        if deviation > 0.0 {
-            let labelled = chunk.iter().filter(|x| matches!(x.kind, examples::Kind::Labels(_)));
-            expected.extend(labelled.copied().zip(e));
-            kept.push(l);
-        } else {
-            accumulate(&l)?;
-        }
-    }
-    let mut dev_value = None;
-    if deviation > 0.0 {
-        let mut total = Tensor::zeros((), candle_core::DType::F32, &model.device)?;
-        for l in &kept {
-            total = (total + l)?;
-        }
-        if let Some(d) = deviation_term(&expected)? {
-            let v = d.to_scalar::<f32>()? as f64;
-            dev_value = Some(v);
-            total = (total + (d * deviation)?)?;
-        }
-        accumulate(&total)?;
     }
     let loss = sums.loss(denom) + deviation * dev_value.unwrap_or(0.0);
     if !loss.is_finite() {
@@ -222,40 +231,48 @@ pub fn step_grads_with(
 const DEVIATION_MIN_COUNTRIES: usize = 3;
 const DEVIATION_MIN_VAR: f64 = 1e-6;
 
-/// The country-deviation term over a step's label examples: per source question with at least
-/// three of them, mean_c ((e_c - mean e) - (h_c - mean h))^2 / var(h), where e is the student's
-/// expected answer and h the target's, both on the label scale; averaged over questions. The
-/// mean over the step's countries stays in the graph: the term's gradient is that of each
-/// country's deviation, not of the question's typical answer (the KL term's job).
-pub fn deviation_term(expected: &[(&Example, Tensor)]) -> Result<Option<Tensor>> {
-    let mut by_q: std::collections::BTreeMap<&str, Vec<(f64, &Tensor)>> = Default::default();
-    for (ex, e) in expected {
+/// The country-deviation term over a step's label examples and the student's expected answers
+/// `e` (label scale 0..1): per source question with at least three examples,
+/// mean_c ((e_c - mean e) - (h_c - mean h))^2 / var(h), h the target's expected answer; averaged
+/// over questions. Returns the term and its derivative with respect to each e (in input order;
+/// 0 for examples left out). The derivative of the question's mean cancels (the residuals sum to
+/// zero), so it is 2 r_c / (n var Q): each country's own deviation, not the typical answer, which
+/// is the KL term's job.
+pub fn deviation_term(expected: &[(&Example, f64)]) -> Option<(f64, Vec<f64>)> {
+    let mut by_q: std::collections::BTreeMap<&str, Vec<(usize, f64, f64)>> = Default::default();
+    for (j, (ex, e)) in expected.iter().enumerate() {
         let (Some(q), examples::Kind::Labels(l)) = (&ex.question, &ex.kind) else { continue };
         let h: f64 = examples::label_scale(l.target.len()).iter().zip(&l.target).map(|(s, p)| s * p).sum();
-        by_q.entry(q.as_str()).or_default().push((h, e));
+        by_q.entry(q.as_str()).or_default().push((j, h, *e));
     }
-    let mut terms = Vec::new();
+    let mut kept = Vec::new();
     for rows in by_q.values() {
-        let n = rows.len();
-        if n < DEVIATION_MIN_COUNTRIES {
+        let n = rows.len() as f64;
+        if rows.len() < DEVIATION_MIN_COUNTRIES {
             continue;
         }
-        let h_mean = rows.iter().map(|r| r.0).sum::<f64>() / n as f64;
-        let var = rows.iter().map(|r| (r.0 - h_mean).powi(2)).sum::<f64>() / n as f64;
+        let h_mean = rows.iter().map(|r| r.1).sum::<f64>() / n;
+        let e_mean = rows.iter().map(|r| r.2).sum::<f64>() / n;
+        let var = rows.iter().map(|r| (r.1 - h_mean).powi(2)).sum::<f64>() / n;
         if var < DEVIATION_MIN_VAR {
             continue;
         }
-        let e = Tensor::stack(&rows.iter().map(|r| r.1).collect::<Vec<_>>(), 0)?;
-        let dh: Vec<f32> = rows.iter().map(|r| (r.0 - h_mean) as f32).collect();
-        let dh = Tensor::from_vec(dh, n, e.device())?;
-        let r = (e.broadcast_sub(&e.mean_all()?)? - dh)?;
-        terms.push((r.sqr()?.mean_all()? / var)?);
+        let res: Vec<(usize, f64)> = rows.iter().map(|r| (r.0, (r.2 - e_mean) - (r.1 - h_mean))).collect();
+        kept.push((res, n, var));
     }
-    if terms.is_empty() {
-        return Ok(None);
+    if kept.is_empty() {
+        return None;
     }
-    let n = terms.len() as f64;
-    Ok(Some((Tensor::stack(&terms, 0)?.sum_all()? / n)?))
+    let q = kept.len() as f64;
+    let mut coef = vec![0.0; expected.len()];
+    let mut value = 0.0;
+    for (res, n, var) in kept {
+        value += res.iter().map(|r| r.1 * r.1).sum::<f64>() / (n * var * q);
+        for (j, r) in res {
+            coef[j] = 2.0 * r / (n * var * q);
+        }
+    }
+    Some((value, coef))
 }
 
 /// `exs` longest row first (stable, so equal lengths keep their order).

@@ -512,21 +512,26 @@ fn deviation_term_against_hand_computed_values() {
     let dir = tempfile::tempdir().unwrap();
     let m = Model::load(&tiny_model(dir.path(), "llama", 4), &LoadOptions::default()).unwrap();
     let exs = country_examples(&m);
-    let scalar = |x: f32| Tensor::new(x, &Device::Cpu).unwrap();
-    let term = |es: [f32; 3]| {
-        let pairs: Vec<(&Example, Tensor)> = exs.iter().zip(es).map(|(e, x)| (e, scalar(x))).collect();
-        mores::train::deviation_term(&pairs).unwrap().map(|t| t.to_scalar::<f32>().unwrap())
+    let term = |es: [f64; 3]| {
+        let pairs: Vec<(&Example, f64)> = exs.iter().zip(es).collect();
+        mores::train::deviation_term(&pairs).unwrap()
     };
-    assert!((term([0.5, 0.5, 0.5]).unwrap() - 1.0).abs() < 1e-5);
-    assert!(term([0.25, 0.6, 0.95]).unwrap().abs() < 1e-6);
+    let (flat, coef) = term([0.5, 0.5, 0.5]);
+    assert!((flat - 1.0).abs() < 1e-9, "{flat}");
+    // d/de_c = 2 r_c / (n var): r = (0.35, 0, -0.35), var = 0.0817.
+    let var = 2.0 * 0.35f64.powi(2) / 3.0;
+    for (c, r) in coef.iter().zip([0.35, 0.0, -0.35]) {
+        assert!((c - 2.0 * r / (3.0 * var)).abs() < 1e-9, "{coef:?}");
+    }
+    assert!(term([0.25, 0.6, 0.95]).0.abs() < 1e-12);
     // Reversed deviations: residuals -0.7, 0, 0.7 -> 4x the variance.
-    assert!((term([0.85, 0.5, 0.15]).unwrap() - 4.0).abs() < 1e-4);
-    let two: Vec<(&Example, Tensor)> = exs.iter().take(2).map(|e| (e, scalar(0.5))).collect();
-    assert!(mores::train::deviation_term(&two).unwrap().is_none());
+    assert!((term([0.85, 0.5, 0.15]).0 - 4.0).abs() < 1e-9);
+    let two: Vec<(&Example, f64)> = exs.iter().take(2).map(|e| (e, 0.5)).collect();
+    assert!(mores::train::deviation_term(&two).is_none());
 }
 
 /// KL plus the deviation term through the whole model: analytic gradients against finite
-/// differences (micro-batches of one, so the kept graphs of several micro-batches are joined).
+/// differences (micro-batches of one, so the term's derivative reaches each micro-batch apart).
 #[test]
 fn deviation_objective_gradients_match_finite_differences() {
     let dir = tempfile::tempdir().unwrap();
