@@ -35,6 +35,9 @@ struct Item {
     country: String,
     category: String,
     question_id: Option<String>,
+    /// Which paraphrase of the question (0: the first; ids and seeds of 0 are those of a
+    /// one-paraphrase generation).
+    variant: usize,
 }
 
 /// One line of the status log: what happened to each work item.
@@ -128,6 +131,7 @@ fn work_items(g: &GenerateSection, survey: &Survey, split: &Split) -> Result<Vec
                             country: c.iso3.clone(),
                             category: cat.clone(),
                             question_id: None,
+                            variant: 0,
                         });
                     }
                 }
@@ -142,14 +146,18 @@ fn work_items(g: &GenerateSection, survey: &Survey, split: &Split) -> Result<Vec
             }
             for qid in train {
                 let q = survey.question(qid)?;
-                for c in &countries {
-                    if survey.answers(qid, &c.iso3).is_some() {
-                        items.push(Item {
-                            id: format!("{prefix}-{qid}-{}", c.iso3),
-                            country: c.iso3.clone(),
-                            category: q.category.clone(),
-                            question_id: Some(qid.clone()),
-                        });
+                for variant in 0..g.paraphrases {
+                    let tag = if variant == 0 { String::new() } else { format!("p{variant}-") };
+                    for c in &countries {
+                        if survey.answers(qid, &c.iso3).is_some() {
+                            items.push(Item {
+                                id: format!("{prefix}-{qid}-{tag}{}", c.iso3),
+                                country: c.iso3.clone(),
+                                category: q.category.clone(),
+                                question_id: Some(qid.clone()),
+                                variant,
+                            });
+                        }
                     }
                 }
             }

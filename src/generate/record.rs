@@ -22,14 +22,15 @@ pub(super) struct Ctx<'a> {
     pub(super) survey: &'a Survey,
     pub(super) teacher: &'a Model,
     pub(super) guard: &'a Guard,
-    pub(super) paraphrases: HashMap<String, (std::result::Result<String, String>, usize)>,
+    /// Per (question, paraphrase number): the teacher's paraphrase or why it was rejected.
+    pub(super) paraphrases: HashMap<(String, usize), (std::result::Result<String, String>, usize)>,
     /// ISO3 codes of the generation's countries (the mean a contrast target deviates from).
     pub(super) countries: Vec<String>,
 }
 
 impl Ctx<'_> {
-    fn paraphrase(&mut self, qid: &str) -> Result<(std::result::Result<String, String>, usize)> {
-        if let Some(p) = self.paraphrases.get(qid) {
+    fn paraphrase(&mut self, qid: &str, variant: usize) -> Result<(std::result::Result<String, String>, usize)> {
+        if let Some(p) = self.paraphrases.get(&(qid.to_string(), variant)) {
             return Ok((p.0.clone(), 0));
         }
         let q = self.survey.question(qid)?;
@@ -39,11 +40,18 @@ impl Ctx<'_> {
         let mut s = self.g.sampling.clone();
         s.stop = vec!["\n".into()];
         s.max_new_tokens = s.max_new_tokens.min(64);
-        let mut rng = sample::record_rng(self.g.seed, &format!("paraphrase-{qid}"));
+        let key = if variant == 0 { format!("paraphrase-{qid}") } else { format!("paraphrase-{qid}-{variant}") };
+        let mut rng = sample::record_rng(self.g.seed, &key);
         let prompt = self.g.paraphrase_prompt.replace("{question}", &q.text);
         let out = sample::generate(self.teacher, &prompt, &s, &mut rng)?;
-        let p = parse::paraphrase(&q.text, &out.text).map_err(String::from);
-        self.paraphrases.insert(qid.to_string(), (p.clone(), out.n_tokens));
+        let mut p = parse::paraphrase(&q.text, &out.text).map_err(String::from);
+        let repeats = |v: &usize| {
+            self.paraphrases.get(&(qid.to_string(), *v)).is_some_and(|e| e.0.is_ok() && e.0.as_ref().ok() == p.as_ref().ok())
+        };
+        if p.is_ok() && (0..variant).any(|v| repeats(&v)) {
+            p = Err("paraphrase repeats an earlier one".into());
+        }
+        self.paraphrases.insert((qid.to_string(), variant), (p.clone(), out.n_tokens));
         Ok((p, out.n_tokens))
     }
 
@@ -112,7 +120,7 @@ impl Ctx<'_> {
     /// soft-labels / survey-grounded: a (paraphrased) survey question with a distribution target.
     fn survey_item(&mut self, rec: &mut Record, item: &Item, country: &str) -> Result<(Option<Outcome>, usize)> {
         let qid = item.question_id.as_deref().expect("question items");
-        let (para, tokens) = self.paraphrase(qid)?;
+        let (para, tokens) = self.paraphrase(qid, item.variant)?;
         let para = match para {
             Ok(p) => p,
             Err(why) => return Ok((Some(Outcome::Rejected(why)), tokens)),

@@ -87,6 +87,14 @@ pub struct GenerateSection {
     /// difference than the typical answer alone would.
     #[serde(default = "super::one_f", skip_serializing_if = "is_one")]
     pub contrast: f64,
+    /// soft-labels / survey-grounded: how many paraphrases of each question (each drawn with its
+    /// own seed and shared by every country). Needs `paraphrase = true` beyond 1.
+    #[serde(default = "super::one", skip_serializing_if = "is_one_usize")]
+    pub paraphrases: usize,
+}
+
+fn is_one_usize(x: &usize) -> bool {
+    *x == 1
 }
 
 fn is_one(x: &f64) -> bool {
@@ -116,6 +124,15 @@ impl GenerateSection {
         }
         if self.mode != GenMode::Qa && !self.paraphrase_prompt.contains("{question}") {
             return Err("generate.paraphrase_prompt must contain {question}".into());
+        }
+        if self.paraphrases == 0 {
+            return Err("generate.paraphrases must be at least 1".into());
+        }
+        if self.paraphrases > 1 && !self.paraphrase {
+            return Err(format!(
+                "generate.paraphrases = {} needs paraphrase = true (without it every copy is the survey's own wording)",
+                self.paraphrases
+            ));
         }
         if !(self.contrast.is_finite() && self.contrast >= 0.0) {
             return Err(format!("generate.contrast = {} must be a finite number >= 0", self.contrast));

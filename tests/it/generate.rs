@@ -211,3 +211,47 @@ fn sharded_generation_merges_to_the_whole_run() {
     assert_eq!(got, want, "merged shards == the whole run, record by record");
     assert_eq!(card(&merged)["work_items"], card(&whole)["work_items"]);
 }
+
+/// Several paraphrases per question (issue 12): each is drawn once with its own seed and shared by
+/// every country; the first keeps the ids and seed of a one-paraphrase run; asking for more than
+/// one without paraphrasing is refused before any work.
+#[test]
+fn paraphrases_are_per_question_and_shared_by_every_country() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, extra: &str| {
+        let p = dir.path().join(name);
+        let text = format!(
+            "include = \"{}\"\n[generate]\nmax_questions = 6\ncountries = [\"NGA\", \"DEU\"]\n{extra}",
+            root().join("recipes/distill/survey-grounded.toml").display()
+        );
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let (one, two) = (dir.path().join("one.jsonl"), dir.path().join("two.jsonl"));
+    run(&["generate", "--recipe", &s(&write("one.toml", "")), "--out", &s(&one)]);
+    run(&["generate", "--recipe", &s(&write("two.toml", "paraphrases = 2\n")), "--out", &s(&two)]);
+    assert_eq!(card(&two)["work_items"], 24);
+    let recs: Vec<_> = mores::generate::dataset::read(&two).unwrap().into_iter().map(|r| r.0).collect();
+    let firsts: Vec<_> = mores::generate::dataset::read(&one).unwrap().into_iter().map(|r| r.0).collect();
+    // The first paraphrase is the one-paraphrase run's record, byte for byte.
+    for r in &firsts {
+        let same = recs.iter().find(|x| x.id == r.id).expect("first paraphrase kept in both");
+        assert_eq!(same.hash, r.hash, "{}", r.id);
+    }
+    let mut by_wording: std::collections::HashMap<(String, bool), Vec<String>> = Default::default();
+    for r in &recs {
+        let second = r.id.contains("-p1-");
+        by_wording.entry((r.question_id.clone().unwrap(), second)).or_default().push(r.question.clone().unwrap());
+    }
+    for ((q, second), texts) in &by_wording {
+        assert!(texts.windows(2).all(|w| w[0] == w[1]), "{q} (second: {second}): countries got different wordings");
+    }
+    let o = mores(&[
+        "generate",
+        "--recipe",
+        &s(&write("bad.toml", "paraphrases = 2\nparaphrase = false\n")),
+        "--out",
+        &s(&dir.path().join("bad.jsonl")),
+    ]);
+    assert_clean_error(&o, "paraphrases = 2 needs paraphrase = true");
+}
