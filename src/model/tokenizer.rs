@@ -16,8 +16,15 @@ use tokenizers::normalizers::replace::Replace;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreSequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::SplitDelimiterBehavior;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::{AddedToken, Tokenizer};
+
+/// The pre-tokenizer splits of Qwen2 (digits one by one) and Llama 3 (digits in threes), as their
+/// tokenizer.json files and llama.cpp give them.
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// GGUF token types (llama.cpp `llama_token_type`).
 const TOKEN_CONTROL: i32 = 3;
@@ -137,9 +144,10 @@ fn gpt2_tokenizer(g: &GgufFile, tokens: &[String]) -> Result<Tokenizer> {
         .map_err(|e| Error::model(&g.path, format!("cannot build BPE tokenizer: {e}")))?;
     let mut tk = Tokenizer::new(bpe);
     // GGUF names the pre-tokenizer (`tokenizer.ggml.pre`) but does not hold its rules: mores
-    // knows llama.cpp's `smollm` (digits one by one, then GPT-2's byte-level split) and the GPT-2
-    // default (also what llama.cpp assumes when the key is missing). Any other rule (llama-bpe,
-    // qwen2, deepseek...) splits text differently, so it is refused rather than guessed.
+    // knows llama.cpp's `smollm` (digits one by one, then GPT-2's byte-level split), the GPT-2
+    // default (also what llama.cpp assumes when the key is missing), Llama 3's `llama-bpe` and
+    // Qwen2's (`qwen2`, `deepseek-r1-qwen`). Any other rule splits text differently, so it is
+    // refused rather than guessed.
     let byte_level = PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true));
     let pre = g.string("tokenizer.ggml.pre").ok();
     match pre.as_deref() {
@@ -148,10 +156,23 @@ fn gpt2_tokenizer(g: &GgufFile, tokens: &[String]) -> Result<Tokenizer> {
             byte_level,
         ])))),
         None | Some("default") | Some("gpt-2") | Some("gpt2") => tk.with_pre_tokenizer(Some(byte_level)),
+        Some(name @ ("qwen2" | "deepseek-r1-qwen" | "llama-bpe")) => {
+            let (pattern, nfc) = if name == "llama-bpe" { (LLAMA3_SPLIT, false) } else { (QWEN2_SPLIT, true) };
+            // Qwen2's tokenizer.json normalizes to NFC first (transformers does the same for its GGUF files).
+            if nfc {
+                tk.with_normalizer(Some(tokenizers::normalizers::unicode::NFC)).map_err(tok_err)?;
+            }
+            let split = Split::new(SplitPattern::Regex(pattern.into()), SplitDelimiterBehavior::Isolated, false)
+                .map_err(|e| Error::model(&g.path, format!("tokenizer.ggml.pre = {name:?}: {e}")))?;
+            tk.with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(PreSequence::new(vec![
+                PreTokenizerWrapper::Split(split),
+                PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, false)),
+            ]))))
+        }
         Some(other) => {
             return Err(Error::model(
                 &g.path,
-                format!("tokenizer.ggml.pre = {other:?} is not supported (supported: smollm, gpt-2, default): use a Hugging Face folder with tokenizer.json for this model"),
+                format!("tokenizer.ggml.pre = {other:?} is not supported (supported: smollm, gpt-2, default, llama-bpe, qwen2, deepseek-r1-qwen): use a Hugging Face folder with tokenizer.json for this model"),
             ))
         }
     };

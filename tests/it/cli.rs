@@ -49,15 +49,15 @@ fn unsupported_architecture_names_the_supported_ones() {
     assert_clean_error(&o, "gemma3");
 }
 
-/// Issue 17: a gpt2-type GGUF vocabulary with a pre-tokenizer mores does not implement (Qwen's,
-/// Llama 3's) was once split by SmolLM2's rules without a word; now it is refused by name.
+/// Issue 17: a gpt2-type GGUF vocabulary with a pre-tokenizer mores does not implement was once
+/// split by SmolLM2's rules without a word; now it is refused by name.
 #[test]
 fn unknown_gguf_pre_tokenizer_is_refused_not_guessed() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("qwen-vocab.gguf");
-    vocab_gguf(&path, "llama", Some("qwen2"));
+    let path = dir.path().join("falcon-vocab.gguf");
+    vocab_gguf(&path, "llama", Some("falcon"));
     let o = mores(&["score", "--model", path.to_str().unwrap(), "--prompt", "x"]);
-    assert_clean_error(&o, "tokenizer.ggml.pre = \"qwen2\" is not supported");
+    assert_clean_error(&o, "tokenizer.ggml.pre = \"falcon\" is not supported");
 }
 
 #[test]

@@ -46,3 +46,56 @@ fn gemma3_gguf_tokenizer_matches_transformers() {
         assert_eq!(tok.decode(&tok.encode(s).unwrap()).unwrap(), s, "round trip");
     }
 }
+
+fn vocab_file() -> std::path::PathBuf {
+    crate::common::root().join("tests/data/vocab/deepseek-r1-qwen.gguf")
+}
+
+/// Issue 17: the vocabulary of DeepSeek-R1-Distill-Qwen-7B's GGUF (`tokenizer.ggml.pre =
+/// "deepseek-r1-qwen"`, Qwen2's split and NFC), metadata only (scripts/make_vocab_gguf.py), against
+/// transformers' ids on the same file for digits, spaces, newlines, CJK, emoji, code and
+/// contractions.
+#[test]
+fn deepseek_r1_qwen_gguf_tokenizer_matches_transformers() {
+    let g = GgufFile::open(&vocab_file()).unwrap();
+    assert_eq!(g.string("tokenizer.ggml.pre").unwrap(), "deepseek-r1-qwen");
+    let tok = Tok::from_gguf(&g).unwrap();
+    let path = vocab_file().with_extension("ids.json");
+    let refs: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let cases = refs["cases"].as_array().unwrap();
+    assert!(cases.len() >= 10);
+    for c in cases {
+        let text = c["text"].as_str().unwrap();
+        let want: Vec<u32> = c["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(tok.encode(text).unwrap(), want, "{text:?}");
+        assert_eq!(tok.decode(&want).unwrap(), text, "round trip of {text:?}");
+    }
+}
+
+/// The pieces a tokenizer's pre-tokenizer cuts `text` into.
+fn pieces(tok: &Tok, text: &str) -> Vec<String> {
+    use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
+    let mut pts = PreTokenizedString::from(text);
+    tok.inner.get_pre_tokenizer().unwrap().pre_tokenize(&mut pts).unwrap();
+    pts.get_splits(OffsetReferential::Original, OffsetType::Byte).iter().map(|(s, _, _)| s.to_string()).collect()
+}
+
+/// Llama 3's split (`llama-bpe`) groups digits in threes where Qwen2's takes them one by one; the
+/// same vocabulary relabelled shows the difference.
+#[test]
+fn llama_bpe_pre_tokenizer_groups_digits_in_threes() {
+    use candle_core::quantized::gguf_file;
+    let mut f = std::fs::File::open(vocab_file()).unwrap();
+    let content = gguf_file::Content::read(&mut f).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("llama-bpe.gguf");
+    let mut md = content.metadata.clone();
+    md.insert("tokenizer.ggml.pre".into(), gguf_file::Value::String("llama-bpe".into()));
+    let md: Vec<(&str, &gguf_file::Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    gguf_file::write(&mut std::fs::File::create(&path).unwrap(), &md, &[]).unwrap();
+    let llama3 = Tok::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
+    let qwen2 = Tok::from_gguf(&GgufFile::open(&vocab_file()).unwrap()).unwrap();
+    // The Ġ is GPT-2's byte-level space.
+    assert_eq!(pieces(&llama3, "in 12345 days"), ["in", "Ġ", "123", "45", "Ġdays"]);
+    assert_eq!(pieces(&qwen2, "in 12345 days"), ["in", "Ġ", "1", "2", "3", "4", "5", "Ġdays"]);
+}
