@@ -53,8 +53,14 @@ pub fn measure_one(model_path: &Path, steps: usize, batch: usize, seq: usize) ->
     check_sizes(steps, batch, seq)?;
     let t0 = std::time::Instant::now();
     let mut model = Model::load(model_path, &LoadOptions { dequantize: true, ..Default::default() })?;
-    let spec =
-        LoraSpec { rank: 8, alpha: 16.0, dropout: 0.0, targets: vec!["q_proj".into(), "v_proj".into()], rslora: false, layers: None };
+    let spec = LoraSpec {
+        rank: 8,
+        alpha: 16.0,
+        dropout: 0.0,
+        targets: vec!["q_proj".into(), "v_proj".into()],
+        rslora: false,
+        layers: None,
+    };
     let adapter = Adapter::attach_new(&mut model, &spec, 0)?;
     let load_s = t0.elapsed().as_secs_f64();
     let need = steps * batch * seq;

@@ -46,7 +46,9 @@ impl Ctx<'_> {
         let out = sample::generate(self.teacher, &prompt, &s, &mut rng)?;
         let mut p = parse::paraphrase(&q.text, &out.text).map_err(String::from);
         let repeats = |v: &usize| {
-            self.paraphrases.get(&(qid.to_string(), *v)).is_some_and(|e| e.0.is_ok() && e.0.as_ref().ok() == p.as_ref().ok())
+            self.paraphrases
+                .get(&(qid.to_string(), *v))
+                .is_some_and(|e| e.0.is_ok() && e.0.as_ref().ok() == p.as_ref().ok())
         };
         if p.is_ok() && (0..variant).any(|v| repeats(&v)) {
             p = Err("paraphrase repeats an earlier one".into());

@@ -323,7 +323,9 @@ impl PeftConfig {
         // PEFT accepts one layer index or a list.
         let layers = match &self.layers_to_transform {
             serde_json::Value::Null => None,
-            serde_json::Value::Number(n) => Some(vec![n.as_u64().ok_or("layers_to_transform must be a layer index")? as usize]),
+            serde_json::Value::Number(n) => {
+                Some(vec![n.as_u64().ok_or("layers_to_transform must be a layer index")? as usize])
+            }
             serde_json::Value::Array(a) => Some(
                 a.iter()
                     .map(|v| v.as_u64().map(|x| x as usize).ok_or("layers_to_transform must list layer indices"))

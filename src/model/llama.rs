@@ -70,23 +70,55 @@ fn default_theta() -> f64 {
 }
 
 impl Config {
+    /// A GGUF file of architecture `llama`, `qwen2` or `qwen3` (llama.cpp's names; Mistral's
+    /// GGUF files say `llama`). RoPE scaling stored in the file (`{arch}.rope.scaling.type`, or
+    /// Llama 3.1's `rope_freqs` tensor) is refused by name: mores would otherwise drop it.
     pub fn from_gguf(g: &GgufFile) -> Result<Self> {
-        let p = "llama";
+        let p = g.architecture()?;
+        let family = match p.as_str() {
+            "llama" => Family::Llama,
+            "qwen2" => Family::Qwen2,
+            "qwen3" => Family::Qwen3,
+            other => return Err(Error::model(&g.path, format!("internal: {other:?} is not a llama-shaped GGUF"))),
+        };
+        if let Ok(kind) = g.string(&format!("{p}.rope.scaling.type")) {
+            if kind != "none" {
+                return Err(Error::model(
+                    &g.path,
+                    format!("{p}.rope.scaling.type = {kind:?} is not supported in GGUF files: use the model's Hugging Face folder (linear and llama3 scaling are read from config.json)"),
+                ));
+            }
+        }
+        if g.content.tensor_infos.contains_key("rope_freqs.weight") {
+            return Err(Error::model(
+                &g.path,
+                "the file carries a rope_freqs tensor (Llama 3.1-style RoPE scaling), which mores does not read from GGUF: use the model's Hugging Face folder",
+            ));
+        }
         let heads = g.u32(&format!("{p}.attention.head_count"))? as usize;
         let hidden = g.u32(&format!("{p}.embedding_length"))? as usize;
+        let head_dim = g
+            .opt_u32(&format!("{p}.attention.key_length"))
+            .or_else(|| g.opt_u32(&format!("{p}.rope.dimension_count")))
+            .map(|x| x as usize);
         Ok(Self {
             hidden_size: hidden,
             intermediate_size: g.u32(&format!("{p}.feed_forward_length"))? as usize,
             num_hidden_layers: g.u32(&format!("{p}.block_count"))? as usize,
             num_attention_heads: heads,
             num_key_value_heads: g.opt_u32(&format!("{p}.attention.head_count_kv")).map(|x| x as usize),
-            head_dim: g.opt_u32(&format!("{p}.rope.dimension_count")).map(|x| x as usize),
+            head_dim,
             rms_norm_eps: g.opt_f32(&format!("{p}.attention.layer_norm_rms_epsilon")).unwrap_or(1e-5) as f64,
             rope_theta: g.opt_f32(&format!("{p}.rope.freq_base")).unwrap_or(10_000.0) as f64,
             vocab_size: g.strings("tokenizer.ggml.tokens")?.len(),
             tie_word_embeddings: !g.content.tensor_infos.contains_key("output.weight"),
             max_position_embeddings: g.opt_u32(&format!("{p}.context_length")).map(|x| x as usize),
-            traits: Traits::default(),
+            traits: Traits {
+                family,
+                qkv_bias: family == Family::Qwen2,
+                qk_norm: family == Family::Qwen3,
+                ..Traits::default()
+            },
             raw: None,
         })
     }
@@ -195,9 +227,9 @@ impl Model {
         for i in 0..cfg.num_hidden_layers {
             let hf = |s: &str| format!("model.layers.{i}.{s}.weight");
             let gg = |s: &str| format!("blk.{i}.{s}.weight");
-            let bias = |w: &mut Weights, s: &str, on: bool| -> Result<Option<Tensor>> {
+            let bias = |w: &mut Weights, s: &str, gguf: &str, on: bool| -> Result<Option<Tensor>> {
                 let name = format!("model.layers.{i}.{s}.bias");
-                on.then(|| w.tensor(key(&name, &format!("blk.{i}.{s}.bias")))).transpose()
+                on.then(|| w.tensor(key(&name, &format!("blk.{i}.{gguf}.bias")))).transpose()
             };
             let lin = |w: &mut Weights, a: &str, b: &str| -> Result<Linear> {
                 Ok(Linear::new(w.linear(key(&hf(a), &gg(b)))?))
@@ -221,10 +253,10 @@ impl Model {
                 up = lin(w, "mlp.up_proj", "ffn_up")?;
                 down = lin(w, "mlp.down_proj", "ffn_down")?;
             }
-            q.bias = bias(w, "self_attn.q_proj", t.qkv_bias)?;
-            k.bias = bias(w, "self_attn.k_proj", t.qkv_bias)?;
-            v.bias = bias(w, "self_attn.v_proj", t.qkv_bias)?;
-            o.bias = bias(w, "self_attn.o_proj", t.o_bias)?;
+            q.bias = bias(w, "self_attn.q_proj", "attn_q", t.qkv_bias)?;
+            k.bias = bias(w, "self_attn.k_proj", "attn_k", t.qkv_bias)?;
+            v.bias = bias(w, "self_attn.v_proj", "attn_v", t.qkv_bias)?;
+            o.bias = bias(w, "self_attn.o_proj", "attn_output", t.o_bias)?;
             let qk_norm = if t.qk_norm {
                 Some((
                     norm(w, &hf("self_attn.q_norm"), &gg("attn_q_norm"))?,
@@ -246,7 +278,10 @@ impl Model {
                 qk_norm,
             });
         }
-        let rope_style = if w.is_gguf() { RopeStyle::Interleaved } else { RopeStyle::Halves };
+        // llama.cpp permutes Q/K rows for interleaved RoPE in llama files only; its Qwen files
+        // keep Hugging Face's order and rotate halves (NEOX style).
+        let rope_style =
+            if w.is_gguf() && cfg.traits.family == Family::Llama { RopeStyle::Interleaved } else { RopeStyle::Halves };
         let inv_freq = t.rope.inv_freq(hd, cfg.rope_theta);
         Ok(Self {
             norm: norm(w, "model.norm.weight", "output_norm.weight")?,
@@ -323,7 +358,8 @@ impl Model {
         let window = self.cfg.traits.window;
         let frozen = if mode.grad { self.first_adapted() } else { 0 };
         let ctx = AttnCtx::new(batch, prefix, &[window], mode)?;
-        let ctx_frozen = if range.start < frozen { Some(AttnCtx::new(batch, prefix, &[window], Mode::INFER)?) } else { None };
+        let ctx_frozen =
+            if range.start < frozen { Some(AttnCtx::new(batch, prefix, &[window], Mode::INFER)?) } else { None };
         let (cos, sin) = batch.rope_tables_from(&self.inv_freq, dev)?;
         let scale = 1.0 / (hd as f64).sqrt();
         let mut kv = Kv { len: t, ..Kv::new() };
@@ -412,8 +448,13 @@ impl Model {
         }
         let mut v = serde_json::to_value(&self.cfg).expect("config serialises");
         let o = v.as_object_mut().expect("object");
-        o.insert("architectures".into(), serde_json::json!(["LlamaForCausalLM"]));
-        o.insert("model_type".into(), "llama".into());
+        let (class, model_type) = match self.cfg.traits.family {
+            Family::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
+            Family::Qwen3 => ("Qwen3ForCausalLM", "qwen3"),
+            _ => ("LlamaForCausalLM", "llama"),
+        };
+        o.insert("architectures".into(), serde_json::json!([class]));
+        o.insert("model_type".into(), model_type.into());
         o.insert("num_key_value_heads".into(), self.cfg.kv_heads().into());
         o.insert("head_dim".into(), self.cfg.head_dim().into());
         o.insert("hidden_act".into(), "silu".into());

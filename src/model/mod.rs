@@ -34,7 +34,7 @@ use tokenizer::Tok;
 use weights::{Source, Weights};
 
 pub const SUPPORTED: &str =
-    "llama (SmolLM2, Llama), gemma3 (GGUF or Hugging Face); mistral, qwen2, qwen3, phi3 (Hugging Face folders)";
+    "llama (SmolLM2, Llama, Mistral), gemma3, qwen2 (Qwen2, Qwen2.5, DeepSeek-R1-Distill-Qwen), qwen3 (GGUF or Hugging Face); mistral, phi3 (Hugging Face folders)";
 
 pub enum Arch {
     Llama(llama::Model),
@@ -297,7 +297,8 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Model> {
         Err(_) => None,
     };
     let (arch, vocab) = {
-        let llama_cfg = (arch_name == "llama").then(|| llama::Config::from_gguf(&g)).transpose()?;
+        let llama_shaped = matches!(arch_name.as_str(), "llama" | "qwen2" | "qwen3");
+        let llama_cfg = llama_shaped.then(|| llama::Config::from_gguf(&g)).transpose()?;
         let gemma_cfg = (arch_name == "gemma3").then(|| gemma3::Config::from_gguf(&g)).transpose()?;
         let mut w = Weights {
             source: Source::Gguf(g),
@@ -458,5 +459,15 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Model> {
         vocab_size: vocab,
         adapter: None,
     };
-    Ok(Model { arch, tok, chat, info, device: opts.device.clone(), dense: true, form: "f32", prefix_reuse: true, frozen_rows: None })
+    Ok(Model {
+        arch,
+        tok,
+        chat,
+        info,
+        device: opts.device.clone(),
+        dense: true,
+        form: "f32",
+        prefix_reuse: true,
+        frozen_rows: None,
+    })
 }

@@ -605,8 +605,16 @@ impl Run<'_> {
                 None
             };
             let tps = tokens_run as f64 / t0.elapsed().as_secs_f64().max(1e-9);
-            let line =
-                LogLine { step, loss, lr, grad_norm, tokens: state.tokens_seen, tokens_per_s: tps, val_loss, deviation };
+            let line = LogLine {
+                step,
+                loss,
+                lr,
+                grad_norm,
+                tokens: state.tokens_seen,
+                tokens_per_s: tps,
+                val_loss,
+                deviation,
+            };
             self.log.append(std::slice::from_ref(&line))?;
             first.get_or_insert(loss);
             last = Some(loss);

@@ -102,3 +102,87 @@ fn unknown_architecture_names_the_supported_list() {
     let o = mores(&["score", "--model", dir.path().to_str().unwrap(), "--prompt", "Hi", "--labels", "1,2"]);
     assert_clean_error(&o, "rope scaling type \"yarn\"");
 }
+
+/// A transformers fixture rewritten as a GGUF file the way llama.cpp's converter writes Qwen
+/// models (llama.cpp tensor names, `{arch}.*` metadata, Q/K rows unpermuted), f32 tensors, and a
+/// placeholder gpt2-type vocabulary of the fixture's size (the test feeds token ids).
+fn fixture_as_gguf(name: &str, dir: &std::path::Path) -> PathBuf {
+    use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+    let src = fixture(name);
+    let cfg: serde_json::Value = mores::util::io::read_json(&src.join("config.json")).unwrap();
+    let tensors = candle_core::safetensors::load(src.join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let rename = |k: &str| -> String {
+        let k = k.replace("model.embed_tokens.", "token_embd.").replace("model.norm.", "output_norm.");
+        let k = k.replace("lm_head.", "output.");
+        let Some(rest) = k.strip_prefix("model.layers.") else { return k };
+        let (i, rest) = rest.split_once('.').unwrap();
+        let rest = [
+            ("self_attn.q_proj", "attn_q"),
+            ("self_attn.k_proj", "attn_k"),
+            ("self_attn.v_proj", "attn_v"),
+            ("self_attn.o_proj", "attn_output"),
+            ("self_attn.q_norm", "attn_q_norm"),
+            ("self_attn.k_norm", "attn_k_norm"),
+            ("mlp.gate_proj", "ffn_gate"),
+            ("mlp.up_proj", "ffn_up"),
+            ("mlp.down_proj", "ffn_down"),
+            ("input_layernorm", "attn_norm"),
+            ("post_attention_layernorm", "ffn_norm"),
+        ]
+        .iter()
+        .fold(rest.to_string(), |r, (a, b)| r.replace(a, b));
+        format!("blk.{i}.{rest}")
+    };
+    let q: Vec<(String, QTensor)> =
+        tensors.iter().map(|(k, t)| (rename(k), QTensor::quantize(t, GgmlDType::F32).unwrap())).collect();
+    let u = |x: &str| gguf_file::Value::U32(cfg[x].as_u64().unwrap() as u32);
+    let s = |x: &str| gguf_file::Value::String(x.into());
+    let vocab = cfg["vocab_size"].as_u64().unwrap() as usize;
+    let mut md = vec![
+        ("general.architecture".to_string(), s(name)),
+        (format!("{name}.block_count"), u("num_hidden_layers")),
+        (format!("{name}.embedding_length"), u("hidden_size")),
+        (format!("{name}.feed_forward_length"), u("intermediate_size")),
+        (format!("{name}.attention.head_count"), u("num_attention_heads")),
+        (format!("{name}.attention.head_count_kv"), u("num_key_value_heads")),
+        (format!("{name}.context_length"), u("max_position_embeddings")),
+        (format!("{name}.rope.freq_base"), gguf_file::Value::F32(cfg["rope_theta"].as_f64().unwrap_or(10000.0) as f32)),
+        (
+            format!("{name}.attention.layer_norm_rms_epsilon"),
+            gguf_file::Value::F32(cfg["rms_norm_eps"].as_f64().unwrap() as f32),
+        ),
+        ("tokenizer.ggml.model".to_string(), s("gpt2")),
+        ("tokenizer.ggml.pre".to_string(), s("qwen2")),
+        (
+            "tokenizer.ggml.tokens".to_string(),
+            gguf_file::Value::Array((0..vocab).map(|i| s(&format!("t{i}"))).collect()),
+        ),
+        ("tokenizer.ggml.merges".to_string(), gguf_file::Value::Array(vec![])),
+    ];
+    if let Some(hd) = cfg["head_dim"].as_u64() {
+        md.push((format!("{name}.attention.key_length"), gguf_file::Value::U32(hd as u32)));
+    }
+    let path = dir.join(format!("{name}.gguf"));
+    let md: Vec<(&str, &gguf_file::Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let ts: Vec<(&str, &QTensor)> = q.iter().map(|(k, t)| (k.as_str(), t)).collect();
+    gguf_file::write(&mut std::fs::File::create(&path).unwrap(), &md, &ts).unwrap();
+    path
+}
+
+/// Issue 17: Qwen2 (QKV bias) and Qwen3 (head norms, explicit head size) GGUF files load into the
+/// shared decoder with llama.cpp's names and half-split RoPE, and give transformers' logits.
+#[test]
+fn qwen_gguf_files_match_transformers_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["qwen2", "qwen3"] {
+        let m = Model::load(&fixture_as_gguf(name, dir.path()), &LoadOptions::default()).unwrap();
+        assert_eq!(m.architecture(), name);
+        let r: Reference = mores::util::io::read_json(&fixture(name).join("reference.json")).unwrap();
+        for (row, want) in r.rows.iter().zip(&r.logits) {
+            let reads: Vec<(usize, usize)> = (0..row.len()).map(|p| (0, p)).collect();
+            let got = m.logits_rows(std::slice::from_ref(row), &reads, Mode::INFER).unwrap().to_vec2::<f32>().unwrap();
+            let worst = got.iter().zip(want).map(|(g, w)| max_diff(g, w)).fold(0.0, f32::max);
+            assert!(worst < 1e-4, "{name} GGUF: logits differ from transformers by {worst}");
+        }
+    }
+}

@@ -79,8 +79,14 @@ fn assert_step_loss_independent_of_micro_batch(m: &mut Model) {
     use mores::generate::dataset::Record;
     use mores::model::adapter::{Adapter, LoraSpec};
     use mores::train::examples::{build, Built};
-    let spec =
-        LoraSpec { rank: 4, alpha: 8.0, dropout: 0.0, targets: vec!["q_proj".into(), "v_proj".into()], rslora: false, layers: None };
+    let spec = LoraSpec {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        targets: vec!["q_proj".into(), "v_proj".into()],
+        rslora: false,
+        layers: None,
+    };
     let ad = Adapter::attach_new(m, &spec, 3).unwrap();
     let recs = [
         serde_json::json!({"id": "a", "prompt": "How important is family?", "target": "Very important."}),
