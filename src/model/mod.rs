@@ -89,6 +89,19 @@ pub struct Model {
 }
 
 impl Model {
+    /// A loaded model with the defaults every loader shares (prefix reuse on, no kept rows).
+    fn assemble(
+        arch: Arch,
+        tok: Tok,
+        chat: Option<ChatTemplate>,
+        info: ModelInfo,
+        device: Device,
+        dense: bool,
+        form: &'static str,
+    ) -> Self {
+        Model { arch, tok, chat, info, device, dense, form, prefix_reuse: true, frozen_rows: None }
+    }
+
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<Self> {
         if !path.exists() {
             return Err(Error::model(path, "model not found: give a .gguf file or a Hugging Face model folder (run scripts/fetch-models.sh for the defaults)"));
@@ -323,17 +336,7 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Model> {
         vocab_size: vocab,
         adapter: None,
     };
-    Ok(Model {
-        arch,
-        tok,
-        chat,
-        info,
-        device: opts.device.clone(),
-        dense: opts.dequantize,
-        form: opts.form(),
-        prefix_reuse: true,
-        frozen_rows: None,
-    })
+    Ok(Model::assemble(arch, tok, chat, info, opts.device.clone(), opts.dequantize, opts.form()))
 }
 
 #[derive(Deserialize, Default)]
@@ -459,15 +462,5 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Model> {
         vocab_size: vocab,
         adapter: None,
     };
-    Ok(Model {
-        arch,
-        tok,
-        chat,
-        info,
-        device: opts.device.clone(),
-        dense: true,
-        form: "f32",
-        prefix_reuse: true,
-        frozen_rows: None,
-    })
+    Ok(Model::assemble(arch, tok, chat, info, opts.device.clone(), true, "f32"))
 }
