@@ -1,7 +1,8 @@
 //! LoRA fine-tuning of a student on a synthetic dataset: seeded data order and dropout, AdamW with
 //! warmup and decay, gradient accumulation and clipping, validation loss, atomic checkpoints in
 //! PEFT format, and exact resume (the step number determines every random choice, so a resumed
-//! run replays the uninterrupted one).
+//! run replays the uninterrupted one). Steps are random records or whole questions (all their
+//! countries), the objective KL/LM plus an optional country-deviation term.
 pub mod examples;
 pub mod loss;
 pub mod optim;
