@@ -129,17 +129,19 @@ pub fn batch_loss(
     denom: (f64, f64),
     sums: &mut LossSums,
 ) -> Result<Tensor> {
-    Ok(batch_loss_parts(model, batch, mode, denom, sums)?.0)
+    Ok(batch_loss_parts(model, batch, mode, denom, sums, false)?.0)
 }
 
-/// [`batch_loss`], plus each label example's expected answer under the student (a scalar tensor
-/// in the graph, on the label-index scale 0..1: sum_k q_k k / (K - 1)), in batch order.
+/// [`batch_loss`], plus (when `with_expected`; otherwise empty) each label example's expected
+/// answer under the student (a scalar tensor in the graph, on the label-index scale 0..1:
+/// sum_k q_k k / (K - 1)), in batch order.
 pub fn batch_loss_parts(
     model: &Model,
     batch: &[&Example],
     mode: crate::model::mode::Mode,
     denom: (f64, f64),
     sums: &mut LossSums,
+    with_expected: bool,
 ) -> Result<(Tensor, Vec<Tensor>)> {
     // Token reads first, label reads after, so each part is a contiguous block of logits.
     let (mut rows, mut tok_reads, mut targets, mut lab_reads) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -185,10 +187,13 @@ pub fn batch_loss_parts(
             Kind::Tokens(_) => None,
         });
         for (l, &r0) in labels.zip(&lab_r0) {
-            let (kl, e) = label_kl(l, r0, vocab, &pick)?;
+            let (kl, logq) = label_kl(l, r0, vocab, &pick)?;
             sums.kl += kl.to_scalar::<f32>()? as f64;
             total = (total + (kl / denom.1)?)?;
-            expected.push(e);
+            if with_expected {
+                let scale: Vec<f32> = label_scale(logq.dim(0)?).into_iter().map(|x| x as f32).collect();
+                expected.push((logq.exp()? * Tensor::from_vec(scale, logq.dim(0)?, dev)?)?.sum_all()?);
+            }
         }
     }
     Ok((total, expected))
@@ -199,7 +204,7 @@ pub fn label_scale(k: usize) -> Vec<f64> {
     (0..k).map(|i| if k > 1 { i as f64 / (k - 1) as f64 } else { 0.0 }).collect()
 }
 
-/// KL(target || student) over the labels and the student's expected answer on the label scale.
+/// KL(target || student) over the labels, and the student's log-probabilities of the labels.
 fn label_kl(
     l: &LabelLoss,
     r0: usize,
@@ -242,7 +247,5 @@ fn label_kl(
     let t: Vec<f32> = l.target.iter().map(|&p| p as f32).collect();
     let ent: f32 = t.iter().filter(|&&p| p > 0.0).map(|&p| p * p.ln()).sum();
     let t = Tensor::from_vec(t, n_lab, dev)?;
-    let scale: Vec<f32> = label_scale(n_lab).into_iter().map(|x| x as f32).collect();
-    let expected = (logq.exp()? * Tensor::from_vec(scale, n_lab, dev)?)?.sum_all()?;
-    Ok((((t * logq)?.sum_all()?.neg()? + ent as f64)?, expected))
+    Ok((((t * &logq)?.sum_all()?.neg()? + ent as f64)?, logq))
 }

@@ -180,7 +180,7 @@ pub fn step_grads_with(
         let mut scratch = examples::LossSums::default();
         for (mi, chunk) in exs.chunks(micro).enumerate() {
             let mode = Mode { grad: false, dropout_seed: seed_of(mi) };
-            let (_, e) = examples::batch_loss_parts(model, chunk, mode, denom, &mut scratch)?;
+            let (_, e) = examples::batch_loss_parts(model, chunk, mode, denom, &mut scratch, true)?;
             for (i, e) in labelled(chunk).into_iter().zip(e) {
                 values.push((mi * micro + i, e.to_scalar::<f32>()? as f64));
             }
@@ -194,7 +194,8 @@ pub fn step_grads_with(
         }
     }
     for (mi, chunk) in exs.chunks(micro).enumerate() {
-        let (mut l, e) = examples::batch_loss_parts(model, chunk, Mode::train(seed_of(mi)), denom, &mut sums)?;
+        let (mut l, e) =
+            examples::batch_loss_parts(model, chunk, Mode::train(seed_of(mi)), denom, &mut sums, deviation > 0.0)?;
         for (i, e) in labelled(chunk).into_iter().zip(e) {
             let c = coef[mi * micro + i];
             if c != 0.0 {
