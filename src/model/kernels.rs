@@ -10,7 +10,9 @@
 //!   "horizontal" kernel when rows x columns <= 256, and depth blocks of min(depth, 512) instead of
 //!   the cache-derived size when both rows and columns are <= 64. A one-token row (the label
 //!   branch after a shared prefix) took the GEMV, the same row inside a batch the main path.
-//!   [`matmul_nt`] pads the rows (with zeros, sliced off again) until the main path is taken, so
+//!   Products without gradients now run mores' own GEMM (`gemm.rs`: one fma chain per element
+//!   whatever the shape); for the differentiable ones (LoRA factors in training) [`matmul_nt`]
+//!   still pads the rows (with zeros, sliced off again) until `gemm`'s main path is taken, so
 //!   every row is computed by the same chain whatever the row count.
 //! - **Attention over padded keys.** Scores and softmax ran over each row's padded key range;
 //!   candle's softmax sums with SIMD lanes anchored at the start of the padded row, so the left
@@ -36,8 +38,37 @@ fn min_rows(n: usize, k: usize) -> usize {
 }
 
 /// x [m, k] times w [n, k] transposed, each output row computed exactly as it would be alone.
+/// Without gradients on the CPU this is mores' own GEMM (w packed for this one call; a model's
+/// weights keep theirs, see `Linear`); with gradients, candle's differentiable matmul on rows
+/// padded until `gemm` takes its main path.
 pub fn matmul_nt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if plain_cpu_f32(&[x, w]) {
+        let (n, k) = w.dims2()?;
+        let w = w.contiguous()?;
+        let packed = with_f32s(&[&w], |v| super::gemm::Packed::new(v[0], n, k, super::gemm::Isa::best()))?;
+        return matmul_packed(x, &packed);
+    }
     invariant_rows(x, w.dim(0)?, |x| Ok(x.matmul(&w.t()?)?))
+}
+
+/// CPU f32 tensors outside any gradient graph: what mores' own GEMM takes.
+pub fn plain_cpu_f32(ts: &[&Tensor]) -> bool {
+    ts.iter().all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && !t.track_op())
+}
+
+/// x [m, k] times a packed w [n, k] transposed: [m, n], no gradient.
+pub fn matmul_packed(x: &Tensor, w: &super::gemm::Packed) -> Result<Tensor> {
+    let (m, k) = x.dims2()?;
+    if k != w.k {
+        return Err(Error::Invalid(format!("internal: matmul of width {k} with a packed {} x {} weight", w.n, w.k)));
+    }
+    let x = x.contiguous()?;
+    let y = with_f32s(&[&x], |v| {
+        let mut y = vec![0f32; m * w.n];
+        super::gemm::matmul_packed(v[0], m, w, &mut y);
+        y
+    })?;
+    Ok(Tensor::from_vec(y, (m, w.n), x.device())?)
 }
 
 /// Apply `f`, a [m, k] -> [m, n] product that calls `gemm`, to x padded with zero rows until
@@ -242,7 +273,7 @@ pub fn attend_backward(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32], go: &[f32
 /// is in either.
 pub struct AttnOp(pub AttnShape);
 
-fn cpu_f32<'a>(s: &'a candle_core::CpuStorage, l: &candle_core::Layout) -> candle_core::Result<&'a [f32]> {
+pub fn cpu_f32<'a>(s: &'a candle_core::CpuStorage, l: &candle_core::Layout) -> candle_core::Result<&'a [f32]> {
     let candle_core::CpuStorage::F32(v) = s else { candle_core::bail!("attention: f32 only") };
     let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("attention: input not contiguous") };
     Ok(&v[a..b])

@@ -1,11 +1,13 @@
 //! Linear layers over dense or quantized weights, with an optional LoRA adapter, and the slots
 //! through which an adapter reaches a model's projections.
+use super::gemm::{Isa, Packed};
 use super::kernels;
 use super::lora::{LoraLayer, Target};
 use super::mode::Mode;
 use crate::util::error::Result;
 use candle_core::quantized::QMatMul;
-use candle_core::{DType, Module, Tensor};
+use candle_core::{DType, Module, Tensor, TensorId};
+use std::sync::{Arc, Mutex};
 
 /// Linear layer over a possibly quantized weight, with an optional (frozen) bias and an optional
 /// LoRA adapter.
@@ -14,11 +16,31 @@ pub struct Linear {
     pub base: QMatMul,
     pub bias: Option<Tensor>,
     pub lora: Option<LoraLayer>,
+    /// The f32 base weight packed for mores' GEMM, made at its first CPU use and kept (clones
+    /// share it). Keyed by the weight tensor's id, so a replaced `base` is packed anew.
+    packed: PackCache,
 }
+
+type PackCache = Arc<Mutex<Option<(TensorId, Arc<Packed>)>>>;
 
 impl Linear {
     pub fn new(base: QMatMul) -> Self {
-        Self { base, bias: None, lora: None }
+        Self { base, bias: None, lora: None, packed: PackCache::default() }
+    }
+
+    /// The packed form of the f32 weight w (this layer's base).
+    fn packed(&self, w: &Tensor) -> Result<Arc<Packed>> {
+        let mut slot = self.packed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((id, p)) = &*slot {
+            if *id == w.id() {
+                return Ok(p.clone());
+            }
+        }
+        let (n, k) = w.dims2()?;
+        let wc = w.contiguous()?;
+        let p = Arc::new(kernels::with_f32s(&[&wc], |v| Packed::new(v[0], n, k, Isa::best()))?);
+        *slot = Some((w.id(), p.clone()));
+        Ok(p)
     }
 
     /// Input and output width.
@@ -59,7 +81,13 @@ impl Linear {
                 let (last, lead) = dims.split_last().expect("at least one dim");
                 let n: usize = lead.iter().product();
                 let x2 = x.reshape((n, *last))?;
-                let y = if mode.grad { frozen_matmul(&x2, w)? } else { kernels::matmul_nt(&x2, w)? };
+                let y = if !kernels::plain_cpu_f32(&[w]) || !x2.device().is_cpu() {
+                    if mode.grad { frozen_matmul(&x2, w)? } else { kernels::matmul_nt(&x2, w)? }
+                } else if mode.grad && x2.track_op() {
+                    x2.contiguous()?.apply_op1(FrozenLinear { w: w.clone(), packed: self.packed(w)? })?
+                } else {
+                    kernels::matmul_packed(&x2, &*self.packed(w)?)?
+                };
                 let mut out = lead.to_vec();
                 out.push(w.dim(0)?);
                 Ok(y.reshape(out)?)
@@ -72,20 +100,20 @@ impl Linear {
     }
 }
 
-/// x [n, in] times a frozen w [out, in] transposed. candle's matmul backward always computes the
-/// weight's gradient too (a [out, in] product per layer per step, thrown away for a frozen base);
-/// this op returns only the input gradient. Measured in candle-notes: step time and peak memory
-/// roughly halved. On devices without the CPU kernel it falls back to a matmul on a detached weight.
+/// x [n, in] times a frozen w [out, in] transposed, off the CPU path (where `Linear` runs
+/// `FrozenLinear` on its packed weight): candle's matmul on a detached weight, so no weight
+/// gradient is computed for it.
 fn frozen_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    if !x.device().is_cpu() || !x.track_op() {
-        return kernels::matmul_nt(x, &w.detach());
-    }
-    let w = w.contiguous()?;
-    kernels::invariant_rows(&x.contiguous()?, w.dim(0)?, |x| Ok(x.apply_op1(FrozenLinear { w: w.clone() })?))
+    kernels::matmul_nt(x, &w.detach())
 }
 
+/// x [n, in] times a frozen w [out, in] transposed on the CPU, returning only the input's
+/// gradient: candle's matmul backward always computes the weight's too (a [out, in] product per
+/// layer per step, thrown away for a frozen base; measured in candle-notes: step time and peak
+/// memory roughly halved without it). Forward on the packed weight, backward g · w on w as stored.
 struct FrozenLinear {
     w: Tensor,
+    packed: Arc<Packed>,
 }
 
 impl candle_core::CustomOp1 for FrozenLinear {
@@ -98,20 +126,28 @@ impl candle_core::CustomOp1 for FrozenLinear {
         s: &candle_core::CpuStorage,
         l: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use candle_core::backend::BackendStorage;
         let (m, k) = l.shape().dims2()?;
-        let (ws, wl) = self.w.storage_and_layout();
-        let candle_core::Storage::Cpu(wc) = &*ws else { candle_core::bail!("frozen-linear: weight is not on the CPU") };
-        let (n, k2) = wl.shape().dims2()?;
-        if k != k2 {
-            candle_core::bail!("frozen-linear: input width {k} vs weight {n}x{k2}")
+        let p = &self.packed;
+        if k != p.k {
+            candle_core::bail!("frozen-linear: input width {k} vs weight {}x{}", p.n, p.k)
         }
-        let out = s.matmul(wc, (1, m, n, k), l, &wl.transpose(0, 1)?)?;
-        Ok((out, (m, n).into()))
+        let x = kernels::cpu_f32(s, l)?;
+        let mut y = vec![0f32; m * p.n];
+        super::gemm::matmul_packed(x, m, p, &mut y);
+        Ok((candle_core::CpuStorage::F32(y), (m, p.n).into()))
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(grad.matmul(&self.w)?))
+        let (m, n) = grad.dims2()?;
+        let (_, k) = self.w.dims2()?;
+        let (g, w) = (grad.contiguous()?, self.w.contiguous()?);
+        let dx = kernels::with_f32s(&[&g, &w], |v| {
+            let mut dx = vec![0f32; m * k];
+            super::gemm::matmul_nn(v[0], m, n, v[1], k, &mut dx);
+            dx
+        })
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        Ok(Some(Tensor::from_vec(dx, (m, k), grad.device())?))
     }
 }
 

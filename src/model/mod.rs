@@ -7,6 +7,7 @@ pub mod config;
 pub mod export;
 pub mod family;
 pub mod frozen;
+pub mod gemm;
 pub mod gemma3;
 pub mod gguf;
 pub mod grad_ops;

@@ -1,0 +1,448 @@
+//! f32 matrix products for the CPU: y = x · wᵀ with w packed once per weight, and y = g · w for
+//! the input gradient of a frozen weight, in mores' own microkernels.
+//!
+//! Why not candle's matmul (the `gemm` crate): it packs the weight afresh on every call (measured
+//! at 16% of a probe's CPU time with prefix reuse, since the radix tree runs several small passes
+//! per batch), runs its 8-lane AVX2 kernel even where the CPU has AVX-512, and sums each output
+//! in an order that depends on the product's shape (`kernels.rs` pads rows to keep one order).
+//!
+//! Here every output element is one fused multiply-add chain over the depth, from zero, in depth
+//! order: `c = fma(x[i][p], w[j][p], c)` for p = 0, 1, .... The SIMD kernels only decide how many
+//! elements advance side by side, so a row's result does not depend on the row count, the
+//! other rows, the thread split, or the instruction set: the AVX-512, AVX2 and scalar kernels give
+//! the same bits (tested). The kernel is chosen once per process from the CPU's features.
+use rayon::prelude::*;
+use std::sync::OnceLock;
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// The microkernel family this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// 16-lane FMA: tiles of 8 rows x 32 columns.
+    Avx512,
+    /// 8-lane FMA: tiles of 6 rows x 16 columns.
+    Avx2,
+    /// `f32::mul_add` per element: any CPU, the same results.
+    Scalar,
+}
+
+impl Isa {
+    /// Columns per tile (and per packed panel).
+    pub fn nr(self) -> usize {
+        match self {
+            Isa::Avx512 => 32,
+            Isa::Avx2 | Isa::Scalar => 16,
+        }
+    }
+
+    /// Rows per tile.
+    fn mr(self) -> usize {
+        match self {
+            Isa::Avx512 => 8,
+            Isa::Avx2 | Isa::Scalar => 6,
+        }
+    }
+
+    /// The kernels this CPU can run, best first.
+    pub fn available() -> Vec<Isa> {
+        let mut v = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") {
+                v.push(Isa::Avx512);
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                v.push(Isa::Avx2);
+            }
+        }
+        v.push(Isa::Scalar);
+        v
+    }
+
+    /// The best kernel on this CPU (`MORES_GEMM=avx2|scalar` forces a lesser one, to compare).
+    pub fn best() -> Isa {
+        static BEST: OnceLock<Isa> = OnceLock::new();
+        *BEST.get_or_init(|| {
+            let avail = Isa::available();
+            let forced = match std::env::var("MORES_GEMM").as_deref() {
+                Ok("avx2") => Some(Isa::Avx2),
+                Ok("scalar") => Some(Isa::Scalar),
+                _ => None,
+            };
+            forced.filter(|f| avail.contains(f)).unwrap_or(avail[0])
+        })
+    }
+}
+
+/// A weight w [n, k] stored for y = x · wᵀ: panels of `nr` output columns, each panel holding,
+/// for every depth p, the `nr` values w[j][p] side by side (zeros past the last column).
+pub struct Packed {
+    pub n: usize,
+    pub k: usize,
+    isa: Isa,
+    data: Vec<f32>,
+}
+
+impl std::fmt::Debug for Packed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Packed({} x {}, {:?})", self.n, self.k, self.isa)
+    }
+}
+
+impl Packed {
+    /// Pack w [n, k] (row-major) for `isa`'s kernels.
+    pub fn new(w: &[f32], n: usize, k: usize, isa: Isa) -> Packed {
+        assert_eq!(w.len(), n * k, "packed weight: {} values for {n} x {k}", w.len());
+        let nr = isa.nr();
+        let panels = n.div_ceil(nr);
+        let mut data = vec![0f32; panels * k * nr];
+        if k == 0 {
+            return Packed { n, k, isa, data };
+        }
+        data.par_chunks_mut(k * nr).enumerate().for_each(|(j, panel)| {
+            for c in 0..nr.min(n - j * nr) {
+                let row = &w[(j * nr + c) * k..(j * nr + c + 1) * k];
+                for (p, &v) in row.iter().enumerate() {
+                    panel[p * nr + c] = v;
+                }
+            }
+        });
+        Packed { n, k, isa, data }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.data.len() * 4
+    }
+}
+
+/// A raw output pointer shared by the threads, each writing its own columns.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// The pointer, taken through a method so closures capture the whole (Sync) wrapper.
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+/// Products below this many multiply-adds run on one thread (rayon's hand-off costs more).
+const PARALLEL_MIN: usize = 1 << 18;
+
+/// y [m, n] = x [m, k] · wᵀ for a packed w.
+pub fn matmul_packed(x: &[f32], m: usize, w: &Packed, y: &mut [f32]) {
+    let (n, k, nr) = (w.n, w.k, w.isa.nr());
+    assert!(x.len() >= m * k && y.len() >= m * n, "packed matmul: buffers too small");
+    let panel = |j: usize| (w.data[j * k * nr..].as_ptr(), nr);
+    // SAFETY: each panel j writes only columns j*nr..min(n, j*nr+nr) of y's m rows; panel
+    // reads stay inside the panel (k * nr values) and x (m * k values).
+    unsafe { drive(w.isa, x.as_ptr(), m, k, n, panel, Out(y.as_mut_ptr())) }
+}
+
+/// y [m, n] = x [m, k] · b, b [k, n] row-major (no packing: panels are column ranges of b).
+/// Used for the input gradient of a frozen weight: g [m, out] · w [out, in].
+pub fn matmul_nn(x: &[f32], m: usize, k: usize, b: &[f32], n: usize, y: &mut [f32]) {
+    let isa = Isa::best();
+    assert!(x.len() >= m * k && b.len() >= k * n && y.len() >= m * n, "matmul: buffers too small");
+    let panel = |j: usize| (b[j * isa.nr()..].as_ptr(), n);
+    // SAFETY: as in matmul_packed; the last panel's loads are masked to the columns that exist.
+    unsafe { drive(isa, x.as_ptr(), m, k, n, panel, Out(y.as_mut_ptr())) }
+}
+
+/// Run every (panel, row tile) of an [m, k] x [k, n] product. `panel(j)` gives panel j's first
+/// value and the distance between its depth steps.
+unsafe fn drive(
+    isa: Isa,
+    x: *const f32,
+    m: usize,
+    k: usize,
+    n: usize,
+    panel: impl Fn(usize) -> (*const f32, usize) + Sync,
+    y: Out,
+) {
+    let (nr, mr) = (isa.nr(), isa.mr());
+    let x = x as usize; // a plain address, shared by the threads
+                        // Depth blocks of KC: a panel's block (KC x NR values, 32 KiB for AVX-512) stays in L1 while
+                        // every row tile passes over it. A tile stores its partial sums after each block and the next
+                        // block starts from them, so each element is still one fma chain in depth order.
+    let one = |j: usize| {
+        let (b, ldb) = panel(j);
+        let cols = nr.min(n - j * nr);
+        let mut p0 = 0;
+        while p0 < k || p0 == 0 {
+            let depth = KC.min(k - p0);
+            let mut i = 0;
+            while i < m {
+                let rows = mr.min(m - i);
+                // SAFETY: rows i..i+rows of x and y, columns j*nr..j*nr+cols of y, depth p0..p0+depth.
+                unsafe {
+                    let a = (x as *const f32).add(i * k + p0);
+                    let bp = b.wrapping_add(p0 * ldb);
+                    tile(isa, rows, depth, p0 == 0, a, k, bp, ldb, y.at(i * n + j * nr), n, cols);
+                }
+                i += rows;
+            }
+            p0 += depth;
+            if depth == 0 {
+                break;
+            }
+        }
+    };
+    let panels = n.div_ceil(nr);
+    if m * n * k < PARALLEL_MIN || panels == 1 {
+        (0..panels).for_each(one);
+    } else {
+        (0..panels).into_par_iter().for_each(one);
+    }
+}
+
+/// Depth per block.
+const KC: usize = 256;
+
+/// One tile: `rows` rows (at most the kernel's MR) x `cols` columns (at most NR), over depth k.
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile(
+    isa: Isa,
+    rows: usize,
+    k: usize,
+    first: bool,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+) {
+    macro_rules! rows {
+        ($f:ident, $($r:literal)*) => {
+            match rows {
+                $($r => $f::<$r>(k, first, a, lda, b, ldb, c, ldc, cols),)*
+                _ => unreachable!("tile rows {rows}"),
+            }
+        };
+    }
+    unsafe {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => rows!(tile_avx512, 1 2 3 4 5 6 7 8),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => rows!(tile_avx2, 1 2 3 4 5 6),
+            _ => tile_scalar(rows, k, first, a, lda, b, ldb, c, ldc, cols),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_scalar(
+    rows: usize,
+    k: usize,
+    first: bool,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+) {
+    for i in 0..rows {
+        for j in 0..cols {
+            let mut acc = if first { 0f32 } else { unsafe { *c.add(i * ldc + j) } };
+            for p in 0..k {
+                unsafe { acc = (*a.add(i * lda + p)).mul_add(*b.add(p * ldb + j), acc) };
+            }
+            unsafe { *c.add(i * ldc + j) = acc };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_avx512<const R: usize>(
+    k: usize,
+    first: bool,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+) {
+    // Masks select the columns that exist: loads past them read nothing (no fault), stores
+    // past them write nothing.
+    let full = |n: usize| if n >= 16 { 0xFFFFu16 } else { ((1u32 << n) - 1) as u16 };
+    let (m0, m1) = (full(cols), full(cols.saturating_sub(16)));
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    unsafe {
+        if !first {
+            for (i, acc) in acc.iter_mut().enumerate() {
+                acc[0] = _mm512_maskz_loadu_ps(m0, c.add(i * ldc));
+                acc[1] = _mm512_maskz_loadu_ps(m1, c.wrapping_add(i * ldc + 16));
+            }
+        }
+        for p in 0..k {
+            let bp = b.add(p * ldb);
+            let b0 = _mm512_maskz_loadu_ps(m0, bp);
+            let b1 = _mm512_maskz_loadu_ps(m1, bp.wrapping_add(16));
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*a.add(i * lda + p));
+                acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
+                acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
+            }
+        }
+        for (i, acc) in acc.iter().enumerate() {
+            _mm512_mask_storeu_ps(c.add(i * ldc), m0, acc[0]);
+            _mm512_mask_storeu_ps(c.wrapping_add(i * ldc + 16), m1, acc[1]);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_avx2<const R: usize>(
+    k: usize,
+    first: bool,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+) {
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    unsafe {
+        if cols == 16 {
+            if !first {
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    acc[0] = _mm256_loadu_ps(c.add(i * ldc));
+                    acc[1] = _mm256_loadu_ps(c.add(i * ldc + 8));
+                }
+            }
+            for p in 0..k {
+                let bp = b.add(p * ldb);
+                let b0 = _mm256_loadu_ps(bp);
+                let b1 = _mm256_loadu_ps(bp.add(8));
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    let av = _mm256_set1_ps(*a.add(i * lda + p));
+                    acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
+                    acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
+                }
+            }
+            for (i, acc) in acc.iter().enumerate() {
+                _mm256_storeu_ps(c.add(i * ldc), acc[0]);
+                _mm256_storeu_ps(c.add(i * ldc + 8), acc[1]);
+            }
+        } else {
+            // The last panel of an unpacked b: masked loads and stores for the columns that exist.
+            let lane = |n: usize| {
+                let v: [i32; 8] = std::array::from_fn(|l| if l < n { -1 } else { 0 });
+                _mm256_loadu_si256(v.as_ptr() as *const __m256i)
+            };
+            let (m0, m1) = (lane(cols), lane(cols.saturating_sub(8)));
+            if !first {
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    acc[0] = _mm256_maskload_ps(c.add(i * ldc), m0);
+                    acc[1] = _mm256_maskload_ps(c.wrapping_add(i * ldc + 8), m1);
+                }
+            }
+            for p in 0..k {
+                let bp = b.add(p * ldb);
+                let b0 = _mm256_maskload_ps(bp, m0);
+                let b1 = _mm256_maskload_ps(bp.wrapping_add(8), m1);
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    let av = _mm256_set1_ps(*a.add(i * lda + p));
+                    acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
+                    acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
+                }
+            }
+            for (i, acc) in acc.iter().enumerate() {
+                _mm256_maskstore_ps(c.add(i * ldc), m0, acc[0]);
+                _mm256_maskstore_ps(c.wrapping_add(i * ldc + 8), m1, acc[1]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn rand_vec(seed: u64, n: usize) -> Vec<f32> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+    }
+
+    /// The definition: one fma chain per element, depth in order, from zero.
+    fn chain(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+        let mut y = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = 0f32;
+                for p in 0..k {
+                    acc = x[i * k + p].mul_add(w[j * k + p], acc);
+                }
+                y[i * n + j] = acc;
+            }
+        }
+        y
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    #[test]
+    fn every_kernel_gives_the_fma_chain_bit_for_bit() {
+        // Edges in both directions: rows not a multiple of any tile, columns past the last panel,
+        // one row, one column, depth 1; and the default models' shapes.
+        for (m, n, k) in [
+            (1, 1, 1),
+            (7, 33, 5),
+            (9, 17, 64),
+            (13, 576, 576),
+            (3, 1536, 576),
+            (17, 40, 1536),
+            (5, 3, 0),
+            (2, 20, 257),
+        ] {
+            let x = rand_vec(1, m * k);
+            let w = rand_vec(2, n * k);
+            let want = bits(&chain(&x, &w, m, n, k));
+            // w transposed: [k, n] row-major, for the unpacked product.
+            let wt: Vec<f32> = (0..k * n).map(|i| w[(i % n) * k + i / n]).collect();
+            for isa in Isa::available() {
+                let mut y = vec![f32::NAN; m * n];
+                matmul_packed(&x, m, &Packed::new(&w, n, k, isa), &mut y);
+                assert_eq!(bits(&y), want, "{isa:?} packed, m {m} n {n} k {k}");
+            }
+            let mut y = vec![f32::NAN; m * n];
+            matmul_nn(&x, m, k, &wt, n, &mut y);
+            assert_eq!(bits(&y), want, "{:?} unpacked, m {m} n {n} k {k}", Isa::best());
+        }
+    }
+
+    #[test]
+    fn a_row_comes_out_the_same_whatever_the_row_count() {
+        let (n, k) = (200, 96);
+        let w = Packed::new(&rand_vec(3, n * k), n, k, Isa::best());
+        let x = rand_vec(4, 70 * k);
+        let mut alone = vec![0f32; n];
+        matmul_packed(&x[..k], 1, &w, &mut alone);
+        for m in [1, 2, 5, 8, 9, 16, 33, 70] {
+            let mut y = vec![0f32; m * n];
+            matmul_packed(&x[..m * k], m, &w, &mut y);
+            assert_eq!(bits(&y[..n]), bits(&alone), "m {m}");
+        }
+    }
+}
