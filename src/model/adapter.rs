@@ -3,6 +3,7 @@
 //! B [out, r]) and metadata format=pt, so Python PEFT loads what mores trains and the reverse.
 use crate::model::lora::{init_pair, rows_from_hf, rows_to_hf, LoraLayer, Target};
 use crate::model::Model;
+use crate::recipe::lora::Fused;
 pub use crate::recipe::lora::LoraSpec;
 use crate::util::error::{Error, Result};
 use candle_core::{Tensor, Var};
@@ -28,11 +29,23 @@ pub struct Param {
     pub a: Var,
     pub b: Var,
     pub permuted_heads: Option<usize>,
+    /// Part of a fused module (Phi-3's qkv_proj, gate_up_proj): the parts of one module share
+    /// one A (the same `Var`) and their B rows stacked are the module's B.
+    pub fused: Option<Fused>,
 }
 
 impl Param {
+    fn module_path(&self) -> &'static str {
+        self.fused.map(|f| f.module_path).unwrap_or(self.target.module_path())
+    }
+
     fn key(&self, which: &str) -> String {
-        format!("base_model.model.model.layers.{}.{}.lora_{which}.weight", self.layer, self.target.module_path())
+        format!("base_model.model.model.layers.{}.{}.lora_{which}.weight", self.layer, self.module_path())
+    }
+
+    /// The first part of its fused module (or unfused): the one that owns A.
+    fn owns_a(&self) -> bool {
+        self.fused.is_none_or(|f| f.parts[0] == self.target)
     }
 }
 
@@ -46,8 +59,9 @@ pub struct Adapter {
 impl Adapter {
     /// Fresh adapter: A Kaiming-uniform from `seed` (one stream per layer and module), B zeros.
     pub fn attach_new(model: &mut Model, spec: &LoraSpec, seed: u64) -> Result<Self> {
-        model.check_lora()?;
         spec.validate().map_err(Error::Invalid)?;
+        let fused_model = model.fused_projections();
+        spec.check_fusion(fused_model).map_err(|m| Error::model(&model.info.path, m))?;
         let targets = spec.target_modules().map_err(Error::Invalid)?;
         let device = model.device.clone();
         let n_layers = model.lora_slots().iter().map(|s| s.layer + 1).max().unwrap_or(0);
@@ -58,30 +72,92 @@ impl Adapter {
                 n_layers.saturating_sub(1)
             )));
         }
-        let mut params = Vec::new();
+        let mut params: Vec<Param> = Vec::new();
         for slot in model.lora_slots() {
             if !targets.contains(&slot.target) || !spec.adapts_layer(slot.layer) {
                 continue;
             }
             let (inp, out) = slot.linear.dims()?;
-            let id = (slot.layer * Target::ALL.len() + slot.target as usize) as u64;
-            let (a, b) = init_pair(seed ^ (id + 1).wrapping_mul(0xD6E8_FEB8_6659_FD93), spec.rank, inp, out, &device)?;
+            let fused = slot.target.fused().filter(|_| fused_model);
+            // A fused module's parts share the first part's A and its dropout mask (`id`): PEFT
+            // runs one dropout and one A on the fused input.
+            let owner = fused.map(|f| f.parts[0]).unwrap_or(slot.target);
+            let id = (slot.layer * Target::ALL.len() + owner as usize) as u64;
+            let (a, b) = match params
+                .iter()
+                .find(|p| p.layer == slot.layer && p.target == owner && owner != slot.target)
+            {
+                Some(first) => (first.a.clone(), Var::zeros((out, spec.rank), candle_core::DType::F32, &device)?),
+                None => init_pair(seed ^ (id + 1).wrapping_mul(0xD6E8_FEB8_6659_FD93), spec.rank, inp, out, &device)?,
+            };
             slot.linear.lora =
                 Some(LoraLayer { a: a.clone(), b: b.clone(), scale: spec.scale(), dropout: spec.dropout, id });
-            params.push(Param { layer: slot.layer, target: slot.target, a, b, permuted_heads: slot.permuted_heads });
+            params.push(Param {
+                layer: slot.layer,
+                target: slot.target,
+                a,
+                b,
+                permuted_heads: slot.permuted_heads,
+                fused,
+            });
         }
         Ok(Self { spec: spec.clone(), params })
     }
 
+    /// The trainable tensors: each A once (a fused module's parts share theirs), each B.
     pub fn vars(&self) -> Vec<Var> {
-        self.params.iter().flat_map(|p| [p.a.clone(), p.b.clone()]).collect()
+        self.named_vars().into_iter().map(|(_, v)| v).collect()
+    }
+
+    /// `vars()` with a name for each ("layer 3 qkv_proj A").
+    pub fn named_vars(&self) -> Vec<(String, Var)> {
+        let mut out = Vec::new();
+        for p in &self.params {
+            let name = p.fused.map(|f| f.peft_name).unwrap_or(p.target.peft_name());
+            if p.owns_a() {
+                out.push((format!("layer {} {name} A", p.layer), p.a.clone()));
+            }
+            let part = if p.fused.is_some() { format!(" ({} rows)", p.target.peft_name()) } else { String::new() };
+            out.push((format!("layer {} {name} B{part}", p.layer), p.b.clone()));
+        }
+        out
+    }
+
+    /// A stable key per entry of `vars()`, for optimizer state in checkpoints: the PEFT tensor
+    /// name, and for a fused module's B its part ("....qkv_proj.lora_B.weight.k_proj").
+    pub fn state_keys(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for p in &self.params {
+            if p.owns_a() {
+                out.push(p.key("A"));
+            }
+            out.push(match p.fused {
+                Some(_) => format!("{}.{}", p.key("B"), p.target.peft_name()),
+                None => p.key("B"),
+            });
+        }
+        out
     }
 
     /// Tensors under PEFT key names, B rows in Hugging Face order.
     pub fn peft_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = Vec::with_capacity(self.params.len() * 2);
-        for p in &self.params {
-            let b = p.b.as_tensor().detach();
+        for (i, p) in self.params.iter().enumerate() {
+            if !p.owns_a() {
+                continue;
+            }
+            let b = match p.fused {
+                // The module's B: its parts' rows in the fused weight's order.
+                Some(f) => {
+                    let parts: Vec<Tensor> = self.params[i..]
+                        .iter()
+                        .filter(|q| q.layer == p.layer && q.fused == Some(f))
+                        .map(|q| q.b.as_tensor().detach())
+                        .collect();
+                    Tensor::cat(&parts, 0)?
+                }
+                None => p.b.as_tensor().detach(),
+            };
             let b = match p.permuted_heads {
                 Some(h) => rows_to_hf(&b, h)?,
                 None => b,
@@ -112,7 +188,6 @@ impl Adapter {
 
     /// Load a PEFT adapter folder (made by mores or by Python PEFT) onto `model`.
     pub fn load(model: &mut Model, dir: &Path) -> Result<Self> {
-        model.check_lora()?;
         let cfg_path = dir.join(CONFIG_FILE);
         let err = |msg: String| Error::model(dir, msg);
         if !cfg_path.exists() {
@@ -140,9 +215,29 @@ impl Adapter {
             let (Some(a), Some(b)) = (a, b) else {
                 return Err(Error::model(&w_path, format!("layer {layer} {module}: lora_A or lora_B missing")));
             };
-            let target = Target::parse(module.rsplit('.').next().unwrap_or(""))
-                .filter(|t| t.module_path() == module)
-                .ok_or_else(|| Error::model(&w_path, format!("layer {layer}: unknown module {module:?}")))?;
+            let last = module.rsplit('.').next().unwrap_or("");
+            let single = Target::parse(last).filter(|t| t.module_path() == module);
+            let fused = Fused::parse(last).filter(|f| f.module_path == module);
+            let parts: Vec<Target> = match (single, fused) {
+                (Some(t), _) => vec![t],
+                (None, Some(f)) => f.parts.to_vec(),
+                _ => return Err(Error::model(&w_path, format!("layer {layer}: unknown module {module:?}"))),
+            };
+            let fused_model = model.fused_projections();
+            if fused.is_some() != (fused_model && parts[0].fused().is_some()) {
+                return Err(Error::model(
+                    &w_path,
+                    format!(
+                        "layer {layer} {module}: {} {}: adapter for another model family",
+                        model.info.name,
+                        if fused_model {
+                            "fuses its projections (Phi-3: qkv_proj, gate_up_proj)"
+                        } else {
+                            "has no fused projections"
+                        }
+                    ),
+                ));
+            }
             if layer >= n_layers {
                 return Err(Error::model(
                     &w_path,
@@ -159,8 +254,12 @@ impl Adapter {
                 ));
             }
             let mut slots = model.lora_slots();
-            let slot = slots.iter_mut().find(|s| s.layer == layer && s.target == target).expect("layer checked");
-            let (inp, out) = slot.linear.dims()?;
+            let mut parts_of: Vec<_> =
+                slots.iter_mut().filter(|s| s.layer == layer && parts.contains(&s.target)).collect();
+            parts_of.sort_by_key(|s| parts.iter().position(|t| *t == s.target));
+            let (inp, _) = parts_of[0].linear.dims()?;
+            let outs: Vec<usize> = parts_of.iter().map(|s| s.linear.dims().map(|d| d.1)).collect::<Result<_>>()?;
+            let out: usize = outs.iter().sum();
             if a.dims() != [spec.rank, inp] || b.dims() != [out, spec.rank] {
                 return Err(Error::model(
                     &w_path,
@@ -173,14 +272,27 @@ impl Adapter {
                     ),
                 ));
             }
-            let b = match slot.permuted_heads {
-                Some(h) => rows_from_hf(&b, h)?,
-                None => b,
-            };
-            let (a, b) = (Var::from_tensor(&a)?, Var::from_tensor(&b)?);
-            let id = (layer * Target::ALL.len() + target as usize) as u64;
-            slot.linear.lora = Some(LoraLayer { a: a.clone(), b: b.clone(), scale, dropout: spec.dropout, id });
-            params.push(Param { layer, target, a, b, permuted_heads: slot.permuted_heads });
+            let a = Var::from_tensor(&a)?;
+            let id = (layer * Target::ALL.len() + parts[0] as usize) as u64;
+            let mut row = 0;
+            for (slot, n) in parts_of.into_iter().zip(outs) {
+                let b = b.narrow(0, row, n)?;
+                row += n;
+                let b = match slot.permuted_heads {
+                    Some(h) => rows_from_hf(&b, h)?,
+                    None => b,
+                };
+                let b = Var::from_tensor(&b)?;
+                slot.linear.lora = Some(LoraLayer { a: a.clone(), b: b.clone(), scale, dropout: spec.dropout, id });
+                params.push(Param {
+                    layer,
+                    target: slot.target,
+                    a: a.clone(),
+                    b,
+                    permuted_heads: slot.permuted_heads,
+                    fused,
+                });
+            }
         }
         if params.is_empty() {
             return Err(Error::model(&w_path, "no LoRA weights in the file"));

@@ -416,12 +416,19 @@ impl Model {
             let (q, k) = (l.q.dense_weight()?, l.k.dense_weight()?);
             let (q, k) =
                 if permuted { (super::lora::rows_to_hf(&q, nh)?, super::lora::rows_to_hf(&k, nkv)?) } else { (q, k) };
-            out.push((p("self_attn.q_proj"), q));
-            out.push((p("self_attn.k_proj"), k));
-            out.push((p("self_attn.v_proj"), l.v.dense_weight()?));
+            let (v, gate, up) = (l.v.dense_weight()?, l.gate.dense_weight()?, l.up.dense_weight()?);
+            if self.cfg.traits.fused {
+                // Phi-3 checkpoints keep Q, K, V (and gate, up) as one weight: fuse them back.
+                out.push((p("self_attn.qkv_proj"), Tensor::cat(&[q, k, v], 0)?));
+                out.push((p("mlp.gate_up_proj"), Tensor::cat(&[gate, up], 0)?));
+            } else {
+                out.push((p("self_attn.q_proj"), q));
+                out.push((p("self_attn.k_proj"), k));
+                out.push((p("self_attn.v_proj"), v));
+                out.push((p("mlp.gate_proj"), gate));
+                out.push((p("mlp.up_proj"), up));
+            }
             out.push((p("self_attn.o_proj"), l.o.dense_weight()?));
-            out.push((p("mlp.gate_proj"), l.gate.dense_weight()?));
-            out.push((p("mlp.up_proj"), l.up.dense_weight()?));
             out.push((p("mlp.down_proj"), l.down.dense_weight()?));
             out.push((p("input_layernorm"), l.input_norm.weight.clone()));
             out.push((p("post_attention_layernorm"), l.post_norm.weight.clone()));

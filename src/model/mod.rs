@@ -211,16 +211,10 @@ impl Model {
         crate::util::io::sha256_hex(format!("{}|{form}|{adapter}", self.info.sha256).as_bytes())
     }
 
-    /// LoRA needs the projections under their PEFT names: Phi-3's fused `qkv_proj` and
-    /// `gate_up_proj` are split at load, so an adapter would not carry Phi-3's PEFT names.
-    pub fn check_lora(&self) -> Result<()> {
-        match &self.arch {
-            Arch::Llama(m) if m.cfg.traits.fused => Err(Error::model(
-                &self.info.path,
-                "LoRA on phi3 is not supported yet (its fused qkv_proj and gate_up_proj are split at load, so adapters would not carry Phi-3's PEFT names); probe and generate work",
-            )),
-            _ => Ok(()),
-        }
+    /// Whether this model's checkpoints fuse projections (Phi-3's qkv_proj and gate_up_proj,
+    /// split at load): LoRA then adapts the fused modules, as PEFT does.
+    pub fn fused_projections(&self) -> bool {
+        matches!(&self.arch, Arch::Llama(m) if m.cfg.traits.fused)
     }
 
     /// Whether any layer carries an unmerged LoRA adapter.

@@ -47,6 +47,37 @@ impl Target {
     pub fn parse(name: &str) -> Option<Target> {
         Target::ALL.into_iter().find(|t| t.peft_name() == name)
     }
+
+    /// The fused module this projection belongs to in a family that fuses them (Phi-3): its
+    /// PEFT name, its module path and its parts in row order.
+    pub fn fused(self) -> Option<Fused> {
+        match self {
+            Target::Q | Target::K | Target::V => Some(Fused::QKV),
+            Target::Gate | Target::Up => Some(Fused::GATE_UP),
+            Target::O | Target::Down => None,
+        }
+    }
+}
+
+/// A fused projection (Phi-3): one weight whose rows are several projections' rows, adapted by
+/// one LoRA pair (one A, one B over all the rows), as PEFT sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fused {
+    pub peft_name: &'static str,
+    pub module_path: &'static str,
+    pub parts: &'static [Target],
+}
+
+impl Fused {
+    pub const QKV: Fused =
+        Fused { peft_name: "qkv_proj", module_path: "self_attn.qkv_proj", parts: &[Target::Q, Target::K, Target::V] };
+    pub const GATE_UP: Fused =
+        Fused { peft_name: "gate_up_proj", module_path: "mlp.gate_up_proj", parts: &[Target::Gate, Target::Up] };
+    pub const ALL: [Fused; 2] = [Fused::QKV, Fused::GATE_UP];
+
+    pub fn parse(name: &str) -> Option<Fused> {
+        Fused::ALL.into_iter().find(|f| f.peft_name == name)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -107,15 +138,51 @@ impl LoraSpec {
         if self.targets.is_empty() {
             return Err("lora.targets is empty: name at least one module".into());
         }
-        self.targets
-            .iter()
-            .map(|t| {
-                Target::parse(t).ok_or_else(|| {
+        let mut out = Vec::new();
+        for t in &self.targets {
+            match (Target::parse(t), Fused::parse(t)) {
+                (Some(one), _) => out.push(one),
+                (None, Some(f)) => out.extend(f.parts),
+                (None, None) => {
                     let all: Vec<&str> = Target::ALL.iter().map(|t| t.peft_name()).collect();
-                    format!("lora.targets: no module {t:?} in this model (choose from {})", all.join(", "))
-                })
-            })
-            .collect()
+                    return Err(format!(
+                        "lora.targets: no module {t:?} (choose from {}; Phi-3: qkv_proj, gate_up_proj, o_proj, down_proj)",
+                        all.join(", ")
+                    ));
+                }
+            }
+        }
+        if let Some(t) = out.iter().enumerate().find_map(|(i, t)| out[..i].contains(t).then_some(t)) {
+            return Err(format!("lora.targets names {} twice (directly or through a fused module)", t.peft_name()));
+        }
+        Ok(out)
+    }
+
+    /// Whether the targets are named as a fused family names them (qkv_proj, gate_up_proj), and
+    /// the names a model of the other kind lacks. A fused model (`fused`) cannot adapt part of a
+    /// fused weight; an unfused one has no fused modules.
+    pub fn check_fusion(&self, fused: bool) -> std::result::Result<(), String> {
+        for t in &self.targets {
+            let part_of = Target::parse(t).and_then(Target::fused);
+            match (fused, part_of, Fused::parse(t)) {
+                (true, Some(f), _) => {
+                    return Err(format!(
+                        "lora.targets names {t}, but this model fuses {} into {}: target {}",
+                        f.parts.iter().map(|p| p.peft_name()).collect::<Vec<_>>().join(", "),
+                        f.peft_name,
+                        f.peft_name
+                    ))
+                }
+                (false, _, Some(f)) => {
+                    return Err(format!(
+                        "lora.targets names {t}, a fused module (Phi-3), but this model has {} apart",
+                        f.parts.iter().map(|p| p.peft_name()).collect::<Vec<_>>().join(", ")
+                    ))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     pub fn validate(&self) -> std::result::Result<(), String> {

@@ -205,11 +205,9 @@ pub fn step_grads_with(
         let grads = l.backward()?;
         for (i, v) in vars.iter().enumerate() {
             let g = grads.get(v.as_tensor()).ok_or_else(|| {
-                let p = &adapter.params[i / 2];
                 Error::Invalid(format!(
-                    "no gradient reached layer {} {} (an op without backward is in the training graph)",
-                    p.layer,
-                    p.target.peft_name()
+                    "no gradient reached {} (an op without backward is in the training graph)",
+                    adapter.named_vars()[i].0
                 ))
             })?;
             acc[i] = Some(match acc[i].take() {
@@ -311,8 +309,7 @@ fn save_checkpoint(out: &Path, adapter: &Adapter, model: &Model, opt: &AdamW, st
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     adapter.save(&tmp, model)?;
     let mut tensors = Vec::new();
-    let names = adapter.peft_tensors()?;
-    for (i, (name, _)) in names.iter().enumerate() {
+    for (i, name) in adapter.state_keys().iter().enumerate() {
         tensors.push((format!("{name}.exp_avg"), opt.m[i].clone()));
         tensors.push((format!("{name}.exp_avg_sq"), opt.v[i].clone()));
     }
@@ -340,7 +337,7 @@ fn load_optimizer(dir: &Path, adapter: &Adapter, opt: &mut AdamW, model: &Model)
     let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
     let (tensors, _) = adapter::read_safetensors(&bytes, &model.device).map_err(|m| Error::model(&p, m))?;
     let t: HashMap<String, Tensor> = tensors.into_iter().collect();
-    for (i, (name, _)) in adapter.peft_tensors()?.iter().enumerate() {
+    for (i, name) in adapter.state_keys().iter().enumerate() {
         let get = |suffix: &str| {
             t.get(&format!("{name}.{suffix}"))
                 .cloned()
@@ -522,7 +519,7 @@ pub fn train(a: &TrainArgs) -> Result<Summary> {
     eprintln!(
         "training {} LoRA parameters ({} tensors) on {} examples ({} validation), {} steps of {} {}",
         adapter.vars().iter().map(|v| v.elem_count()).sum::<usize>(),
-        adapter.params.len() * 2,
+        adapter.vars().len(),
         train_ex.len(),
         val_ex.len(),
         total,

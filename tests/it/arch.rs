@@ -70,16 +70,65 @@ fn families_lora_with_zero_b_equals_base_and_gradients_match_finite_differences(
         assert_eq!(max_diff(&infer, &logits(&m, Mode::INFER)), 0.0, "{name}: inference path");
     }
     // Qwen2 has biases on Q, K and V, Qwen3 norms on Q and K heads: both in the graph.
-    for name in ["qwen2", "qwen3"] {
-        gradients_match_finite_differences_at(&fixture(name));
+    for name in ["mistral", "qwen2", "qwen3"] {
+        gradients_match_finite_differences_at(&fixture(name), &ALL);
     }
 }
 
+const PHI3_TARGETS: [&str; 4] = ["qkv_proj", "gate_up_proj", "o_proj", "down_proj"];
+
 #[test]
-fn phi3_lora_is_refused_with_a_clear_error() {
+fn phi3_lora_uses_the_fused_peft_modules() {
+    // An adapter Python PEFT made on Phi-3's fused qkv_proj and gate_up_proj: mores' logits with
+    // it equal PEFT + transformers' at every position.
+    let mut m = Model::load(&fixture("phi3"), &LoadOptions::default()).unwrap();
+    let peft_dir = fixture("phi3-peft");
+    let ad = Adapter::load(&mut m, &peft_dir).unwrap();
+    let r: Reference = mores::util::io::read_json(&peft_dir.join("reference.json")).unwrap();
+    for (row, want) in r.rows.iter().zip(&r.logits) {
+        let reads: Vec<(usize, usize)> = (0..row.len()).map(|p| (0, p)).collect();
+        let got = m.logits_rows(std::slice::from_ref(row), &reads, Mode::INFER).unwrap().to_vec2::<f32>().unwrap();
+        let worst = got.iter().zip(want).map(|(g, w)| max_diff(g, w)).fold(0.0, f32::max);
+        assert!(worst < 1e-4, "phi3 + PEFT adapter: logits differ from PEFT by {worst}");
+    }
+    // Written back under the same PEFT names and values (B rows of the parts stacked again).
+    let dir = tempfile::tempdir().unwrap();
+    ad.save(dir.path(), &m).unwrap();
+    let read = |d: &std::path::Path| {
+        let bytes = std::fs::read(d.join("adapter_model.safetensors")).unwrap();
+        let (t, _) = mores::model::adapter::read_safetensors(&bytes, &candle_core::Device::Cpu).unwrap();
+        let mut t: Vec<(String, Vec<f32>)> =
+            t.into_iter().map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1().unwrap())).collect();
+        t.sort_by(|a, b| a.0.cmp(&b.0));
+        t
+    };
+    assert_eq!(read(dir.path()), read(&peft_dir));
+    // Two A per layer (qkv, gate_up) shared by their parts, one B per part, two unfused pairs.
+    let layers = ad.params.iter().map(|p| p.layer + 1).max().unwrap();
+    assert_eq!(ad.vars().len(), layers * (2 + 5 + 4));
+}
+
+#[test]
+fn phi3_fresh_lora_is_exact_at_zero_and_its_gradients_match_finite_differences() {
+    let mut m = Model::load(&fixture("phi3"), &LoadOptions::default()).unwrap();
+    let (train, infer) = (logits(&m, Mode::train(None)), logits(&m, Mode::INFER));
+    Adapter::attach_new(&mut m, &spec(&PHI3_TARGETS, 4), 1).unwrap();
+    assert_eq!(max_diff(&train, &logits(&m, Mode::train(None))), 0.0, "phi3: training path");
+    assert_eq!(max_diff(&infer, &logits(&m, Mode::INFER)), 0.0, "phi3: inference path");
+    // The shared A of a fused module gets the sum of its parts' gradients.
+    gradients_match_finite_differences_at(&fixture("phi3"), &PHI3_TARGETS);
+}
+
+#[test]
+fn lora_targets_must_match_the_models_fusion() {
     let mut m = Model::load(&fixture("phi3"), &LoadOptions::default()).unwrap();
     let e = Adapter::attach_new(&mut m, &spec(&["q_proj"], 2), 1).err().expect("refused").to_string();
-    assert!(e.contains("LoRA on phi3 is not supported"), "{e}");
+    assert!(e.contains("fuses q_proj, k_proj, v_proj into qkv_proj: target qkv_proj"), "{e}");
+    let mut m = Model::load(&fixture("qwen2"), &LoadOptions::default()).unwrap();
+    let e = Adapter::attach_new(&mut m, &spec(&["qkv_proj"], 2), 1).err().expect("refused").to_string();
+    assert!(e.contains("a fused module (Phi-3), but this model has q_proj, k_proj, v_proj apart"), "{e}");
+    let e = Adapter::load(&mut m, &fixture("phi3-peft")).err().expect("refused").to_string();
+    assert!(e.contains("adapter for another model"), "{e}");
 }
 
 #[test]

@@ -82,14 +82,14 @@ fn gemma3_lora_gradients_match_finite_differences() {
 
 fn gradients_match_finite_differences(arch: &str) {
     let dir = tempfile::tempdir().unwrap();
-    gradients_match_finite_differences_at(&tiny_model(dir.path(), arch, 3));
+    gradients_match_finite_differences_at(&tiny_model(dir.path(), arch, 3), &ALL);
 }
 
 /// LoRA on every projection of the model at `path`: analytic gradients against central finite
 /// differences, two coordinates per variable.
-pub fn gradients_match_finite_differences_at(path: &std::path::Path) {
+pub fn gradients_match_finite_differences_at(path: &std::path::Path, targets: &[&str]) {
     let mut m = Model::load(path, &LoadOptions::default()).unwrap();
-    let ad = Adapter::attach_new(&mut m, &spec(&ALL, 2), 7).unwrap();
+    let ad = Adapter::attach_new(&mut m, &spec(targets, 2), 7).unwrap();
     randomise_b(&ad, 8, 0.3);
     let exs = examples(&m);
     let refs: Vec<&Example> = exs.iter().collect();
@@ -106,7 +106,7 @@ pub fn gradients_match_finite_differences_at(path: &std::path::Path) {
         let big = g.iter().enumerate().max_by(|a, b| a.1.abs().total_cmp(&b.1.abs())).unwrap().0;
         for idx in [big, rng.random_range(0..g.len())] {
             let orig = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let eps = 1e-2f32;
+            let eps = 3e-3f32; // 1e-2 left a 7% truncation error on the Phi-3 fixture; f32 rounding stays far below the bound
             let at = |d: f32| {
                 let mut v = orig.clone();
                 v[idx] += d;
