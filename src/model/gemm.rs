@@ -147,7 +147,10 @@ pub fn matmul_packed(x: &[f32], m: usize, w: &Packed, y: &mut [f32]) {
 /// y [m, n] = x [m, k] · b, b [k, n] row-major (no packing: panels are column ranges of b).
 /// Used for the input gradient of a frozen weight: g [m, out] · w [out, in].
 pub fn matmul_nn(x: &[f32], m: usize, k: usize, b: &[f32], n: usize, y: &mut [f32]) {
-    let isa = Isa::best();
+    matmul_nn_on(Isa::best(), x, m, k, b, n, y)
+}
+
+fn matmul_nn_on(isa: Isa, x: &[f32], m: usize, k: usize, b: &[f32], n: usize, y: &mut [f32]) {
     assert!(x.len() >= m * k && b.len() >= k * n && y.len() >= m * n, "matmul: buffers too small");
     let panel = |j: usize| (b[j * isa.nr()..].as_ptr(), n);
     // SAFETY: as in matmul_packed; the last panel's loads are masked to the columns that exist.
@@ -166,29 +169,37 @@ unsafe fn drive(
     y: Out,
 ) {
     let (nr, mr) = (isa.nr(), isa.mr());
-    let x = x as usize; // a plain address, shared by the threads
-                        // Depth blocks of KC: a panel's block (KC x NR values, 32 KiB for AVX-512) stays in L1 while
-                        // every row tile passes over it. A tile stores its partial sums after each block and the next
-                        // block starts from them, so each element is still one fma chain in depth order.
+    // A plain address, shared by the threads.
+    let x = x as usize;
+    // Depth blocks of KC: a panel's block (KC x NR values, 32 KiB for AVX-512) stays in L1 while
+    // every row tile passes over it. A tile stores its partial sums after each block and the next
+    // block starts from them, so each element is still one fma chain in depth order.
     let one = |j: usize| {
         let (b, ldb) = panel(j);
         let cols = nr.min(n - j * nr);
         let mut p0 = 0;
-        while p0 < k || p0 == 0 {
+        loop {
             let depth = KC.min(k - p0);
             let mut i = 0;
             while i < m {
                 let rows = mr.min(m - i);
+                let t = Tile {
+                    k: depth,
+                    first: p0 == 0,
+                    a: (x as *const f32).wrapping_add(i * k + p0),
+                    lda: k,
+                    b: b.wrapping_add(p0 * ldb),
+                    ldb,
+                    c: y.at(i * n + j * nr),
+                    ldc: n,
+                    cols,
+                };
                 // SAFETY: rows i..i+rows of x and y, columns j*nr..j*nr+cols of y, depth p0..p0+depth.
-                unsafe {
-                    let a = (x as *const f32).add(i * k + p0);
-                    let bp = b.wrapping_add(p0 * ldb);
-                    tile(isa, rows, depth, p0 == 0, a, k, bp, ldb, y.at(i * n + j * nr), n, cols);
-                }
+                unsafe { tile(isa, rows, t) };
                 i += rows;
             }
             p0 += depth;
-            if depth == 0 {
+            if p0 >= k {
                 break;
             }
         }
@@ -204,11 +215,11 @@ unsafe fn drive(
 /// Depth per block.
 const KC: usize = 256;
 
-/// One tile: `rows` rows (at most the kernel's MR) x `cols` columns (at most NR), over depth k.
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile(
-    isa: Isa,
-    rows: usize,
+/// One tile's operands: up to MR rows of a (row stride `lda`) times depth `k` of b (depth stride
+/// `ldb`), into `cols` (at most NR) columns of c (row stride `ldc`). `first`: start the sums from
+/// zero, else from c (the previous depth block's partial sums).
+#[derive(Clone, Copy)]
+struct Tile {
     k: usize,
     first: bool,
     a: *const f32,
@@ -218,11 +229,14 @@ unsafe fn tile(
     c: *mut f32,
     ldc: usize,
     cols: usize,
-) {
+}
+
+/// One tile of `rows` rows (at most the kernel's MR).
+unsafe fn tile(isa: Isa, rows: usize, t: Tile) {
     macro_rules! rows {
         ($f:ident, $($r:literal)*) => {
             match rows {
-                $($r => $f::<$r>(k, first, a, lda, b, ldb, c, ldc, cols),)*
+                $($r => $f::<$r>(t),)*
                 _ => unreachable!("tile rows {rows}"),
             }
         };
@@ -232,142 +246,117 @@ unsafe fn tile(
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => rows!(tile_avx512, 1 2 3 4 5 6 7 8),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => rows!(tile_avx2, 1 2 3 4 5 6),
-            _ => tile_scalar(rows, k, first, a, lda, b, ldb, c, ldc, cols),
+            // Full 16-column panels take plain loads and stores, compiled apart from the masked
+            // ones (the last panel of an unpacked b).
+            Isa::Avx2 if t.cols == 16 => rows!(tile_avx2_full, 1 2 3 4 5 6),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => rows!(tile_avx2_masked, 1 2 3 4 5 6),
+            _ => tile_scalar(rows, t),
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_scalar(
-    rows: usize,
-    k: usize,
-    first: bool,
-    a: *const f32,
-    lda: usize,
-    b: *const f32,
-    ldb: usize,
-    c: *mut f32,
-    ldc: usize,
-    cols: usize,
-) {
+unsafe fn tile_scalar(rows: usize, t: Tile) {
     for i in 0..rows {
-        for j in 0..cols {
-            let mut acc = if first { 0f32 } else { unsafe { *c.add(i * ldc + j) } };
-            for p in 0..k {
-                unsafe { acc = (*a.add(i * lda + p)).mul_add(*b.add(p * ldb + j), acc) };
+        for j in 0..t.cols {
+            unsafe {
+                let c = t.c.add(i * t.ldc + j);
+                let mut acc = if t.first { 0f32 } else { *c };
+                for p in 0..t.k {
+                    acc = (*t.a.add(i * t.lda + p)).mul_add(*t.b.add(p * t.ldb + j), acc);
+                }
+                *c = acc;
             }
-            unsafe { *c.add(i * ldc + j) = acc };
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_avx512<const R: usize>(
-    k: usize,
-    first: bool,
-    a: *const f32,
-    lda: usize,
-    b: *const f32,
-    ldb: usize,
-    c: *mut f32,
-    ldc: usize,
-    cols: usize,
-) {
+unsafe fn tile_avx512<const R: usize>(t: Tile) {
     // Masks select the columns that exist: loads past them read nothing (no fault), stores
     // past them write nothing.
     let full = |n: usize| if n >= 16 { 0xFFFFu16 } else { ((1u32 << n) - 1) as u16 };
-    let (m0, m1) = (full(cols), full(cols.saturating_sub(16)));
+    let (m0, m1) = (full(t.cols), full(t.cols.saturating_sub(16)));
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
     unsafe {
-        if !first {
+        if !t.first {
             for (i, acc) in acc.iter_mut().enumerate() {
-                acc[0] = _mm512_maskz_loadu_ps(m0, c.add(i * ldc));
-                acc[1] = _mm512_maskz_loadu_ps(m1, c.wrapping_add(i * ldc + 16));
+                acc[0] = _mm512_maskz_loadu_ps(m0, t.c.add(i * t.ldc));
+                acc[1] = _mm512_maskz_loadu_ps(m1, t.c.wrapping_add(i * t.ldc + 16));
             }
         }
-        for p in 0..k {
-            let bp = b.add(p * ldb);
+        for p in 0..t.k {
+            let bp = t.b.add(p * t.ldb);
             let b0 = _mm512_maskz_loadu_ps(m0, bp);
             let b1 = _mm512_maskz_loadu_ps(m1, bp.wrapping_add(16));
             for (i, acc) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_ps(*a.add(i * lda + p));
+                let av = _mm512_set1_ps(*t.a.add(i * t.lda + p));
                 acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
                 acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
             }
         }
         for (i, acc) in acc.iter().enumerate() {
-            _mm512_mask_storeu_ps(c.add(i * ldc), m0, acc[0]);
-            _mm512_mask_storeu_ps(c.wrapping_add(i * ldc + 16), m1, acc[1]);
+            _mm512_mask_storeu_ps(t.c.add(i * t.ldc), m0, acc[0]);
+            _mm512_mask_storeu_ps(t.c.wrapping_add(i * t.ldc + 16), m1, acc[1]);
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_avx2<const R: usize>(
-    k: usize,
-    first: bool,
-    a: *const f32,
-    lda: usize,
-    b: *const f32,
-    ldb: usize,
-    c: *mut f32,
-    ldc: usize,
-    cols: usize,
-) {
+unsafe fn tile_avx2_full<const R: usize>(t: Tile) {
+    unsafe { tile_avx2::<R, true>(t) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_avx2_masked<const R: usize>(t: Tile) {
+    unsafe { tile_avx2::<R, false>(t) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn tile_avx2<const R: usize, const FULL: bool>(t: Tile) {
+    let lane = |n: usize| {
+        let v: [i32; 8] = std::array::from_fn(|l| if l < n { -1 } else { 0 });
+        unsafe { _mm256_loadu_si256(v.as_ptr() as *const __m256i) }
+    };
+    let full = FULL;
+    let (m0, m1) = (lane(t.cols), lane(t.cols.saturating_sub(8)));
+    let load = |p: *const f32, m: __m256i| unsafe {
+        if full {
+            _mm256_loadu_ps(p)
+        } else {
+            _mm256_maskload_ps(p, m)
+        }
+    };
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
     unsafe {
-        if cols == 16 {
-            if !first {
-                for (i, acc) in acc.iter_mut().enumerate() {
-                    acc[0] = _mm256_loadu_ps(c.add(i * ldc));
-                    acc[1] = _mm256_loadu_ps(c.add(i * ldc + 8));
-                }
+        if !t.first {
+            for (i, acc) in acc.iter_mut().enumerate() {
+                acc[0] = load(t.c.add(i * t.ldc), m0);
+                acc[1] = load(t.c.wrapping_add(i * t.ldc + 8), m1);
             }
-            for p in 0..k {
-                let bp = b.add(p * ldb);
-                let b0 = _mm256_loadu_ps(bp);
-                let b1 = _mm256_loadu_ps(bp.add(8));
-                for (i, acc) in acc.iter_mut().enumerate() {
-                    let av = _mm256_set1_ps(*a.add(i * lda + p));
-                    acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
-                    acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
-                }
+        }
+        for p in 0..t.k {
+            let bp = t.b.add(p * t.ldb);
+            let b0 = load(bp, m0);
+            let b1 = load(bp.wrapping_add(8), m1);
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let av = _mm256_set1_ps(*t.a.add(i * t.lda + p));
+                acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
+                acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
             }
-            for (i, acc) in acc.iter().enumerate() {
-                _mm256_storeu_ps(c.add(i * ldc), acc[0]);
-                _mm256_storeu_ps(c.add(i * ldc + 8), acc[1]);
-            }
-        } else {
-            // The last panel of an unpacked b: masked loads and stores for the columns that exist.
-            let lane = |n: usize| {
-                let v: [i32; 8] = std::array::from_fn(|l| if l < n { -1 } else { 0 });
-                _mm256_loadu_si256(v.as_ptr() as *const __m256i)
-            };
-            let (m0, m1) = (lane(cols), lane(cols.saturating_sub(8)));
-            if !first {
-                for (i, acc) in acc.iter_mut().enumerate() {
-                    acc[0] = _mm256_maskload_ps(c.add(i * ldc), m0);
-                    acc[1] = _mm256_maskload_ps(c.wrapping_add(i * ldc + 8), m1);
-                }
-            }
-            for p in 0..k {
-                let bp = b.add(p * ldb);
-                let b0 = _mm256_maskload_ps(bp, m0);
-                let b1 = _mm256_maskload_ps(bp.wrapping_add(8), m1);
-                for (i, acc) in acc.iter_mut().enumerate() {
-                    let av = _mm256_set1_ps(*a.add(i * lda + p));
-                    acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
-                    acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
-                }
-            }
-            for (i, acc) in acc.iter().enumerate() {
-                _mm256_maskstore_ps(c.add(i * ldc), m0, acc[0]);
-                _mm256_maskstore_ps(c.wrapping_add(i * ldc + 8), m1, acc[1]);
+        }
+        for (i, acc) in acc.iter().enumerate() {
+            if full {
+                _mm256_storeu_ps(t.c.add(i * t.ldc), acc[0]);
+                _mm256_storeu_ps(t.c.add(i * t.ldc + 8), acc[1]);
+            } else {
+                _mm256_maskstore_ps(t.c.add(i * t.ldc), m0, acc[0]);
+                _mm256_maskstore_ps(t.c.wrapping_add(i * t.ldc + 8), m1, acc[1]);
             }
         }
     }
@@ -426,9 +415,11 @@ mod tests {
                 matmul_packed(&x, m, &Packed::new(&w, n, k, isa), &mut y);
                 assert_eq!(bits(&y), want, "{isa:?} packed, m {m} n {n} k {k}");
             }
-            let mut y = vec![f32::NAN; m * n];
-            matmul_nn(&x, m, k, &wt, n, &mut y);
-            assert_eq!(bits(&y), want, "{:?} unpacked, m {m} n {n} k {k}", Isa::best());
+            for isa in Isa::available() {
+                let mut y = vec![f32::NAN; m * n];
+                matmul_nn_on(isa, &x, m, k, &wt, n, &mut y);
+                assert_eq!(bits(&y), want, "{isa:?} unpacked, m {m} n {n} k {k}");
+            }
         }
     }
 
