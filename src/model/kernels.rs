@@ -43,12 +43,16 @@ fn min_rows(n: usize, k: usize) -> usize {
 /// padded until `gemm` takes its main path.
 pub fn matmul_nt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     if plain_cpu_f32(&[x, w]) {
-        let (n, k) = w.dims2()?;
-        let w = w.contiguous()?;
-        let packed = with_f32s(&[&w], |v| super::gemm::Packed::new(v[0], n, k, super::gemm::Isa::best()))?;
-        return matmul_packed(x, &packed);
+        return matmul_packed(x, &pack(w)?);
     }
     invariant_rows(x, w.dim(0)?, |x| Ok(x.matmul(&w.t()?)?))
+}
+
+/// w [n, k] (CPU f32) packed for mores' GEMM with this CPU's best kernel.
+pub fn pack(w: &Tensor) -> Result<super::gemm::Packed> {
+    let (n, k) = w.dims2()?;
+    let w = w.contiguous()?;
+    with_f32s(&[&w], |v| super::gemm::Packed::new(v[0], n, k, super::gemm::Isa::best()))
 }
 
 /// CPU f32 tensors outside any gradient graph: what mores' own GEMM takes.

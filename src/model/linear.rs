@@ -1,6 +1,6 @@
 //! Linear layers over dense or quantized weights, with an optional LoRA adapter, and the slots
 //! through which an adapter reaches a model's projections.
-use super::gemm::{Isa, Packed};
+use super::gemm::Packed;
 use super::kernels;
 use super::lora::{LoraLayer, Target};
 use super::mode::Mode;
@@ -36,9 +36,7 @@ impl Linear {
                 return Ok(p.clone());
             }
         }
-        let (n, k) = w.dims2()?;
-        let wc = w.contiguous()?;
-        let p = Arc::new(kernels::with_f32s(&[&wc], |v| Packed::new(v[0], n, k, Isa::best()))?);
+        let p = Arc::new(kernels::pack(w)?);
         *slot = Some((w.id(), p.clone()));
         Ok(p)
     }
@@ -82,7 +80,9 @@ impl Linear {
                 let n: usize = lead.iter().product();
                 let x2 = x.reshape((n, *last))?;
                 let y = if !kernels::plain_cpu_f32(&[w]) || !x2.device().is_cpu() {
-                    if mode.grad { frozen_matmul(&x2, w)? } else { kernels::matmul_nt(&x2, w)? }
+                    // Off the CPU path: candle's matmul on a detached weight, so no weight
+                    // gradient is computed for the frozen base.
+                    kernels::matmul_nt(&x2, &w.detach())?
                 } else if mode.grad && x2.track_op() {
                     x2.contiguous()?.apply_op1(FrozenLinear { w: w.clone(), packed: self.packed(w)? })?
                 } else {
@@ -98,13 +98,6 @@ impl Linear {
             q => Ok(q.forward(x)?),
         }
     }
-}
-
-/// x [n, in] times a frozen w [out, in] transposed, off the CPU path (where `Linear` runs
-/// `FrozenLinear` on its packed weight): candle's matmul on a detached weight, so no weight
-/// gradient is computed for it.
-fn frozen_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    kernels::matmul_nt(x, &w.detach())
 }
 
 /// x [n, in] times a frozen w [out, in] transposed on the CPU, returning only the input's
