@@ -7,6 +7,10 @@ use cli::{list, slurm_shard, strict_list, AdapterCmd, BenchCmd, Cli, Cmd, Datase
 use mores::evaluate::{self, ProbeArgs};
 use std::path::PathBuf;
 
+// Caps single allocations while a model's chat template runs (see util::alloc).
+#[global_allocator]
+static ALLOC: mores::util::alloc::Guarded = mores::util::alloc::Guarded;
+
 fn main() {
     let cli = Cli::parse();
     let threads = cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));

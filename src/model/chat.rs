@@ -16,6 +16,9 @@ pub struct Message {
 const FUEL: u64 = 2_000_000;
 /// Longest rendered prompt accepted, in bytes: far above any real chat wrapping of a survey item.
 const MAX_RENDERED: usize = 1 << 20;
+/// Largest single value a render may build (a string doubled in a loop needs few instructions
+/// but unbounded memory; fuel cannot see it). Enforced by the binary's allocator.
+const MAX_VALUE: usize = 32 << 20;
 
 #[derive(Debug, Clone)]
 pub struct ChatTemplate {
@@ -46,6 +49,11 @@ impl ChatTemplate {
 
     pub fn render(&self, messages: &[Message], bos: &str, eos: &str, add_generation_prompt: bool) -> Result<String> {
         let tmpl = self.env.get_template("chat").expect("template added in new");
+        let what = format!(
+            "chat template from {} built one value over {MAX_VALUE} bytes (a string doubled in a loop?); use chat = \"never\" to prompt without it",
+            self.source
+        );
+        let _cap = crate::util::alloc::cap_allocations(MAX_VALUE, &what);
         tmpl.render(minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,

@@ -1,6 +1,7 @@
-//! Infrastructure every stage uses and none owns: the error type, atomic writes and JSONL logs,
+//! Infrastructure every stage uses and none owns: the process allocator's cap, the error type, atomic writes and JSONL logs,
 //! hashing, seeds from text, shards of a work list, number formatting, progress bars, and the run
 //! manifest that records how a result was made.
+pub mod alloc;
 pub mod error;
 pub mod fmt;
 pub mod io;

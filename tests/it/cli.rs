@@ -407,3 +407,47 @@ fn recipe_syntax_error_names_file_line_and_column() {
     assert_clean_error(&o, "base.toml");
     assert_clean_error(&o, "line 3, column");
 }
+
+/// Regression (issue 16): a model's chat template is a program; nested loops, a huge repeated
+/// list and a string doubled in a loop ran for minutes or allocated until the process aborted.
+#[test]
+fn runaway_chat_templates_end_in_a_clear_error_before_scoring() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = crate::common::tiny_model(&dir.path().join("m"), "llama", 1);
+    let cases = [
+        ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "template instructions"),
+        ("{% for x in [1] * 2000000000 %}{{ x }}{% endfor %}", "chat template from"),
+        // Forty doublings: few instructions, a terabyte; the allocator's cap stops it at 32 MiB.
+        (
+            "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
+            "built one value over 33554432 bytes",
+        ),
+        (
+            "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}{% endfor %}",
+            "string doubled",
+        ),
+    ];
+    for (i, (template, want)) in cases.into_iter().enumerate() {
+        let tc = serde_json::json!({"bos_token": "<s>", "eos_token": "</s>", "chat_template": template});
+        std::fs::write(model.join("tokenizer_config.json"), tc.to_string()).unwrap();
+        let out = dir.path().join(format!("o{i}"));
+        let t0 = std::time::Instant::now();
+        let o = mores(&[
+            "probe",
+            "--model",
+            model.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--limit",
+            "1",
+            "--countries",
+            "USA",
+        ]);
+        assert_clean_error(&o, want);
+        assert_clean_error(&o, "tokenizer_config.json");
+        assert!(t0.elapsed().as_secs() < 20, "case {i}: took {:?}", t0.elapsed());
+        let left: Vec<_> =
+            std::fs::read_dir(&out).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+        assert!(!left.iter().any(|f| f == "samples.jsonl" || f == "results.json"), "case {i}: output left: {left:?}");
+    }
+}
