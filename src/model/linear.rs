@@ -60,6 +60,9 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        if let Some(y) = self.forward_adapted(x, mode)? {
+            return Ok(y);
+        }
         let mut y = self.forward_base(x, mode)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
@@ -68,6 +71,32 @@ impl Linear {
             Some(l) => Ok((y + l.forward(x, mode)?)?),
             None => Ok(y),
         }
+    }
+
+    /// Training on the CPU with an f32 base and an adapter without dropout: base and LoRA path in
+    /// one graph node ([`AdaptedLinear`]) instead of seven (two matmuls, their transposes and
+    /// padding, the scale, the sum). candle's backward adds every gradient into a fresh zero
+    /// tensor, so each node it skips saves a fill and an add over the activations. None: the
+    /// composed path applies.
+    fn forward_adapted(&self, x: &Tensor, mode: Mode) -> Result<Option<Tensor>> {
+        let (Some(l), QMatMul::Tensor(w)) = (&self.lora, &self.base) else { return Ok(None) };
+        let dropout = mode.dropout_seed.is_some() && l.dropout > 0.0;
+        if !mode.grad || dropout || !kernels::plain_cpu_f32(&[w]) || !x.device().is_cpu() {
+            return Ok(None);
+        }
+        let dims = x.dims().to_vec();
+        let (last, lead) = dims.split_last().expect("at least one dim");
+        let n: usize = lead.iter().product();
+        let x2 = x.reshape((n, *last))?.contiguous()?;
+        let op = AdaptedLinear { w: w.clone(), packed: self.packed(w)?, scale: l.scale as f32 };
+        let mut y = x2.apply_op3(l.a.as_tensor(), l.b.as_tensor(), op)?;
+        let mut out = lead.to_vec();
+        out.push(w.dim(0)?);
+        y = y.reshape(out)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        Ok(Some(y))
     }
 
     fn forward_base(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
@@ -144,6 +173,121 @@ impl candle_core::CustomOp1 for FrozenLinear {
     }
 }
 
+/// x [m, in] · wᵀ + scale · (x · aᵀ) · bᵀ for a frozen w [out, in] and LoRA factors a [r, in],
+/// b [out, r], as one differentiable node with gradients for x, a and b (w gets none). Every
+/// product is mores' GEMM (one fma chain per element, so a row's result does not depend on the
+/// row count). With u = x aᵀ and h = g b: dx = g w + scale · h a, da = scale · hᵀ x,
+/// db = scale · gᵀ u.
+struct AdaptedLinear {
+    w: Tensor,
+    packed: Arc<Packed>,
+    scale: f32,
+}
+
+/// [rows, cols] row-major to [cols, rows].
+fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; rows * cols];
+    for (i, row) in v.chunks_exact(cols).enumerate() {
+        for (j, &x) in row.iter().enumerate() {
+            t[j * rows + i] = x;
+        }
+    }
+    t
+}
+
+impl AdaptedLinear {
+    /// The operands' shapes agree with w: x [m, in], a [r, in], b [out, r].
+    fn check(&self, m_k: (usize, usize), a: (usize, usize), b: (usize, usize)) -> candle_core::Result<()> {
+        let (p, (_, k)) = (&self.packed, m_k);
+        if k != p.k || a.1 != k || b.0 != p.n || b.1 != a.0 {
+            candle_core::bail!("adapted-linear: x [_, {k}], w [{}, {}], a {:?}, b {:?}", p.n, p.k, a, b)
+        }
+        Ok(())
+    }
+}
+
+impl candle_core::CustomOp3 for AdaptedLinear {
+    fn name(&self) -> &'static str {
+        "adapted-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &candle_core::CpuStorage,
+        xl: &candle_core::Layout,
+        as_: &candle_core::CpuStorage,
+        al: &candle_core::Layout,
+        bs: &candle_core::CpuStorage,
+        bl: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use super::gemm::{matmul_packed, Isa, Packed};
+        let ((m, k), (r, ka), (n, rb)) = (xl.shape().dims2()?, al.shape().dims2()?, bl.shape().dims2()?);
+        self.check((m, k), (r, ka), (n, rb))?;
+        let (x, a, b) = (kernels::cpu_f32(xs, xl)?, kernels::cpu_f32(as_, al)?, kernels::cpu_f32(bs, bl)?);
+        let isa = Isa::best();
+        let mut u = vec![0f32; m * r];
+        matmul_packed(x, m, &Packed::new(a, r, k, isa), &mut u);
+        let mut d = vec![0f32; m * n];
+        matmul_packed(&u, m, &Packed::new(b, n, r, isa), &mut d);
+        let mut y = vec![0f32; m * n];
+        matmul_packed(x, m, &self.packed, &mut y);
+        // The composed path's order: base + (LoRA product * scale).
+        for (y, d) in y.iter_mut().zip(&d) {
+            *y += *d * self.scale;
+        }
+        Ok((candle_core::CpuStorage::F32(y), (m, n).into()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        use super::gemm::matmul_nn;
+        let ((m, k), (r, _), (n, _)) = (x.dims2()?, a.dims2()?, b.dims2()?);
+        let (g, x_, a_, b_, w) =
+            (grad.contiguous()?, x.contiguous()?, a.contiguous()?, b.contiguous()?, self.w.contiguous()?);
+        let want_x = x.track_op();
+        let s = self.scale;
+        let (dx, da, db) = kernels::with_f32s(&[&g, &x_, &a_, &b_, &w], |v| {
+            let (g, x, a, b, w) = (v[0], v[1], v[2], v[3], v[4]);
+            // h = g b [m, r]; u = x aᵀ [m, r].
+            let mut h = vec![0f32; m * r];
+            matmul_nn(g, m, n, b, r, &mut h);
+            let mut u = vec![0f32; m * r];
+            matmul_nn(x, m, k, &transpose(a, r, k), r, &mut u);
+            let dx = want_x.then(|| {
+                let mut dx = vec![0f32; m * k];
+                matmul_nn(g, m, n, w, k, &mut dx);
+                let mut ha = vec![0f32; m * k];
+                matmul_nn(&h, m, r, a, k, &mut ha);
+                for (d, e) in dx.iter_mut().zip(&ha) {
+                    *d += *e * s;
+                }
+                dx
+            });
+            let mut da = vec![0f32; r * k];
+            matmul_nn(&transpose(&h, m, r), r, m, x, k, &mut da);
+            let mut db = vec![0f32; n * r];
+            matmul_nn(&transpose(g, m, n), n, m, &u, r, &mut db);
+            for v in da.iter_mut().chain(db.iter_mut()) {
+                *v *= s;
+            }
+            (dx, da, db)
+        })
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let dev = grad.device();
+        Ok((
+            dx.map(|dx| Tensor::from_vec(dx, (m, k), dev)).transpose()?,
+            Some(Tensor::from_vec(da, (r, k), dev)?),
+            Some(Tensor::from_vec(db, (n, r), dev)?),
+        ))
+    }
+}
+
 /// One adaptable projection of a loaded model.
 pub struct Slot<'a> {
     pub layer: usize,
@@ -169,4 +313,59 @@ pub fn layer_slots<'a>(
         };
         Slot { layer, target, linear, permuted_heads: heads }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+    use rand::{Rng, SeedableRng};
+
+    fn randn(rng: &mut rand_chacha::ChaCha8Rng, shape: &[usize]) -> Tensor {
+        let n = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    /// The one-node adapted projection gives the composed path's values and its gradients for
+    /// x, A and B (edge sizes: rows, widths and rank not multiples of any tile).
+    #[test]
+    fn adapted_linear_matches_the_composed_path_and_its_gradients() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let (m, inp, out, r) = (7, 37, 45, 3);
+        let mut lin = Linear::new(QMatMul::Tensor(randn(&mut rng, &[out, inp])));
+        let (a, b) = (
+            Var::from_tensor(&randn(&mut rng, &[r, inp])).unwrap(),
+            Var::from_tensor(&randn(&mut rng, &[out, r])).unwrap(),
+        );
+        lin.lora = Some(LoraLayer { a: a.clone(), b: b.clone(), scale: 1.7, dropout: 0.0, id: 1 });
+        let x = Var::from_tensor(&randn(&mut rng, &[2, m, inp])).unwrap();
+        let c = randn(&mut rng, &[2, m, out]);
+        let mode = Mode::train(None);
+        let run = |fused: bool| {
+            let y = if fused {
+                lin.forward_adapted(x.as_tensor(), mode).unwrap().expect("fused path taken")
+            } else {
+                (lin.forward_base(x.as_tensor(), mode).unwrap()
+                    + lin.lora.as_ref().unwrap().forward(x.as_tensor(), mode).unwrap())
+                .unwrap()
+            };
+            let g = (&y * &c).unwrap().sum_all().unwrap().backward().unwrap();
+            let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let grads: Vec<Vec<f32>> =
+                [x.as_tensor(), a.as_tensor(), b.as_tensor()].iter().map(|v| flat(g.get(v).unwrap())).collect();
+            (flat(&y), grads)
+        };
+        let ((y1, g1), (y0, g0)) = (run(true), run(false));
+        let diff = |p: &[f32], q: &[f32]| p.iter().zip(q).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+        assert!(diff(&y1, &y0) < 1e-4, "values differ by {}", diff(&y1, &y0));
+        for (name, (p, q)) in ["x", "a", "b"].iter().zip(g1.iter().zip(&g0)) {
+            assert!(diff(p, q) < 1e-3, "d{name} differs by {}", diff(p, q));
+            assert!(q.iter().any(|v| v.abs() > 0.1), "d{name} is zero");
+        }
+        // With dropout the composed path is used.
+        let dropped = Mode::train(Some(3));
+        lin.lora.as_mut().unwrap().dropout = 0.1;
+        assert!(lin.forward_adapted(x.as_tensor(), dropped).unwrap().is_none());
+    }
 }
