@@ -73,22 +73,26 @@ impl Linear {
         }
     }
 
-    /// Training on the CPU with an f32 base and an adapter without dropout: base and LoRA path in
-    /// one graph node ([`AdaptedLinear`]) instead of seven (two matmuls, their transposes and
-    /// padding, the scale, the sum). candle's backward adds every gradient into a fresh zero
-    /// tensor, so each node it skips saves a fill and an add over the activations. None: the
-    /// composed path applies.
+    /// Training on the CPU with an f32 base and an adapter: base and LoRA path (its dropout
+    /// included) in one graph node ([`AdaptedLinear`]) instead of seven or eight (the mask, two
+    /// matmuls, their transposes and padding, the scale, the sum). candle's backward adds every
+    /// gradient into a fresh zero tensor, so each node it skips saves a fill and an add over the
+    /// activations. None: the composed path applies.
     fn forward_adapted(&self, x: &Tensor, mode: Mode) -> Result<Option<Tensor>> {
         let (Some(l), QMatMul::Tensor(w)) = (&self.lora, &self.base) else { return Ok(None) };
-        let dropout = mode.dropout_seed.is_some() && l.dropout > 0.0;
-        if !mode.grad || dropout || !kernels::plain_cpu_f32(&[w]) || !x.device().is_cpu() {
+        if !mode.grad || !kernels::plain_cpu_f32(&[w]) || !x.device().is_cpu() {
             return Ok(None);
         }
         let dims = x.dims().to_vec();
         let (last, lead) = dims.split_last().expect("at least one dim");
         let n: usize = lead.iter().product();
         let x2 = x.reshape((n, *last))?.contiguous()?;
-        let op = AdaptedLinear { w: w.clone(), packed: self.packed(w)?, scale: l.scale as f32 };
+        // The composed path's mask, value for value (same seed, layer id and order).
+        let mask = match mode.dropout_seed {
+            Some(seed) if l.dropout > 0.0 => Some(super::lora::dropout_values(seed, l.id, n * last, l.dropout)),
+            _ => None,
+        };
+        let op = AdaptedLinear { w: w.clone(), packed: self.packed(w)?, scale: l.scale as f32, mask };
         let mut y = x2.apply_op3(l.a.as_tensor(), l.b.as_tensor(), op)?;
         let mut out = lead.to_vec();
         out.push(w.dim(0)?);
@@ -173,15 +177,27 @@ impl candle_core::CustomOp1 for FrozenLinear {
     }
 }
 
-/// x [m, in] · wᵀ + scale · (x · aᵀ) · bᵀ for a frozen w [out, in] and LoRA factors a [r, in],
-/// b [out, r], as one differentiable node with gradients for x, a and b (w gets none). Every
-/// product is mores' GEMM (one fma chain per element, so a row's result does not depend on the
-/// row count). With u = x aᵀ and h = g b: dx = g w + scale · h a, da = scale · hᵀ x,
-/// db = scale · gᵀ u.
+/// x [m, in] · wᵀ + scale · (d(x) · aᵀ) · bᵀ for a frozen w [out, in], LoRA factors a [r, in],
+/// b [out, r] and d the dropout mask (elementwise; identity without one), as one differentiable
+/// node with gradients for x, a and b (w gets none). Every product is mores' GEMM (one fma chain
+/// per element, so a row's result does not depend on the row count). With u = d(x) aᵀ and
+/// h = g b: dx = g w + scale · d(h a), da = scale · hᵀ d(x), db = scale · gᵀ u.
 struct AdaptedLinear {
     w: Tensor,
     packed: Arc<Packed>,
     scale: f32,
+    /// Inverted-dropout factors for x's m * in values.
+    mask: Option<Vec<f32>>,
+}
+
+impl AdaptedLinear {
+    /// x with the dropout mask applied (borrowed as is without one).
+    fn dropped<'a>(&self, x: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
+        match &self.mask {
+            Some(m) => x.iter().zip(m).map(|(x, m)| x * m).collect::<Vec<f32>>().into(),
+            None => x.into(),
+        }
+    }
 }
 
 /// [rows, cols] row-major to [cols, rows].
@@ -224,9 +240,12 @@ impl candle_core::CustomOp3 for AdaptedLinear {
         let ((m, k), (r, ka), (n, rb)) = (xl.shape().dims2()?, al.shape().dims2()?, bl.shape().dims2()?);
         self.check((m, k), (r, ka), (n, rb))?;
         let (x, a, b) = (kernels::cpu_f32(xs, xl)?, kernels::cpu_f32(as_, al)?, kernels::cpu_f32(bs, bl)?);
+        if self.mask.as_ref().is_some_and(|d| d.len() != m * k) {
+            candle_core::bail!("adapted-linear: dropout mask for another shape")
+        }
         let isa = Isa::best();
         let mut u = vec![0f32; m * r];
-        matmul_packed(x, m, &Packed::new(a, r, k, isa), &mut u);
+        matmul_packed(&self.dropped(x), m, &Packed::new(a, r, k, isa), &mut u);
         let mut d = vec![0f32; m * n];
         matmul_packed(&u, m, &Packed::new(b, n, r, isa), &mut d);
         let mut y = vec![0f32; m * n];
@@ -257,20 +276,22 @@ impl candle_core::CustomOp3 for AdaptedLinear {
             // h = g b [m, r]; u = x aᵀ [m, r].
             let mut h = vec![0f32; m * r];
             matmul_nn(g, m, n, b, r, &mut h);
+            let xd = self.dropped(x);
             let mut u = vec![0f32; m * r];
-            matmul_nn(x, m, k, &transpose(a, r, k), r, &mut u);
+            matmul_nn(&xd, m, k, &transpose(a, r, k), r, &mut u);
             let dx = want_x.then(|| {
                 let mut dx = vec![0f32; m * k];
                 matmul_nn(g, m, n, w, k, &mut dx);
                 let mut ha = vec![0f32; m * k];
                 matmul_nn(&h, m, r, a, k, &mut ha);
-                for (d, e) in dx.iter_mut().zip(&ha) {
+                let ha = self.dropped(&ha);
+                for (d, e) in dx.iter_mut().zip(ha.iter()) {
                     *d += *e * s;
                 }
                 dx
             });
             let mut da = vec![0f32; r * k];
-            matmul_nn(&transpose(&h, m, r), r, m, x, k, &mut da);
+            matmul_nn(&transpose(&h, m, r), r, m, &xd, k, &mut da);
             let mut db = vec![0f32; n * r];
             matmul_nn(&transpose(g, m, n), n, m, &u, r, &mut db);
             for v in da.iter_mut().chain(db.iter_mut()) {
@@ -328,44 +349,41 @@ mod tests {
     }
 
     /// The one-node adapted projection gives the composed path's values and its gradients for
-    /// x, A and B (edge sizes: rows, widths and rank not multiples of any tile).
+    /// x, A and B, without and with dropout (edge sizes: rows, widths and rank not multiples of
+    /// any tile).
     #[test]
     fn adapted_linear_matches_the_composed_path_and_its_gradients() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
         let (m, inp, out, r) = (7, 37, 45, 3);
-        let mut lin = Linear::new(QMatMul::Tensor(randn(&mut rng, &[out, inp])));
+        let w = randn(&mut rng, &[out, inp]);
         let (a, b) = (
             Var::from_tensor(&randn(&mut rng, &[r, inp])).unwrap(),
             Var::from_tensor(&randn(&mut rng, &[out, r])).unwrap(),
         );
-        lin.lora = Some(LoraLayer { a: a.clone(), b: b.clone(), scale: 1.7, dropout: 0.0, id: 1 });
         let x = Var::from_tensor(&randn(&mut rng, &[2, m, inp])).unwrap();
         let c = randn(&mut rng, &[2, m, out]);
-        let mode = Mode::train(None);
-        let run = |fused: bool| {
-            let y = if fused {
-                lin.forward_adapted(x.as_tensor(), mode).unwrap().expect("fused path taken")
-            } else {
-                (lin.forward_base(x.as_tensor(), mode).unwrap()
-                    + lin.lora.as_ref().unwrap().forward(x.as_tensor(), mode).unwrap())
-                .unwrap()
+        for (dropout, mode) in [(0.0, Mode::train(None)), (0.3, Mode::train(Some(3)))] {
+            let mut lin = Linear::new(QMatMul::Tensor(w.clone()));
+            lin.lora = Some(LoraLayer { a: a.clone(), b: b.clone(), scale: 1.7, dropout, id: 1 });
+            let run = |fused: bool| {
+                let y = if fused {
+                    lin.forward_adapted(x.as_tensor(), mode).unwrap().expect("fused path taken")
+                } else {
+                    let lora = lin.lora.as_ref().unwrap().forward(x.as_tensor(), mode).unwrap();
+                    (lin.forward_base(x.as_tensor(), mode).unwrap() + lora).unwrap()
+                };
+                let g = (&y * &c).unwrap().sum_all().unwrap().backward().unwrap();
+                let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let vars = [x.as_tensor(), a.as_tensor(), b.as_tensor()];
+                (flat(&y), vars.iter().map(|v| flat(g.get(v).unwrap())).collect::<Vec<_>>())
             };
-            let g = (&y * &c).unwrap().sum_all().unwrap().backward().unwrap();
-            let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let grads: Vec<Vec<f32>> =
-                [x.as_tensor(), a.as_tensor(), b.as_tensor()].iter().map(|v| flat(g.get(v).unwrap())).collect();
-            (flat(&y), grads)
-        };
-        let ((y1, g1), (y0, g0)) = (run(true), run(false));
-        let diff = |p: &[f32], q: &[f32]| p.iter().zip(q).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
-        assert!(diff(&y1, &y0) < 1e-4, "values differ by {}", diff(&y1, &y0));
-        for (name, (p, q)) in ["x", "a", "b"].iter().zip(g1.iter().zip(&g0)) {
-            assert!(diff(p, q) < 1e-3, "d{name} differs by {}", diff(p, q));
-            assert!(q.iter().any(|v| v.abs() > 0.1), "d{name} is zero");
+            let ((y1, g1), (y0, g0)) = (run(true), run(false));
+            let diff = |p: &[f32], q: &[f32]| p.iter().zip(q).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+            assert!(diff(&y1, &y0) < 1e-4, "dropout {dropout}: values differ by {}", diff(&y1, &y0));
+            for (name, (p, q)) in ["x", "a", "b"].iter().zip(g1.iter().zip(&g0)) {
+                assert!(diff(p, q) < 1e-3, "dropout {dropout}: d{name} differs by {}", diff(p, q));
+                assert!(q.iter().any(|v| v.abs() > 0.1), "d{name} is zero");
+            }
         }
-        // With dropout the composed path is used.
-        let dropped = Mode::train(Some(3));
-        lin.lora.as_mut().unwrap().dropout = 0.1;
-        assert!(lin.forward_adapted(x.as_tensor(), dropped).unwrap().is_none());
     }
 }

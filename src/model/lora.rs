@@ -46,10 +46,14 @@ impl LoraLayer {
 
 /// Inverted dropout mask drawn from the run's portable RNG: candle's own CPU RNG cannot be seeded.
 fn dropout_mask(seed: u64, id: u64, n: usize, p: f64, like: &Tensor) -> Result<Tensor> {
+    Ok(Tensor::from_vec(dropout_values(seed, id, n, p), n, like.device())?)
+}
+
+/// The mask's n values: 0 with probability p, else 1 / (1 - p).
+pub fn dropout_values(seed: u64, id: u64, n: usize, p: f64) -> Vec<f32> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let keep = (1.0 / (1.0 - p)) as f32;
-    let m: Vec<f32> = (0..n).map(|_| if rng.random::<f64>() < p { 0.0 } else { keep }).collect();
-    Ok(Tensor::from_vec(m, n, like.device())?)
+    (0..n).map(|_| if rng.random::<f64>() < p { 0.0 } else { keep }).collect()
 }
 
 /// A [r, in] initialised as PEFT does (Kaiming-uniform with a = sqrt(5): U(-1/sqrt(in), 1/sqrt(in)))
