@@ -25,6 +25,8 @@ pub struct ChatTemplate {
     pub source: String,
     text: String,
     env: minijinja::Environment<'static>,
+    /// The error a render over `MAX_VALUE` ends the process with.
+    too_large: String,
 }
 
 impl ChatTemplate {
@@ -39,7 +41,10 @@ impl ChatTemplate {
         });
         env.add_template_owned("chat", template.clone())
             .map_err(|e| Error::Invalid(format!("chat template from {source} does not parse: {e}")))?;
-        Ok(Self { source, text: template, env })
+        let too_large = format!(
+            "chat template from {source} built one value over {MAX_VALUE} bytes (a string doubled in a loop?); use chat = \"never\" to prompt without it"
+        );
+        Ok(Self { source, text: template, env, too_large })
     }
 
     /// The template's Jinja source.
@@ -49,11 +54,7 @@ impl ChatTemplate {
 
     pub fn render(&self, messages: &[Message], bos: &str, eos: &str, add_generation_prompt: bool) -> Result<String> {
         let tmpl = self.env.get_template("chat").expect("template added in new");
-        let what = format!(
-            "chat template from {} built one value over {MAX_VALUE} bytes (a string doubled in a loop?); use chat = \"never\" to prompt without it",
-            self.source
-        );
-        let _cap = crate::util::alloc::cap_allocations(MAX_VALUE, &what);
+        let _cap = crate::util::alloc::cap_allocations(MAX_VALUE, &self.too_large);
         tmpl.render(minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,

@@ -83,20 +83,15 @@ impl Linear {
         if !mode.grad || !kernels::plain_cpu_f32(&[w]) || !x.device().is_cpu() {
             return Ok(None);
         }
-        let dims = x.dims().to_vec();
-        let (last, lead) = dims.split_last().expect("at least one dim");
-        let n: usize = lead.iter().product();
-        let x2 = x.reshape((n, *last))?.contiguous()?;
+        let (x2, lead) = rows(x)?;
+        let x2 = x2.contiguous()?;
         // The composed path's mask, value for value (same seed, layer id and order).
         let mask = match mode.dropout_seed {
-            Some(seed) if l.dropout > 0.0 => Some(super::lora::dropout_values(seed, l.id, n * last, l.dropout)),
+            Some(seed) if l.dropout > 0.0 => Some(super::lora::dropout_values(seed, l.id, x2.elem_count(), l.dropout)),
             _ => None,
         };
         let op = AdaptedLinear { w: w.clone(), packed: self.packed(w)?, scale: l.scale as f32, mask };
-        let mut y = x2.apply_op3(l.a.as_tensor(), l.b.as_tensor(), op)?;
-        let mut out = lead.to_vec();
-        out.push(w.dim(0)?);
-        y = y.reshape(out)?;
+        let mut y = unrows(&x2.apply_op3(l.a.as_tensor(), l.b.as_tensor(), op)?, &lead)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
@@ -108,10 +103,7 @@ impl Linear {
             // One [rows * len, in] x [in, out] product instead of candle's per-row broadcast
             // matmul: a single large GEMM parallelises far better on CPU.
             QMatMul::Tensor(w) => {
-                let dims = x.dims().to_vec();
-                let (last, lead) = dims.split_last().expect("at least one dim");
-                let n: usize = lead.iter().product();
-                let x2 = x.reshape((n, *last))?;
+                let (x2, lead) = rows(x)?;
                 let y = if !kernels::plain_cpu_f32(&[w]) || !x2.device().is_cpu() {
                     // Off the CPU path: candle's matmul on a detached weight, so no weight
                     // gradient is computed for the frozen base.
@@ -121,9 +113,7 @@ impl Linear {
                 } else {
                     kernels::matmul_packed(&x2, &*self.packed(w)?)?
                 };
-                let mut out = lead.to_vec();
-                out.push(w.dim(0)?);
-                Ok(y.reshape(out)?)
+                unrows(&y, &lead)
             }
             _ if mode.grad => Err(crate::util::error::Error::Invalid(
                 "training needs f32 base weights: load the model with weights = \"f32\" (quantized matmul has no backward)".into(),
@@ -177,6 +167,20 @@ impl candle_core::CustomOp1 for FrozenLinear {
     }
 }
 
+/// x [.., in] as [rows, in], and its leading dimensions.
+fn rows(x: &Tensor) -> Result<(Tensor, Vec<usize>)> {
+    let dims = x.dims();
+    let (last, lead) = dims.split_last().expect("at least one dim");
+    Ok((x.reshape((lead.iter().product::<usize>(), *last))?, lead.to_vec()))
+}
+
+/// y [rows, out] back to [.., out] under x's leading dimensions.
+fn unrows(y: &Tensor, lead: &[usize]) -> Result<Tensor> {
+    let mut shape = lead.to_vec();
+    shape.push(y.dim(1)?);
+    Ok(y.reshape(shape)?)
+}
+
 /// x [m, in] · wᵀ + scale · (d(x) · aᵀ) · bᵀ for a frozen w [out, in], LoRA factors a [r, in],
 /// b [out, r] and d the dropout mask (elementwise; identity without one), as one differentiable
 /// node with gradients for x, a and b (w gets none). Every product is mores' GEMM (one fma chain
@@ -198,6 +202,18 @@ impl AdaptedLinear {
             None => x.into(),
         }
     }
+
+    /// The operands' shapes agree with w and the mask: x [m, in], a [r, in], b [out, r].
+    fn check(&self, (m, k): (usize, usize), a: (usize, usize), b: (usize, usize)) -> candle_core::Result<()> {
+        let p = &self.packed;
+        if k != p.k || a.1 != k || b.0 != p.n || b.1 != a.0 {
+            candle_core::bail!("adapted-linear: x [_, {k}], w [{}, {}], a {:?}, b {:?}", p.n, p.k, a, b)
+        }
+        if self.mask.as_ref().is_some_and(|d| d.len() != m * k) {
+            candle_core::bail!("adapted-linear: dropout mask for another shape")
+        }
+        Ok(())
+    }
 }
 
 /// [rows, cols] row-major to [cols, rows].
@@ -209,17 +225,6 @@ fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
         }
     }
     t
-}
-
-impl AdaptedLinear {
-    /// The operands' shapes agree with w: x [m, in], a [r, in], b [out, r].
-    fn check(&self, m_k: (usize, usize), a: (usize, usize), b: (usize, usize)) -> candle_core::Result<()> {
-        let (p, (_, k)) = (&self.packed, m_k);
-        if k != p.k || a.1 != k || b.0 != p.n || b.1 != a.0 {
-            candle_core::bail!("adapted-linear: x [_, {k}], w [{}, {}], a {:?}, b {:?}", p.n, p.k, a, b)
-        }
-        Ok(())
-    }
 }
 
 impl candle_core::CustomOp3 for AdaptedLinear {
@@ -240,9 +245,6 @@ impl candle_core::CustomOp3 for AdaptedLinear {
         let ((m, k), (r, ka), (n, rb)) = (xl.shape().dims2()?, al.shape().dims2()?, bl.shape().dims2()?);
         self.check((m, k), (r, ka), (n, rb))?;
         let (x, a, b) = (kernels::cpu_f32(xs, xl)?, kernels::cpu_f32(as_, al)?, kernels::cpu_f32(bs, bl)?);
-        if self.mask.as_ref().is_some_and(|d| d.len() != m * k) {
-            candle_core::bail!("adapted-linear: dropout mask for another shape")
-        }
         let isa = Isa::best();
         let mut u = vec![0f32; m * r];
         matmul_packed(&self.dropped(x), m, &Packed::new(a, r, k, isa), &mut u);
