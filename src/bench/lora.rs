@@ -77,6 +77,7 @@ pub fn measure_one(model_path: &Path, steps: usize, batch: usize, seq: usize) ->
                 let row = ids[start..start + seq].to_vec();
                 Example {
                     question: None,
+                    wording: None,
                     id: format!("{step}-{b}"),
                     reads: (0..seq - 1).map(|p| (0, p)).collect(),
                     kind: Kind::Tokens(row[1..].to_vec()),

@@ -34,7 +34,7 @@ impl Ctx<'_> {
             return Ok((p.0.clone(), 0));
         }
         let q = self.survey.question(qid)?;
-        if !self.g.paraphrase {
+        if self.keeps_wording(variant) {
             return Ok((Ok(q.text.clone()), 0));
         }
         let mut s = self.g.sampling.clone();
@@ -55,6 +55,11 @@ impl Ctx<'_> {
         }
         self.paraphrases.insert((qid.to_string(), variant), (p.clone(), out.n_tokens));
         Ok((p, out.n_tokens))
+    }
+
+    /// Whether copy `variant` of a question is the survey's own wording, not a paraphrase.
+    fn keeps_wording(&self, variant: usize) -> bool {
+        !self.g.paraphrase || (variant == 0 && self.g.original)
     }
 
     pub(super) fn run(&mut self, item: &Item) -> Result<(Outcome, usize)> {
@@ -127,7 +132,7 @@ impl Ctx<'_> {
             Ok(p) => p,
             Err(why) => return Ok((Some(Outcome::Rejected(why)), tokens)),
         };
-        if let Some((h, c)) = self.guard.leaks(&para).filter(|_| self.g.paraphrase) {
+        if let Some((h, c)) = self.guard.leaks(&para).filter(|_| !self.keeps_wording(item.variant)) {
             return Ok((Some(Outcome::Leak(format!("{} ~ {h} ({c:.2})", item.id))), tokens));
         }
         let q = self.survey.question(qid)?;

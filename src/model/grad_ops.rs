@@ -1,4 +1,4 @@
-//! Training-mode softmax, RMSNorm and RoPE: candle's fused forward kernels with a hand-written
+//! Training-mode softmax, RMSNorm, RoPE and SwiGLU: candle's fused forward kernels with a hand-written
 //! backward. candle 0.11's fused versions have no backward, so training had to build these from
 //! five to ten elementwise ops each, whose forward and backward graphs cost more than the
 //! matmuls around them (measured with `mores bench lora`). Here the forward runs the fused kernel
@@ -24,7 +24,7 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
         return composed::rms_norm(x, w, eps);
     }
     let y = candle_nn::ops::rms_norm(&x.detach().contiguous()?, w, eps)?;
-    tie(x, y, Backward::RmsNorm { w: w.clone(), eps })
+    tie(x, y, Backward::RmsNorm { w: w.contiguous()?, eps })
 }
 
 /// Rotary embedding of x [b, h, t, d] with per-row tables cos/sin [b, t, d/2], differentiable
@@ -42,6 +42,16 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) -> Result
     tie(x, y, Backward::Rope { cos: cos.clone(), sin: sin.clone(), interleaved })
 }
 
+/// silu(gate) * up, differentiable in both: one node whose backward is one pass over the
+/// intermediate activations (the widest of a layer), where candle's silu and mul were two nodes
+/// with six elementwise passes and two zero-fill-and-add gradient sums behind them.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if !gate.device().is_cpu() || gate.dtype() != candle_core::DType::F32 || gate.shape() != up.shape() {
+        return composed::swiglu(gate, up);
+    }
+    Ok(gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)?)
+}
+
 /// The same functions from differentiable elementwise ops: the path on devices without the
 /// CPU node, and the reference the fused backward is tested against.
 pub mod composed {
@@ -57,6 +67,10 @@ pub mod composed {
     pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
         let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
         Ok(x.broadcast_div(&(ms + eps as f64)?.sqrt()?)?.broadcast_mul(w)?)
+    }
+
+    pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+        Ok((candle_nn::ops::silu(gate)? * up)?)
     }
 
     pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) -> Result<Tensor> {
@@ -130,11 +144,27 @@ impl candle_core::CustomOp2 for WithGrad {
             }
             // y = x * r * w with r = (mean(x^2) + eps)^-1/2:
             // dx = r * gw - x * r^3 * mean(gw * x), gw = g * w.
+            // One pass per row, where the same sums as tensor ops were ten passes and ten
+            // buffers over the activations.
             Backward::RmsNorm { w, eps } => {
-                let r = (x.sqr()?.mean_keepdim(D::Minus1)? + *eps as f64)?.sqrt()?.recip()?;
-                let gw = g.broadcast_mul(w)?;
-                let m = (&gw * x)?.mean_keepdim(D::Minus1)?;
-                (gw.broadcast_mul(&r)? - x.broadcast_mul(&(m * r.powf(3.0)?)?)?)?
+                let (x, g) = (x.contiguous()?, g.contiguous()?);
+                let d = w.elem_count();
+                let dx = super::kernels::with_f32s(&[&x, &g, w], |t| {
+                    let (x, g, w) = (t[0], t[1], t[2]);
+                    let mut dx = vec![0f32; x.len()];
+                    for ((dx, x), g) in dx.chunks_mut(d).zip(x.chunks(d)).zip(g.chunks(d)) {
+                        let ms = x.iter().map(|v| v * v).sum::<f32>() / d as f32;
+                        let r = 1.0 / (ms + eps).sqrt();
+                        let m = x.iter().zip(g).zip(w).map(|((x, g), w)| g * w * x).sum::<f32>() / d as f32;
+                        let c = m * r * r * r;
+                        for (((o, x), g), w) in dx.iter_mut().zip(x).zip(g).zip(w) {
+                            *o = r * g * w - x * c;
+                        }
+                    }
+                    dx
+                })
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                Tensor::from_vec(dx, x.shape(), x.device())?
             }
             // A rotation's transpose is the rotation by the opposite angle.
             Backward::Rope { cos, sin, interleaved } => {
@@ -148,5 +178,56 @@ impl candle_core::CustomOp2 for WithGrad {
             }
         };
         Ok((Some(dx), None))
+    }
+}
+
+/// [`swiglu`]'s node: y = g * sigmoid(g) * u.
+struct SwiGlu;
+
+fn sigmoid(g: f32) -> f32 {
+    1.0 / (1.0 + (-g).exp())
+}
+
+impl candle_core::CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        g: &CpuStorage,
+        lg: &Layout,
+        u: &CpuStorage,
+        lu: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (g, u) = (super::kernels::cpu_f32(g, lg)?, super::kernels::cpu_f32(u, lu)?);
+        // The same expression as candle's silu (x / (1 + e^-x)), so training reads what
+        // inference computes.
+        let y = g.iter().zip(u).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u).collect();
+        Ok((CpuStorage::F32(y), lg.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        g: &Tensor,
+        u: &Tensor,
+        _: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        // d/dg [g s(g)] = s (1 + g (1 - s)).
+        let (dg, du): (Vec<f32>, Vec<f32>) = super::kernels::with_f32s(&[g, u, &dy], |x| {
+            x[0].iter()
+                .zip(x[1])
+                .zip(x[2])
+                .map(|((&g, &u), &d)| {
+                    let s = sigmoid(g);
+                    (d * u * s * (1.0 + g * (1.0 - s)), d * g * s)
+                })
+                .unzip()
+        })
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let dev = g.device();
+        Ok((Some(Tensor::from_vec(dg, g.shape(), dev)?), Some(Tensor::from_vec(du, u.shape(), dev)?)))
     }
 }

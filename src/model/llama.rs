@@ -4,6 +4,7 @@
 //! folder (config.json).
 use super::family::{Family, Traits};
 use super::gguf::GgufFile;
+use super::grad_ops;
 use super::layers::{gather, rope, AttnCtx, Batch, Kv, RmsNorm, RopeStyle};
 use super::linear::{layer_slots, Linear, Slot};
 use super::mode::Mode;
@@ -386,7 +387,8 @@ impl Model {
             let a = ctx.attend(li, &q, &k, &v, window, scale)?;
             x = (x + l.o.forward(&a, mode)?)?;
             let h = l.post_norm.forward(&x, mode)?;
-            let m = (candle_nn::ops::silu(&l.gate.forward(&h, mode)?)? * l.up.forward(&h, mode)?)?;
+            let (gate, up) = (l.gate.forward(&h, mode)?, l.up.forward(&h, mode)?);
+            let m = if mode.grad { grad_ops::swiglu(&gate, &up)? } else { (candle_nn::ops::silu(&gate)? * up)? };
             x = (x + l.down.forward(&m, mode)?)?;
         }
         Ok((x, kv))

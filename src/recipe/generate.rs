@@ -91,6 +91,11 @@ pub struct GenerateSection {
     /// own seed and shared by every country). Needs `paraphrase = true` beyond 1.
     #[serde(default = "super::one", skip_serializing_if = "is_one_usize")]
     pub paraphrases: usize,
+    /// soft-labels / survey-grounded with `paraphrase = true`: the first of the `paraphrases`
+    /// copies keeps the survey's own wording (CultureLLM's seed question beside its
+    /// augmentations), so no question is lost to a rejected paraphrase.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub original: bool,
 }
 
 fn is_one_usize(x: &usize) -> bool {
@@ -127,6 +132,12 @@ impl GenerateSection {
         }
         if self.paraphrases == 0 {
             return Err("generate.paraphrases must be at least 1".into());
+        }
+        if self.original && !self.paraphrase {
+            return Err(
+                "generate.original = true needs paraphrase = true (without it every copy is the survey's own wording)"
+                    .into(),
+            );
         }
         if self.paraphrases > 1 && !self.paraphrase {
             return Err(format!(

@@ -450,8 +450,8 @@ impl DistillRecipe {
         if !(t.deviation >= 0.0 && t.deviation.is_finite()) {
             return Err(format!("train.deviation {} must be 0 or positive", t.deviation));
         }
-        if t.deviation > 0.0 && t.group != train::Group::Question {
-            return Err("train.deviation needs train.group = \"question\" (the term compares the countries of one question within a step)".into());
+        if t.deviation > 0.0 && t.group == train::Group::None {
+            return Err("train.deviation needs train.group = \"question\" or \"wording\" (the term compares the countries of one question within a step)".into());
         }
         if self.student.weights != WeightMode::F32 {
             return Err("student.weights must be \"f32\": quantized matmul passes no gradient".into());

@@ -64,9 +64,11 @@ pub struct TrainSection {
     /// Longest training sequence in tokens; longer answers are cut, longer prompts skipped.
     #[serde(default = "default_max_len")]
     pub max_len: usize,
-    /// What one optimizer step holds: random records ("none"), or every record of
+    /// What one optimizer step holds: random records ("none"), every record of
     /// `questions_per_step` source questions ("question": all countries of a question together,
-    /// which the deviation term needs).
+    /// which the deviation term needs), or of `questions_per_step` (question, wording) pairs
+    /// ("wording": with several paraphrases per question a step still holds one wording in all
+    /// its countries, so steps keep the shape of a one-wording run).
     #[serde(default, skip_serializing_if = "is_default")]
     pub group: Group,
     #[serde(default = "one", skip_serializing_if = "is_one")]
@@ -85,6 +87,7 @@ pub enum Group {
     #[default]
     None,
     Question,
+    Wording,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {

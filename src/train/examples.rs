@@ -10,6 +10,8 @@ pub struct Example {
     pub id: String,
     /// The survey question the record was made from, if any (steps grouped by question).
     pub question: Option<String>,
+    /// The question's wording in the record (the survey's or a paraphrase; steps by wording).
+    pub wording: Option<String>,
     pub rows: Vec<Vec<u32>>,
     /// (row, position) pairs whose next-token logits the loss reads.
     pub reads: Vec<(usize, usize)>,
@@ -76,6 +78,7 @@ pub fn build(model: &Model, rec: &Record, lesson: &Lesson, chat: bool, max_len: 
             Ok(Built::Ok(Example {
                 id: rec.id.clone(),
                 question: rec.question_id.clone(),
+                wording: rec.question.clone(),
                 rows: vec![row],
                 reads,
                 kind: Kind::Tokens(ans),
@@ -97,7 +100,14 @@ pub fn build(model: &Model, rec: &Record, lesson: &Lesson, chat: bool, max_len: 
                 }
             }
             let kind = Kind::Labels(LabelLoss { seqs, label_of, longer: plan.longer(), target: target.clone() });
-            Ok(Built::Ok(Example { id: rec.id.clone(), question: rec.question_id.clone(), rows, reads, kind }))
+            Ok(Built::Ok(Example {
+                id: rec.id.clone(),
+                question: rec.question_id.clone(),
+                wording: rec.question.clone(),
+                rows,
+                reads,
+                kind,
+            }))
         }
     }
 }

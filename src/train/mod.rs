@@ -106,23 +106,26 @@ pub fn group_step_indices(groups: &[Vec<usize>], per_step: usize, seed: u64, ste
     step_indices(groups.len(), per_step, seed, step).into_iter().flat_map(|g| groups[g].iter().copied()).collect()
 }
 
-/// The training examples' indices by source question, in order of first appearance.
-fn question_groups(a: &TrainArgs, exs: &[Example]) -> Result<Vec<Vec<usize>>> {
-    let mut order: Vec<&str> = Vec::new();
-    let mut by: HashMap<&str, Vec<usize>> = HashMap::new();
+/// The training examples' indices by source question (or by question and wording), in order of
+/// first appearance.
+fn question_groups(data: &std::path::Path, exs: &[Example], by_wording: bool) -> Result<Vec<Vec<usize>>> {
+    let mut order: Vec<(&str, &str)> = Vec::new();
+    let mut by: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
     for (i, e) in exs.iter().enumerate() {
         let q = e.question.as_deref().ok_or_else(|| {
             Error::Invalid(format!(
-                "{}: train.group = \"question\", but record {:?} names no question_id (only survey-grounded and soft-label records do)",
-                a.data.display(),
+                "{}: train.group = \"{}\", but record {:?} names no question_id (only survey-grounded and soft-label records do)",
+                data.display(),
+                if by_wording { "wording" } else { "question" },
                 e.id
             ))
         })?;
-        by.entry(q).or_insert_with(|| {
-            order.push(q);
+        let key = (q, if by_wording { e.wording.as_deref().unwrap_or("") } else { "" });
+        by.entry(key).or_insert_with(|| {
+            order.push(key);
             Vec::new()
         });
-        by.get_mut(q).expect("inserted").push(i);
+        by.get_mut(&key).expect("inserted").push(i);
     }
     Ok(order.iter().map(|q| by.remove(q).expect("listed")).collect())
 }
@@ -481,7 +484,8 @@ pub fn train(a: &TrainArgs) -> Result<Summary> {
     let mut model = Model::load(&model_path, &crate::model::LoadOptions::for_weights(recipe.student.weights))?;
     let (train_ex, val_ex, too_long) = build_examples(a, &recipe, &model, &data)?;
     let groups = match t.group {
-        crate::recipe::Group::Question => Some(question_groups(a, &train_ex)?),
+        crate::recipe::Group::Question => Some(question_groups(&a.data, &train_ex, false)?),
+        crate::recipe::Group::Wording => Some(question_groups(&a.data, &train_ex, true)?),
         crate::recipe::Group::None => None,
     };
     let (units, per_step) = match &groups {
@@ -524,7 +528,11 @@ pub fn train(a: &TrainArgs) -> Result<Summary> {
         val_ex.len(),
         total,
         per_step,
-        if groups.is_some() { "questions (all their countries)" } else { "examples" }
+        match t.group {
+            crate::recipe::Group::Question => "questions (all their countries)",
+            crate::recipe::Group::Wording => "question wordings (all their countries)",
+            crate::recipe::Group::None => "examples",
+        }
     );
     let mut run = Run {
         a,
@@ -653,4 +661,39 @@ fn write_manifest(a: &TrainArgs, recipe: &DistillRecipe, model: &Model) -> Resul
         started: crate::util::manifest::now_utc(),
     };
     write_json(&a.out.join("manifest.json"), &m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ex(id: &str, q: Option<&str>, wording: &str) -> Example {
+        Example {
+            id: id.into(),
+            question: q.map(String::from),
+            wording: Some(wording.into()),
+            rows: vec![vec![1, 2]],
+            reads: vec![(0, 0)],
+            kind: examples::Kind::Tokens(vec![2]),
+        }
+    }
+
+    /// Steps by question hold every wording of a question; steps by wording split them, in order
+    /// of first appearance; a record without a source question is refused by name.
+    #[test]
+    fn wording_groups_split_a_question_by_its_paraphrases() {
+        let exs = [
+            ex("q1-USA", Some("q1"), "A"),
+            ex("q1-p1-USA", Some("q1"), "B"),
+            ex("q2-USA", Some("q2"), "C"),
+            ex("q1-DEU", Some("q1"), "A"),
+            ex("q1-p1-DEU", Some("q1"), "B"),
+        ];
+        let data = std::path::Path::new("d.jsonl");
+        assert_eq!(question_groups(data, &exs, false).unwrap(), vec![vec![0, 1, 3, 4], vec![2]]);
+        assert_eq!(question_groups(data, &exs, true).unwrap(), vec![vec![0, 3], vec![1, 4], vec![2]]);
+        let bad = [ex("x", None, "A")];
+        let e = question_groups(data, &bad, true).unwrap_err().to_string();
+        assert!(e.contains("d.jsonl") && e.contains("\"wording\"") && e.contains("\"x\""), "{e}");
+    }
 }

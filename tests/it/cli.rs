@@ -451,3 +451,26 @@ fn runaway_chat_templates_end_in_a_clear_error_before_scoring() {
         assert!(!left.iter().any(|f| f == "samples.jsonl" || f == "results.json"), "case {i}: output left: {left:?}");
     }
 }
+
+/// Every recipe the project ships parses, resolves its includes and validates: a typo in a
+/// screening variant's field or an include it cannot find fails here, not an hour into a run.
+#[test]
+fn every_shipped_recipe_loads_and_validates() {
+    let root = crate::common::root().join("recipes");
+    let mut n = 0;
+    for dir in ["probe", "distill", "transfer"] {
+        for e in std::fs::read_dir(root.join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                let r = if dir == "probe" {
+                    mores::recipe::ProbeRecipe::load(&p).map(|_| ())
+                } else {
+                    mores::recipe::DistillRecipe::load(&p).map(|_| ())
+                };
+                assert!(r.is_ok(), "{}: {}", p.display(), r.unwrap_err());
+                n += 1;
+            }
+        }
+    }
+    assert!(n >= 20, "only {n} recipes found under {}", root.display());
+}

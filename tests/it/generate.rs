@@ -254,4 +254,50 @@ fn paraphrases_are_per_question_and_shared_by_every_country() {
         &s(&dir.path().join("bad.jsonl")),
     ]);
     assert_clean_error(&o, "paraphrases = 2 needs paraphrase = true");
+
+    // original = true: the first copy is the survey's own wording, the second the same
+    // paraphrase as the two-paraphrase run's second, byte for byte.
+    let orig = dir.path().join("orig.jsonl");
+    run(&[
+        "generate",
+        "--recipe",
+        &s(&write(
+            "orig.toml",
+            "paraphrases = 2
+original = true
+",
+        )),
+        "--out",
+        &s(&orig),
+    ]);
+    let survey = mores::survey::Survey::load(&root().join("data/wvs")).unwrap();
+    let kept: Vec<_> = mores::generate::dataset::read(&orig).unwrap().into_iter().map(|r| r.0).collect();
+    assert_eq!(kept.iter().filter(|r| !r.id.contains("-p1-")).count(), 12, "no survey wording is rejected");
+    let mut compared = 0;
+    for r in &kept {
+        if r.id.contains("-p1-") {
+            // (A second paraphrase equal to the two-paraphrase run's first is rejected there.)
+            if let Some(same) = recs.iter().find(|x| x.id == r.id) {
+                assert_eq!(same.hash, r.hash, "{}", r.id);
+                compared += 1;
+            }
+        } else {
+            let q = survey.question(r.question_id.as_deref().unwrap()).unwrap();
+            assert_eq!(r.question.as_deref(), Some(q.text.as_str()), "{}", r.id);
+        }
+    }
+    assert!(compared > 0, "no second paraphrase kept in both runs");
+    let o = mores(&[
+        "generate",
+        "--recipe",
+        &s(&write(
+            "bad2.toml",
+            "original = true
+paraphrase = false
+",
+        )),
+        "--out",
+        &s(&dir.path().join("bad2.jsonl")),
+    ]);
+    assert_clean_error(&o, "original = true needs paraphrase = true");
 }

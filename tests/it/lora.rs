@@ -400,6 +400,16 @@ fn fused_training_ops_match_composed_gradients() {
         let reference = value_and_grad(&x, &c, |x| composed::rope(x, &cos, &sin, interleaved).unwrap());
         check(if interleaved { "rope_i" } else { "rope" }, fused, reference);
     }
+
+    // SwiGLU takes two inputs: the gradient of each, the other held fixed.
+    let u = rand_var(&mut rng, &[b, h, t, d]);
+    let (xs, us) = (x.as_tensor().detach(), u.as_tensor().detach());
+    let gate = value_and_grad(&x, &c, |x| grad_ops::swiglu(x, &us).unwrap());
+    let gate_ref = value_and_grad(&x, &c, |x| composed::swiglu(x, &us).unwrap());
+    check("swiglu (gate)", gate, gate_ref);
+    let up = value_and_grad(&u, &c, |u| grad_ops::swiglu(&xs, u).unwrap());
+    let up_ref = value_and_grad(&u, &c, |u| composed::swiglu(&xs, u).unwrap());
+    check("swiglu (up)", up, up_ref);
 }
 
 /// `mores adapter merge` end to end: the merged Hugging Face folder scores a prompt like the base
