@@ -52,6 +52,8 @@ impl Example {
     }
 }
 
+// Built once per record and unwrapped at once: boxing the common case would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum Built {
     Ok(Example),
     /// The prompt alone is longer than `max_len`.

@@ -270,7 +270,7 @@ original = true
         "--out",
         &s(&orig),
     ]);
-    let survey = mores::survey::Survey::load(&root().join("data/wvs")).unwrap();
+    let survey = mores::survey::Survey::load(root().join("data/wvs")).unwrap();
     let kept: Vec<_> = mores::generate::dataset::read(&orig).unwrap().into_iter().map(|r| r.0).collect();
     assert_eq!(kept.iter().filter(|r| !r.id.contains("-p1-")).count(), 12, "no survey wording is rejected");
     let mut compared = 0;
