@@ -258,18 +258,7 @@ fn paraphrases_are_per_question_and_shared_by_every_country() {
     // original = true: the first copy is the survey's own wording, the second the same
     // paraphrase as the two-paraphrase run's second, byte for byte.
     let orig = dir.path().join("orig.jsonl");
-    run(&[
-        "generate",
-        "--recipe",
-        &s(&write(
-            "orig.toml",
-            "paraphrases = 2
-original = true
-",
-        )),
-        "--out",
-        &s(&orig),
-    ]);
+    run(&["generate", "--recipe", &s(&write("orig.toml", "paraphrases = 2\noriginal = true\n")), "--out", &s(&orig)]);
     let survey = mores::survey::Survey::load(root().join("data/wvs")).unwrap();
     let kept: Vec<_> = mores::generate::dataset::read(&orig).unwrap().into_iter().map(|r| r.0).collect();
     assert_eq!(kept.iter().filter(|r| !r.id.contains("-p1-")).count(), 12, "no survey wording is rejected");
@@ -290,12 +279,7 @@ original = true
     let o = mores(&[
         "generate",
         "--recipe",
-        &s(&write(
-            "bad2.toml",
-            "original = true
-paraphrase = false
-",
-        )),
+        &s(&write("bad2.toml", "original = true\nparaphrase = false\n")),
         "--out",
         &s(&dir.path().join("bad2.jsonl")),
     ]);
