@@ -186,6 +186,12 @@ fn train(c: cli::TrainCmd, threads: usize, progress: bool) -> Result<()> {
         f(s.last_loss),
         f(s.val_loss)
     );
+    if let Some(b) = s.best_step {
+        println!(
+            "kept the best validated adapter, after step {b}{}",
+            if s.stopped_early { " (stopped early: no improvement within train.patience validations)" } else { "" }
+        );
+    }
     println!(
         "wrote {}/{{adapter_model.safetensors,adapter_config.json,loss.jsonl,loss.svg,checkpoint/}}",
         out.display()

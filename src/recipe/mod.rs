@@ -6,7 +6,7 @@ pub mod lora;
 mod train;
 mod transfer;
 
-pub use train::{Group, Objective, Schedule, TrainSection};
+pub use train::{Group, Objective, Schedule, Select, TrainSection, ValSplit};
 pub use transfer::TransferSection;
 
 use crate::util::error::{Error, Result};
@@ -452,6 +452,9 @@ impl DistillRecipe {
         }
         if t.deviation > 0.0 && t.group == train::Group::None {
             return Err("train.deviation needs train.group = \"question\" or \"wording\" (the term compares the countries of one question within a step)".into());
+        }
+        if t.patience > 0 && t.val_fraction == 0.0 {
+            return Err("train.patience needs a validation share: set train.val_fraction above 0 (0.2 with val_split = \"question\" holds out a fifth of the questions)".into());
         }
         if self.student.weights != WeightMode::F32 {
             return Err("student.weights must be \"f32\": quantized matmul passes no gradient".into());

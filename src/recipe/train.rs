@@ -79,6 +79,37 @@ pub struct TrainSection {
     /// across those countries. 0: KL only.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub deviation: f64,
+    /// What the validation share holds out: single records ("record", the default: a question's
+    /// other countries and wordings stay in training, so validation measures fit) or whole source
+    /// questions ("question": every country and wording of a held-out question, so validation
+    /// measures new questions, as the transfer probe does).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub val_split: ValSplit,
+    /// Early stopping: stop after this many validations in a row without improving `select`,
+    /// and keep the best validated adapter instead of the last. 0: run every step, keep the last.
+    #[serde(default, skip_serializing_if = "is_zero_usize")]
+    pub patience: usize,
+    /// What early stopping follows: "loss" (validation loss, lower is better) or "country_r"
+    /// (Fisher mean over validation (question, wording) pairs of the Pearson r across countries
+    /// between the student's and the humans' expected answers; higher is better).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub select: Select,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ValSplit {
+    #[default]
+    Record,
+    Question,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Select {
+    #[default]
+    Loss,
+    CountryR,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -95,6 +126,9 @@ fn is_default<T: Default + PartialEq>(v: &T) -> bool {
 }
 fn is_one(v: &usize) -> bool {
     *v == 1
+}
+fn is_zero_usize(v: &usize) -> bool {
+    *v == 0
 }
 fn is_zero(v: &f64) -> bool {
     *v == 0.0

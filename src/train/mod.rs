@@ -6,6 +6,7 @@
 pub mod examples;
 pub mod loss;
 pub mod optim;
+pub mod validate;
 
 use crate::generate::dataset::{self, Lesson, Record};
 use crate::model::adapter::{self, Adapter};
@@ -58,6 +59,13 @@ pub struct TrainerState {
     pub tokens_seen: u64,
     pub n_train: usize,
     pub n_val: usize,
+    /// Early stopping (`train.patience`): the best validation so far and whether training stopped.
+    #[serde(default, skip_serializing_if = "is_fresh")]
+    pub early: validate::EarlyStop,
+}
+
+fn is_fresh(e: &validate::EarlyStop) -> bool {
+    *e == validate::EarlyStop::default()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -73,6 +81,9 @@ pub struct LogLine {
     /// The country-deviation term's value (unweighted), when the recipe uses it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deviation: Option<f64>,
+    /// Validation cross-country r (see [`validate::country_r`]), when measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_country_r: Option<f64>,
 }
 
 pub struct Summary {
@@ -81,6 +92,10 @@ pub struct Summary {
     pub last_loss: Option<f64>,
     pub val_loss: Option<f64>,
     pub skipped_too_long: usize,
+    /// With `train.patience`: the step count whose adapter was kept, and whether training
+    /// stopped before its last step.
+    pub best_step: Option<usize>,
+    pub stopped_early: bool,
 }
 
 /// The train/validation split: a record is held out when a seeded hash of its id falls below
@@ -297,9 +312,11 @@ pub fn eval_loss(model: &Model, exs: &[&Example], micro: usize) -> Result<f64> {
 
 /// If a checkpoint swap was interrupted between its two renames, put the previous one back.
 fn recover(out: &Path) -> Result<()> {
-    let (cur, old) = (out.join(CHECKPOINT), out.join(format!("{CHECKPOINT}.old")));
-    if !cur.exists() && old.exists() {
-        std::fs::rename(&old, &cur).map_err(|e| Error::io(&old, e))?;
+    for name in [CHECKPOINT, BEST] {
+        let (cur, old) = (out.join(name), out.join(format!("{name}.old")));
+        if !cur.exists() && old.exists() {
+            std::fs::rename(&old, &cur).map_err(|e| Error::io(&old, e))?;
+        }
     }
     Ok(())
 }
@@ -330,6 +347,42 @@ fn save_checkpoint(out: &Path, adapter: &Adapter, model: &Model, opt: &AdamW, st
     // The newest adapter also sits at the top of OUT, so `--adapter OUT` and PEFT load it.
     for f in [adapter::CONFIG_FILE, adapter::WEIGHTS_FILE, adapter::MORES_FILE] {
         let bytes = std::fs::read(cur.join(f)).map_err(|e| Error::io(cur.join(f), e))?;
+        crate::util::io::atomic_write(&out.join(f), &bytes)?;
+    }
+    Ok(())
+}
+
+/// Folder of the best validated adapter (`train.patience`).
+pub const BEST: &str = "best";
+
+/// The adapter as the best validated so far: written beside, then swapped in.
+fn save_best(out: &Path, adapter: &Adapter, model: &Model) -> Result<()> {
+    let (tmp, cur, old) = (out.join(format!("{BEST}.tmp")), out.join(BEST), out.join(format!("{BEST}.old")));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    adapter.save(&tmp, model)?;
+    if cur.exists() {
+        std::fs::rename(&cur, &old).map_err(|e| Error::io(&cur, e))?;
+    }
+    std::fs::rename(&tmp, &cur).map_err(|e| Error::io(&tmp, e))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+    }
+    Ok(())
+}
+
+/// At the end of an early-stopped (or patience-watched) run, the best validated adapter goes to
+/// the top of OUT, where `--adapter OUT` and the transfer probe read it; the checkpoint keeps
+/// the last step's for resuming.
+fn keep_best(out: &Path) -> Result<()> {
+    let best = out.join(BEST);
+    if !best.exists() {
+        return Ok(());
+    }
+    for f in [adapter::CONFIG_FILE, adapter::WEIGHTS_FILE, adapter::MORES_FILE] {
+        let bytes = std::fs::read(best.join(f)).map_err(|e| Error::io(best.join(f), e))?;
         crate::util::io::atomic_write(&out.join(f), &bytes)?;
     }
     Ok(())
@@ -417,7 +470,7 @@ fn build_examples(
     let (mut train_ex, mut val_ex, mut too_long) = (Vec::new(), Vec::new(), 0);
     for (r, lesson) in data {
         match examples::build(model, r, lesson, chat, t.max_len)? {
-            Built::Ok(ex) if is_val(t.seed, &r.id, t.val_fraction) => val_ex.push(ex),
+            Built::Ok(ex) if validate::held_out(t.seed, r, t.val_split, t.val_fraction) => val_ex.push(ex),
             Built::Ok(ex) => train_ex.push(ex),
             Built::TooLong => too_long += 1,
         }
@@ -428,6 +481,19 @@ fn build_examples(
     if train_ex.is_empty() {
         return Err(Error::Invalid(format!(
             "{}: no training examples left after the validation split and length limit",
+            a.data.display()
+        )));
+    }
+    if t.patience > 0 && val_ex.is_empty() {
+        return Err(Error::Invalid(format!(
+            "{}: train.patience needs validation examples, but train.val_fraction = {} held out none; raise it",
+            a.data.display(),
+            t.val_fraction
+        )));
+    }
+    if t.patience > 0 && t.select == crate::recipe::Select::CountryR && !validate::has_country_pairs(&val_ex) {
+        return Err(Error::Invalid(format!(
+            "{}: train.select = \"country_r\" needs a validation question in at least 3 countries (survey-grounded or soft-label records); set train.val_split = \"question\" or select = \"loss\"",
             a.data.display()
         )));
     }
@@ -503,6 +569,7 @@ pub fn train(a: &TrainArgs) -> Result<Summary> {
         tokens_seen: 0,
         n_train: train_ex.len(),
         n_val: val_ex.len(),
+        early: Default::default(),
     };
     let (adapter, mut state) = start_or_resume(a, &recipe, &mut model, &ckpt, fresh)?;
     if recipe.lora.layers.is_some() {
@@ -545,8 +612,23 @@ pub fn train(a: &TrainArgs) -> Result<Summary> {
         groups: groups.as_deref(),
     };
     let (first, last, last_val) = run.steps(&mut state, &train_ex, &val_ex)?;
-    if state.step == total && total > 0 && !ckpt.exists() {
+    if (state.step == total || state.early.stopped) && total > 0 && !ckpt.exists() {
         save_checkpoint(&a.out, &adapter, &model, &opt, &state)?;
+    }
+    let finished = state.step == total || state.early.stopped;
+    if t.patience > 0 && finished {
+        keep_best(&a.out)?;
+        eprintln!(
+            "kept the adapter after step {} of {} (best validation {} {:.4}){}",
+            state.early.best_step.unwrap_or(0),
+            state.step,
+            match t.select {
+                crate::recipe::Select::Loss => "loss",
+                crate::recipe::Select::CountryR => "cross-country r",
+            },
+            state.early.best.map(|b| if t.select == crate::recipe::Select::Loss { -b } else { b }).unwrap_or(f64::NAN),
+            if state.early.stopped { format!("; stopped early, {} steps planned", total) } else { String::new() }
+        );
     }
     plot_loss(&a.out)?;
     Ok(Summary {
@@ -555,6 +637,8 @@ pub fn train(a: &TrainArgs) -> Result<Summary> {
         last_loss: last,
         val_loss: last_val,
         skipped_too_long: too_long,
+        best_step: state.early.best_step,
+        stopped_early: state.early.stopped,
     })
 }
 
@@ -587,7 +671,11 @@ impl Run<'_> {
         let (mut first, mut last, mut last_val) = (None, None, None);
         let t0 = std::time::Instant::now();
         let mut tokens_run = 0u64;
-        let end = a.stop_after.map(|n| (state.step + n).min(total)).unwrap_or(total);
+        let end = if state.early.stopped {
+            state.step
+        } else {
+            a.stop_after.map(|n| (state.step + n).min(total)).unwrap_or(total)
+        };
         for step in state.step..end {
             let idx = match self.groups {
                 Some(g) => group_step_indices(g, t.questions_per_step, t.seed, step),
@@ -606,11 +694,20 @@ impl Run<'_> {
             state.step = step + 1;
             let done = state.step == total;
             let pausing = state.step == end;
-            let val_loss = if !val_refs.is_empty() && (state.step.is_multiple_of(t.eval_every.max(1)) || done) {
-                Some(eval_loss(self.model, &val_refs, t.batch)?)
+            let val = if !val_refs.is_empty() && (state.step.is_multiple_of(t.eval_every.max(1)) || done) {
+                Some(validate::validate(self.model, &val_refs, t.batch)?)
             } else {
                 None
             };
+            let val_loss = val.map(|v| v.loss);
+            let mut stopping = false;
+            if let (Some(score), true) = (val.and_then(|v| v.score(t.select)), t.patience > 0) {
+                if state.early.observe(state.step, score) {
+                    save_best(&a.out, self.adapter, self.model)?;
+                }
+                stopping = !done && state.early.exhausted(t.patience);
+                state.early.stopped = stopping;
+            }
             let tps = tokens_run as f64 / t0.elapsed().as_secs_f64().max(1e-9);
             let line = LogLine {
                 step,
@@ -621,6 +718,7 @@ impl Run<'_> {
                 tokens_per_s: tps,
                 val_loss,
                 deviation,
+                val_country_r: val.and_then(|v| v.country_r),
             };
             self.log.append(std::slice::from_ref(&line))?;
             first.get_or_insert(loss);
@@ -628,11 +726,14 @@ impl Run<'_> {
             if val_loss.is_some() {
                 last_val = val_loss;
             }
-            if state.step.is_multiple_of(t.save_every.max(1)) || done || pausing {
+            if state.step.is_multiple_of(t.save_every.max(1)) || done || pausing || stopping {
                 save_checkpoint(&a.out, self.adapter, self.model, self.opt, state)?;
             }
             bar.set_message(format!("train loss {loss:.4} {tps:.0} tok/s"));
             bar.inc(1);
+            if stopping {
+                break;
+            }
         }
         bar.finish_and_clear();
         Ok((first, last, last_val))

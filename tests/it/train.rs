@@ -239,3 +239,58 @@ fn training_context_is_the_probe_prompt() {
         assert_eq!(&row[..ids.len()], &ids[..], "training row starts with the probe's prompt tokens");
     }
 }
+
+/// Early stopping (issue 12): validation on whole held-out questions measures the cross-country
+/// r, training stops `patience` validations after the best one, the adapter at the top of OUT is
+/// the best validated one (not the last), and a resume of the stopped run trains no further.
+#[test]
+fn early_stopping_keeps_the_best_validated_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(&dir.path().join("m"), "llama", 1);
+    let (data, recipe, out) = (dir.path().join("d.jsonl"), dir.path().join("r.toml"), dir.path().join("out"));
+    let countries = ["Nigeria", "Japan", "Brazil", "Germany", "India", "Egypt"];
+    let mut s = String::new();
+    for q in 0..8 {
+        for (c, name) in countries.iter().enumerate() {
+            let x = ((q * 7 + c * 3) % 10) as f64 / 10.0;
+            let text = format!("Question {q}: how much do you agree?");
+            let rec = serde_json::json!({"id": format!("q{q}-{c}"), "question_id": format!("Q{q}"), "question": text,
+                "prompt": format!("You live in {name}. {text}"), "answer_prefix": "Answer: ", "labels": ["1", "2", "3"],
+                "target": [0.1 + 0.8 * x, 0.05, 0.85 - 0.8 * x]});
+            s.push_str(&rec.to_string());
+            s.push('\n');
+        }
+    }
+    std::fs::write(&data, s).unwrap();
+    let extra = "group = \"question\"\nval_split = \"question\"\npatience = 2\nselect = \"country_r\"";
+    write_recipe(&recipe, &model, extra);
+    let text = std::fs::read_to_string(&recipe)
+        .unwrap()
+        .replace("max_steps = 6", "max_steps = 40")
+        .replace("lr = 5e-3", "lr = 5e-2")
+        .replace("eval_every = 2", "eval_every = 1")
+        .replace("val_fraction = 0.2", "val_fraction = 0.3");
+    std::fs::write(&recipe, text).unwrap();
+    let p = |p: &Path| p.to_str().unwrap().to_string();
+    let o = run(&["train", "--recipe", &p(&recipe), "--data", &p(&data), "--out", &p(&out)]);
+    let c = curve(&out);
+    let rs: Vec<f64> = c.iter().map(|v| v["val_country_r"].as_f64().expect("validated every step")).collect();
+    // The best is the first strict maximum; training ran exactly `patience` steps past it.
+    let best = rs.iter().enumerate().fold(0, |b, (i, r)| if *r > rs[b] { i } else { b });
+    assert_eq!(c.len(), best + 1 + 2, "stopped 2 validations after the best: {rs:?}");
+    assert!(c.len() < 40, "the seeded run stops early");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains(&format!("after step {}", best + 1)) && stdout.contains("stopped early"), "{stdout}");
+    let w = |d: &Path| std::fs::read(d.join("adapter_model.safetensors")).unwrap();
+    assert!(w(&out) == w(&out.join("best")), "the top adapter is the best validated one");
+    assert!(w(&out) != w(&out.join("checkpoint")), "the checkpoint keeps the last step's adapter");
+    // Validation held out whole questions: every held-out record's question is absent from training.
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("checkpoint/trainer_state.json")).unwrap()).unwrap();
+    assert_eq!(state["n_val"].as_u64().unwrap() % countries.len() as u64, 0, "{state}");
+    assert!(state["n_val"].as_u64().unwrap() > 0);
+    // Resuming the stopped run trains no further step and keeps the best adapter on top.
+    run(&["train", "--recipe", &p(&recipe), "--data", &p(&data), "--out", &p(&out), "--resume"]);
+    assert_eq!(curve(&out).len(), c.len());
+    assert!(w(&out) == w(&out.join("best")));
+}
