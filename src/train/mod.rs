@@ -336,7 +336,15 @@ fn save_checkpoint(out: &Path, adapter: &Adapter, model: &Model, opt: &AdamW, st
     let bytes = adapter::save_safetensors(&tensors, HashMap::new())?;
     crate::util::io::atomic_write(&tmp.join(OPTIMIZER_FILE), &bytes)?;
     write_json(&tmp.join(STATE_FILE), state)?;
-    let (cur, old) = (out.join(CHECKPOINT), out.join(format!("{CHECKPOINT}.old")));
+    swap_in(out, CHECKPOINT)?;
+    // The newest adapter also sits at the top of OUT, so `--adapter OUT` and PEFT load it.
+    copy_adapter(&out.join(CHECKPOINT), out)
+}
+
+/// Replaces folder `out/name` by `out/name.tmp`: the old one is moved aside first and removed
+/// last, so a crash leaves one of them (put back by [`recover`]).
+fn swap_in(out: &Path, name: &str) -> Result<()> {
+    let (tmp, cur, old) = (out.join(format!("{name}.tmp")), out.join(name), out.join(format!("{name}.old")));
     if cur.exists() {
         std::fs::rename(&cur, &old).map_err(|e| Error::io(&cur, e))?;
     }
@@ -344,10 +352,14 @@ fn save_checkpoint(out: &Path, adapter: &Adapter, model: &Model, opt: &AdamW, st
     if old.exists() {
         std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
     }
-    // The newest adapter also sits at the top of OUT, so `--adapter OUT` and PEFT load it.
+    Ok(())
+}
+
+/// The adapter files of folder `from` written atomically into `to`.
+fn copy_adapter(from: &Path, to: &Path) -> Result<()> {
     for f in [adapter::CONFIG_FILE, adapter::WEIGHTS_FILE, adapter::MORES_FILE] {
-        let bytes = std::fs::read(cur.join(f)).map_err(|e| Error::io(cur.join(f), e))?;
-        crate::util::io::atomic_write(&out.join(f), &bytes)?;
+        let bytes = std::fs::read(from.join(f)).map_err(|e| Error::io(from.join(f), e))?;
+        crate::util::io::atomic_write(&to.join(f), &bytes)?;
     }
     Ok(())
 }
@@ -357,20 +369,13 @@ pub const BEST: &str = "best";
 
 /// The adapter as the best validated so far: written beside, then swapped in.
 fn save_best(out: &Path, adapter: &Adapter, model: &Model) -> Result<()> {
-    let (tmp, cur, old) = (out.join(format!("{BEST}.tmp")), out.join(BEST), out.join(format!("{BEST}.old")));
+    let tmp = out.join(format!("{BEST}.tmp"));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     adapter.save(&tmp, model)?;
-    if cur.exists() {
-        std::fs::rename(&cur, &old).map_err(|e| Error::io(&cur, e))?;
-    }
-    std::fs::rename(&tmp, &cur).map_err(|e| Error::io(&tmp, e))?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
-    }
-    Ok(())
+    swap_in(out, BEST)
 }
 
 /// At the end of an early-stopped (or patience-watched) run, the best validated adapter goes to
@@ -381,11 +386,7 @@ fn keep_best(out: &Path) -> Result<()> {
     if !best.exists() {
         return Ok(());
     }
-    for f in [adapter::CONFIG_FILE, adapter::WEIGHTS_FILE, adapter::MORES_FILE] {
-        let bytes = std::fs::read(best.join(f)).map_err(|e| Error::io(best.join(f), e))?;
-        crate::util::io::atomic_write(&out.join(f), &bytes)?;
-    }
-    Ok(())
+    copy_adapter(&best, out)
 }
 
 fn load_optimizer(dir: &Path, adapter: &Adapter, opt: &mut AdamW, model: &Model) -> Result<()> {
