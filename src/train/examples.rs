@@ -39,6 +39,14 @@ pub struct LabelLoss {
     pub target: Vec<f64>,
 }
 
+impl LabelLoss {
+    /// The target distribution's expected answer on the label-index scale 0..1 (the scale of
+    /// the student's expected answers in [`batch_loss_parts`]).
+    pub fn target_expected(&self) -> f64 {
+        label_scale(self.target.len()).iter().zip(&self.target).map(|(s, p)| s * p).sum()
+    }
+}
+
 impl Example {
     pub fn n_tokens(&self) -> usize {
         self.rows.iter().map(|r| r.len()).sum()

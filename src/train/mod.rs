@@ -260,7 +260,7 @@ pub fn deviation_term(expected: &[(&Example, f64)]) -> Option<(f64, Vec<f64>)> {
     let mut by_q: std::collections::BTreeMap<&str, Vec<(usize, f64, f64)>> = Default::default();
     for (j, (ex, e)) in expected.iter().enumerate() {
         let (Some(q), examples::Kind::Labels(l)) = (&ex.question, &ex.kind) else { continue };
-        let h: f64 = examples::label_scale(l.target.len()).iter().zip(&l.target).map(|(s, p)| s * p).sum();
+        let h = l.target_expected();
         by_q.entry(q.as_str()).or_default().push((j, h, *e));
     }
     let mut kept = Vec::new();
@@ -302,12 +302,7 @@ fn by_length<'a>(exs: &[&'a Example]) -> Vec<&'a Example> {
 
 /// Mean loss over `exs` without gradients (the probe's numerics).
 pub fn eval_loss(model: &Model, exs: &[&Example], micro: usize) -> Result<f64> {
-    let denom = denominators(exs);
-    let mut sums = examples::LossSums::default();
-    for chunk in by_length(exs).chunks(micro) {
-        examples::batch_loss(model, chunk, Mode::INFER, denom, &mut sums)?;
-    }
-    Ok(sums.loss(denom))
+    Ok(validate::validate(model, exs, micro)?.loss)
 }
 
 /// If a checkpoint swap was interrupted between its two renames, put the previous one back.
@@ -613,10 +608,10 @@ pub fn train(a: &TrainArgs) -> Result<Summary> {
         groups: groups.as_deref(),
     };
     let (first, last, last_val) = run.steps(&mut state, &train_ex, &val_ex)?;
-    if (state.step == total || state.early.stopped) && total > 0 && !ckpt.exists() {
+    let finished = state.step == total || state.early.stopped;
+    if finished && total > 0 && !ckpt.exists() {
         save_checkpoint(&a.out, &adapter, &model, &opt, &state)?;
     }
-    let finished = state.step == total || state.early.stopped;
     if t.patience > 0 && finished {
         keep_best(&a.out)?;
         eprintln!(

@@ -43,7 +43,7 @@ impl Validation {
 }
 
 /// Loss and country-level fit over `exs` without gradients (the probe's numerics), in
-/// micro-batches of `micro`; the same loss as [`super::eval_loss`].
+/// micro-batches of `micro`.
 pub fn validate(model: &Model, exs: &[&Example], micro: usize) -> Result<Validation> {
     let denom = super::denominators(exs);
     let mut sums = examples::LossSums::default();
@@ -93,10 +93,10 @@ pub fn has_country_pairs(exs: &[Example]) -> bool {
     by_wording(exs.iter().map(|x| (x, ()))).values().any(|rows| rows.len() >= 3)
 }
 
-/// The target distribution's expected answer on the label-index scale 0..1.
+/// The target's expected answer of a label example (`by_wording` keeps only those).
 fn target_expected(ex: &Example) -> f64 {
     match &ex.kind {
-        Kind::Labels(l) => examples::label_scale(l.target.len()).iter().zip(&l.target).map(|(s, p)| s * p).sum(),
+        Kind::Labels(l) => l.target_expected(),
         Kind::Tokens(_) => 0.0,
     }
 }
