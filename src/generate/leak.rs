@@ -34,32 +34,8 @@ impl Split {
         }
         let qs: Vec<&crate::survey::Question> =
             survey.questions.iter().filter(|q| q.is_scored() && q.probeable()).collect();
-        let grams: Vec<HashSet<Vec<String>>> = qs.iter().map(|q| ngrams(&q.text, n)).collect();
-        let mut parent: Vec<usize> = (0..qs.len()).collect();
-        fn find(p: &mut [usize], i: usize) -> usize {
-            let mut r = i;
-            while p[r] != r {
-                r = p[r];
-            }
-            p[i] = r;
-            r
-        }
-        for i in 0..qs.len() {
-            for j in i + 1..qs.len() {
-                if containment(&grams[i], &grams[j]) >= threshold {
-                    let (a, b) = (find(&mut parent, i), find(&mut parent, j));
-                    parent[b] = a;
-                }
-            }
-        }
-        // Families per category (a family sits in the category of its first question).
-        let mut fams: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-        for i in 0..qs.len() {
-            let r = find(&mut parent, i);
-            fams.entry(r).or_default().push(i);
-        }
         let mut by_cat: BTreeMap<&str, Vec<Vec<usize>>> = BTreeMap::new();
-        for members in fams.into_values() {
+        for members in family_indices(&qs, n, threshold) {
             by_cat.entry(qs[members[0]].category.as_str()).or_default().push(members);
         }
         let (mut train, mut heldout) = (Vec::new(), Vec::new());
@@ -100,6 +76,52 @@ impl Split {
     pub fn load(path: &Path) -> Result<Self> {
         crate::util::io::read_json(path)
     }
+}
+
+/// Families of `qs` (indices, each family in `qs` order): questions are joined when one's word
+/// n-grams are `threshold`-contained in the other's, transitively, so a WVS battery is one family.
+fn family_indices(qs: &[&crate::survey::Question], n: usize, threshold: f64) -> Vec<Vec<usize>> {
+    let grams: Vec<HashSet<Vec<String>>> = qs.iter().map(|q| ngrams(&q.text, n)).collect();
+    let mut parent: Vec<usize> = (0..qs.len()).collect();
+    fn find(p: &mut [usize], i: usize) -> usize {
+        let mut r = i;
+        while p[r] != r {
+            r = p[r];
+        }
+        p[i] = r;
+        r
+    }
+    for i in 0..qs.len() {
+        for j in i + 1..qs.len() {
+            if containment(&grams[i], &grams[j]) >= threshold {
+                let (a, b) = (find(&mut parent, i), find(&mut parent, j));
+                parent[b] = a;
+            }
+        }
+    }
+    let mut fams: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for i in 0..qs.len() {
+        let r = find(&mut parent, i);
+        fams.entry(r).or_default().push(i);
+    }
+    // In order of the union-find roots, as the split has always been drawn: another order would
+    // shuffle differently and move every stored split.
+    fams.into_values().collect()
+}
+
+/// Each scored, probeable question's family, named by its first member in survey order: the
+/// grouping `Split::draw` holds out whole, for other stages that must not split a battery
+/// (training's validation split).
+pub fn families(survey: &Survey, n: usize, threshold: f64) -> BTreeMap<String, String> {
+    let qs: Vec<&crate::survey::Question> =
+        survey.questions.iter().filter(|q| q.is_scored() && q.probeable()).collect();
+    let mut out = BTreeMap::new();
+    for f in family_indices(&qs, n, threshold) {
+        for &m in &f {
+            out.insert(qs[m].id.clone(), qs[f[0]].id.clone());
+        }
+    }
+    out
 }
 
 /// Lower-case word tokens (letters and digits).

@@ -456,6 +456,9 @@ impl DistillRecipe {
         if t.patience > 0 && t.val_fraction == 0.0 {
             return Err("train.patience needs a validation share: set train.val_fraction above 0 (0.2 with val_split = \"question\" holds out a fifth of the questions)".into());
         }
+        if t.val_split == train::ValSplit::Family && self.generate.is_none() {
+            return Err("train.val_split = \"family\" needs a [generate] section: its survey data and leak_ngram/leak_threshold define the families".into());
+        }
         if self.student.weights != WeightMode::F32 {
             return Err("student.weights must be \"f32\": quantized matmul passes no gradient".into());
         }

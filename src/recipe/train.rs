@@ -82,7 +82,9 @@ pub struct TrainSection {
     /// What the validation share holds out: single records ("record", the default: a question's
     /// other countries and wordings stay in training, so validation measures fit) or whole source
     /// questions ("question": every country and wording of a held-out question, so validation
-    /// measures new questions, as the transfer probe does).
+    /// measures new questions) or whole families ("family": every question of a held-out WVS
+    /// battery, grouped as the test split groups them from `[generate]`'s survey and leak
+    /// settings, so no validation question has a near-copy in training, as at test).
     #[serde(default, skip_serializing_if = "is_default")]
     pub val_split: ValSplit,
     /// Early stopping: stop after this many validations in a row without improving `select`,
@@ -102,6 +104,7 @@ pub enum ValSplit {
     #[default]
     Record,
     Question,
+    Family,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]

@@ -22,7 +22,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 pub const CHECKPOINT: &str = "checkpoint";
@@ -453,6 +453,20 @@ fn check_objective(a: &TrainArgs, t: &TrainSection, data: &[(Record, Lesson)]) -
     Ok(())
 }
 
+/// How the validation split groups records; families come from the recipe's survey.
+fn val_keys(recipe: &DistillRecipe) -> Result<validate::ValKeys> {
+    match (recipe.train.val_split, &recipe.generate) {
+        (crate::recipe::ValSplit::Family, Some(g)) => {
+            validate::ValKeys::families(&g.data, g.leak_ngram, g.leak_threshold)
+        }
+        // The recipe's validation rules this out; kept so the match stands on its own.
+        (crate::recipe::ValSplit::Family, None) => {
+            Err(Error::Invalid("train.val_split = \"family\" needs a [generate] section".into()))
+        }
+        (split, _) => Ok(validate::ValKeys::new(split)),
+    }
+}
+
 /// Training and validation examples (a seeded split by record id) and how many were too long.
 fn build_examples(
     a: &TrainArgs,
@@ -463,13 +477,22 @@ fn build_examples(
     let t = &recipe.train;
     // The probe's chat setting: training contexts are rendered exactly as the probe's prompts.
     let chat = crate::prompt::use_chat(&recipe.prompt, model);
+    let keys = val_keys(recipe)?;
     let (mut train_ex, mut val_ex, mut too_long) = (Vec::new(), Vec::new(), 0);
     for (r, lesson) in data {
         match examples::build(model, r, lesson, chat, t.max_len)? {
-            Built::Ok(ex) if validate::held_out(t.seed, r, t.val_split, t.val_fraction) => val_ex.push(ex),
+            Built::Ok(ex) if keys.held_out(t.seed, r, t.val_fraction)? => val_ex.push(ex),
             Built::Ok(ex) => train_ex.push(ex),
             Built::TooLong => too_long += 1,
         }
+    }
+    if t.val_split != crate::recipe::ValSplit::Record && !val_ex.is_empty() {
+        fn questions(exs: &[Example]) -> BTreeSet<&str> {
+            exs.iter().filter_map(|x| x.question.as_deref()).collect()
+        }
+        let all = questions(&train_ex).len() + questions(&val_ex).len();
+        let v: Vec<&str> = questions(&val_ex).into_iter().collect();
+        eprintln!("validation holds {} of {all} source questions: {}", v.len(), v.join(","));
     }
     if too_long > 0 {
         eprintln!("warning: skipped {too_long} records whose prompt is longer than train.max_len = {}", t.max_len);

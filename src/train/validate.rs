@@ -1,27 +1,69 @@
-//! Validation during training: which records are held out (single records, or whole source
-//! questions so that validation asks new questions as the transfer probe does), what is measured
-//! on them (the loss, and for label examples the country-level fit: the Pearson r across
-//! countries between the student's and the humans' expected answers), and early stopping on
-//! either, which keeps the best validated adapter instead of the last.
+//! Validation during training: which records are held out (single records, whole source
+//! questions, or whole question families (WVS batteries) so that validation asks new questions
+//! as the transfer probe does), what is measured on them (the loss, and for label examples the
+//! country-level fit: the Pearson r across countries between the student's and the humans'
+//! expected answers), and early stopping on either, which keeps the best validated adapter
+//! instead of the last.
 use super::examples::{self, Example, Kind};
 use crate::analysis::correlate::{fisher_mean, pearson};
 use crate::generate::dataset::Record;
 use crate::model::mode::Mode;
 use crate::model::Model;
 use crate::recipe::{Select, ValSplit};
-use crate::util::error::Result;
+use crate::util::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::path::Path;
 
-/// Whether `r` is held out for validation: a seeded hash of its id (or of its source question
-/// with `ValSplit::Question`, so a question's countries and wordings fall together) below
-/// `fraction`. Independent of file order.
-pub fn held_out(seed: u64, r: &Record, split: ValSplit, fraction: f64) -> bool {
-    let key = match (split, &r.question_id) {
-        (ValSplit::Question, Some(q)) => format!("question:{q}"),
-        _ => r.id.clone(),
-    };
-    super::is_val(seed, &key, fraction)
+/// What the validation split keys a record on, so that a whole group falls on one side.
+pub struct ValKeys {
+    split: ValSplit,
+    /// Question id to its family (first member's id); only for `ValSplit::Family`.
+    family: BTreeMap<String, String>,
+    /// Where the families came from, for errors.
+    survey: String,
+}
+
+impl ValKeys {
+    /// Keys by record or by question; a family split is built by `families`.
+    pub fn new(split: ValSplit) -> Self {
+        Self { split, family: BTreeMap::new(), survey: String::new() }
+    }
+
+    /// Families of the survey at `dir`, found as the held-out split finds them (word `n`-gram
+    /// containment at `threshold`), so validation holds out whole batteries as the test split does.
+    pub fn families(dir: &Path, n: usize, threshold: f64) -> Result<Self> {
+        let survey = crate::survey::Survey::load(dir)?;
+        Ok(Self {
+            split: ValSplit::Family,
+            family: crate::generate::leak::families(&survey, n, threshold),
+            survey: dir.display().to_string(),
+        })
+    }
+
+    /// A record's key: its id ("record", or a record without a source question), its source
+    /// question ("question") or that question's family ("family").
+    pub fn key(&self, r: &Record) -> Result<String> {
+        Ok(match (self.split, &r.question_id) {
+            (ValSplit::Record, _) | (_, None) => r.id.clone(),
+            (ValSplit::Question, Some(q)) => format!("question:{q}"),
+            (ValSplit::Family, Some(q)) => match self.family.get(q) {
+                Some(f) => format!("family:{f}"),
+                None => {
+                    return Err(Error::Invalid(format!(
+                        "record {:?} names question {q:?}, which is no scored question of the survey in {} (train.val_split = \"family\" groups by its batteries); generate the data from that survey or use val_split = \"question\"",
+                        r.id, self.survey
+                    )))
+                }
+            },
+        })
+    }
+
+    /// Whether `r` is held out for validation: a seeded hash of its key below `fraction`.
+    /// Independent of file order.
+    pub fn held_out(&self, seed: u64, r: &Record, fraction: f64) -> Result<bool> {
+        Ok(super::is_val(seed, &self.key(r)?, fraction))
+    }
 }
 
 /// What one validation pass measured.
@@ -186,7 +228,7 @@ mod tests {
     #[test]
     fn question_split_holds_out_whole_questions() {
         let ids: Vec<String> = (0..40).map(|i| format!("Q{}-c{i}", i % 8)).collect();
-        let side = |split, r: &Record| held_out(5, r, split, 0.4);
+        let side = |split, r: &Record| ValKeys::new(split).held_out(5, r, 0.4).unwrap();
         for q in 0..8 {
             let rs: Vec<Record> = ids
                 .iter()

@@ -160,6 +160,11 @@ fn failed_run_never_touches_the_previous_checkpoint() {
         .unwrap();
     let o = mores(&["train", "--recipe", &s(&r4), "--data", &s(&data), "--out", &s(&dir.path().join("o5"))]);
     assert_clean_error(&o, "f32");
+    // A family split with no survey to find the families in.
+    let r5 = dir.path().join("r5.toml");
+    std::fs::write(&r5, format!("{}val_split = \"family\"\n", std::fs::read_to_string(&recipe).unwrap())).unwrap();
+    let o = mores(&["train", "--recipe", &s(&r5), "--data", &s(&data), "--out", &s(&dir.path().join("o6"))]);
+    assert_clean_error(&o, "[generate]");
 
     assert_eq!(before, snapshot(&out), "a failed run changed the existing checkpoint");
 }
@@ -293,4 +298,52 @@ fn early_stopping_keeps_the_best_validated_adapter() {
     run(&["train", "--recipe", &p(&recipe), "--data", &p(&data), "--out", &p(&out), "--resume"]);
     assert_eq!(curve(&out).len(), c.len());
     assert!(w(&out) == w(&out.join("best")));
+}
+
+/// A family validation split holds out whole WVS batteries, grouped exactly as the test split
+/// groups them: every family lies on one side of both splits, and a record naming a question the
+/// survey lacks is an error naming it.
+#[test]
+fn family_validation_never_splits_a_battery() {
+    use mores::generate::dataset::Record;
+    use mores::generate::leak::{families, Split};
+    use mores::train::validate::ValKeys;
+    let data = crate::common::root().join("data/wvs");
+    let survey = mores::survey::Survey::load(&data).unwrap();
+    let fam = families(&survey, 3, 0.5);
+    let mut members: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for (q, f) in &fam {
+        members.entry(f.as_str()).or_default().push(q.as_str());
+    }
+    assert!(members.values().any(|m| m.len() >= 5), "WVS has batteries of five or more questions");
+    let split = Split::draw(&survey, 0, 0.3, 3, 0.5).unwrap();
+    for m in members.values() {
+        let held = m.iter().filter(|q| split.heldout.iter().any(|h| h == *q)).count();
+        assert!(held == 0 || held == m.len(), "the test split cut family {m:?}");
+    }
+    let keys = ValKeys::families(&data, 3, 0.5).unwrap();
+    let record = |id: String, q: &str| -> Record {
+        serde_json::from_value(
+            serde_json::json!({"id": id, "question_id": q, "prompt": "p", "labels": ["1", "2"], "target": [0.5, 0.5]}),
+        )
+        .unwrap()
+    };
+    let side: std::collections::BTreeMap<&str, bool> = split
+        .train
+        .iter()
+        .map(|q| {
+            let sides: Vec<bool> =
+                (0..3).map(|c| keys.held_out(7, &record(format!("{q}-{c}"), q), 0.2).unwrap()).collect();
+            assert!(sides.iter().all(|&s| s == sides[0]), "{q}: one question on both sides");
+            (q.as_str(), sides[0])
+        })
+        .collect();
+    for m in members.values() {
+        let s: Vec<bool> = m.iter().filter_map(|q| side.get(q).copied()).collect();
+        assert!(s.iter().all(|&x| x == s[0]), "validation cut family {m:?}: {s:?}");
+    }
+    let held = side.values().filter(|&&s| s).count();
+    assert!(held > 0 && held < side.len(), "{held} of {}", side.len());
+    let err = keys.held_out(7, &record("x".into(), "Q99999"), 0.2).unwrap_err().to_string();
+    assert!(err.contains("Q99999") && err.contains("val_split"), "{err}");
 }
