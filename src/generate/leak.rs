@@ -32,8 +32,7 @@ impl Split {
         if !(0.0..1.0).contains(&fraction) || fraction <= 0.0 {
             return Err(Error::Invalid(format!("heldout_fraction {fraction} must be in (0, 1)")));
         }
-        let qs: Vec<&crate::survey::Question> =
-            survey.questions.iter().filter(|q| q.is_scored() && q.probeable()).collect();
+        let qs = candidates(survey);
         let mut by_cat: BTreeMap<&str, Vec<Vec<usize>>> = BTreeMap::new();
         for members in family_indices(&qs, n, threshold) {
             by_cat.entry(qs[members[0]].category.as_str()).or_default().push(members);
@@ -78,6 +77,12 @@ impl Split {
     }
 }
 
+/// The questions a split and its families are drawn from: scored and probeable ones, in survey
+/// order (one definition, so `families` groups exactly what `Split::draw` splits).
+fn candidates(survey: &Survey) -> Vec<&crate::survey::Question> {
+    survey.questions.iter().filter(|q| q.is_scored() && q.probeable()).collect()
+}
+
 /// Families of `qs` (indices, each family in `qs` order): questions are joined when one's word
 /// n-grams are `threshold`-contained in the other's, transitively, so a WVS battery is one family.
 fn family_indices(qs: &[&crate::survey::Question], n: usize, threshold: f64) -> Vec<Vec<usize>> {
@@ -113,8 +118,7 @@ fn family_indices(qs: &[&crate::survey::Question], n: usize, threshold: f64) -> 
 /// grouping `Split::draw` holds out whole, for other stages that must not split a battery
 /// (training's validation split).
 pub fn families(survey: &Survey, n: usize, threshold: f64) -> BTreeMap<String, String> {
-    let qs: Vec<&crate::survey::Question> =
-        survey.questions.iter().filter(|q| q.is_scored() && q.probeable()).collect();
+    let qs = candidates(survey);
     let mut out = BTreeMap::new();
     for f in family_indices(&qs, n, threshold) {
         for &m in &f {

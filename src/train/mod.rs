@@ -490,8 +490,8 @@ fn build_examples(
         fn questions(exs: &[Example]) -> BTreeSet<&str> {
             exs.iter().filter_map(|x| x.question.as_deref()).collect()
         }
-        let all = questions(&train_ex).len() + questions(&val_ex).len();
         let v: Vec<&str> = questions(&val_ex).into_iter().collect();
+        let all = questions(&train_ex).len() + v.len();
         eprintln!("validation holds {} of {all} source questions: {}", v.len(), v.join(","));
     }
     if too_long > 0 {
