@@ -176,6 +176,15 @@ pub enum BenchCmd {
         #[arg(long)]
         reps: usize,
     },
+    /// f32 products: mores' GEMM beside candle's matmul (GFLOP/s) on the default student's shapes.
+    Gemm {
+        /// Rounds: each side runs once per round per shape, in turn; median and range printed.
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        /// Seconds per timing (calls are repeated to fill it).
+        #[arg(long, default_value_t = 0.5)]
+        budget: f64,
+    },
     /// LoRA training: seconds per step and peak memory, beside Python PEFT + transformers.
     Lora {
         #[arg(long, default_value = "checkpoints/SmolLM2-135M-Instruct.Q4_1.gguf")]

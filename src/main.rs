@@ -61,6 +61,10 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
             let w = weights.parse().map_err(anyhow::Error::msg)?;
             println!("{}", serde_json::to_string(&mores::bench::generate::measure_one(&model, w, new, reps)?)?);
         }
+        Cmd::Bench { cmd: BenchCmd::Gemm { repeat, budget } } => {
+            let rows = mores::bench::gemm::measure(&mores::bench::gemm::default_shapes(), repeat, budget)?;
+            print!("{}", mores::bench::gemm::table(&rows, threads));
+        }
         Cmd::Bench { cmd: BenchCmd::Lora { model, steps, batch, seq, peers, python, work } } => {
             let args = mores::bench::lora::LoraBenchArgs { model, steps, batch, seq, threads, peers, python, work };
             print!("{}", mores::bench::lora::lora_bench(&args)?);

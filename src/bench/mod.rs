@@ -1,5 +1,7 @@
 //! Benchmarks that print ratios against the reference Python stack measured in the same run:
-//! probe throughput ([`probe`]), teacher decoding ([`generate`]) and LoRA training steps ([`lora`]).
+//! probe throughput ([`probe`]), teacher decoding ([`generate`]) and LoRA training steps ([`lora`]);
+//! and mores' f32 products beside candle's ([`gemm`]).
+pub mod gemm;
 pub mod generate;
 pub mod lora;
 pub mod probe;
