@@ -44,17 +44,17 @@ fn values(seed: u64, n: usize) -> Vec<f32> {
 }
 
 /// Seconds per call of `f`, over enough calls to last about `budget` seconds (at least 3).
-fn time(budget: f64, mut f: impl FnMut()) -> f64 {
-    f(); // warm caches and the thread pool
+fn time(budget: f64, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?; // warm caches and the thread pool
     let t0 = Instant::now();
-    f();
+    f()?;
     let once = t0.elapsed().as_secs_f64().max(1e-6);
     let reps = ((budget / once) as usize).clamp(3, 10_000);
     let t0 = Instant::now();
     for _ in 0..reps {
-        f();
+        f()?;
     }
-    t0.elapsed().as_secs_f64() / reps as f64
+    Ok(t0.elapsed().as_secs_f64() / reps as f64)
 }
 
 pub struct GemmRow {
@@ -68,7 +68,7 @@ pub struct GemmRow {
 
 /// Measure every shape `repeat` times, mores and candle in turn.
 pub fn measure(shapes: &[Shape], repeat: usize, budget: f64) -> Result<Vec<GemmRow>> {
-    if repeat == 0 || shapes.is_empty() {
+    if repeat == 0 {
         return Err(Error::Invalid("bench gemm: --repeat must be at least 1".into()));
     }
     if !(budget > 0.0 && budget <= 60.0) {
@@ -90,15 +90,20 @@ pub fn measure(shapes: &[Shape], repeat: usize, budget: f64) -> Result<Vec<GemmR
             Some(p) => matmul_packed(&x, m, p, y),
             None => matmul_nn(&x, m, k, &w, n, y),
         };
-        let run_candle = || xt.matmul(&wt).expect("candle matmul");
+        let run_candle = || xt.matmul(&wt);
         run_mores(&mut y);
-        let reference = run_candle().flatten_all()?.to_vec1::<f32>()?;
+        let reference = run_candle()?.flatten_all()?.to_vec1::<f32>()?;
         let max_diff = y.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         let flop = 2.0 * (m * n * k) as f64 / 1e9;
         let (mut a, mut b) = (Vec::new(), Vec::new());
         for _ in 0..repeat {
-            a.push(flop / time(budget, || run_mores(&mut y)));
-            b.push(flop / time(budget, || drop(run_candle())));
+            a.push(
+                flop / time(budget, || {
+                    run_mores(&mut y);
+                    Ok(())
+                })?,
+            );
+            b.push(flop / time(budget, || run_candle().map(drop).map_err(Into::into))?);
         }
         rows.push(GemmRow { shape: sh, mores: a, candle: b, max_diff });
     }
@@ -107,11 +112,9 @@ pub fn measure(shapes: &[Shape], repeat: usize, budget: f64) -> Result<Vec<GemmR
 
 /// The table: median (range) GFLOP/s per side and the ratio of medians.
 pub fn table(rows: &[GemmRow], threads: usize) -> String {
-    let med = |v: &[f64]| super::median(v.to_vec());
-    let range = |v: &[f64]| {
-        let lo = v.iter().cloned().fold(f64::INFINITY, f64::min);
-        let hi = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        format!("{lo:.0}-{hi:.0}")
+    let cell = |v: &[f64]| {
+        let (med, lo, hi) = super::spread(v.to_vec());
+        format!("{med:.0} ({lo:.0}-{hi:.0})")
     };
     let mut s = String::new();
     let _ = writeln!(s, "f32 products, {threads} threads, mores kernel {:?}; GFLOP/s median (range)", Isa::best());
@@ -121,16 +124,14 @@ pub fn table(rows: &[GemmRow], threads: usize) -> String {
         let sh = r.shape;
         let _ = writeln!(
             s,
-            "| {} | {} x {} x {} | {:.0} ({}) | {:.0} ({}) | {:.2}x | {:.1e} |",
+            "| {} | {} x {} x {} | {} | {} | {:.2}x | {:.1e} |",
             sh.what,
             sh.m,
             sh.n,
             sh.k,
-            med(&r.mores),
-            range(&r.mores),
-            med(&r.candle),
-            range(&r.candle),
-            med(&r.mores) / med(&r.candle),
+            cell(&r.mores),
+            cell(&r.candle),
+            super::median(r.mores.clone()) / super::median(r.candle.clone()),
             r.max_diff
         );
     }

@@ -39,3 +39,9 @@ pub fn median(v: Vec<f64>) -> f64 {
     }
     Data::new(v).median()
 }
+
+/// Median, min and max of repeated measurements (NaN and infinities for none).
+pub fn spread(v: Vec<f64>) -> (f64, f64, f64) {
+    let (lo, hi) = v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+    (median(v), lo, hi)
+}

@@ -195,9 +195,7 @@ struct Series {
 impl Series {
     /// Median, min and max of a figure over the runs.
     fn spread(&self, f: impl Fn(&Measurement) -> f64) -> (f64, f64, f64) {
-        let v: Vec<f64> = self.runs.iter().map(f).collect();
-        let (lo, hi) = v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
-        (super::median(v), lo, hi)
+        super::spread(self.runs.iter().map(f).collect())
     }
 
     fn last(&self) -> &Measurement {
