@@ -28,6 +28,19 @@ impl FrozenRows {
         Self { layer: 0, rows: HashMap::new(), bytes: 0, cap: cap_mib << 20, hits: 0, misses: 0 }
     }
 
+    /// One line for the training log: how often the kept rows served and how full the store is,
+    /// so a run whose rows do not fit (each epoch reruns them) is seen and `frozen_rows_mib` raised.
+    pub fn summary(&self) -> String {
+        format!(
+            "frozen lower layers: {} row passes served from {} kept rows ({} MiB of {}), {} computed",
+            self.hits,
+            self.rows.len(),
+            self.bytes >> 20,
+            self.cap >> 20,
+            self.misses
+        )
+    }
+
     /// Hidden states [rows, len, hidden] entering `layer` for a batch of `rows`, laid out as
     /// `Batch::new(rows)` lays them out (left padding filled with zeros, never read: attention
     /// masks padded keys and every other op is per position). `hidden_before` computes rows that

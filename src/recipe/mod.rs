@@ -492,4 +492,16 @@ mod tests {
         // Defaults fill what no file sets.
         assert_eq!(r.train.batch, 4);
     }
+
+    /// `[train] frozen_rows_mib` only sizes a cache (results are the same whatever it holds), so
+    /// leaving it unset must serialize as before: the stage keys of finished runs hash the
+    /// section, and a new optional key must not mark them out of date.
+    #[test]
+    fn frozen_rows_mib_unset_leaves_the_train_section_serialized_as_before() {
+        let unset = TrainSection::default();
+        assert!(!serde_json::to_string(&unset).unwrap().contains("frozen_rows_mib"));
+        let set: TrainSection = toml::from_str("frozen_rows_mib = 2048").unwrap();
+        assert_eq!(set.frozen_rows_mib, Some(2048));
+        assert!(serde_json::to_string(&set).unwrap().contains("\"frozen_rows_mib\":2048"));
+    }
 }

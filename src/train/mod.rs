@@ -29,8 +29,8 @@ pub const CHECKPOINT: &str = "checkpoint";
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 const STATE_FILE: &str = "trainer_state.json";
 pub const LOSS_FILE: &str = "loss.jsonl";
-/// Memory for the frozen lower layers' output per row when `lora.layers` leaves them frozen
-/// (SmolLM2: 2.3 KB per token, so about 4,000 rows of 110 tokens).
+/// Default memory for the frozen lower layers' output per row when `lora.layers` leaves them
+/// frozen (`[train] frozen_rows_mib`; SmolLM2: 2.3 KB per token, so about 4,000 rows of 110 tokens).
 pub const FROZEN_ROWS_MIB: usize = 1024;
 
 pub struct TrainArgs {
@@ -592,7 +592,9 @@ pub fn train(a: &TrainArgs) -> Result<Summary> {
     };
     let (adapter, mut state) = start_or_resume(a, &recipe, &mut model, &ckpt, fresh)?;
     if recipe.lora.layers.is_some() {
-        model.frozen_rows = Some(std::sync::Mutex::new(crate::model::frozen::FrozenRows::new(FROZEN_ROWS_MIB)));
+        model.frozen_rows = Some(std::sync::Mutex::new(crate::model::frozen::FrozenRows::new(
+            t.frozen_rows_mib.unwrap_or(FROZEN_ROWS_MIB),
+        )));
     }
     state.total_steps = total;
     let mut opt = AdamW::new(adapter.vars(), t.betas, t.eps, t.weight_decay)?;
@@ -631,6 +633,9 @@ pub fn train(a: &TrainArgs) -> Result<Summary> {
         groups: groups.as_deref(),
     };
     let (first, last, last_val) = run.steps(&mut state, &train_ex, &val_ex)?;
+    if let Some(f) = &model.frozen_rows {
+        eprintln!("{}", f.lock().map(|f| f.summary()).unwrap_or_default());
+    }
     let finished = state.step == total || state.early.stopped;
     if finished && total > 0 && !ckpt.exists() {
         save_checkpoint(&a.out, &adapter, &model, &opt, &state)?;
