@@ -25,7 +25,7 @@ pub struct FrozenRows {
 
 impl FrozenRows {
     pub fn new(cap_mib: usize) -> Self {
-        Self { layer: 0, rows: HashMap::new(), bytes: 0, cap: cap_mib << 20, hits: 0, misses: 0 }
+        Self { layer: 0, rows: HashMap::new(), bytes: 0, cap: cap_mib.saturating_mul(1 << 20), hits: 0, misses: 0 }
     }
 
     /// One line for the training log: how often the kept rows served and how full the store is,

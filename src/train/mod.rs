@@ -633,8 +633,8 @@ pub fn train(a: &TrainArgs) -> Result<Summary> {
         groups: groups.as_deref(),
     };
     let (first, last, last_val) = run.steps(&mut state, &train_ex, &val_ex)?;
-    if let Some(f) = &model.frozen_rows {
-        eprintln!("{}", f.lock().map(|f| f.summary()).unwrap_or_default());
+    if let Some(Ok(f)) = model.frozen_rows.as_ref().map(|f| f.lock()) {
+        eprintln!("{}", f.summary());
     }
     let finished = state.step == total || state.early.stopped;
     if finished && total > 0 && !ckpt.exists() {
