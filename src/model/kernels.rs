@@ -216,6 +216,82 @@ pub fn attend(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32], pre: &[PrefixKv]) 
     out
 }
 
+/// Where a run of keys lives: this batch's own keys (flat token index) or an external prefix
+/// (its index in the list given to [`attend_tree`]; row index inside it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySource {
+    Own,
+    Ext(usize),
+}
+
+/// One node of a radix tree run as part of a single flat row ([`attend_tree`]): `len` tokens at
+/// flat indices `start..`, absolute positions `pos..`; the keys before `pos` are the runs in
+/// `before` (source, first row in it, count), which cover positions 0..pos in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeNode {
+    pub start: usize,
+    pub len: usize,
+    pub pos: usize,
+    pub before: Vec<(KeySource, usize, usize)>,
+}
+
+/// [`attend`] for a whole radix tree in one pass. q [1, heads, n, dim] and the own keys and
+/// values k, v [1, kv_heads, n, dim] hold every node's tokens back to back (no padding); a
+/// node's queries attend to its path's keys, which come from earlier nodes of the same row or
+/// from external prefixes `ext` ([kv_heads, len, dim] each). Keys are read in absolute-position
+/// order with [`attend`]'s arithmetic, so every query gets the bits it would get in its whole
+/// row. Returns [n, heads * dim].
+pub fn attend_tree(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32], ext: &[PrefixKv], nodes: &[TreeNode]) -> Vec<f32> {
+    let (n, d, h) = (s.len, s.dim, s.heads);
+    let group = h / s.kv_heads;
+    let parts: Vec<Vec<f32>> = (0..nodes.len() * h)
+        .into_par_iter()
+        .map(|nh| {
+            let (node, hh) = (&nodes[nh / h], nh % h);
+            let g = hh / group;
+            // Every key and value row of the node's path, by absolute position.
+            let total = node.pos + node.len;
+            let (mut keys, mut values): (Vec<&[f32]>, Vec<&[f32]>) =
+                (Vec::with_capacity(total), Vec::with_capacity(total));
+            let mut push = |src: KeySource, first: usize, count: usize| {
+                let (ks, vs, rows) = match src {
+                    KeySource::Own => (k, v, n),
+                    KeySource::Ext(i) => (ext[i].0, ext[i].1, ext[i].0.len() / (s.kv_heads * d)),
+                };
+                for a in first..first + count {
+                    keys.push(&ks[(g * rows + a) * d..][..d]);
+                    values.push(&vs[(g * rows + a) * d..][..d]);
+                }
+            };
+            for &(src, first, count) in &node.before {
+                push(src, first, count);
+            }
+            push(KeySource::Own, node.start, node.len);
+            let mut o = vec![0f32; node.len * d];
+            let mut w: Vec<f32> = Vec::with_capacity(total);
+            for i in 0..node.len {
+                let qa = node.pos + i;
+                let lo = s.window.map_or(0, |win| (qa + 1).saturating_sub(win));
+                let qi = &q[(hh * n + node.start + i) * d..][..d];
+                softmax_weights(qi, lo, qa, s.scale, |a| keys[a], &mut w);
+                let oi = &mut o[i * d..(i + 1) * d];
+                for (m, a) in (lo..=qa).enumerate() {
+                    axpy(oi, w[m], values[a]);
+                }
+            }
+            o
+        })
+        .collect();
+    let mut out = vec![0f32; n * h * d];
+    for (nh, o) in parts.into_iter().enumerate() {
+        let (node, hh) = (&nodes[nh / h], nh % h);
+        for i in 0..node.len {
+            out[((node.start + i) * h + hh) * d..][..d].copy_from_slice(&o[i * d..(i + 1) * d]);
+        }
+    }
+    out
+}
+
 /// Gradients of [`attend`] (no prefix: training batches have none) with respect to q, k and v,
 /// given the output gradient `go` [rows, len, heads * dim]. The probabilities are recomputed
 /// with the forward's exact arithmetic; one task per (row, KV head) owns that group's key and

@@ -16,6 +16,9 @@ pub struct Batch {
     /// computed (see [`Kv`]): its positions start there.
     pub offsets: Vec<usize>,
     positions: Vec<u32>,
+    /// A radix tree run as one flat row (see [`Batch::tree`]): its nodes, and the prefix keys and
+    /// values their `KeySource::Ext` runs index (the forward's `prefix` argument).
+    pub tree: Option<Vec<kernels::TreeNode>>,
 }
 
 /// Keys and values per layer of a prefix that rows continue ([1, kv_heads, len, head_dim]).
@@ -76,7 +79,16 @@ impl Batch {
             positions.extend(offset as u32..(offset + r.len()) as u32);
         }
         let ids = Tensor::from_vec(ids, (rows.len(), len), device)?;
-        Ok(Self { ids, pad, rows: rows.len(), len, offsets: offsets.to_vec(), positions })
+        Ok(Self { ids, pad, rows: rows.len(), len, offsets: offsets.to_vec(), positions, tree: None })
+    }
+
+    /// The nodes of a radix tree back to back in one row, without padding: `ids` and
+    /// `positions` (absolute, per token) of every node, whose attention `nodes` describes
+    /// ([`kernels::attend_tree`]). CPU kernel only.
+    pub fn tree(ids: Vec<u32>, positions: Vec<u32>, nodes: Vec<kernels::TreeNode>, device: &Device) -> Result<Self> {
+        let len = ids.len();
+        let ids = Tensor::from_vec(ids, (1, len), device)?;
+        Ok(Self { ids, pad: vec![0], rows: 1, len, offsets: vec![0], positions, tree: Some(nodes) })
     }
 
     /// Flat index (row * len + column) of token `pos` of `row` (unpadded position).
@@ -195,6 +207,11 @@ impl<'a> AttnCtx<'a> {
         let dev = batch.ids.device();
         // Training batches have no prefix; the differentiable kernel assumes none.
         let kernel = dev.is_cpu() && (!mode.grad || prefix.iter().all(|p| p.len == 0));
+        if batch.tree.is_some() && (!kernel || mode.grad) {
+            return Err(crate::util::error::Error::Invalid(
+                "internal: a tree-shaped batch needs the CPU inference attention kernel".into(),
+            ));
+        }
         let masks = if kernel {
             Vec::new()
         } else {
@@ -230,6 +247,9 @@ impl<'a> AttnCtx<'a> {
             return attention(q, &k, &v, mask, scale, mode);
         }
         let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+        if let Some(nodes) = &self.batch.tree {
+            return self.attend_tree(nodes, layer, &q, &k, &v, window, scale);
+        }
         // Row r's prefix: the one shared [`Kv`] or its own; each distinct one is read once.
         let of_row = |r: usize| -> Option<&Kv> {
             match self.prefix {
@@ -277,6 +297,46 @@ impl<'a> AttnCtx<'a> {
             kernels::attend(&shape, x[0], x[1], x[2], &pre)
         })?;
         Ok(Tensor::from_vec(out, (b, t, h * d), q.device())?)
+    }
+}
+
+impl AttnCtx<'_> {
+    /// [`AttnCtx::attend`] for a tree-shaped batch: `prefix` holds the external runs' keys and
+    /// values, in the order the nodes' `KeySource::Ext` indices name them.
+    #[allow(clippy::too_many_arguments)]
+    fn attend_tree(
+        &self,
+        nodes: &[kernels::TreeNode],
+        layer: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        window: Option<usize>,
+        scale: f64,
+    ) -> Result<Tensor> {
+        let (_, h, t, d) = q.dims4()?;
+        let mut tensors: Vec<Tensor> = vec![q.clone(), k.clone(), v.clone()];
+        for p in self.prefix {
+            tensors.push(p.k[layer].contiguous()?);
+            tensors.push(p.v[layer].contiguous()?);
+        }
+        let shape = kernels::AttnShape {
+            rows: 1,
+            heads: h,
+            kv_heads: k.dim(1)?,
+            len: t,
+            dim: d,
+            prefix: vec![0],
+            pad: vec![0],
+            window,
+            scale: scale as f32,
+        };
+        let refs: Vec<&Tensor> = tensors.iter().collect();
+        let out = kernels::with_f32s(&refs, |x| {
+            let ext: Vec<kernels::PrefixKv> = (0..self.prefix.len()).map(|i| (x[3 + 2 * i], x[4 + 2 * i])).collect();
+            kernels::attend_tree(&shape, x[0], x[1], x[2], &ext, nodes)
+        })?;
+        Ok(Tensor::from_vec(out, (1, t, h * d), q.device())?)
     }
 }
 

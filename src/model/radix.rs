@@ -4,14 +4,18 @@
 //! Probe prompts share most of their tokens: the chat header and system prompt, the persona
 //! sentence of a country, the question asked in two option orders, and a multi-token label's
 //! branch ("1" then "0") continues the whole prompt. Each distinct prefix is run once: the rows
-//! become a radix tree, its nodes run level by level, each node after its parent's keys and
-//! values (the attention kernel takes one prefix per row). Across batches, [`PrefixCache`] keeps
+//! become a radix tree, and all its nodes run in one forward pass, back to back in a single row
+//! without padding: a node's queries attend to its path's keys (its ancestors' earlier in the
+//! row, a cached prefix's from an earlier batch), see [`super::kernels::attend_tree`]. So the
+//! weights stream through the cache once per batch, not once per tree level, and the output head
+//! runs once over every read position. Across batches, [`PrefixCache`] keeps
 //! the keys and values of inner nodes (bounded by memory, least recently used out first).
 //!
 //! The numbers do not change: every token's hidden state is computed by the same arithmetic
 //! whether its prefix ran in this forward, an earlier one or an earlier batch (the kernels in
 //! [`super::kernels`] are row- and prefix-invariant), so probabilities equal those of whole rows
 //! bit for bit (`tests/it/batch.rs`).
+use super::kernels::{KeySource, TreeNode};
 use super::layers::{Batch, Kv};
 use super::mode::Mode;
 use super::Model;
@@ -114,10 +118,6 @@ pub fn common_prefix(a: &[u32], b: &[u32]) -> usize {
 
 const ROOT: usize = 0;
 
-/// A tree level must save at least this many token computations: measured on SmolLM2 with 2
-/// threads, one forward pass costs about as much packing as some 30 tokens cost compute.
-const MIN_SAVED: usize = 32;
-
 struct Node {
     /// Position of the node's first token in every row through it.
     start: usize,
@@ -148,43 +148,6 @@ impl Tree {
 
     fn child(&self, n: usize, tok: u32) -> Option<usize> {
         self.nodes[n].children.iter().copied().find(|&c| self.nodes[c].tokens[0] == tok)
-    }
-
-    /// The child of `n` that `rest` (a row from the child's start) runs through. After
-    /// [`Tree::collapse`] siblings may begin alike, so the whole segment is compared.
-    fn child_for(&self, n: usize, rest: &[u32]) -> Option<usize> {
-        self.nodes[n].children.iter().copied().find(|&c| {
-            let t = &self.nodes[c].tokens;
-            let k = t.len().min(rest.len());
-            t[..k] == rest[..k]
-        })
-    }
-
-    /// Fold into its children every inner node whose sharing saves fewer than `min_saved` token
-    /// computations ((children - 1) x its length): a forward pass has a fixed cost (the GEMM
-    /// packs every weight matrix on each call), so a tree level that saves little costs more
-    /// than it saves. Cached nodes stay: their keys and values are the children's prefix.
-    fn collapse(&mut self, min_saved: usize) {
-        loop {
-            let Some(n) = (1..self.nodes.len()).find(|&n| {
-                let node = &self.nodes[n];
-                !node.cached && !node.children.is_empty() && (node.children.len() - 1) * node.tokens.len() < min_saved
-            }) else {
-                return;
-            };
-            let (parent, tokens, start) = (self.nodes[n].parent, self.nodes[n].tokens.clone(), self.nodes[n].start);
-            let children = std::mem::take(&mut self.nodes[n].children);
-            for &c in &children {
-                let child = &mut self.nodes[c];
-                child.tokens.splice(0..0, tokens.iter().copied());
-                child.start = start;
-                child.parent = parent;
-            }
-            self.nodes[n].tokens.clear();
-            let siblings = &mut self.nodes[parent].children;
-            let at = siblings.iter().position(|&x| x == n).expect("child of its parent");
-            siblings.splice(at..=at, children);
-        }
     }
 
     /// Cut node `c` after its first `at` tokens; returns the new upper part.
@@ -258,7 +221,7 @@ impl Tree {
     fn locate(&self, row: &[u32], pos: usize) -> (usize, usize) {
         let (mut cur, mut at) = (ROOT, 0);
         loop {
-            let c = self.child_for(cur, &row[at..]).expect("row inserted");
+            let c = self.child(cur, row[at]).expect("row inserted");
             if pos < self.nodes[c].end() {
                 return (c, pos - self.nodes[c].start);
             }
@@ -309,7 +272,6 @@ impl Model {
                 tree.nodes[n].cached = true;
             }
         }
-        tree.collapse(MIN_SAVED);
         // Per node, the reads it holds: (index into `read`, offset in the node).
         let mut reads_of: Vec<Vec<(usize, usize)>> = vec![Vec::new(); tree.nodes.len()];
         for (ri, &(r, p)) in read.iter().enumerate() {
@@ -317,51 +279,51 @@ impl Model {
             reads_of[n].push((ri, off));
         }
         let need = needed(&tree, &reads_of);
-        let mut frontier = ready_below(&tree, ROOT, &need);
-        frontier.sort_unstable();
-        let (mut pieces, mut order): (Vec<Tensor>, Vec<usize>) = (Vec::new(), Vec::new());
-        while !frontier.is_empty() {
-            let seg: Vec<Vec<u32>> = frontier.iter().map(|&n| tree.nodes[n].tokens.clone()).collect();
-            let offsets: Vec<usize> = frontier.iter().map(|&n| tree.nodes[n].start).collect();
-            cache.stats.computed += seg.iter().map(|s| s.len() as u64).sum::<u64>();
-            let batch = Batch::after_prefixes(&seg, &offsets, &self.device)?;
-            cache.stats.padded += (batch.rows * batch.len) as u64;
-            let parents: Vec<Arc<Kv>> =
-                frontier.iter().map(|&n| tree.nodes[tree.nodes[n].parent].kv.clone().expect("parent known")).collect();
-            let prefix: Vec<&Kv> = parents.iter().map(|p| &**p).collect();
-            let (mut idx, mut which) = (Vec::new(), Vec::new());
-            for (i, &n) in frontier.iter().enumerate() {
-                for &(ri, off) in &reads_of[n] {
-                    idx.push(batch.flat_index(i, off));
-                    which.push(ri);
-                }
-            }
-            let inner: Vec<bool> = frontier.iter().map(|&n| tree.nodes[n].children.iter().any(|&c| need[c])).collect();
-            let record = inner.iter().any(|&x| x);
-            let n_idx = idx.len();
-            let idx_t = (n_idx > 0).then(|| Tensor::from_vec(idx, n_idx, &self.device)).transpose()?;
-            let (logits, own) = self.forward(&batch, &prefix, idx_t.as_ref(), record, Mode::INFER)?;
-            if let Some(l) = logits {
-                pieces.push(l);
-                order.extend(which);
-            }
-            let mut next = Vec::new();
-            for (i, &n) in frontier.iter().enumerate() {
-                if inner[i] {
-                    let kv = path_kv(&parents[i], &own, i, batch.pad[i], tree.nodes[n].tokens.len())?;
-                    tree.nodes[n].kv = Some(Arc::new(kv));
-                }
-                next.extend(ready_below(&tree, n, &need));
-            }
-            next.sort_unstable();
-            frontier = next;
+        // Every node that runs, parents first, back to back in one row; a node's earlier keys
+        // are its running ancestors' (same row) after the nearest cached one's (external).
+        let run = run_order(&tree, &need);
+        let mut flat = vec![usize::MAX; tree.nodes.len()];
+        let (mut ids, mut positions) = (Vec::new(), Vec::new());
+        for &n in &run {
+            let node = &tree.nodes[n];
+            flat[n] = ids.len();
+            ids.extend_from_slice(&node.tokens);
+            positions.extend(node.start as u32..node.end() as u32);
         }
-        // Inner nodes computed here serve later batches (the chat header, a country's persona).
-        for n in 1..tree.nodes.len() {
-            if !tree.nodes[n].cached && !tree.nodes[n].children.is_empty() {
-                if let Some(kv) = tree.nodes[n].kv.clone() {
-                    cache.offer(path_tokens(&tree, n), kv);
+        let mut ext: Vec<Arc<Kv>> = Vec::new();
+        let mut ext_of: Vec<Option<usize>> = vec![None; tree.nodes.len()];
+        let mut layout = Vec::with_capacity(run.len());
+        for &n in &run {
+            let mut before = Vec::new();
+            let mut p = tree.nodes[n].parent;
+            while p != ROOT {
+                let up = &tree.nodes[p];
+                if need[p] {
+                    before.push((KeySource::Own, flat[p], up.tokens.len()));
+                } else {
+                    // Not run here, so cached: its keys and values hold its whole path.
+                    let kv = up.kv.clone().expect("an ancestor that does not run is cached");
+                    let i = *ext_of[p].get_or_insert_with(|| {
+                        ext.push(kv.clone());
+                        ext.len() - 1
+                    });
+                    before.push((KeySource::Ext(i), 0, kv.len));
+                    break;
                 }
+                p = up.parent;
+            }
+            before.reverse();
+            let node = &tree.nodes[n];
+            layout.push(TreeNode { start: flat[n], len: node.tokens.len(), pos: node.start, before });
+        }
+        let total = ids.len();
+        cache.stats.computed += total as u64;
+        cache.stats.padded += total as u64;
+        let (mut idx, mut order) = (Vec::with_capacity(read.len()), Vec::with_capacity(read.len()));
+        for &n in &run {
+            for &(ri, off) in &reads_of[n] {
+                idx.push((flat[n] + off) as u32);
+                order.push(ri);
             }
         }
         if order.len() != read.len() {
@@ -371,27 +333,49 @@ impl Model {
                 read.len()
             )));
         }
-        let all = Tensor::cat(&pieces, 0)?;
+        let inner: Vec<bool> = (0..tree.nodes.len()).map(|n| tree.nodes[n].children.iter().any(|&c| need[c])).collect();
+        let record = run.iter().any(|&n| inner[n]);
+        let batch = Batch::tree(ids, positions, layout, &self.device)?;
+        let prefix: Vec<&Kv> = ext.iter().map(|p| &**p).collect();
+        let idx = Tensor::from_vec(idx, order.len(), &self.device)?;
+        let (logits, own) = self.forward(&batch, &prefix, Some(&idx), record, Mode::INFER)?;
+        let logits = logits.expect("read positions given");
+        for &n in &run {
+            if inner[n] {
+                let parent = tree.nodes[tree.nodes[n].parent].kv.clone().expect("parent known");
+                let kv = path_kv(&parent, &own, 0, flat[n], tree.nodes[n].tokens.len())?;
+                tree.nodes[n].kv = Some(Arc::new(kv));
+            }
+        }
+        // Inner nodes computed here serve later batches (the chat header, a country's persona).
+        for n in 1..tree.nodes.len() {
+            if !tree.nodes[n].cached && !tree.nodes[n].children.is_empty() {
+                if let Some(kv) = tree.nodes[n].kv.clone() {
+                    cache.offer(path_tokens(&tree, n), kv);
+                }
+            }
+        }
         let mut inverse = vec![0u32; order.len()];
         for (pos, &ri) in order.iter().enumerate() {
             inverse[ri] = pos as u32;
         }
-        Ok(all.index_select(&Tensor::from_vec(inverse, order.len(), &self.device)?, 0)?)
+        Ok(logits.index_select(&Tensor::from_vec(inverse, order.len(), &self.device)?, 0)?)
     }
 }
 
-/// The nodes below `n` that must run once `n` is known: its needed children, and the needed
-/// nodes below children that need not run (a cached node, or an ancestor of cached nodes only:
-/// a needed node's parent is always needed or cached, so its keys and values are known then).
-fn ready_below(tree: &Tree, n: usize, need: &[bool]) -> Vec<usize> {
-    let mut out = Vec::new();
-    for &c in &tree.nodes[n].children {
-        if need[c] {
-            out.push(c);
-        } else {
-            out.extend(ready_below(tree, c, need));
+/// The nodes that run, each after its parent (depth-first, children in insertion order). A
+/// needed node's parent is needed, cached or the root, so its keys are known or run before it.
+fn run_order(tree: &Tree, need: &[bool]) -> Vec<usize> {
+    fn visit(tree: &Tree, n: usize, need: &[bool], out: &mut Vec<usize>) {
+        for &c in &tree.nodes[n].children {
+            if need[c] {
+                out.push(c);
+            }
+            visit(tree, c, need, out);
         }
     }
+    let mut out = Vec::new();
+    visit(tree, ROOT, need, &mut out);
     out
 }
 
@@ -443,14 +427,17 @@ mod tests {
         assert_eq!(t.locate(&rows[2], 4).0, t.nodes[b].children[0]);
         let tokens: usize = t.nodes.iter().map(|n| n.tokens.len()).sum();
         assert_eq!(tokens, 8, "each distinct token position once: [1 2] [3] [4] [6] [7] [5] [9]");
-        // Folding [3] (two children, saves one token) and [6] (one child) but not [1 2] (saves 2):
-        // [1 2] -> {[3 4], [3 6 7], [5]}; every position still resolves to a node holding it.
-        t.collapse(2);
-        let (n, off) = t.locate(&rows[2], 4);
-        assert_eq!((t.nodes[n].tokens.clone(), t.nodes[n].start, off), (vec![3, 6, 7], 2, 2));
-        assert_eq!(t.nodes[t.locate(&rows[0], 3).0].tokens, vec![3, 4]);
-        assert_eq!(t.nodes[t.locate(&rows[4], 1).0].tokens, vec![1, 2]);
-        let tokens: usize = t.nodes.iter().map(|n| n.tokens.len()).sum();
-        assert_eq!(tokens, 9, "position 2 ([3]) is now computed twice");
+        // Every node runs after its parent; a node that does not run (cached) is skipped but its
+        // children still run.
+        let mut need = vec![true; t.nodes.len()];
+        need[ROOT] = false;
+        let up = t.nodes[b].parent; // [3]
+        need[up] = false;
+        let order = run_order(&t, &need);
+        assert_eq!(order.len(), t.nodes.len() - 2);
+        for (i, &n) in order.iter().enumerate() {
+            let p = t.nodes[n].parent;
+            assert!(!need[p] || order[..i].contains(&p), "node {n} before its parent {p}");
+        }
     }
 }
