@@ -288,7 +288,8 @@ impl Model {
             let a = ctx.attend(li, &q, &k, &v, win, scale)?;
             x = (x + l.post_attn_norm.forward(&l.o.forward(&a, mode)?, mode)?)?;
             let h = l.pre_ffn_norm.forward(&x, mode)?;
-            let m = (l.gate.forward(&h, mode)?.gelu()? * l.up.forward(&h, mode)?)?;
+            let (gate, up) = (l.gate.forward(&h, mode)?, l.up.forward(&h, mode)?);
+            let m = if mode.grad { (gate.gelu()? * up)? } else { super::act::gelu_mul(&gate, &up)? };
             x = (x + l.post_ffn_norm.forward(&l.down.forward(&m, mode)?, mode)?)?;
         }
         let logits = match read {

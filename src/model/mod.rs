@@ -1,6 +1,7 @@
 //! Model runtime: load a GGUF file or a Hugging Face folder, with its tokenizer and chat template,
 //! into one of mores' own architecture files, and run batched forward passes that return logits
 //! at chosen positions.
+pub mod act;
 pub mod adapter;
 pub mod chat;
 pub mod config;
