@@ -6,7 +6,7 @@
 //! logistic 1 / (1 + e^(-2u)) and e^z is evaluated with plain float operations in an order that
 //! does not depend on the element's place, so LLVM vectorises the loop at any x86 level and every
 //! element gets the same bits on every machine (no FMA contraction: Rust never fuses a
-//! multiply and an add by itself). It agrees with candle's GELU to a few float ulps (test).
+//! multiply and an add by itself). It agrees with GELU in f64 to 2.4e-6 relative where the logistic is not saturated (test).
 use crate::util::error::Result;
 use candle_core::Tensor;
 
@@ -84,7 +84,8 @@ mod tests {
         assert!(exp(1000.0).is_finite() && exp(1000.0) > 1e38);
     }
 
-    /// Against GELU in f64 (relative 2e-6) and candle's GELU (absolute 5e-6: candle's 1 + tanh(u)
+    /// Against GELU in f64 (in the logistic form; relative 2.4e-6 where the logistic is not
+    /// saturated, more in the tails as e^z's conditioning allows) and candle's GELU (absolute 5e-6: candle's 1 + tanh(u)
     /// loses precision where tanh is near -1), times up, over the range activations take and a
     /// length that is not a multiple of any vector width or chunk.
     #[test]
@@ -98,9 +99,15 @@ mod tests {
         let candle = (gt.gelu().unwrap() * &ut).unwrap().to_vec1::<f32>().unwrap();
         for i in 0..n {
             let (x, y) = (g[i] as f64, u[i] as f64);
-            let exact = 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh()) * y;
+            // 0.5 (1 + tanh(v)) as 1 / (1 + e^(-2v)): in f64 without the cancellation near tanh = -1.
+            let v = (2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x);
+            let exact = x / (1.0 + (-2.0 * v).exp()) * y;
             let a = ours[i] as f64;
-            assert!((a - exact).abs() <= 2e-6 * exact.abs() + 1e-30, "element {i}: {a} vs exact {exact}");
+            // e^z's condition number is |z|: an f32 argument carries |z| x 6e-8 of relative error.
+            assert!(
+                (a - exact).abs() <= 3e-7 * (8.0 + 2.0 * v.abs()) * exact.abs() + 1e-30,
+                "element {i}: {a} vs exact {exact}"
+            );
             assert!((a - candle[i] as f64).abs() <= 5e-6, "element {i}: {a} vs candle {}", candle[i]);
         }
     }
