@@ -516,4 +516,60 @@ mod tests {
             assert_eq!(&got[..], &want[5 * h * d..], "window {win:?}: after a prefix");
         }
     }
+
+    /// A radix tree in one flat row (a cached prefix of 2 positions, a shared node of 3, two
+    /// branches of 4 and 3) gives every query the bits of its whole row, with and without a
+    /// window that cuts into the cached prefix.
+    #[test]
+    fn tree_attention_equals_whole_rows() {
+        let (h, kv, d) = (4, 2, 12);
+        let (ta, tb) = (9, 8);
+        for win in [None, Some(4)] {
+            let (qa, ka, va) = (rand_vec(10, h * ta * d), rand_vec(11, kv * ta * d), rand_vec(12, kv * ta * d));
+            // Row b: row a's first 5 positions, then 3 of its own.
+            let (qo, ko, vo) = (rand_vec(13, h * 3 * d), rand_vec(14, kv * 3 * d), rand_vec(15, kv * 3 * d));
+            let join = |a: &[f32], o: &[f32], heads: usize| -> Vec<f32> {
+                (0..heads)
+                    .flat_map(|hh| {
+                        a[hh * ta * d..(hh * ta + 5) * d].iter().chain(&o[hh * 3 * d..(hh + 1) * 3 * d]).copied()
+                    })
+                    .collect()
+            };
+            let (qb, kb, vb) = (join(&qa, &qo, h), join(&ka, &ko, kv), join(&va, &vo, kv));
+            let want_a = single([&qa, &ka, &va], (h, kv, ta, d), win);
+            let want_b = single([&qb, &kb, &vb], (h, kv, tb, d), win);
+            // Per head, positions from..to of x (laid out [heads, len, d]).
+            let cut = |x: &[f32], heads: usize, len: usize, from: usize, to: usize| -> Vec<Vec<f32>> {
+                (0..heads).map(|hh| x[(hh * len + from) * d..(hh * len + to) * d].to_vec()).collect()
+            };
+            // Flat row: node P = a[2..5], node A = a[5..9], node B = b[5..8].
+            let flat = |x: &[f32], y: &[f32], heads: usize| -> Vec<f32> {
+                let parts = [cut(x, heads, ta, 2, 5), cut(x, heads, ta, 5, 9), cut(y, heads, tb, 5, 8)];
+                (0..heads).flat_map(|hh| parts.iter().flat_map(move |p| p[hh].clone())).collect()
+            };
+            let (q, k, v) = (flat(&qa, &qb, h), flat(&ka, &kb, kv), flat(&va, &vb, kv));
+            let (pk, pv) = (cut(&ka, kv, ta, 0, 2).concat(), cut(&va, kv, ta, 0, 2).concat());
+            let nodes = vec![
+                TreeNode { start: 0, len: 3, pos: 2, before: vec![(KeySource::Ext(0), 0, 2)] },
+                TreeNode { start: 3, len: 4, pos: 5, before: vec![(KeySource::Ext(0), 0, 2), (KeySource::Own, 0, 3)] },
+                TreeNode { start: 7, len: 3, pos: 5, before: vec![(KeySource::Ext(0), 0, 2), (KeySource::Own, 0, 3)] },
+            ];
+            let s = AttnShape {
+                rows: 1,
+                heads: h,
+                kv_heads: kv,
+                len: 10,
+                dim: d,
+                prefix: vec![0],
+                pad: vec![0],
+                window: win,
+                scale: 0.3,
+            };
+            let got = attend_tree(&s, &q, &k, &v, &[(&pk, &pv)], &nodes);
+            let row = h * d;
+            assert_eq!(&got[..3 * row], &want_a[2 * row..5 * row], "window {win:?}: shared node");
+            assert_eq!(&got[3 * row..7 * row], &want_a[5 * row..], "window {win:?}: branch a");
+            assert_eq!(&got[7 * row..], &want_b[5 * row..], "window {win:?}: branch b");
+        }
+    }
 }
