@@ -247,8 +247,8 @@ impl<'a> AttnCtx<'a> {
             return attention(q, &k, &v, mask, scale, mode);
         }
         let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
-        if let Some(nodes) = &self.batch.tree {
-            return self.attend_tree(nodes, layer, &q, &k, &v, window, scale);
+        if self.batch.tree.is_some() {
+            return self.attend_tree(layer, &q, &k, &v, window, scale);
         }
         // Row r's prefix: the one shared [`Kv`] or its own; each distinct one is read once.
         let of_row = |r: usize| -> Option<&Kv> {
@@ -298,15 +298,11 @@ impl<'a> AttnCtx<'a> {
         })?;
         Ok(Tensor::from_vec(out, (b, t, h * d), q.device())?)
     }
-}
 
-impl AttnCtx<'_> {
     /// [`AttnCtx::attend`] for a tree-shaped batch: `prefix` holds the external runs' keys and
     /// values, in the order the nodes' `KeySource::Ext` indices name them.
-    #[allow(clippy::too_many_arguments)]
     fn attend_tree(
         &self,
-        nodes: &[kernels::TreeNode],
         layer: usize,
         q: &Tensor,
         k: &Tensor,
@@ -314,6 +310,7 @@ impl AttnCtx<'_> {
         window: Option<usize>,
         scale: f64,
     ) -> Result<Tensor> {
+        let nodes = self.batch.tree.as_deref().unwrap_or_default();
         let (_, h, t, d) = q.dims4()?;
         let mut tensors: Vec<Tensor> = vec![q.clone(), k.clone(), v.clone()];
         for p in self.prefix {
