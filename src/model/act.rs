@@ -6,7 +6,8 @@
 //! logistic 1 / (1 + e^(-2u)) and e^z is evaluated with plain float operations in an order that
 //! does not depend on the element's place, so LLVM vectorises the loop at any x86 level and every
 //! element gets the same bits on every machine (no FMA contraction: Rust never fuses a
-//! multiply and an add by itself). It agrees with GELU in f64 to 2.4e-6 relative where the logistic is not saturated (test).
+//! multiply and an add by itself). It agrees with GELU in f64 to 2.4e-6 relative where the
+//! logistic is not saturated (test).
 use crate::util::error::Result;
 use candle_core::Tensor;
 
@@ -85,9 +86,9 @@ mod tests {
     }
 
     /// Against GELU in f64 (in the logistic form; relative 2.4e-6 where the logistic is not
-    /// saturated, more in the tails as e^z's conditioning allows) and candle's GELU (absolute 5e-6: candle's 1 + tanh(u)
-    /// loses precision where tanh is near -1), times up, over the range activations take and a
-    /// length that is not a multiple of any vector width or chunk.
+    /// saturated, more in the tails as e^z's conditioning allows) and candle's GELU (absolute
+    /// 5e-6: candle's 1 + tanh(u) loses precision where tanh is near -1), times up, over the
+    /// range activations take and a length that is not a multiple of any vector width or chunk.
     #[test]
     fn gelu_mul_matches_f64_and_candle() {
         let n = 40_003;
@@ -99,7 +100,7 @@ mod tests {
         let candle = (gt.gelu().unwrap() * &ut).unwrap().to_vec1::<f32>().unwrap();
         for i in 0..n {
             let (x, y) = (g[i] as f64, u[i] as f64);
-            // 0.5 (1 + tanh(v)) as 1 / (1 + e^(-2v)): in f64 without the cancellation near tanh = -1.
+            // 0.5 (1 + tanh(v)) as 1 / (1 + e^(-2v)): f64 without the cancellation near tanh = -1.
             let v = (2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x);
             let exact = x / (1.0 + (-2.0 * v).exp()) * y;
             let a = ours[i] as f64;

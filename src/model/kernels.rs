@@ -125,7 +125,7 @@ fn axpy(o: &mut [f32], a: f32, x: &[f32]) {
 /// Shape of one attention call. Queries q [rows, heads, len, dim]; the batch's own keys and
 /// values k, v [rows, kv_heads, len, dim], left-padded by `pad[row]`; each row continues a prefix
 /// of `prefix[row]` tokens whose keys and values [kv_heads, prefix[row], dim] are given apart
-/// (one prefix shared by every row, or each row its own: a node of the radix tree).
+/// (one prefix shared by every row, or each row its own).
 #[derive(Debug, Clone)]
 pub struct AttnShape {
     pub rows: usize,
@@ -448,8 +448,9 @@ mod tests {
     }
 
     /// One row's attention, computed alone with no padding and no prefix.
-    fn single(qkv: [&[f32]; 3], (h, kv, t, d): (usize, usize, usize, usize), win: Option<usize>) -> Vec<f32> {
-        let s = AttnShape {
+    /// One unpadded row of `t` positions without a prefix, scale 0.3.
+    fn one_row((h, kv, t, d): (usize, usize, usize, usize), win: Option<usize>) -> AttnShape {
+        AttnShape {
             rows: 1,
             heads: h,
             kv_heads: kv,
@@ -459,8 +460,11 @@ mod tests {
             pad: vec![0],
             window: win,
             scale: 0.3,
-        };
-        attend(&s, qkv[0], qkv[1], qkv[2], &[])
+        }
+    }
+
+    fn single(qkv: [&[f32]; 3], dims: (usize, usize, usize, usize), win: Option<usize>) -> Vec<f32> {
+        attend(&one_row(dims, win), qkv[0], qkv[1], qkv[2], &[])
     }
 
     #[test]
@@ -554,18 +558,7 @@ mod tests {
                 TreeNode { start: 3, len: 4, pos: 5, before: vec![(KeySource::Ext(0), 0, 2), (KeySource::Own, 0, 3)] },
                 TreeNode { start: 7, len: 3, pos: 5, before: vec![(KeySource::Ext(0), 0, 2), (KeySource::Own, 0, 3)] },
             ];
-            let s = AttnShape {
-                rows: 1,
-                heads: h,
-                kv_heads: kv,
-                len: 10,
-                dim: d,
-                prefix: vec![0],
-                pad: vec![0],
-                window: win,
-                scale: 0.3,
-            };
-            let got = attend_tree(&s, &q, &k, &v, &[(&pk, &pv)], &nodes);
+            let got = attend_tree(&one_row((h, kv, 10, d), win), &q, &k, &v, &[(&pk, &pv)], &nodes);
             let row = h * d;
             assert_eq!(&got[..3 * row], &want_a[2 * row..5 * row], "window {win:?}: shared node");
             assert_eq!(&got[3 * row..7 * row], &want_a[5 * row..], "window {win:?}: branch a");

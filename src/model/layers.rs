@@ -12,9 +12,9 @@ pub struct Batch {
     pub pad: Vec<usize>,
     pub rows: usize,
     pub len: usize,
-    /// Per row, the tokens of the prefix it continues, whose keys and values are already
-    /// computed (see [`Kv`]): its positions start there.
-    pub offsets: Vec<usize>,
+    /// The tokens of the prefix every row continues, whose keys and values are already computed
+    /// (see [`Kv`]): positions start there.
+    pub offset: usize,
     positions: Vec<u32>,
     /// A radix tree run as one flat row (see [`Batch::tree`]): its nodes, and the prefix keys and
     /// values their `KeySource::Ext` runs index (the forward's `prefix` argument).
@@ -61,16 +61,11 @@ impl Batch {
 
     /// Rows that continue a shared prefix of `offset` tokens: positions start at `offset`.
     pub fn after_prefix(rows: &[Vec<u32>], offset: usize, device: &Device) -> Result<Self> {
-        Self::after_prefixes(rows, &vec![offset; rows.len()], device)
-    }
-
-    /// Rows that each continue their own prefix, of `offsets[row]` tokens.
-    pub fn after_prefixes(rows: &[Vec<u32>], offsets: &[usize], device: &Device) -> Result<Self> {
         let len = rows.iter().map(|r| r.len()).max().unwrap_or(0);
         let mut ids = Vec::with_capacity(rows.len() * len);
         let mut positions = Vec::with_capacity(rows.len() * len);
         let mut pad = Vec::with_capacity(rows.len());
-        for (r, &offset) in rows.iter().zip(offsets) {
+        for r in rows {
             let p = len - r.len();
             pad.push(p);
             ids.extend(std::iter::repeat_n(0u32, p));
@@ -79,7 +74,7 @@ impl Batch {
             positions.extend(offset as u32..(offset + r.len()) as u32);
         }
         let ids = Tensor::from_vec(ids, (rows.len(), len), device)?;
-        Ok(Self { ids, pad, rows: rows.len(), len, offsets: offsets.to_vec(), positions, tree: None })
+        Ok(Self { ids, pad, rows: rows.len(), len, offset, positions, tree: None })
     }
 
     /// The nodes of a radix tree back to back in one row, without padding: `ids` and
@@ -88,7 +83,7 @@ impl Batch {
     pub fn tree(ids: Vec<u32>, positions: Vec<u32>, nodes: Vec<kernels::TreeNode>, device: &Device) -> Result<Self> {
         let len = ids.len();
         let ids = Tensor::from_vec(ids, (1, len), device)?;
-        Ok(Self { ids, pad: vec![0], rows: 1, len, offsets: vec![0], positions, tree: Some(nodes) })
+        Ok(Self { ids, pad: vec![0], rows: 1, len, offset: 0, positions, tree: Some(nodes) })
     }
 
     /// Flat index (row * len + column) of token `pos` of `row` (unpadded position).
@@ -99,14 +94,9 @@ impl Batch {
     /// Additive attention mask [rows, 1, len, offset + len]: 0 where query i may see key j,
     /// -inf elsewhere. Keys are the shared prefix, then the row's own tokens.
     /// `window`: keys at most `window - 1` positions back (Gemma's sliding-window layers).
-    /// Only for rows that all continue one prefix (the composed-ops path).
+    /// For the composed-ops path (not a tree-shaped batch).
     pub fn mask(&self, window: Option<usize>, device: &Device) -> Result<Tensor> {
-        let o = self.offsets.first().copied().unwrap_or(0);
-        if self.offsets.iter().any(|&x| x != o) {
-            return Err(crate::util::error::Error::Invalid(
-                "internal: rows with different prefixes need the CPU attention kernel".into(),
-            ));
-        }
+        let o = self.offset;
         let (b, t) = (self.rows, self.len);
         let cols = o + t;
         let mut m = vec![f32::NEG_INFINITY; b * t * cols];
@@ -188,7 +178,8 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, style: RopeStyle, mode: Mode
 }
 
 /// What every attention layer of one forward pass shares: the batch layout, the prefix keys and
-/// values the rows continue (none, one for every row, or one per row), and whether the batch-invariant CPU kernel runs ([`kernels::attend`], and
+/// values the rows continue (none or one; a tree-shaped batch: the external runs its nodes
+/// name), and whether the batch-invariant CPU kernel runs ([`kernels::attend`], and
 /// [`kernels::AttnOp`] when training). Other devices, and a training batch after a shared prefix
 /// (which never happens), take the composed ops over padded keys, with additive masks built once
 /// per window size.
@@ -202,9 +193,15 @@ pub struct AttnCtx<'a> {
 
 impl<'a> AttnCtx<'a> {
     /// `windows`: the window sizes the model's layers use (None: full causal attention).
-    /// `prefix`: empty, one [`Kv`] every row continues, or one per row.
+    /// `prefix`: empty or one [`Kv`] every row continues; for a tree-shaped batch, the external
+    /// prefixes its nodes' `KeySource::Ext` runs index.
     pub fn new(batch: &'a Batch, prefix: &'a [&'a Kv], windows: &[Option<usize>], mode: Mode) -> Result<Self> {
         let dev = batch.ids.device();
+        if batch.tree.is_none() && prefix.len() > 1 {
+            return Err(crate::util::error::Error::Invalid(
+                "internal: rows of a padded batch continue at most one prefix".into(),
+            ));
+        }
         // Training batches have no prefix; the differentiable kernel assumes none.
         let kernel = dev.is_cpu() && (!mode.grad || prefix.iter().all(|p| p.len == 0));
         if batch.tree.is_some() && (!kernel || mode.grad) {
@@ -235,14 +232,9 @@ impl<'a> AttnCtx<'a> {
         let (b, h, t, d) = q.dims4()?;
         if !self.kernel {
             let mask = &self.masks.iter().find(|(w, _)| *w == window).expect("mask built for every window").1;
-            let (k, v) = match self.prefix {
-                [] => (k.clone(), v.clone()),
-                [p] => p.extend(layer, k.clone(), v.clone())?,
-                _ => {
-                    return Err(crate::util::error::Error::Invalid(
-                        "internal: per-row prefixes need the CPU attention kernel".into(),
-                    ))
-                }
+            let (k, v) = match self.prefix.first() {
+                None => (k.clone(), v.clone()),
+                Some(p) => p.extend(layer, k.clone(), v.clone())?,
             };
             return attention(q, &k, &v, mask, scale, mode);
         }
@@ -250,31 +242,12 @@ impl<'a> AttnCtx<'a> {
         if self.batch.tree.is_some() {
             return self.attend_tree(layer, &q, &k, &v, window, scale);
         }
-        // Row r's prefix: the one shared [`Kv`] or its own; each distinct one is read once.
-        let of_row = |r: usize| -> Option<&Kv> {
-            match self.prefix {
-                [] => None,
-                [p] => Some(*p),
-                ps => Some(ps[r]),
-            }
-        };
+        // The prefix every row continues, if any, read once for all rows.
+        let shared = self.prefix.first().filter(|p| p.len > 0);
         let mut tensors: Vec<Tensor> = vec![q.clone(), k.clone(), v.clone()];
-        let mut slot: Vec<Option<usize>> = Vec::with_capacity(b);
-        let mut seen: Vec<(*const Kv, usize)> = Vec::new();
-        for r in 0..b {
-            slot.push(match of_row(r).filter(|p| p.len > 0) {
-                None => None,
-                Some(p) => Some(match seen.iter().find(|(ptr, _)| std::ptr::eq(*ptr, p)) {
-                    Some(&(_, i)) => i,
-                    None => {
-                        let i = tensors.len();
-                        tensors.push(p.k[layer].contiguous()?);
-                        tensors.push(p.v[layer].contiguous()?);
-                        seen.push((p as *const Kv, i));
-                        i
-                    }
-                }),
-            });
+        if let Some(p) = shared {
+            tensors.push(p.k[layer].contiguous()?);
+            tensors.push(p.v[layer].contiguous()?);
         }
         let shape = kernels::AttnShape {
             rows: b,
@@ -282,7 +255,7 @@ impl<'a> AttnCtx<'a> {
             kv_heads: k.dim(1)?,
             len: t,
             dim: d,
-            prefix: (0..b).map(|r| of_row(r).map_or(0, |p| p.len)).collect(),
+            prefix: vec![shared.map_or(0, |p| p.len); b],
             pad: self.batch.pad.clone(),
             window,
             scale: scale as f32,
@@ -292,8 +265,7 @@ impl<'a> AttnCtx<'a> {
         }
         let refs: Vec<&Tensor> = tensors.iter().collect();
         let out = kernels::with_f32s(&refs, |x| {
-            let pre: Vec<kernels::PrefixKv> =
-                slot.iter().map(|s| s.map_or((&[][..], &[][..]), |i| (x[i], x[i + 1]))).collect();
+            let pre: Vec<kernels::PrefixKv> = if shared.is_some() { vec![(x[3], x[4]); b] } else { Vec::new() };
             kernels::attend(&shape, x[0], x[1], x[2], &pre)
         })?;
         Ok(Tensor::from_vec(out, (b, t, h * d), q.device())?)
