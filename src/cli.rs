@@ -230,6 +230,9 @@ pub enum BenchCmd {
         /// No prefix reuse: every row runs whole.
         #[arg(long)]
         whole_rows: bool,
+        /// Untimed warm-up batches before the clock starts (the peers' scripts default to 1).
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
     },
 }
 

@@ -72,9 +72,9 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
         Cmd::Bench { cmd: BenchCmd::LoraOne { model, steps, batch, seq } } => {
             println!("{}", serde_json::to_string(&mores::bench::lora::measure_one(&model, steps, batch, seq)?)?);
         }
-        Cmd::Bench { cmd: BenchCmd::ProbeOne { model, prompts, batch, weights, whole_rows } } => {
+        Cmd::Bench { cmd: BenchCmd::ProbeOne { model, prompts, batch, weights, whole_rows, warmup } } => {
             let w = weights.parse().map_err(anyhow::Error::msg)?;
-            let m = mores::bench::probe::measure_one(&model, &prompts, batch, w, whole_rows)?;
+            let m = mores::bench::probe::measure_one(&model, &prompts, batch, w, whole_rows, warmup)?;
             println!("{}", serde_json::to_string(&m)?);
         }
         Cmd::Train(c) => train(c, threads, !cli.quiet)?,

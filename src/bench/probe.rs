@@ -79,27 +79,40 @@ pub fn peak_rss_mib() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// The child side: load, score every prompt once, report. `whole_rows`: no prefix reuse (the
-/// reference for what the reuse saves).
+/// The child side: load, score `warmup` untimed batches, then every prompt once, report.
+/// `whole_rows`: no prefix reuse (the reference for what the reuse saves). The warm-up is the
+/// peers' protocol (`probe_bench.py --warmup 1`: the first batch, scored and discarded before the
+/// clock starts); here it also packs the weights for mores' GEMM, which happens on first use. Its
+/// prefix cache is thrown away, so the timed run starts as cold as the peers' (they keep no KV
+/// between batches).
 pub fn measure_one(
     model_path: &Path,
     prompts: &Path,
     batch: usize,
     weights: WeightMode,
     whole_rows: bool,
+    warmup: usize,
 ) -> Result<Measurement> {
     let lines: Vec<PromptLine> = crate::util::io::read_jsonl(prompts)?;
     let t0 = std::time::Instant::now();
     let mut model = Model::load(model_path, &crate::model::LoadOptions::for_weights(weights))?;
     model.prefix_reuse = !whole_rows;
     let load_s = t0.elapsed().as_secs_f64();
+    let requests = |chunk: &[PromptLine]| -> Vec<ScoreRequest> {
+        chunk.iter().map(|l| ScoreRequest { prompt: l.prompt.clone(), labels: l.options.clone() }).collect()
+    };
+    let new_cache = || crate::model::radix::PrefixCache::new(crate::recipe::DEFAULT_PREFIX_CACHE_MIB);
+    if let Some(first) = lines.chunks(batch.max(1)).next() {
+        let mut scratch = new_cache();
+        for _ in 0..warmup {
+            model.score_batch_cached(&requests(first), &mut scratch)?;
+        }
+    }
     let t1 = std::time::Instant::now();
     let mut probs = BTreeMap::new();
-    let mut cache = crate::model::radix::PrefixCache::new(crate::recipe::DEFAULT_PREFIX_CACHE_MIB);
+    let mut cache = new_cache();
     for chunk in lines.chunks(batch.max(1)) {
-        let reqs: Vec<ScoreRequest> =
-            chunk.iter().map(|l| ScoreRequest { prompt: l.prompt.clone(), labels: l.options.clone() }).collect();
-        for (l, s) in chunk.iter().zip(model.score_batch_cached(&reqs, &mut cache)?) {
+        for (l, s) in chunk.iter().zip(model.score_batch_cached(&requests(chunk), &mut cache)?) {
             probs.insert(l.id.clone(), s.probs);
         }
     }
@@ -118,6 +131,9 @@ pub fn measure_one(
         probs,
     })
 }
+
+/// Untimed warm-up batches, the same on every side (mores' children and the peers' scripts).
+const WARMUP: usize = 1;
 
 pub struct BenchArgs {
     pub models: Vec<PathBuf>,
@@ -145,7 +161,8 @@ fn run_peer(
     let batch = a.batch.to_string();
     let mut cmd = Command::new(&a.python);
     cmd.arg(&script).args(["--backend", backend, "--model"]).arg(model).arg("--prompts").arg(prompts);
-    cmd.args(["--n", &a.n.to_string(), "--threads", &a.threads.to_string(), "--out"]).arg(out);
+    cmd.args(["--n", &a.n.to_string(), "--threads", &a.threads.to_string(), "--warmup", &WARMUP.to_string()]);
+    cmd.arg("--out").arg(out);
     if backend == "hf" {
         cmd.args(["--batch", &batch]);
     }
@@ -215,6 +232,7 @@ fn mores_child(
     let mut cmd = Command::new(exe);
     cmd.args(["--threads", &a.threads.to_string(), "bench", "probe-one", "--model"]).arg(model).arg("--prompts");
     cmd.arg(pfile).args(["--batch", &a.batch.to_string(), "--weights", &format!("{w:?}").to_lowercase()]);
+    cmd.args(["--warmup", &WARMUP.to_string()]);
     if whole {
         cmd.arg("--whole-rows");
     }

@@ -140,6 +140,36 @@ pub struct AttnShape {
     pub scale: f32,
 }
 
+/// [`dot`] of one query with four keys at once: each key's sum is exactly [`dot`]'s (the same
+/// lanes, the same fold), but the four dependency chains run side by side instead of one after
+/// the other, which hides the adds' latency (a 256-wide head is a chain of 32 adds per lane).
+#[inline]
+fn dot4(a: &[f32], k: [&[f32]; 4]) -> [f32; 4] {
+    let n = a.len();
+    let n8 = n / 8 * 8;
+    let (a8, k8) = (&a[..n8], [&k[0][..n8], &k[1][..n8], &k[2][..n8], &k[3][..n8]]);
+    let mut acc = [[0f32; 8]; 4];
+    for c in (0..n8).step_by(8) {
+        let x: &[f32; 8] = a8[c..c + 8].try_into().expect("eight lanes");
+        for (j, kj) in k8.iter().enumerate() {
+            let y: &[f32; 8] = kj[c..c + 8].try_into().expect("eight lanes");
+            for l in 0..8 {
+                acc[j][l] += x[l] * y[l];
+            }
+        }
+    }
+    let mut out = [0f32; 4];
+    for j in 0..4 {
+        let mut tail = 0f32;
+        for (x, y) in a[n8..].iter().zip(&k[j][n8..n]) {
+            tail += x * y;
+        }
+        let c = &acc[j];
+        out[j] = ((c[0] + c[4]) + (c[1] + c[5])) + ((c[2] + c[6]) + (c[3] + c[7])) + tail;
+    }
+    out
+}
+
 /// Softmax weights of query `qi` over the keys at absolute positions `lo..=qa` (`key(a)` gives
 /// each key), written to `w`: scores, max, exponentials and their sum in one fixed order. The
 /// forward and the backward both call this, so the backward sees exactly the forward's weights.
@@ -153,12 +183,16 @@ fn softmax_weights<'k>(
     w: &mut Vec<f32>,
 ) {
     w.clear();
-    let mut max = f32::NEG_INFINITY;
-    for a in lo..=qa {
-        let x = dot(qi, key(a)) * scale;
-        max = max.max(x);
-        w.push(x);
+    let mut a = lo;
+    while a + 3 <= qa {
+        w.extend(dot4(qi, [key(a), key(a + 1), key(a + 2), key(a + 3)]).map(|x| x * scale));
+        a += 4;
     }
+    for b in a..=qa {
+        w.push(dot(qi, key(b)) * scale);
+    }
+    // The max is order-free; the sum below runs in key order as before.
+    let max = w.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
     let mut sum = 0f32;
     for x in w.iter_mut() {
         *x = (*x - max).exp();
@@ -166,6 +200,32 @@ fn softmax_weights<'k>(
     }
     for x in w.iter_mut() {
         *x /= sum;
+    }
+}
+
+/// o += sum over m of w[m] * value(lo + m), each element summed in key order exactly as
+/// repeated [`axpy`] calls would (one add per key onto the running value, no reassociation),
+/// but 32 elements at a time held in registers across every key instead of loaded and stored
+/// once per key.
+#[inline]
+fn weighted_sum<'v>(o: &mut [f32], w: &[f32], lo: usize, value: impl Fn(usize) -> &'v [f32]) {
+    const C: usize = 32;
+    let d = o.len();
+    let dc = d / C * C;
+    for c in (0..dc).step_by(C) {
+        let mut acc: [f32; C] = o[c..c + C].try_into().expect("a chunk");
+        for (m, &wm) in w.iter().enumerate() {
+            let x: &[f32; C] = value(lo + m)[c..c + C].try_into().expect("a chunk");
+            for l in 0..C {
+                acc[l] += wm * x[l];
+            }
+        }
+        o[c..c + C].copy_from_slice(&acc);
+    }
+    if dc < d {
+        for (m, &wm) in w.iter().enumerate() {
+            axpy(&mut o[dc..], wm, &value(lo + m)[dc..d]);
+        }
     }
 }
 
@@ -198,10 +258,7 @@ pub fn attend(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32], pre: &[PrefixKv]) 
                 let qa = p + i - pad;
                 let lo = s.window.map_or(0, |win| (qa + 1).saturating_sub(win));
                 softmax_weights(&qs[i * d..(i + 1) * d], lo, qa, s.scale, key, &mut w);
-                let oi = &mut o[i * d..(i + 1) * d];
-                for (n, a) in (lo..=qa).enumerate() {
-                    axpy(oi, w[n], value(a));
-                }
+                weighted_sum(&mut o[i * d..(i + 1) * d], &w, lo, value);
             }
             o
         })
@@ -274,10 +331,7 @@ pub fn attend_tree(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32], ext: &[Prefix
                 let lo = s.window.map_or(0, |win| (qa + 1).saturating_sub(win));
                 let qi = &q[(hh * n + node.start + i) * d..][..d];
                 softmax_weights(qi, lo, qa, s.scale, |a| keys[a], &mut w);
-                let oi = &mut o[i * d..(i + 1) * d];
-                for (m, a) in (lo..=qa).enumerate() {
-                    axpy(oi, w[m], values[a]);
-                }
+                weighted_sum(&mut o[i * d..(i + 1) * d], &w, lo, |a| values[a]);
             }
             o
         })
