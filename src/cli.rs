@@ -163,6 +163,10 @@ pub enum BenchCmd {
         python: String,
         #[arg(long, default_value = "runs/bench")]
         work: PathBuf,
+        /// Rounds: each backend runs once per round, the backends in turn; the table gives the
+        /// median and range.
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
     },
     /// (internal) one decoding measurement in a fresh process, printed as JSON.
     #[command(hide = true)]

@@ -49,12 +49,21 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
             };
             print!("{}", mores::bench::probe::probe_bench(&args)?);
         }
-        Cmd::Bench { cmd: BenchCmd::Generate { models, weights, new, reps, peers, python, work } } => {
+        Cmd::Bench { cmd: BenchCmd::Generate { models, weights, new, reps, peers, python, work, repeat } } => {
             let weights =
                 list(&weights).iter().map(|w| w.parse()).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg)?;
             let models = list(&models).into_iter().map(PathBuf::from).collect();
-            let args =
-                mores::bench::generate::GenBenchArgs { models, weights, new, reps, threads, peers, python, work };
+            let args = mores::bench::generate::GenBenchArgs {
+                models,
+                weights,
+                new,
+                reps,
+                threads,
+                peers,
+                python,
+                work,
+                repeat,
+            };
             print!("{}", mores::bench::generate::generate_bench(&args)?);
         }
         Cmd::Bench { cmd: BenchCmd::GenerateOne { model, weights, new, reps } } => {

@@ -86,6 +86,8 @@ pub struct GenBenchArgs {
     pub peers: Option<PathBuf>,
     pub python: String,
     pub work: PathBuf,
+    /// Rounds: every backend once per round, in turn (A B C A B C ...).
+    pub repeat: usize,
 }
 
 fn run_peer(a: &GenBenchArgs, peers: &Path, backend: &str, model: &Path, out: &Path) -> Result<GenMeasurement> {
@@ -110,43 +112,68 @@ fn run_peer(a: &GenBenchArgs, peers: &Path, backend: &str, model: &Path, out: &P
     })
 }
 
-/// Run the benchmark and return a markdown table.
+/// Run the benchmark and return a markdown table. Every backend runs `repeat` times, the
+/// backends taking turns, so a drift of the machine's speed hits them alike; the table gives the
+/// median and range of decode tokens/s, and the ratio of the medians.
 pub fn generate_bench(a: &GenBenchArgs) -> Result<String> {
     use std::fmt::Write;
-    if a.new == 0 || a.reps == 0 {
-        return Err(Error::Invalid(format!("bench generate needs --new and --reps >= 1 (got {}, {})", a.new, a.reps)));
+    if a.new == 0 || a.reps == 0 || a.repeat == 0 {
+        return Err(Error::Invalid(format!(
+            "bench generate needs --new, --reps and --repeat >= 1 (got {}, {}, {})",
+            a.new, a.reps, a.repeat
+        )));
     }
     std::fs::create_dir_all(&a.work).map_err(|e| Error::io(&a.work, e))?;
     let exe = std::env::current_exe().map_err(|e| Error::io("mores", e))?;
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| model | backend | prompt tokens | prefill s | decode tokens/s | peak RSS MiB | best mores speed / this | same first tokens as mores f32 |"
+        "| model | backend | prompt tokens | prefill s | decode tokens/s median (min-max) | peak RSS MiB | best mores speed / this | same first tokens as mores f32 |"
     );
     let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---|");
     for model_path in &a.models {
-        let mut rows: Vec<GenMeasurement> = Vec::new();
-        for w in &a.weights {
-            let mut cmd = Command::new(&exe);
-            cmd.args(["--threads", &a.threads.to_string(), "bench", "generate-one", "--model"]).arg(model_path);
-            cmd.args(["--weights", &format!("{w:?}").to_lowercase()]);
-            cmd.args(["--new", &a.new.to_string(), "--reps", &a.reps.to_string()]);
-            rows.push(super::child(&mut cmd, &exe)?);
-        }
-        if let Some(peers) = &a.peers {
-            let stem = model_path.file_stem().unwrap_or_default().to_string_lossy().to_string();
-            for backend in ["hf", "llamacpp"] {
-                match run_peer(a, peers, backend, model_path, &a.work.join(format!("gen-{backend}-{stem}.json"))) {
-                    Ok(m) => rows.push(m),
-                    Err(e) => eprintln!("warning: {e}"),
+        let stem = model_path.file_stem().unwrap_or_default().to_string_lossy().to_string();
+        // One list of runs per backend, in the order the backends first ran.
+        let mut series: Vec<Vec<GenMeasurement>> = Vec::new();
+        let mut failed: Vec<&str> = Vec::new();
+        for _ in 0..a.repeat {
+            let mut i = 0;
+            let mut push = |m: GenMeasurement, i: &mut usize| {
+                match series.get_mut(*i) {
+                    Some(s) => s.push(m),
+                    None => series.push(vec![m]),
+                }
+                *i += 1;
+            };
+            for w in &a.weights {
+                let mut cmd = Command::new(&exe);
+                cmd.args(["--threads", &a.threads.to_string(), "bench", "generate-one", "--model"]).arg(model_path);
+                cmd.args(["--weights", &format!("{w:?}").to_lowercase()]);
+                cmd.args(["--new", &a.new.to_string(), "--reps", &a.reps.to_string()]);
+                push(super::child(&mut cmd, &exe)?, &mut i);
+            }
+            if let Some(peers) = &a.peers {
+                for backend in ["hf", "llamacpp"] {
+                    if failed.contains(&backend) {
+                        continue;
+                    }
+                    match run_peer(a, peers, backend, model_path, &a.work.join(format!("gen-{backend}-{stem}.json"))) {
+                        Ok(m) => push(m, &mut i),
+                        Err(e) => {
+                            eprintln!("warning: {e}");
+                            failed.push(backend);
+                        }
+                    }
                 }
             }
         }
+        let speed = |s: &[GenMeasurement]| super::spread(s.iter().map(|m| m.decode_tok_per_s).collect());
         let best =
-            rows.iter().filter(|m| m.backend.starts_with("mores")).map(|m| m.decode_tok_per_s).fold(f64::NAN, f64::max);
-        let reference = rows.iter().find(|m| m.backend == "mores (f32)").map(|m| m.first_tokens.clone());
+            series.iter().filter(|s| s[0].backend.starts_with("mores")).map(|s| speed(s).0).fold(f64::NAN, f64::max);
+        let reference = series.iter().find(|s| s[0].backend == "mores (f32)").map(|s| s[0].first_tokens.clone());
         let name = model_path.file_name().unwrap_or_default().to_string_lossy();
-        for m in &rows {
+        for s in &series {
+            let m = &s[0];
             let same = match &reference {
                 Some(r) if !m.first_tokens.is_empty() => {
                     let n = r.len().min(m.first_tokens.len());
@@ -155,18 +182,22 @@ pub fn generate_bench(a: &GenBenchArgs) -> Result<String> {
                 }
                 _ => "–".into(),
             };
+            let (med, lo, hi) = speed(s);
+            let prefill = super::median(s.iter().map(|m| m.prefill_s).collect());
+            let rss = super::median(s.iter().map(|m| m.peak_rss_mib).collect());
             let _ = writeln!(
                 out,
-                "| {name} | {} | {} | {:.3} | {:.1} | {:.0} | {:.2}x | {same} |",
+                "| {name} | {} | {} | {prefill:.3} | {med:.1} ({lo:.1}-{hi:.1}) | {rss:.0} | {:.2}x | {same} |",
                 m.backend,
                 m.prompt_tokens,
-                m.prefill_s,
-                m.decode_tok_per_s,
-                m.peak_rss_mib,
-                best / m.decode_tok_per_s,
+                best / med,
             );
         }
     }
-    let _ = writeln!(out, "\n{} new tokens, greedy, median of {} runs; threads {}.", a.new, a.reps, a.threads);
+    let _ = writeln!(
+        out,
+        "\n{} new tokens, greedy, median of {} decodes per run; {} round(s), backends in turn; threads {}.",
+        a.new, a.reps, a.repeat, a.threads
+    );
     Ok(out)
 }

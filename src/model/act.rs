@@ -1,4 +1,5 @@
-//! Gemma's gated MLP activation, gelu_tanh(gate) * up, as one vectorised pass for inference.
+//! The gated MLP activations as one pass for inference: Gemma's gelu_tanh(gate) * up
+//! (vectorised, below) and the Llama family's silu(gate) * up ([`silu_mul`], candle's arithmetic).
 //!
 //! Why: candle's GELU calls libm's scalar `tanhf` per element, and with the product it makes two
 //! passes and an intermediate tensor over the widest activation of a layer; on the Gemma probe
@@ -54,18 +55,41 @@ pub fn gelu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     if !super::kernels::plain_cpu_f32(&[gate, up]) || gate.shape() != up.shape() {
         return Ok((gate.gelu()? * up)?);
     }
+    gated(gate, up, gelu_mul_slice)
+}
+
+/// `f(gate, up)` element by element over CPU f32 tensors of one shape, in parallel chunks; each
+/// element's value does not depend on the chunking.
+fn gated(gate: &Tensor, up: &Tensor, f: fn(&[f32], &[f32], &mut [f32])) -> Result<Tensor> {
     let (g, u) = (gate.contiguous()?, up.contiguous()?);
     let out = super::kernels::with_f32s(&[&g, &u], |x| {
         use rayon::prelude::*;
         let mut out = vec![0f32; x[0].len()];
-        // Chunks of whole cache lines; each element's value does not depend on the chunking.
+        // Chunks of whole cache lines.
         const CHUNK: usize = 1 << 14;
         out.par_chunks_mut(CHUNK)
             .zip(x[0].par_chunks(CHUNK).zip(x[1].par_chunks(CHUNK)))
-            .for_each(|(o, (g, u))| gelu_mul_slice(g, u, o));
+            .for_each(|(o, (g, u))| f(g, u, o));
         out
     })?;
     Ok(Tensor::from_vec(out, g.shape(), g.device())?)
+}
+
+fn silu_mul_slice(g: &[f32], u: &[f32], out: &mut [f32]) {
+    for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
+        // candle's SiLU (`v / (1 + e^-v)`, libm's expf) and then its product: the same bits as
+        // `silu(gate) * up`, without the intermediate tensor and its second pass.
+        *o = g / (1.0 + (-g).exp()) * u;
+    }
+}
+
+/// silu(gate) * up for CPU f32 tensors without gradients (same shape), bit for bit candle's
+/// `silu(gate) * up`; candle's composed ops elsewhere.
+pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if !super::kernels::plain_cpu_f32(&[gate, up]) || gate.shape() != up.shape() {
+        return Ok((candle_nn::ops::silu(gate)? * up)?);
+    }
+    gated(gate, up, silu_mul_slice)
 }
 
 #[cfg(test)]
@@ -83,6 +107,19 @@ mod tests {
         // Clamped, never infinite or NaN.
         assert_eq!(exp(-1000.0), exp(-87.0));
         assert!(exp(1000.0).is_finite() && exp(1000.0) > 1e38);
+    }
+
+    #[test]
+    fn silu_mul_is_candles_silu_times_up_bit_for_bit() {
+        let n = 40_003;
+        let g: Vec<f32> = (0..n).map(|i| (i as f32 / n as f32 - 0.5) * 40.0).collect();
+        let u: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0).collect();
+        let gt = Tensor::from_vec(g, n, &Device::Cpu).unwrap();
+        let ut = Tensor::from_vec(u, n, &Device::Cpu).unwrap();
+        let ours = silu_mul(&gt, &ut).unwrap().to_vec1::<f32>().unwrap();
+        let candle = (candle_nn::ops::silu(&gt).unwrap() * &ut).unwrap().to_vec1::<f32>().unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&ours), bits(&candle));
     }
 
     /// Against GELU in f64 (in the logistic form; relative 2.4e-6 where the logistic is not

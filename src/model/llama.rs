@@ -388,7 +388,7 @@ impl Model {
             x = (x + l.o.forward(&a, mode)?)?;
             let h = l.post_norm.forward(&x, mode)?;
             let (gate, up) = (l.gate.forward(&h, mode)?, l.up.forward(&h, mode)?);
-            let m = if mode.grad { grad_ops::swiglu(&gate, &up)? } else { (candle_nn::ops::silu(&gate)? * up)? };
+            let m = if mode.grad { grad_ops::swiglu(&gate, &up)? } else { super::act::silu_mul(&gate, &up)? };
             x = (x + l.down.forward(&m, mode)?)?;
         }
         Ok((x, kv))
