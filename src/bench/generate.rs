@@ -137,20 +137,12 @@ pub fn generate_bench(a: &GenBenchArgs) -> Result<String> {
         let mut series: Vec<Vec<GenMeasurement>> = Vec::new();
         let mut failed: Vec<&str> = Vec::new();
         for _ in 0..a.repeat {
-            let mut i = 0;
-            let mut push = |m: GenMeasurement, i: &mut usize| {
-                match series.get_mut(*i) {
-                    Some(s) => s.push(m),
-                    None => series.push(vec![m]),
-                }
-                *i += 1;
-            };
             for w in &a.weights {
                 let mut cmd = Command::new(&exe);
                 cmd.args(["--threads", &a.threads.to_string(), "bench", "generate-one", "--model"]).arg(model_path);
                 cmd.args(["--weights", &format!("{w:?}").to_lowercase()]);
                 cmd.args(["--new", &a.new.to_string(), "--reps", &a.reps.to_string()]);
-                push(super::child(&mut cmd, &exe)?, &mut i);
+                push(&mut series, super::child(&mut cmd, &exe)?);
             }
             if let Some(peers) = &a.peers {
                 for backend in ["hf", "llamacpp"] {
@@ -158,7 +150,7 @@ pub fn generate_bench(a: &GenBenchArgs) -> Result<String> {
                         continue;
                     }
                     match run_peer(a, peers, backend, model_path, &a.work.join(format!("gen-{backend}-{stem}.json"))) {
-                        Ok(m) => push(m, &mut i),
+                        Ok(m) => push(&mut series, m),
                         Err(e) => {
                             eprintln!("warning: {e}");
                             failed.push(backend);
@@ -200,4 +192,13 @@ pub fn generate_bench(a: &GenBenchArgs) -> Result<String> {
         a.new, a.reps, a.repeat, a.threads
     );
     Ok(out)
+}
+
+/// Add a run to its backend's series, by name (a peer failing in a later round must not shift
+/// the other backends' runs), or start the series in first-run order.
+fn push(series: &mut Vec<Vec<GenMeasurement>>, m: GenMeasurement) {
+    match series.iter_mut().find(|s| s[0].backend == m.backend) {
+        Some(s) => s.push(m),
+        None => series.push(vec![m]),
+    }
 }

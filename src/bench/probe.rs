@@ -275,11 +275,8 @@ pub fn probe_bench(a: &BenchArgs) -> Result<String> {
         let mut series: Vec<Series> = Vec::new();
         let mut peer_names: Vec<&str> = Vec::new();
         for round in 0..a.repeat {
-            let mut i = 0;
             for &(w, whole) in &sides {
-                let m = mores_child(a, &exe, model_path, &pfile, w, whole)?;
-                push(&mut series, i, m);
-                i += 1;
+                push(&mut series, mores_child(a, &exe, model_path, &pfile, w, whole)?);
             }
             if let Some(peers) = &a.peers {
                 for backend in ["hf", "llamacpp"] {
@@ -293,8 +290,7 @@ pub fn probe_bench(a: &BenchArgs) -> Result<String> {
                             if round == 0 {
                                 peer_names.push(backend);
                             }
-                            push(&mut series, i, m);
-                            i += 1;
+                            push(&mut series, m);
                         }
                         Err(e) => eprintln!("warning: {e}"),
                     }
@@ -329,9 +325,48 @@ pub fn probe_bench(a: &BenchArgs) -> Result<String> {
     Ok(out)
 }
 
-fn push(series: &mut Vec<Series>, i: usize, m: Measurement) {
-    match series.get_mut(i) {
+/// Add a run to its backend's series (by name: a peer that fails in a later round must not
+/// shift the others' runs into the wrong row), or start the series in first-run order.
+fn push(series: &mut Vec<Series>, m: Measurement) {
+    match series.iter_mut().find(|s| s.last().backend == m.backend) {
         Some(s) => s.runs.push(m),
         None => series.push(Series { runs: vec![m] }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(backend: &str, pps: f64) -> Measurement {
+        Measurement {
+            backend: backend.into(),
+            n: 1,
+            batch: 1,
+            load_s: 0.0,
+            score_s: 1.0,
+            prompts_per_s: pps,
+            peak_rss_mib: 1.0,
+            probs: BTreeMap::new(),
+            reuse: None,
+        }
+    }
+
+    /// A peer that fails in the second round (transformers here) must not move llama.cpp's run
+    /// into transformers' row.
+    #[test]
+    fn a_peer_failing_in_a_later_round_shifts_no_other_row() {
+        let mut series = Vec::new();
+        for m in [run("mores", 10.0), run("hf", 5.0), run("llamacpp", 3.0), run("mores", 11.0), run("llamacpp", 4.0)] {
+            push(&mut series, m);
+        }
+        let rows: Vec<(String, Vec<f64>)> = series
+            .iter()
+            .map(|s| (s.last().backend.clone(), s.runs.iter().map(|m| m.prompts_per_s).collect()))
+            .collect();
+        assert_eq!(
+            rows,
+            vec![("mores".into(), vec![10.0, 11.0]), ("hf".into(), vec![5.0]), ("llamacpp".into(), vec![3.0, 4.0])]
+        );
     }
 }
