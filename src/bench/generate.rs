@@ -3,6 +3,7 @@
 //! same prompt, number of new tokens and threads, in the same run. The setting is the peer
 //! script's: one ~40-token prompt, 64 new tokens, end of sequence ignored so every run makes 64.
 use crate::bench::probe::peak_rss_mib;
+use crate::bench::{add_run, Series};
 use crate::model::{LoadOptions, Model};
 use crate::recipe::WeightMode;
 use crate::util::error::{Error, Result};
@@ -134,7 +135,7 @@ pub fn generate_bench(a: &GenBenchArgs) -> Result<String> {
     for model_path in &a.models {
         let stem = model_path.file_stem().unwrap_or_default().to_string_lossy().to_string();
         // One list of runs per backend, in the order the backends first ran.
-        let mut series: Vec<Vec<GenMeasurement>> = Vec::new();
+        let mut series: Vec<Series<GenMeasurement>> = Vec::new();
         let mut failed: Vec<&str> = Vec::new();
         for _ in 0..a.repeat {
             for w in &a.weights {
@@ -142,7 +143,7 @@ pub fn generate_bench(a: &GenBenchArgs) -> Result<String> {
                 cmd.args(["--threads", &a.threads.to_string(), "bench", "generate-one", "--model"]).arg(model_path);
                 cmd.args(["--weights", &format!("{w:?}").to_lowercase()]);
                 cmd.args(["--new", &a.new.to_string(), "--reps", &a.reps.to_string()]);
-                push(&mut series, super::child(&mut cmd, &exe)?);
+                add_run(&mut series, super::child(&mut cmd, &exe)?, |m| &m.backend);
             }
             if let Some(peers) = &a.peers {
                 for backend in ["hf", "llamacpp"] {
@@ -150,7 +151,7 @@ pub fn generate_bench(a: &GenBenchArgs) -> Result<String> {
                         continue;
                     }
                     match run_peer(a, peers, backend, model_path, &a.work.join(format!("gen-{backend}-{stem}.json"))) {
-                        Ok(m) => push(&mut series, m),
+                        Ok(m) => add_run(&mut series, m, |m| &m.backend),
                         Err(e) => {
                             eprintln!("warning: {e}");
                             failed.push(backend);
@@ -159,13 +160,17 @@ pub fn generate_bench(a: &GenBenchArgs) -> Result<String> {
                 }
             }
         }
-        let speed = |s: &[GenMeasurement]| super::spread(s.iter().map(|m| m.decode_tok_per_s).collect());
-        let best =
-            series.iter().filter(|s| s[0].backend.starts_with("mores")).map(|s| speed(s).0).fold(f64::NAN, f64::max);
-        let reference = series.iter().find(|s| s[0].backend == "mores (f32)").map(|s| s[0].first_tokens.clone());
+        let speed = |s: &Series<GenMeasurement>| s.spread(|m| m.decode_tok_per_s);
+        let best = series
+            .iter()
+            .filter(|s| s.last().backend.starts_with("mores"))
+            .map(|s| speed(s).0)
+            .fold(f64::NAN, f64::max);
+        let reference =
+            series.iter().find(|s| s.last().backend == "mores (f32)").map(|s| s.last().first_tokens.clone());
         let name = model_path.file_name().unwrap_or_default().to_string_lossy();
         for s in &series {
-            let m = &s[0];
+            let m = s.last();
             let same = match &reference {
                 Some(r) if !m.first_tokens.is_empty() => {
                     let n = r.len().min(m.first_tokens.len());
@@ -175,8 +180,8 @@ pub fn generate_bench(a: &GenBenchArgs) -> Result<String> {
                 _ => "–".into(),
             };
             let (med, lo, hi) = speed(s);
-            let prefill = super::median(s.iter().map(|m| m.prefill_s).collect());
-            let rss = super::median(s.iter().map(|m| m.peak_rss_mib).collect());
+            let prefill = s.spread(|m| m.prefill_s).0;
+            let rss = s.spread(|m| m.peak_rss_mib).0;
             let _ = writeln!(
                 out,
                 "| {name} | {} | {} | {prefill:.3} | {med:.1} ({lo:.1}-{hi:.1}) | {rss:.0} | {:.2}x | {same} |",
@@ -192,13 +197,4 @@ pub fn generate_bench(a: &GenBenchArgs) -> Result<String> {
         a.new, a.reps, a.repeat, a.threads
     );
     Ok(out)
-}
-
-/// Add a run to its backend's series, by name (a peer failing in a later round must not shift
-/// the other backends' runs), or start the series in first-run order.
-fn push(series: &mut Vec<Vec<GenMeasurement>>, m: GenMeasurement) {
-    match series.iter_mut().find(|s| s[0].backend == m.backend) {
-        Some(s) => s.push(m),
-        None => series.push(vec![m]),
-    }
 }

@@ -45,3 +45,29 @@ pub fn spread(v: Vec<f64>) -> (f64, f64, f64) {
     let (lo, hi) = v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
     (median(v), lo, hi)
 }
+
+/// One backend's repeated measurements in a benchmark with rounds.
+pub struct Series<T> {
+    pub runs: Vec<T>,
+}
+
+impl<T> Series<T> {
+    /// Median, min and max of a figure over the runs.
+    pub fn spread(&self, f: impl Fn(&T) -> f64) -> (f64, f64, f64) {
+        spread(self.runs.iter().map(f).collect())
+    }
+
+    pub fn last(&self) -> &T {
+        self.runs.last().expect("a series holds at least one run")
+    }
+}
+
+/// Add a run to its backend's series, found by the backend's name (a peer that fails in a later
+/// round must not shift the other backends' runs into its row), or start a series, in the order
+/// the backends first ran.
+pub fn add_run<T>(series: &mut Vec<Series<T>>, run: T, backend: fn(&T) -> &str) {
+    match series.iter_mut().find(|s| backend(s.last()) == backend(&run)) {
+        Some(s) => s.runs.push(run),
+        None => series.push(Series { runs: vec![run] }),
+    }
+}

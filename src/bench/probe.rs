@@ -204,21 +204,7 @@ fn max_diff(a: &Measurement, b: &Measurement) -> Option<f64> {
     m
 }
 
-/// One backend's repeated measurements.
-struct Series {
-    runs: Vec<Measurement>,
-}
-
-impl Series {
-    /// Median, min and max of a figure over the runs.
-    fn spread(&self, f: impl Fn(&Measurement) -> f64) -> (f64, f64, f64) {
-        super::spread(self.runs.iter().map(f).collect())
-    }
-
-    fn last(&self) -> &Measurement {
-        self.runs.last().expect("at least one run")
-    }
-}
+type Series = super::Series<Measurement>;
 
 /// One mores child process: load, score the prompt file, print its [`Measurement`].
 fn mores_child(
@@ -325,13 +311,8 @@ pub fn probe_bench(a: &BenchArgs) -> Result<String> {
     Ok(out)
 }
 
-/// Add a run to its backend's series (by name: a peer that fails in a later round must not
-/// shift the others' runs into the wrong row), or start the series in first-run order.
 fn push(series: &mut Vec<Series>, m: Measurement) {
-    match series.iter_mut().find(|s| s.last().backend == m.backend) {
-        Some(s) => s.runs.push(m),
-        None => series.push(Series { runs: vec![m] }),
-    }
+    super::add_run(series, m, |m| &m.backend);
 }
 
 #[cfg(test)]
