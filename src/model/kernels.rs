@@ -98,11 +98,18 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
             acc[l] += ca[l] * cb[l];
         }
     }
-    let mut tail = 0f32;
-    for (x, y) in a[n8..].iter().zip(&b[n8..]) {
-        tail += x * y;
+    fold8(&acc, a[n8..].iter().zip(&b[n8..]))
+}
+
+/// The end of a [`dot`]: eight lane sums folded in a fixed tree, plus the tail's products summed
+/// in order. [`dot4`] ends the same way, so its sums are [`dot`]'s bit for bit.
+#[inline]
+fn fold8<'a>(acc: &[f32; 8], tail: impl Iterator<Item = (&'a f32, &'a f32)>) -> f32 {
+    let mut t = 0f32;
+    for (x, y) in tail {
+        t += x * y;
     }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + t
 }
 
 /// o += a * x, element by element (no reduction, so the order cannot change a result), in
@@ -158,16 +165,7 @@ fn dot4(a: &[f32], k: [&[f32]; 4]) -> [f32; 4] {
             }
         }
     }
-    let mut out = [0f32; 4];
-    for j in 0..4 {
-        let mut tail = 0f32;
-        for (x, y) in a[n8..].iter().zip(&k[j][n8..n]) {
-            tail += x * y;
-        }
-        let c = &acc[j];
-        out[j] = ((c[0] + c[4]) + (c[1] + c[5])) + ((c[2] + c[6]) + (c[3] + c[7])) + tail;
-    }
-    out
+    std::array::from_fn(|j| fold8(&acc[j], a[n8..].iter().zip(&k[j][n8..n])))
 }
 
 /// Softmax weights of query `qi` over the keys at absolute positions `lo..=qa` (`key(a)` gives
@@ -501,7 +499,6 @@ mod tests {
         }
     }
 
-    /// One row's attention, computed alone with no padding and no prefix.
     /// One unpadded row of `t` positions without a prefix, scale 0.3.
     fn one_row((h, kv, t, d): (usize, usize, usize, usize), win: Option<usize>) -> AttnShape {
         AttnShape {
@@ -517,6 +514,7 @@ mod tests {
         }
     }
 
+    /// One row's attention, computed alone with no padding and no prefix.
     fn single(qkv: [&[f32]; 3], dims: (usize, usize, usize, usize), win: Option<usize>) -> Vec<f32> {
         attend(&one_row(dims, win), qkv[0], qkv[1], qkv[2], &[])
     }
@@ -572,6 +570,19 @@ mod tests {
             let (pk, pv) = (split(&k, kv, 0, 5), split(&v, kv, 0, 5));
             let got = attend(&s, &split(&q, h, 5, t), &split(&k, kv, 5, t), &split(&v, kv, 5, t), &[(&pk, &pv)]);
             assert_eq!(&got[..], &want[5 * h * d..], "window {win:?}: after a prefix");
+        }
+    }
+
+    /// Four keys at once give each key's `dot` bits, for lengths with and without a tail.
+    #[test]
+    fn dot4_gives_dots_bits() {
+        for n in [1, 7, 8, 64, 67, 256] {
+            let q = rand_vec(20, n);
+            let keys: Vec<Vec<f32>> = (0..4).map(|j| rand_vec(21 + j, n)).collect();
+            let four = dot4(&q, [&keys[0], &keys[1], &keys[2], &keys[3]]);
+            for (j, k) in keys.iter().enumerate() {
+                assert_eq!(four[j].to_bits(), dot(&q, k).to_bits(), "length {n}, key {j}");
+            }
         }
     }
 
