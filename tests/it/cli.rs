@@ -39,6 +39,31 @@ fn vocab_gguf(path: &std::path::Path, arch: &str, pre: Option<&str>) {
         .unwrap();
 }
 
+/// A missing input file's error line named the OS message twice (the I/O error was also the
+/// error's source, which the CLI's chained format appends).
+#[test]
+fn missing_file_error_says_the_os_message_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("prompts.jsonl");
+    let o = mores(&[
+        "bench",
+        "probe-one",
+        "--model",
+        "checkpoints/none.gguf",
+        "--prompts",
+        missing.to_str().unwrap(),
+        "--batch",
+        "8",
+        "--weights",
+        "f32",
+    ]);
+    assert_clean_error(&o, "prompts.jsonl");
+    let err = stderr(&o);
+    let line = err.lines().find(|l| l.starts_with("error: ")).unwrap();
+    let os = std::fs::read(&missing).unwrap_err().to_string();
+    assert_eq!(line.matches(&os).count(), 1, "{line:?}");
+}
+
 #[test]
 fn unsupported_architecture_names_the_supported_ones() {
     let dir = tempfile::tempdir().unwrap();
