@@ -16,7 +16,7 @@ use super::pairs::{Pair, Samples};
 use crate::survey::{Question, Survey};
 use crate::util::error::Result;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Reference {
@@ -54,8 +54,10 @@ fn document(q: &Question) -> Vec<String> {
 }
 
 /// L2-normalised TF-IDF vectors (idf = ln((1 + N) / (1 + df)) + 1, as scikit-learn smooths it).
-fn tfidf(docs: &[Vec<String>]) -> Vec<HashMap<String, f64>> {
-    let mut df: HashMap<&str, usize> = HashMap::new();
+/// Ordered maps: the norm's and the cosine's sums run in word order, so a similarity has the same
+/// bits in every run (a HashMap's per-process order moved them in the last digit).
+fn tfidf(docs: &[Vec<String>]) -> Vec<BTreeMap<String, f64>> {
+    let mut df: BTreeMap<&str, usize> = BTreeMap::new();
     for d in docs {
         let mut seen: Vec<&str> = d.iter().map(|s| s.as_str()).collect();
         seen.sort_unstable();
@@ -67,7 +69,7 @@ fn tfidf(docs: &[Vec<String>]) -> Vec<HashMap<String, f64>> {
     let n = docs.len() as f64;
     docs.iter()
         .map(|d| {
-            let mut v: HashMap<String, f64> = HashMap::new();
+            let mut v: BTreeMap<String, f64> = BTreeMap::new();
             for w in d {
                 *v.entry(w.clone()).or_default() += 1.0;
             }
@@ -83,7 +85,7 @@ fn tfidf(docs: &[Vec<String>]) -> Vec<HashMap<String, f64>> {
         .collect()
 }
 
-fn cosine(a: &HashMap<String, f64>, b: &HashMap<String, f64>) -> f64 {
+fn cosine(a: &BTreeMap<String, f64>, b: &BTreeMap<String, f64>) -> f64 {
     a.iter().map(|(w, x)| x * b.get(w).copied().unwrap_or(0.0)).sum()
 }
 
