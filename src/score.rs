@@ -11,7 +11,7 @@
 use crate::model::radix::PrefixCache;
 use crate::model::Model;
 use crate::util::error::{Error, Result};
-use candle_core::D;
+use candle_core::{Tensor, D};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -170,38 +170,42 @@ impl Scorer for Model {
             where_read.push(map.into_iter().map(|(k, v)| (k, read0 + v)).collect());
         }
         let logits = self.logits_at_cached(&rows, &reads, cache)?;
-        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?.to_vec2::<f32>()?;
-        // A NaN anywhere in the forward pass (a NaN epsilon, a broken adapter) must not turn into
-        // finite-looking probabilities: stop, naming the model and the prompt.
-        for (r, row) in logp.iter().enumerate() {
-            if row.iter().any(|x| x.is_nan()) {
-                let item = where_read.iter().position(|m| m.values().any(|&v| v == r)).unwrap_or(0);
-                let adapter = self
-                    .info
-                    .adapter
-                    .as_ref()
-                    .map(|a| format!(" with adapter {}", a.path.display()))
-                    .unwrap_or_default();
-                return Err(Error::model(
-                    &self.info.path,
-                    format!(
-                        "non-finite logits{adapter} for prompt {:?}: the weights or the adapter hold NaN or inf",
-                        items[item].prompt.chars().take(60).collect::<String>()
-                    ),
-                ));
-            }
-        }
-        let width = logp.first().map(|r| r.len()).unwrap_or(0);
+        let width = logits.dim(1)?;
         if let Some(t) = plans.iter().flat_map(|p| p.seqs.iter().flatten().flatten()).find(|&&t| t as usize >= width) {
             return Err(Error::model(
                 &self.info.path,
                 format!("token id {t} is outside the output head's {width} rows: tokenizer and weights do not match"),
             ));
         }
+        // Every (read, token) whose log-probability a label sequence needs.
+        let mut want: Vec<(usize, u32)> = Vec::new();
+        for (plan, map) in plans.iter().zip(&where_read) {
+            for s in plan.seqs.iter().flatten() {
+                want.extend((0..s.len()).map(|i| (map[&s[..i].to_vec()], s[i])));
+            }
+        }
+        want.sort_unstable();
+        want.dedup();
+        let (values, nan_row) = label_log_softmax(&logits, &want)?;
+        // A NaN anywhere in the forward pass (a NaN epsilon, a broken adapter) must not turn into
+        // finite-looking probabilities: stop, naming the model and the prompt.
+        if let Some(r) = nan_row {
+            let item = where_read.iter().position(|m| m.values().any(|&v| v == r)).unwrap_or(0);
+            let adapter =
+                self.info.adapter.as_ref().map(|a| format!(" with adapter {}", a.path.display())).unwrap_or_default();
+            return Err(Error::model(
+                &self.info.path,
+                format!(
+                    "non-finite logits{adapter} for prompt {:?}: the weights or the adapter hold NaN or inf",
+                    items[item].prompt.chars().take(60).collect::<String>()
+                ),
+            ));
+        }
+        let logp: HashMap<(usize, u32), f32> = want.into_iter().zip(values).collect();
         let mut out = Vec::with_capacity(plans.len());
         for (plan, map) in plans.iter().zip(&where_read) {
             let seq_p = |s: &Vec<u32>| -> f64 {
-                (0..s.len()).map(|i| logp[map[&s[..i].to_vec()]][s[i] as usize] as f64).sum::<f64>().exp()
+                (0..s.len()).map(|i| logp[&(map[&s[..i].to_vec()], s[i])] as f64).sum::<f64>().exp()
             };
             // "1" followed by "0" is the answer "10", not "1": a label's sequence only counts the
             // mass no other label's sequence continues it with (the rule training uses too).
@@ -226,5 +230,79 @@ impl Scorer for Model {
             out.push(OptionScores { raw, mass, probs, n_tokens: plan.prompt_ids.len() });
         }
         Ok(out)
+    }
+}
+
+/// candle's `log_softmax(logits, D::Minus1)` at the `want`ed (row, token) entries only, with its
+/// arithmetic step for step: the row's max, d = x - max, the sum of exp(d) by candle's own
+/// reduction, then d - ln(sum). Same bits, without the four [rows, vocab] tensors (84 MB each
+/// for a batch of Gemma's 262k-entry rows) that the full op builds, faults in and copies out.
+/// Also returns the first row holding a NaN (its sum is NaN exactly when one of its logits, and
+/// so one of its log-probabilities, is NaN). Off the CPU the full op runs as before.
+fn label_log_softmax(logits: &Tensor, want: &[(usize, u32)]) -> Result<(Vec<f32>, Option<usize>)> {
+    use candle_core::cpu::kernels::VecOps;
+    use rayon::prelude::*;
+    let (rows, width) = logits.dims2()?;
+    if !logits.device().is_cpu() {
+        let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?.to_vec2::<f32>()?;
+        let nan_row = logp.iter().position(|r| r.iter().any(|x| x.is_nan()));
+        return Ok((want.iter().map(|&(r, t)| logp[r][t as usize]).collect(), nan_row));
+    }
+    let logits = logits.contiguous()?;
+    crate::model::kernels::with_f32s(&[&logits], |v| {
+        let x = v[0];
+        // Per row: (max, ln(sum of exp(x - max))).
+        let stats: Vec<(f32, f32)> = (0..rows)
+            .into_par_iter()
+            .map_init(
+                || vec![0f32; width],
+                |e, r| {
+                    let row = &x[r * width..(r + 1) * width];
+                    let mut max = 0f32;
+                    let mut sum = 0f32;
+                    // SAFETY: `row` and `e` hold `width` values; width >= 1 (a vocabulary).
+                    unsafe { f32::vec_reduce_max(row.as_ptr(), &mut max, width) };
+                    for (ei, &xi) in e.iter_mut().zip(row) {
+                        *ei = (xi - max).exp();
+                    }
+                    unsafe { f32::vec_reduce_sum(e.as_ptr(), &mut sum, width) };
+                    (max, sum.ln())
+                },
+            )
+            .collect();
+        let nan_row = stats.iter().position(|s| s.1.is_nan());
+        let values = want.iter().map(|&(r, t)| (x[r * width + t as usize] - stats[r].0) - stats[r].1).collect();
+        (values, nan_row)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// The label log-probabilities read off the logits are candle's full log_softmax at those
+    /// entries, bit for bit (a vocabulary-sized row, widths with and without a SIMD tail), and a
+    /// NaN row is reported as such.
+    #[test]
+    fn label_log_softmax_is_candles_log_softmax_bit_for_bit() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        for width in [1usize, 37, 4096, 49_157] {
+            let rows = 5;
+            let x: Vec<f32> = (0..rows * width).map(|_| rng.random_range(-30.0f32..30.0)).collect();
+            let logits = Tensor::from_vec(x, (rows, width), &candle_core::Device::Cpu).unwrap();
+            let full = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap().to_vec2::<f32>().unwrap();
+            let want: Vec<(usize, u32)> =
+                (0..rows).flat_map(|r| [0, width / 2, width - 1].map(|t| (r, t as u32))).collect();
+            let (got, nan_row) = label_log_softmax(&logits, &want).unwrap();
+            assert_eq!(nan_row, None);
+            for (&(r, t), g) in want.iter().zip(got) {
+                assert_eq!(g.to_bits(), full[r][t as usize].to_bits(), "width {width}, row {r}, token {t}");
+            }
+        }
+        let mut x = vec![0.5f32; 3 * 8];
+        x[2 * 8 + 3] = f32::NAN;
+        let logits = Tensor::from_vec(x, (3, 8), &candle_core::Device::Cpu).unwrap();
+        assert_eq!(label_log_softmax(&logits, &[(0, 1)]).unwrap().1, Some(2));
     }
 }

@@ -4,7 +4,7 @@
 //! scaled by sqrt(hidden), and local sliding-window layers with their own RoPE base.
 //! GGUF norm weights already include Gemma's "+1"; Hugging Face checkpoints store w and need 1 + w.
 use super::gguf::GgufFile;
-use super::layers::{gather, rope, AttnCtx, Batch, Kv, RmsNorm, RopeStyle};
+use super::layers::{gather, residual, rope, AttnCtx, Batch, Kv, RmsNorm, RopeStyle};
 use super::linear::{layer_slots, Linear, Slot};
 use super::mode::Mode;
 use super::weights::{key, Weights};
@@ -286,11 +286,11 @@ impl Model {
                 kv.v.push(v.clone());
             }
             let a = ctx.attend(li, &q, &k, &v, win, scale)?;
-            x = (x + l.post_attn_norm.forward(&l.o.forward(&a, mode)?, mode)?)?;
+            x = residual(&x, &l.post_attn_norm.forward(&l.o.forward(&a, mode)?, mode)?, mode)?;
             let h = l.pre_ffn_norm.forward(&x, mode)?;
             let (gate, up) = (l.gate.forward(&h, mode)?, l.up.forward(&h, mode)?);
             let m = if mode.grad { (gate.gelu()? * up)? } else { super::act::gelu_mul(&gate, &up)? };
-            x = (x + l.post_ffn_norm.forward(&l.down.forward(&m, mode)?, mode)?)?;
+            x = residual(&x, &l.post_ffn_norm.forward(&l.down.forward(&m, mode)?, mode)?, mode)?;
         }
         let logits = match read {
             Some(read) => Some(self.lm_head.forward(&self.norm.forward(&gather(&x, read)?, mode)?, mode)?),

@@ -189,6 +189,12 @@ fn softmax_weights<'k>(
     for b in a..=qa {
         w.push(dot(qi, key(b)) * scale);
     }
+    normalise(w);
+}
+
+/// Scores to softmax weights in place: max, exponentials and their sum in key order.
+#[inline]
+fn normalise(w: &mut [f32]) {
     // The max is order-free; the sum below runs in key order as before.
     let max = w.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
     let mut sum = 0f32;
@@ -198,6 +204,204 @@ fn softmax_weights<'k>(
     }
     for x in w.iter_mut() {
         *x /= sum;
+    }
+}
+
+/// Query heads that share one KV head, taken together by [`attend_tree`]: every key and value
+/// row is loaded once for up to this many heads instead of once per head.
+const HEADS_TOGETHER: usize = 4;
+
+/// [`dot4`] for `H` queries (heads of one KV group) against the same four keys: each of the
+/// H x 4 sums is exactly [`dot`]'s (same lanes, same fold), with each key chunk loaded once for
+/// all H queries. The eight lanes are one 256-bit vector where the CPU has AVX (a multiply, then
+/// an add: no fused multiply-add, as in [`dot`]), plain arrays elsewhere: the same bits.
+#[inline]
+fn dot_heads4<const H: usize>(qs: [&[f32]; H], k: [&[f32]; 4]) -> [[f32; 4]; H] {
+    let n = k[0].len();
+    assert!(qs.iter().all(|q| q.len() == n) && k.iter().all(|kj| kj.len() == n), "dot_heads4: lengths differ");
+    let n8 = n / 8 * 8;
+    #[cfg(target_arch = "x86_64")]
+    let acc = if std::arch::is_x86_feature_detected!("avx") {
+        // SAFETY: AVX is present; every load reads 8 values at c < n8 <= the slices' length.
+        unsafe { lanes_heads4_avx(qs, k, n8) }
+    } else {
+        lanes_heads4(qs, k, n8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let acc = lanes_heads4(qs, k, n8);
+    std::array::from_fn(|h| std::array::from_fn(|j| fold8(&acc[h][j], qs[h][n8..n].iter().zip(&k[j][n8..n]))))
+}
+
+/// The eight lane sums of [`dot_heads4`] over the first `n8` values, portable form.
+#[inline]
+fn lanes_heads4<const H: usize>(qs: [&[f32]; H], k: [&[f32]; 4], n8: usize) -> [[[f32; 8]; 4]; H] {
+    let mut acc = [[[0f32; 8]; 4]; H];
+    for c in (0..n8).step_by(8) {
+        for (h, acc) in acc.iter_mut().enumerate() {
+            for (j, acc) in acc.iter_mut().enumerate() {
+                for l in 0..8 {
+                    acc[l] += qs[h][c + l] * k[j][c + l];
+                }
+            }
+        }
+    }
+    acc
+}
+
+/// [`lanes_heads4`] in AVX registers (the portable form does not vectorise: its H x 4
+/// accumulators stayed on the stack).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn lanes_heads4_avx<const H: usize>(qs: [&[f32]; H], k: [&[f32]; 4], n8: usize) -> [[[f32; 8]; 4]; H] {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm256_setzero_ps(); 4]; H];
+    let mut c = 0;
+    while c < n8 {
+        // SAFETY (whole block): c + 8 <= n8 <= every slice's length.
+        let y: [__m256; 4] = std::array::from_fn(|j| unsafe { _mm256_loadu_ps(k[j].as_ptr().add(c)) });
+        for (h, acc) in acc.iter_mut().enumerate() {
+            let x = unsafe { _mm256_loadu_ps(qs[h].as_ptr().add(c)) };
+            for (a, &yj) in acc.iter_mut().zip(&y) {
+                *a = _mm256_add_ps(*a, _mm256_mul_ps(x, yj));
+            }
+        }
+        c += 8;
+    }
+    let mut out = [[[0f32; 8]; 4]; H];
+    for (o, a) in out.iter_mut().zip(&acc) {
+        for (o, &a) in o.iter_mut().zip(a) {
+            unsafe { _mm256_storeu_ps(o.as_mut_ptr(), a) };
+        }
+    }
+    out
+}
+
+/// [`softmax_weights`] for `H` query heads at the same position (so the same keys `lo..=qa`):
+/// each head's weights are exactly what [`softmax_weights`] gives it alone.
+#[inline]
+fn softmax_weights_heads<'k, const H: usize>(
+    qs: [&[f32]; H],
+    lo: usize,
+    qa: usize,
+    scale: f32,
+    key: impl Fn(usize) -> &'k [f32],
+    w: &mut [Vec<f32>],
+) {
+    for wj in w.iter_mut() {
+        wj.clear();
+    }
+    let mut a = lo;
+    while a + 3 <= qa {
+        let sc = dot_heads4(qs, [key(a), key(a + 1), key(a + 2), key(a + 3)]);
+        for (wj, sj) in w.iter_mut().zip(sc) {
+            wj.extend(sj.map(|x| x * scale));
+        }
+        a += 4;
+    }
+    for b in a..=qa {
+        let kb = key(b);
+        for (wj, qj) in w.iter_mut().zip(qs) {
+            wj.push(dot(qj, kb) * scale);
+        }
+    }
+    for wj in w.iter_mut().take(H) {
+        normalise(wj);
+    }
+}
+
+/// [`weighted_sum`] for `H` heads at once: head j's output starts at `o[j * stride + at]` and
+/// gets sum over m of w[j][m] * value(lo + m), each element in key order exactly as
+/// [`weighted_sum`] adds it (a multiply, then an add); each value chunk is loaded once for all
+/// H heads, and the H x 32 running sums stay in AVX registers where the CPU has AVX.
+#[inline]
+fn weighted_sum_heads<'v, const H: usize>(
+    o: &mut [f32],
+    stride: usize,
+    at: usize,
+    d: usize,
+    w: &[Vec<f32>],
+    lo: usize,
+    value: impl Fn(usize) -> &'v [f32],
+) {
+    const C: usize = 32;
+    let dc = d / C * C;
+    let keys = w[0].len();
+    assert!(w.len() >= H && w.iter().take(H).all(|wj| wj.len() == keys), "weighted_sum_heads: weights");
+    assert!((H - 1) * stride + at + d <= o.len(), "weighted_sum_heads: output");
+    for c in (0..dc).step_by(C) {
+        let mut acc: [[f32; C]; H] =
+            std::array::from_fn(|j| o[j * stride + at + c..][..C].try_into().expect("a chunk"));
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx") {
+            // SAFETY: AVX is present; each value row holds at least c + C <= d values.
+            unsafe { chunk_heads_avx(&mut acc, w, lo, c, &value) };
+        } else {
+            chunk_heads(&mut acc, w, lo, c, &value);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        chunk_heads(&mut acc, w, lo, c, &value);
+        for (j, acc) in acc.iter().enumerate() {
+            o[j * stride + at + c..][..C].copy_from_slice(acc);
+        }
+    }
+    if dc < d {
+        for (j, wj) in w.iter().enumerate().take(H) {
+            for (m, &wm) in wj.iter().enumerate() {
+                axpy(&mut o[j * stride + at + dc..][..d - dc], wm, &value(lo + m)[dc..d]);
+            }
+        }
+    }
+}
+
+/// One 32-wide chunk of [`weighted_sum_heads`], portable form.
+#[inline]
+#[allow(clippy::needless_range_loop)] // key m indexes every head's weights
+fn chunk_heads<'v, const H: usize>(
+    acc: &mut [[f32; 32]; H],
+    w: &[Vec<f32>],
+    lo: usize,
+    c: usize,
+    value: &impl Fn(usize) -> &'v [f32],
+) {
+    for m in 0..w[0].len() {
+        let x = &value(lo + m)[c..c + 32];
+        for (j, acc) in acc.iter_mut().enumerate() {
+            let wm = w[j][m];
+            for l in 0..32 {
+                acc[l] += wm * x[l];
+            }
+        }
+    }
+}
+
+/// [`chunk_heads`] in AVX registers.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)] // key m indexes every head's weights
+#[target_feature(enable = "avx")]
+unsafe fn chunk_heads_avx<'v, const H: usize>(
+    acc: &mut [[f32; 32]; H],
+    w: &[Vec<f32>],
+    lo: usize,
+    c: usize,
+    value: &impl Fn(usize) -> &'v [f32],
+) {
+    use std::arch::x86_64::*;
+    let mut r: [[__m256; 4]; H] =
+        std::array::from_fn(|j| std::array::from_fn(|q| unsafe { _mm256_loadu_ps(acc[j].as_ptr().add(8 * q)) }));
+    for m in 0..w[0].len() {
+        let x = &value(lo + m)[c..c + 32];
+        let xv: [__m256; 4] = std::array::from_fn(|q| unsafe { _mm256_loadu_ps(x.as_ptr().add(8 * q)) });
+        for (j, r) in r.iter_mut().enumerate() {
+            let wm = _mm256_set1_ps(w[j][m]);
+            for (rq, &xq) in r.iter_mut().zip(&xv) {
+                *rq = _mm256_add_ps(*rq, _mm256_mul_ps(wm, xq));
+            }
+        }
+    }
+    for (j, r) in r.iter().enumerate() {
+        for (q, &rq) in r.iter().enumerate() {
+            unsafe { _mm256_storeu_ps(acc[j].as_mut_ptr().add(8 * q), rq) };
+        }
     }
 }
 
@@ -299,11 +503,24 @@ pub struct TreeNode {
 pub fn attend_tree(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32], ext: &[PrefixKv], nodes: &[TreeNode]) -> Vec<f32> {
     let (n, d, h) = (s.len, s.dim, s.heads);
     let group = h / s.kv_heads;
-    let parts: Vec<Vec<f32>> = (0..nodes.len() * h)
-        .into_par_iter()
-        .map(|nh| {
-            let (node, hh) = (&nodes[nh / h], nh % h);
-            let g = hh / group;
+    // One task per node and run of up to HEADS_TOGETHER query heads of one KV group: (node,
+    // first head, heads).
+    let mut tasks = Vec::with_capacity(nodes.len() * h);
+    for ni in 0..nodes.len() {
+        for g in 0..s.kv_heads {
+            let mut c = 0;
+            while c < group {
+                let m = HEADS_TOGETHER.min(group - c);
+                tasks.push((ni, g * group + c, m));
+                c += m;
+            }
+        }
+    }
+    let parts: Vec<Vec<f32>> = tasks
+        .par_iter()
+        .map(|&(ni, h0, hc)| {
+            let node = &nodes[ni];
+            let g = h0 / group;
             // Every key and value row of the node's path, by absolute position.
             let total = node.pos + node.len;
             let (mut keys, mut values): (Vec<&[f32]>, Vec<&[f32]>) =
@@ -322,23 +539,38 @@ pub fn attend_tree(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32], ext: &[Prefix
                 push(src, first, count);
             }
             push(KeySource::Own, node.start, node.len);
-            let mut o = vec![0f32; node.len * d];
-            let mut w: Vec<f32> = Vec::with_capacity(total);
+            // Head j's output for the node's query i at o[(j * len + i) * d].
+            let mut o = vec![0f32; hc * node.len * d];
+            let mut w: Vec<Vec<f32>> = (0..hc).map(|_| Vec::with_capacity(total)).collect();
+            let stride = node.len * d;
             for i in 0..node.len {
                 let qa = node.pos + i;
                 let lo = s.window.map_or(0, |win| (qa + 1).saturating_sub(win));
-                let qi = &q[(hh * n + node.start + i) * d..][..d];
-                softmax_weights(qi, lo, qa, s.scale, |a| keys[a], &mut w);
-                weighted_sum(&mut o[i * d..(i + 1) * d], &w, lo, |a| values[a]);
+                let qi = |j: usize| &q[((h0 + j) * n + node.start + i) * d..][..d];
+                let (key, value) = (|a: usize| keys[a], |a: usize| values[a]);
+                macro_rules! heads {
+                    ($hn:literal) => {{
+                        softmax_weights_heads::<$hn>(std::array::from_fn(qi), lo, qa, s.scale, key, &mut w);
+                        weighted_sum_heads::<$hn>(&mut o, stride, i * d, d, &w, lo, value);
+                    }};
+                }
+                match hc {
+                    1 => heads!(1),
+                    2 => heads!(2),
+                    3 => heads!(3),
+                    _ => heads!(4),
+                }
             }
             o
         })
         .collect();
     let mut out = vec![0f32; n * h * d];
-    for (nh, o) in parts.into_iter().enumerate() {
-        let (node, hh) = (&nodes[nh / h], nh % h);
-        for i in 0..node.len {
-            out[((node.start + i) * h + hh) * d..][..d].copy_from_slice(&o[i * d..(i + 1) * d]);
+    for (&(ni, h0, hc), o) in tasks.iter().zip(parts) {
+        let node = &nodes[ni];
+        for j in 0..hc {
+            for i in 0..node.len {
+                out[((node.start + i) * h + h0 + j) * d..][..d].copy_from_slice(&o[(j * node.len + i) * d..][..d]);
+            }
         }
     }
     out
@@ -586,14 +818,42 @@ mod tests {
         }
     }
 
+    /// The portable forms of the grouped attention loops give the AVX forms' bits, so machines
+    /// without AVX score the same probabilities.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn grouped_attention_portable_and_avx_agree() {
+        if !std::arch::is_x86_feature_detected!("avx") {
+            return;
+        }
+        let n = 72;
+        let qs: Vec<Vec<f32>> = (0..3).map(|j| rand_vec(40 + j, n)).collect();
+        let ks: Vec<Vec<f32>> = (0..4).map(|j| rand_vec(50 + j, n)).collect();
+        let (q, k) = ([&qs[0][..], &qs[1], &qs[2]], [&ks[0][..], &ks[1], &ks[2], &ks[3]]);
+        let portable = lanes_heads4(q, k, 64);
+        // SAFETY: AVX checked above; 64 <= every length.
+        let avx = unsafe { lanes_heads4_avx(q, k, 64) };
+        assert_eq!(portable.map(|h| h.map(|l| l.map(f32::to_bits))), avx.map(|h| h.map(|l| l.map(f32::to_bits))));
+        let w: Vec<Vec<f32>> = (0..3).map(|j| rand_vec(60 + j, 5)).collect();
+        let values: Vec<Vec<f32>> = (0..7).map(|m| rand_vec(70 + m, 64)).collect();
+        let value = |a: usize| &values[a][..];
+        let start: [[f32; 32]; 3] = std::array::from_fn(|j| rand_vec(80 + j as u64, 32).try_into().unwrap());
+        let (mut a, mut b) = (start, start);
+        chunk_heads(&mut a, &w, 2, 32, &value);
+        // SAFETY: AVX checked above; every value row holds 64 values.
+        unsafe { chunk_heads_avx(&mut b, &w, 2, 32, &value) };
+        assert_eq!(a.map(|r| r.map(f32::to_bits)), b.map(|r| r.map(f32::to_bits)));
+    }
+
     /// A radix tree in one flat row (a cached prefix of 2 positions, a shared node of 3, two
     /// branches of 4 and 3) gives every query the bits of its whole row, with and without a
-    /// window that cuts into the cached prefix.
+    /// window that cuts into the cached prefix; for KV groups of 1 to 8 query heads (taken up to
+    /// four at a time) and head widths with and without a tail past the SIMD chunks.
     #[test]
     fn tree_attention_equals_whole_rows() {
-        let (h, kv, d) = (4, 2, 12);
         let (ta, tb) = (9, 8);
-        for win in [None, Some(4)] {
+        let shapes = [(4, 2, 12), (4, 1, 64), (9, 3, 40), (5, 1, 36), (8, 1, 32), (3, 3, 16)];
+        for ((h, kv, d), win) in shapes.into_iter().flat_map(|s| [(s, None), (s, Some(4))]) {
             let (qa, ka, va) = (rand_vec(10, h * ta * d), rand_vec(11, kv * ta * d), rand_vec(12, kv * ta * d));
             // Row b: row a's first 5 positions, then 3 of its own.
             let (qo, ko, vo) = (rand_vec(13, h * 3 * d), rand_vec(14, kv * 3 * d), rand_vec(15, kv * 3 * d));
@@ -625,9 +885,11 @@ mod tests {
             ];
             let got = attend_tree(&one_row((h, kv, 10, d), win), &q, &k, &v, &[(&pk, &pv)], &nodes);
             let row = h * d;
-            assert_eq!(&got[..3 * row], &want_a[2 * row..5 * row], "window {win:?}: shared node");
-            assert_eq!(&got[3 * row..7 * row], &want_a[5 * row..], "window {win:?}: branch a");
-            assert_eq!(&got[7 * row..], &want_b[5 * row..], "window {win:?}: branch b");
+            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            let at = format!("heads {h}, kv heads {kv}, dim {d}, window {win:?}");
+            assert_eq!(bits(&got[..3 * row]), bits(&want_a[2 * row..5 * row]), "{at}: shared node");
+            assert_eq!(bits(&got[3 * row..7 * row]), bits(&want_a[5 * row..]), "{at}: branch a");
+            assert_eq!(bits(&got[7 * row..]), bits(&want_b[5 * row..]), "{at}: branch b");
         }
     }
 }

@@ -5,7 +5,7 @@
 use super::family::{Family, Traits};
 use super::gguf::GgufFile;
 use super::grad_ops;
-use super::layers::{gather, rope, AttnCtx, Batch, Kv, RmsNorm, RopeStyle};
+use super::layers::{gather, residual, rope, AttnCtx, Batch, Kv, RmsNorm, RopeStyle};
 use super::linear::{layer_slots, Linear, Slot};
 use super::mode::Mode;
 use super::weights::{key, Weights};
@@ -385,11 +385,11 @@ impl Model {
                 kv.v.push(v.clone());
             }
             let a = ctx.attend(li, &q, &k, &v, window, scale)?;
-            x = (x + l.o.forward(&a, mode)?)?;
+            x = residual(&x, &l.o.forward(&a, mode)?, mode)?;
             let h = l.post_norm.forward(&x, mode)?;
             let (gate, up) = (l.gate.forward(&h, mode)?, l.up.forward(&h, mode)?);
             let m = if mode.grad { grad_ops::swiglu(&gate, &up)? } else { super::act::silu_mul(&gate, &up)? };
-            x = (x + l.down.forward(&m, mode)?)?;
+            x = residual(&x, &l.down.forward(&m, mode)?, mode)?;
         }
         Ok((x, kv))
     }
