@@ -410,6 +410,7 @@ unsafe fn chunk_heads_avx<'v, const H: usize>(
 /// but 32 elements at a time held in registers across every key instead of loaded and stored
 /// once per key.
 #[inline]
+#[cfg(test)]
 fn weighted_sum<'v>(o: &mut [f32], w: &[f32], lo: usize, value: impl Fn(usize) -> &'v [f32]) {
     const C: usize = 32;
     let d = o.len();
@@ -431,6 +432,52 @@ fn weighted_sum<'v>(o: &mut [f32], w: &[f32], lo: usize, value: impl Fn(usize) -
     }
 }
 
+/// Runs of up to [`HEADS_TOGETHER`] query heads of one KV group: (first head, heads).
+fn head_runs(heads: usize, kv_heads: usize) -> Vec<(usize, usize)> {
+    let group = heads / kv_heads;
+    let mut runs = Vec::with_capacity(heads);
+    for g in 0..kv_heads {
+        let mut c = 0;
+        while c < group {
+            let m = HEADS_TOGETHER.min(group - c);
+            runs.push((g * group + c, m));
+            c += m;
+        }
+    }
+    runs
+}
+
+/// One query position for a run of `qs.len()` heads (at most [`HEADS_TOGETHER`]) over the keys
+/// `lo..=qa`: softmax weights into `w`, the weighted values added to head j's output at
+/// `o[j * stride + at]`.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn attend_heads<'k>(
+    qs: &[&[f32]],
+    lo: usize,
+    qa: usize,
+    scale: f32,
+    key: impl Fn(usize) -> &'k [f32],
+    value: impl Fn(usize) -> &'k [f32],
+    w: &mut [Vec<f32>],
+    o: &mut [f32],
+    (stride, at, d): (usize, usize, usize),
+) {
+    macro_rules! heads {
+        ($hn:literal) => {{
+            softmax_weights_heads::<$hn>(std::array::from_fn(|j| qs[j]), lo, qa, scale, key, w);
+            weighted_sum_heads::<$hn>(o, stride, at, d, w, lo, value);
+        }};
+    }
+    match qs.len() {
+        1 => heads!(1),
+        2 => heads!(2),
+        3 => heads!(3),
+        4 => heads!(4),
+        n => unreachable!("attention: {n} heads in one run"),
+    }
+}
+
 /// One row's prefix keys and values, [kv_heads, prefix, dim] each (empty without a prefix).
 pub type PrefixKv<'a> = (&'a [f32], &'a [f32]);
 
@@ -440,13 +487,13 @@ pub type PrefixKv<'a> = (&'a [f32], &'a [f32]);
 pub fn attend(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32], pre: &[PrefixKv]) -> Vec<f32> {
     let (t, d, h) = (s.len, s.dim, s.heads);
     let group = h / s.kv_heads;
-    let parts: Vec<Vec<f32>> = (0..s.rows * h)
-        .into_par_iter()
-        .map(|rh| {
-            let (r, hh) = (rh / h, rh % h);
-            let g = hh / group;
+    let tasks: Vec<(usize, usize, usize)> =
+        (0..s.rows).flat_map(|r| head_runs(h, s.kv_heads).into_iter().map(move |(h0, hc)| (r, h0, hc))).collect();
+    let parts: Vec<Vec<f32>> = tasks
+        .par_iter()
+        .map(|&(r, h0, hc)| {
+            let g = h0 / group;
             let (pad, p) = (s.pad[r], s.prefix[r]);
-            let qs = &q[rh * t * d..][..t * d];
             let own = (r * s.kv_heads + g) * t * d;
             let (ks, vs) = (&k[own..][..t * d], &v[own..][..t * d]);
             let (pks, pvs): (&[f32], &[f32]) =
@@ -454,22 +501,24 @@ pub fn attend(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32], pre: &[PrefixKv]) 
             // Absolute key position a: row a of the prefix, or row pad + a - p of this row's own.
             let key = |a: usize| if a < p { &pks[a * d..(a + 1) * d] } else { &ks[(pad + a - p) * d..][..d] };
             let value = |a: usize| if a < p { &pvs[a * d..(a + 1) * d] } else { &vs[(pad + a - p) * d..][..d] };
-            let mut o = vec![0f32; t * d];
-            let mut w: Vec<f32> = Vec::with_capacity(p + t);
+            // Head j's output for query i at o[(j * t + i) * d].
+            let mut o = vec![0f32; hc * t * d];
+            let mut w: Vec<Vec<f32>> = (0..hc).map(|_| Vec::with_capacity(p + t)).collect();
             for i in pad..t {
                 let qa = p + i - pad;
                 let lo = s.window.map_or(0, |win| (qa + 1).saturating_sub(win));
-                softmax_weights(&qs[i * d..(i + 1) * d], lo, qa, s.scale, key, &mut w);
-                weighted_sum(&mut o[i * d..(i + 1) * d], &w, lo, value);
+                let qs: Vec<&[f32]> = (0..hc).map(|j| &q[((r * h + h0 + j) * t + i) * d..][..d]).collect();
+                attend_heads(&qs, lo, qa, s.scale, key, value, &mut w, &mut o, (t * d, i * d, d));
             }
             o
         })
         .collect();
     let mut out = vec![0f32; s.rows * t * h * d];
-    for (rh, o) in parts.into_iter().enumerate() {
-        let (r, hh) = (rh / h, rh % h);
-        for i in 0..t {
-            out[((r * t + i) * h + hh) * d..][..d].copy_from_slice(&o[i * d..(i + 1) * d]);
+    for (&(r, h0, hc), o) in tasks.iter().zip(parts) {
+        for j in 0..hc {
+            for i in 0..t {
+                out[((r * t + i) * h + h0 + j) * d..][..d].copy_from_slice(&o[(j * t + i) * d..][..d]);
+            }
         }
     }
     out
@@ -503,19 +552,10 @@ pub struct TreeNode {
 pub fn attend_tree(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32], ext: &[PrefixKv], nodes: &[TreeNode]) -> Vec<f32> {
     let (n, d, h) = (s.len, s.dim, s.heads);
     let group = h / s.kv_heads;
-    // One task per node and run of up to HEADS_TOGETHER query heads of one KV group: (node,
-    // first head, heads).
-    let mut tasks = Vec::with_capacity(nodes.len() * h);
-    for ni in 0..nodes.len() {
-        for g in 0..s.kv_heads {
-            let mut c = 0;
-            while c < group {
-                let m = HEADS_TOGETHER.min(group - c);
-                tasks.push((ni, g * group + c, m));
-                c += m;
-            }
-        }
-    }
+    // One task per node and run of heads sharing a KV head: (node, first head, heads).
+    let tasks: Vec<(usize, usize, usize)> = (0..nodes.len())
+        .flat_map(|ni| head_runs(h, s.kv_heads).into_iter().map(move |(h0, hc)| (ni, h0, hc)))
+        .collect();
     let parts: Vec<Vec<f32>> = tasks
         .par_iter()
         .map(|&(ni, h0, hc)| {
@@ -546,20 +586,9 @@ pub fn attend_tree(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32], ext: &[Prefix
             for i in 0..node.len {
                 let qa = node.pos + i;
                 let lo = s.window.map_or(0, |win| (qa + 1).saturating_sub(win));
-                let qi = |j: usize| &q[((h0 + j) * n + node.start + i) * d..][..d];
+                let qs: Vec<&[f32]> = (0..hc).map(|j| &q[((h0 + j) * n + node.start + i) * d..][..d]).collect();
                 let (key, value) = (|a: usize| keys[a], |a: usize| values[a]);
-                macro_rules! heads {
-                    ($hn:literal) => {{
-                        softmax_weights_heads::<$hn>(std::array::from_fn(qi), lo, qa, s.scale, key, &mut w);
-                        weighted_sum_heads::<$hn>(&mut o, stride, i * d, d, &w, lo, value);
-                    }};
-                }
-                match hc {
-                    1 => heads!(1),
-                    2 => heads!(2),
-                    3 => heads!(3),
-                    _ => heads!(4),
-                }
+                attend_heads(&qs, lo, qa, s.scale, key, value, &mut w, &mut o, (stride, i * d, d));
             }
             o
         })
@@ -748,7 +777,31 @@ mod tests {
 
     /// One row's attention, computed alone with no padding and no prefix.
     fn single(qkv: [&[f32]; 3], dims: (usize, usize, usize, usize), win: Option<usize>) -> Vec<f32> {
-        attend(&one_row(dims, win), qkv[0], qkv[1], qkv[2], &[])
+        attend_per_head(&one_row(dims, win), qkv[0], qkv[1], qkv[2])
+    }
+
+    /// The reference: [`attend`] one head at a time with [`softmax_weights`] and
+    /// [`weighted_sum`] (no prefix), as it ran before heads were grouped.
+    fn attend_per_head(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
+        let (t, d, h) = (s.len, s.dim, s.heads);
+        let group = h / s.kv_heads;
+        let mut out = vec![0f32; s.rows * t * h * d];
+        for r in 0..s.rows {
+            for hh in 0..h {
+                let own = (r * s.kv_heads + hh / group) * t * d;
+                let (ks, vs, pad) = (&k[own..][..t * d], &v[own..][..t * d], s.pad[r]);
+                let mut w = Vec::new();
+                for i in pad..t {
+                    let qa = i - pad;
+                    let lo = s.window.map_or(0, |win| (qa + 1).saturating_sub(win));
+                    let qi = &q[((r * h + hh) * t + i) * d..][..d];
+                    softmax_weights(qi, lo, qa, s.scale, |a| &ks[(pad + a) * d..][..d], &mut w);
+                    let o = &mut out[((r * t + i) * h + hh) * d..][..d];
+                    weighted_sum(o, &w, lo, |a| &vs[(pad + a) * d..][..d]);
+                }
+            }
+        }
+        out
     }
 
     #[test]
