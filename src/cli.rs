@@ -12,7 +12,7 @@ use std::path::PathBuf;
     about = "Measure how language models judge cultural values across countries (WVS-7)"
 )]
 pub struct Cli {
-    /// CPU threads for the model (sets RAYON_NUM_THREADS and CANDLE_NUM_THREADS).
+    /// CPU threads for the model (sets RAYON_NUM_THREADS, and CANDLE_NUM_THREADS except in training, which gives candle one).
     #[arg(long, global = true, env = "MORES_THREADS")]
     pub threads: Option<usize>,
     /// No progress bar.

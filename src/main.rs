@@ -16,10 +16,23 @@ fn main() {
     let threads = cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     // Before any candle or rayon pool exists: both read these once.
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-    std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
+    std::env::set_var("CANDLE_NUM_THREADS", candle_threads(&cli.cmd, threads).to_string());
     if let Err(e) = run(cli, threads) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// Threads for candle's own pool. It serves candle's elementwise ops and its quantized products;
+/// mores' f32 products run on rayon's threads. Training has no quantized product, and there the
+/// pool's worker was a third thread spinning on 2 cores beside rayon's two, waited for at a
+/// barrier after every large elementwise op of the backward pass: one thread (the caller's, no
+/// barrier) measured 0.94x the step time of the LoRA bench, same losses bit for bit. Probing and
+/// generation keep the pool (quantized weights need it; the f32 probe measured no difference).
+fn candle_threads(cmd: &Cmd, threads: usize) -> usize {
+    match cmd {
+        Cmd::Train(_) | Cmd::Bench { cmd: BenchCmd::LoraOne { .. } } => 1,
+        _ => threads,
     }
 }
 

@@ -177,9 +177,27 @@ unsafe fn drive(
     let one = |j: usize| {
         let (b, ldb) = panel(j);
         let cols = nr.min(n - j * nr);
+        // A panel of an unpacked b (the input gradient's w as stored) has its depth steps a whole
+        // row of b apart; at widths like 576 or 1536 floats those rows fall into a few L1 sets
+        // and evict each other before the next row tile comes back to them. With several row
+        // tiles, each depth block is first copied to a contiguous KC x NR buffer, as a packed
+        // weight's panel is laid out (the same values, so the same bits).
+        let copy = ldb != nr && m > mr;
+        let mut block = if copy { vec![0f32; KC * nr] } else { Vec::new() };
         let mut p0 = 0;
         loop {
             let depth = KC.min(k - p0);
+            let (b, ldb) = if copy {
+                for p in 0..depth {
+                    // SAFETY: row p0 + p of b has at least `cols` values from this panel's start
+                    // (the caller's bounds: b holds k rows of n values).
+                    let src = unsafe { std::slice::from_raw_parts(b.wrapping_add((p0 + p) * ldb), cols) };
+                    block[p * nr..p * nr + cols].copy_from_slice(src);
+                }
+                (block.as_ptr(), nr)
+            } else {
+                (b.wrapping_add(p0 * ldb), ldb)
+            };
             let mut i = 0;
             while i < m {
                 let rows = mr.min(m - i);
@@ -188,7 +206,7 @@ unsafe fn drive(
                     first: p0 == 0,
                     a: (x as *const f32).wrapping_add(i * k + p0),
                     lda: k,
-                    b: b.wrapping_add(p0 * ldb),
+                    b,
                     ldb,
                     c: y.at(i * n + j * nr),
                     ldc: n,
@@ -402,6 +420,7 @@ mod tests {
             (13, 576, 576),
             (3, 1536, 576),
             (17, 40, 1536),
+            (40, 70, 600),
             (5, 3, 0),
             (2, 20, 257),
         ] {
