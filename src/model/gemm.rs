@@ -168,13 +168,66 @@ unsafe fn drive(
     panel: impl Fn(usize) -> (*const f32, usize) + Sync,
     y: Out,
 ) {
+    // SAFETY: the caller's bounds, passed on.
+    let one = unsafe { panel_job(isa, x, m, k, n, panel, y) };
+    let panels = n.div_ceil(isa.nr());
+    if m * n * k < PARALLEL_MIN || panels == 1 {
+        (0..panels).for_each(&one);
+    } else {
+        (0..panels).into_par_iter().for_each(&one);
+    }
+}
+
+/// ys[i] [m, ws[i].n] = x [m, k] · ws[i]ᵀ: several packed weights over the same input (a
+/// layer's q, k and v; its gate and up) as one parallel loop over every weight's panels, so one
+/// fork-join instead of one per weight, with a small weight's few panels balanced against a
+/// large one's. Each output element is [`matmul_packed`]'s fma chain: the same bits.
+pub fn matmul_packed_many(x: &[f32], m: usize, ws: &[&Packed], ys: &mut [&mut [f32]]) {
+    assert_eq!(ws.len(), ys.len(), "packed matmuls: one output per weight");
+    let k = ws.first().map_or(0, |w| w.k);
+    assert!(x.len() >= m * k, "packed matmuls: input too small");
+    for (w, y) in ws.iter().zip(ys.iter()) {
+        assert!(w.k == k && y.len() >= m * w.n, "packed matmuls: shapes differ");
+    }
+    let jobs: Vec<_> = ws
+        .iter()
+        .zip(ys.iter_mut())
+        .map(|(w, y)| {
+            let nr = w.isa.nr();
+            let panel = move |j: usize| (w.data[j * w.k * nr..].as_ptr(), nr);
+            // SAFETY: as in matmul_packed, for each weight and its own output.
+            unsafe { panel_job(w.isa, x.as_ptr(), m, k, w.n, panel, Out(y.as_mut_ptr())) }
+        })
+        .collect();
+    let tasks: Vec<(usize, usize)> =
+        ws.iter().enumerate().flat_map(|(i, w)| (0..w.n.div_ceil(w.isa.nr())).map(move |j| (i, j))).collect();
+    let flops: usize = ws.iter().map(|w| m * w.n * k).sum();
+    if flops < PARALLEL_MIN || tasks.len() == 1 {
+        tasks.iter().for_each(|&(i, j)| jobs[i](j));
+    } else {
+        tasks.par_iter().for_each(|&(i, j)| jobs[i](j));
+    }
+}
+
+/// The work of one panel j of an [m, k] x [k, n] product (every depth block, every row tile),
+/// as a closure the threads share. SAFETY: x holds m * k values, `panel(j)` points at k depth
+/// steps of panel j's columns, y at an [m, n] output that outlives the closure's calls.
+unsafe fn panel_job(
+    isa: Isa,
+    x: *const f32,
+    m: usize,
+    k: usize,
+    n: usize,
+    panel: impl Fn(usize) -> (*const f32, usize) + Sync,
+    y: Out,
+) -> impl Fn(usize) + Sync {
     let (nr, mr) = (isa.nr(), isa.mr());
     // A plain address, shared by the threads.
     let x = x as usize;
     // Depth blocks of KC: a panel's block (KC x NR values, 32 KiB for AVX-512) stays in L1 while
     // every row tile passes over it. A tile stores its partial sums after each block and the next
     // block starts from them, so each element is still one fma chain in depth order.
-    let one = |j: usize| {
+    let one = move |j: usize| {
         let (b, ldb) = panel(j);
         let cols = nr.min(n - j * nr);
         // A panel of an unpacked b (the input gradient's w as stored) has its depth steps a whole
@@ -222,12 +275,7 @@ unsafe fn drive(
             }
         }
     };
-    let panels = n.div_ceil(nr);
-    if m * n * k < PARALLEL_MIN || panels == 1 {
-        (0..panels).for_each(one);
-    } else {
-        (0..panels).into_par_iter().for_each(one);
-    }
+    one
 }
 
 /// Depth per block.
@@ -439,6 +487,29 @@ mod tests {
                 matmul_nn_on(isa, &x, m, k, &wt, n, &mut y);
                 assert_eq!(bits(&y), want, "{isa:?} unpacked, m {m} n {n} k {k}");
             }
+        }
+    }
+
+    /// Several weights over one input in one parallel loop give each weight's own product, bit
+    /// for bit (small and large weights, a last panel cut short, rows past one tile).
+    #[test]
+    fn many_products_in_one_loop_equal_each_alone() {
+        let (m, k) = (37, 300);
+        let x = rand_vec(5, m * k);
+        let isa = Isa::best();
+        let ws: Vec<Packed> = [576, 40, 192]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| Packed::new(&rand_vec(6 + i as u64, n * k), n, k, isa))
+            .collect();
+        let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![f32::NAN; m * w.n]).collect();
+        let refs: Vec<&Packed> = ws.iter().collect();
+        let mut ys: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+        matmul_packed_many(&x, m, &refs, &mut ys);
+        for (w, got) in ws.iter().zip(&outs) {
+            let mut want = vec![f32::NAN; m * w.n];
+            matmul_packed(&x, m, w, &mut want);
+            assert_eq!(bits(got), bits(&want), "n {}", w.n);
         }
     }
 

@@ -276,9 +276,10 @@ impl Model {
         for (li, l) in self.layers.iter().enumerate() {
             let (win, (cos, sin)) = if l.sliding { (window, &local_rope) } else { (None, &global_rope) };
             let h = l.input_norm.forward(&x, mode)?;
-            let q = l.q.forward(&h, mode)?.reshape((b, t, nh, hd))?.transpose(1, 2)?;
-            let k = l.k.forward(&h, mode)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
-            let v = l.v.forward(&h, mode)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+            let [q, k, v] = Linear::forward_many([&l.q, &l.k, &l.v], &h, mode)?;
+            let q = q.reshape((b, t, nh, hd))?.transpose(1, 2)?;
+            let k = k.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+            let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
             let q = rope(&l.q_norm.forward(&q, mode)?, cos, sin, RopeStyle::Halves, mode)?;
             let k = rope(&l.k_norm.forward(&k, mode)?, cos, sin, RopeStyle::Halves, mode)?;
             if record {
@@ -288,7 +289,7 @@ impl Model {
             let a = ctx.attend(li, &q, &k, &v, win, scale)?;
             x = residual(&x, &l.post_attn_norm.forward(&l.o.forward(&a, mode)?, mode)?, mode)?;
             let h = l.pre_ffn_norm.forward(&x, mode)?;
-            let (gate, up) = (l.gate.forward(&h, mode)?, l.up.forward(&h, mode)?);
+            let [gate, up] = Linear::forward_many([&l.gate, &l.up], &h, mode)?;
             let m = if mode.grad { (gate.gelu()? * up)? } else { super::act::gelu_mul(&gate, &up)? };
             x = residual(&x, &l.post_ffn_norm.forward(&l.down.forward(&m, mode)?, mode)?, mode)?;
         }

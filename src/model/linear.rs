@@ -73,6 +73,54 @@ impl Linear {
         }
     }
 
+    /// [`Linear::forward`] of several layers on the same input (a layer's q, k, v; its gate and
+    /// up). Without gradients on the CPU with f32 bases, their products run as one parallel loop
+    /// over all their weights' panels ([`super::gemm::matmul_packed_many`]: one fork-join instead
+    /// of one per layer); bias and adapter are added after, as `forward` does. The same bits.
+    pub fn forward_many<const N: usize>(ls: [&Linear; N], x: &Tensor, mode: Mode) -> Result<[Tensor; N]> {
+        let dense: Vec<&Tensor> = ls
+            .iter()
+            .filter_map(|l| match &l.base {
+                QMatMul::Tensor(w) => Some(w),
+                _ => None,
+            })
+            .collect();
+        if mode.grad || dense.len() != N || !kernels::plain_cpu_f32(&dense) || !kernels::plain_cpu_f32(&[x]) {
+            let ys: Vec<Tensor> = ls.iter().map(|l| l.forward(x, mode)).collect::<Result<_>>()?;
+            return Ok(ys.try_into().expect("one output per layer"));
+        }
+        let (x2, lead) = rows(x)?;
+        let x2 = x2.contiguous()?;
+        let m = x2.dim(0)?;
+        let packed: Vec<Arc<Packed>> = ls.iter().zip(&dense).map(|(l, w)| l.packed(w)).collect::<Result<_>>()?;
+        if let Some(p) = packed.iter().find(|p| p.k != x2.dim(1).unwrap_or(0)) {
+            return Err(crate::util::error::Error::Invalid(format!(
+                "internal: matmul of width {} with a packed {} x {} weight",
+                x2.dim(1)?,
+                p.n,
+                p.k
+            )));
+        }
+        let mut outs: Vec<Vec<f32>> = packed.iter().map(|p| vec![0f32; m * p.n]).collect();
+        kernels::with_f32s(&[&x2], |v| {
+            let ws: Vec<&Packed> = packed.iter().map(|p| &**p).collect();
+            let mut ys: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+            super::gemm::matmul_packed_many(v[0], m, &ws, &mut ys);
+        })?;
+        let mut ys = Vec::with_capacity(N);
+        for ((l, p), o) in ls.iter().zip(&packed).zip(outs) {
+            let mut y = unrows(&Tensor::from_vec(o, (m, p.n), x.device())?, &lead)?;
+            if let Some(b) = &l.bias {
+                y = y.broadcast_add(b)?;
+            }
+            if let Some(lora) = &l.lora {
+                y = (y + lora.forward(x, mode)?)?;
+            }
+            ys.push(y);
+        }
+        Ok(ys.try_into().expect("one output per layer"))
+    }
+
     /// Training on the CPU with an f32 base and an adapter: base and LoRA path (its dropout
     /// included) in one graph node ([`AdaptedLinear`]) instead of seven or eight (the mask, two
     /// matmuls, their transposes and padding, the scale, the sum). candle's backward adds every

@@ -371,13 +371,14 @@ impl Model {
                 _ => (mode, &ctx),
             };
             let h = l.input_norm.forward(&x, mode)?;
-            let mut q = l.q.forward(&h, mode)?.reshape((b, t, nh, hd))?;
-            let mut k = l.k.forward(&h, mode)?.reshape((b, t, nkv, hd))?;
+            let [q, k, v] = Linear::forward_many([&l.q, &l.k, &l.v], &h, mode)?;
+            let mut q = q.reshape((b, t, nh, hd))?;
+            let mut k = k.reshape((b, t, nkv, hd))?;
             if let Some((qn, kn)) = &l.qk_norm {
                 (q, k) = (qn.forward(&q, mode)?, kn.forward(&k, mode)?);
             }
             let (q, k) = (q.transpose(1, 2)?, k.transpose(1, 2)?);
-            let v = l.v.forward(&h, mode)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+            let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
             let q = rope(&q, &cos, &sin, self.rope_style, mode)?;
             let k = rope(&k, &cos, &sin, self.rope_style, mode)?;
             if record {
@@ -387,7 +388,7 @@ impl Model {
             let a = ctx.attend(li, &q, &k, &v, window, scale)?;
             x = residual(&x, &l.o.forward(&a, mode)?, mode)?;
             let h = l.post_norm.forward(&x, mode)?;
-            let (gate, up) = (l.gate.forward(&h, mode)?, l.up.forward(&h, mode)?);
+            let [gate, up] = Linear::forward_many([&l.gate, &l.up], &h, mode)?;
             let m = if mode.grad { grad_ops::swiglu(&gate, &up)? } else { super::act::silu_mul(&gate, &up)? };
             x = residual(&x, &l.down.forward(&m, mode)?, mode)?;
         }
