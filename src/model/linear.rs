@@ -91,14 +91,12 @@ impl Linear {
         }
         let (x2, lead) = rows(x)?;
         let x2 = x2.contiguous()?;
-        let m = x2.dim(0)?;
+        let (m, k) = x2.dims2()?;
         let packed: Vec<Arc<Packed>> = ls.iter().zip(&dense).map(|(l, w)| l.packed(w)).collect::<Result<_>>()?;
-        if let Some(p) = packed.iter().find(|p| p.k != x2.dim(1).unwrap_or(0)) {
+        if let Some(p) = packed.iter().find(|p| p.k != k) {
             return Err(crate::util::error::Error::Invalid(format!(
-                "internal: matmul of width {} with a packed {} x {} weight",
-                x2.dim(1)?,
-                p.n,
-                p.k
+                "internal: matmul of width {k} with a packed {} x {} weight",
+                p.n, p.k
             )));
         }
         let mut outs: Vec<Vec<f32>> = packed.iter().map(|p| vec![0f32; m * p.n]).collect();
