@@ -207,8 +207,9 @@ fn normalise(w: &mut [f32]) {
     }
 }
 
-/// Query heads that share one KV head, taken together by [`attend_tree`]: every key and value
-/// row is loaded once for up to this many heads instead of once per head.
+/// Query heads that share one KV head, taken together by [`attend`] and [`attend_tree`]: every
+/// key and value row is loaded once for up to this many heads instead of once per head (four
+/// heads' 4 x 4 score sums, or 4 x 32 output sums, fill 16 of the AVX registers).
 const HEADS_TOGETHER: usize = 4;
 
 /// [`dot4`] for `H` queries (heads of one KV group) against the same four keys: each of the
@@ -482,7 +483,9 @@ fn attend_heads<'k>(
 pub type PrefixKv<'a> = (&'a [f32], &'a [f32]);
 
 /// Causal softmax attention, returned as [rows, len, heads * dim]. Each real query attends to
-/// absolute positions max(0, q - window + 1)..=q in that order; padding queries give zeros.
+/// absolute positions max(0, q - window + 1)..=q in that order; padding queries give zeros. One
+/// task per row and run of heads sharing a KV head ([`attend_heads`]); each head's numbers are
+/// those of [`softmax_weights`] and `weighted_sum` run for it alone (tested).
 /// `pre[row]`: the row's prefix keys and values (may be empty when no row has a prefix).
 pub fn attend(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32], pre: &[PrefixKv]) -> Vec<f32> {
     let (t, d, h) = (s.len, s.dim, s.heads);
