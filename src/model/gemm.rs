@@ -136,12 +136,7 @@ const PARALLEL_MIN: usize = 1 << 18;
 
 /// y [m, n] = x [m, k] · wᵀ for a packed w.
 pub fn matmul_packed(x: &[f32], m: usize, w: &Packed, y: &mut [f32]) {
-    let (n, k, nr) = (w.n, w.k, w.isa.nr());
-    assert!(x.len() >= m * k && y.len() >= m * n, "packed matmul: buffers too small");
-    let panel = |j: usize| (w.data[j * k * nr..].as_ptr(), nr);
-    // SAFETY: each panel j writes only columns j*nr..min(n, j*nr+nr) of y's m rows; panel
-    // reads stay inside the panel (k * nr values) and x (m * k values).
-    unsafe { drive(w.isa, x.as_ptr(), m, k, n, panel, Out(y.as_mut_ptr())) }
+    matmul_packed_many(x, m, &[w], &mut [y])
 }
 
 /// y [m, n] = x [m, k] · b, b [k, n] row-major (no packing: panels are column ranges of b).
@@ -153,35 +148,16 @@ pub fn matmul_nn(x: &[f32], m: usize, k: usize, b: &[f32], n: usize, y: &mut [f3
 fn matmul_nn_on(isa: Isa, x: &[f32], m: usize, k: usize, b: &[f32], n: usize, y: &mut [f32]) {
     assert!(x.len() >= m * k && b.len() >= k * n && y.len() >= m * n, "matmul: buffers too small");
     let panel = |j: usize| (b[j * isa.nr()..].as_ptr(), n);
-    // SAFETY: as in matmul_packed; the last panel's loads are masked to the columns that exist.
-    unsafe { drive(isa, x.as_ptr(), m, k, n, panel, Out(y.as_mut_ptr())) }
-}
-
-/// Run every (panel, row tile) of an [m, k] x [k, n] product. `panel(j)` gives panel j's first
-/// value and the distance between its depth steps.
-unsafe fn drive(
-    isa: Isa,
-    x: *const f32,
-    m: usize,
-    k: usize,
-    n: usize,
-    panel: impl Fn(usize) -> (*const f32, usize) + Sync,
-    y: Out,
-) {
-    // SAFETY: the caller's bounds, passed on.
-    let one = unsafe { panel_job(isa, x, m, k, n, panel, y) };
-    let panels = n.div_ceil(isa.nr());
-    if m * n * k < PARALLEL_MIN || panels == 1 {
-        (0..panels).for_each(&one);
-    } else {
-        (0..panels).into_par_iter().for_each(&one);
-    }
+    // SAFETY: each panel j writes only columns j*nr..min(n, j*nr+nr) of y's m rows; its loads
+    // stay inside b (masked to the columns that exist) and x (m * k values).
+    let one = unsafe { panel_job(isa, x.as_ptr(), m, k, n, panel, Out(y.as_mut_ptr())) };
+    run_jobs(n.div_ceil(isa.nr()), m * n * k, one);
 }
 
 /// ys[i] [m, ws[i].n] = x [m, k] · ws[i]ᵀ: several packed weights over the same input (a
 /// layer's q, k and v; its gate and up) as one parallel loop over every weight's panels, so one
 /// fork-join instead of one per weight, with a small weight's few panels balanced against a
-/// large one's. Each output element is [`matmul_packed`]'s fma chain: the same bits.
+/// large one's. Each output element is one fma chain in depth order, as for a single weight.
 pub fn matmul_packed_many(x: &[f32], m: usize, ws: &[&Packed], ys: &mut [&mut [f32]]) {
     assert_eq!(ws.len(), ys.len(), "packed matmuls: one output per weight");
     let k = ws.first().map_or(0, |w| w.k);
@@ -195,17 +171,31 @@ pub fn matmul_packed_many(x: &[f32], m: usize, ws: &[&Packed], ys: &mut [&mut [f
         .map(|(w, y)| {
             let nr = w.isa.nr();
             let panel = move |j: usize| (w.data[j * w.k * nr..].as_ptr(), nr);
-            // SAFETY: as in matmul_packed, for each weight and its own output.
+            // SAFETY: each panel j writes only columns j*nr..min(n, j*nr+nr) of its own output's
+            // m rows; panel reads stay inside the panel (k * nr values) and x (m * k values).
             unsafe { panel_job(w.isa, x.as_ptr(), m, k, w.n, panel, Out(y.as_mut_ptr())) }
         })
         .collect();
-    let tasks: Vec<(usize, usize)> =
-        ws.iter().enumerate().flat_map(|(i, w)| (0..w.n.div_ceil(w.isa.nr())).map(move |j| (i, j))).collect();
-    let flops: usize = ws.iter().map(|w| m * w.n * k).sum();
-    if flops < PARALLEL_MIN || tasks.len() == 1 {
-        tasks.iter().for_each(|&(i, j)| jobs[i](j));
+    // Panel t of the flat numbering: weight i's panel t - first[i].
+    let mut first = Vec::with_capacity(ws.len() + 1);
+    first.push(0);
+    for w in ws {
+        first.push(first[first.len() - 1] + w.n.div_ceil(w.isa.nr()));
+    }
+    let flops = ws.iter().map(|w| m * w.n * k).sum();
+    run_jobs(first[ws.len()], flops, |t| {
+        let i = first.partition_point(|&f| f <= t) - 1;
+        jobs[i](t - first[i])
+    });
+}
+
+/// Run `job` for 0..count, on rayon's threads unless the whole product is small (`flops`
+/// multiply-adds below [`PARALLEL_MIN`]) or there is one job.
+fn run_jobs(count: usize, flops: usize, job: impl Fn(usize) + Sync) {
+    if flops < PARALLEL_MIN || count == 1 {
+        (0..count).for_each(&job);
     } else {
-        tasks.par_iter().for_each(|&(i, j)| jobs[i](j));
+        (0..count).into_par_iter().for_each(&job);
     }
 }
 

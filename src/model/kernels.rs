@@ -448,13 +448,13 @@ fn head_runs(heads: usize, kv_heads: usize) -> Vec<(usize, usize)> {
     runs
 }
 
-/// One query position for a run of `qs.len()` heads (at most [`HEADS_TOGETHER`]) over the keys
-/// `lo..=qa`: softmax weights into `w`, the weighted values added to head j's output at
-/// `o[j * stride + at]`.
+/// One query position for a run of `w.len()` heads (at most [`HEADS_TOGETHER`]; head j's query
+/// is `q(j)`) over the keys `lo..=qa`: softmax weights into `w`, the weighted values added to
+/// head j's output at `o[j * stride + at]`.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 fn attend_heads<'k>(
-    qs: &[&[f32]],
+    q: impl Fn(usize) -> &'k [f32],
     lo: usize,
     qa: usize,
     scale: f32,
@@ -466,11 +466,11 @@ fn attend_heads<'k>(
 ) {
     macro_rules! heads {
         ($hn:literal) => {{
-            softmax_weights_heads::<$hn>(std::array::from_fn(|j| qs[j]), lo, qa, scale, key, w);
+            softmax_weights_heads::<$hn>(std::array::from_fn(q), lo, qa, scale, key, w);
             weighted_sum_heads::<$hn>(o, stride, at, d, w, lo, value);
         }};
     }
-    match qs.len() {
+    match w.len() {
         1 => heads!(1),
         2 => heads!(2),
         3 => heads!(3),
@@ -490,8 +490,9 @@ pub type PrefixKv<'a> = (&'a [f32], &'a [f32]);
 pub fn attend(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32], pre: &[PrefixKv]) -> Vec<f32> {
     let (t, d, h) = (s.len, s.dim, s.heads);
     let group = h / s.kv_heads;
+    let runs = head_runs(h, s.kv_heads);
     let tasks: Vec<(usize, usize, usize)> =
-        (0..s.rows).flat_map(|r| head_runs(h, s.kv_heads).into_iter().map(move |(h0, hc)| (r, h0, hc))).collect();
+        (0..s.rows).flat_map(|r| runs.iter().map(move |&(h0, hc)| (r, h0, hc))).collect();
     let parts: Vec<Vec<f32>> = tasks
         .par_iter()
         .map(|&(r, h0, hc)| {
@@ -510,8 +511,8 @@ pub fn attend(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32], pre: &[PrefixKv]) 
             for i in pad..t {
                 let qa = p + i - pad;
                 let lo = s.window.map_or(0, |win| (qa + 1).saturating_sub(win));
-                let qs: Vec<&[f32]> = (0..hc).map(|j| &q[((r * h + h0 + j) * t + i) * d..][..d]).collect();
-                attend_heads(&qs, lo, qa, s.scale, key, value, &mut w, &mut o, (t * d, i * d, d));
+                let qj = |j: usize| &q[((r * h + h0 + j) * t + i) * d..][..d];
+                attend_heads(qj, lo, qa, s.scale, key, value, &mut w, &mut o, (t * d, i * d, d));
             }
             o
         })
@@ -556,9 +557,9 @@ pub fn attend_tree(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32], ext: &[Prefix
     let (n, d, h) = (s.len, s.dim, s.heads);
     let group = h / s.kv_heads;
     // One task per node and run of heads sharing a KV head: (node, first head, heads).
-    let tasks: Vec<(usize, usize, usize)> = (0..nodes.len())
-        .flat_map(|ni| head_runs(h, s.kv_heads).into_iter().map(move |(h0, hc)| (ni, h0, hc)))
-        .collect();
+    let runs = head_runs(h, s.kv_heads);
+    let tasks: Vec<(usize, usize, usize)> =
+        (0..nodes.len()).flat_map(|ni| runs.iter().map(move |&(h0, hc)| (ni, h0, hc))).collect();
     let parts: Vec<Vec<f32>> = tasks
         .par_iter()
         .map(|&(ni, h0, hc)| {
@@ -589,9 +590,9 @@ pub fn attend_tree(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32], ext: &[Prefix
             for i in 0..node.len {
                 let qa = node.pos + i;
                 let lo = s.window.map_or(0, |win| (qa + 1).saturating_sub(win));
-                let qs: Vec<&[f32]> = (0..hc).map(|j| &q[((h0 + j) * n + node.start + i) * d..][..d]).collect();
+                let qj = |j: usize| &q[((h0 + j) * n + node.start + i) * d..][..d];
                 let (key, value) = (|a: usize| keys[a], |a: usize| values[a]);
-                attend_heads(&qs, lo, qa, s.scale, key, value, &mut w, &mut o, (stride, i * d, d));
+                attend_heads(qj, lo, qa, s.scale, key, value, &mut w, &mut o, (stride, i * d, d));
             }
             o
         })

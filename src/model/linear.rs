@@ -63,7 +63,11 @@ impl Linear {
         if let Some(y) = self.forward_adapted(x, mode)? {
             return Ok(y);
         }
-        let mut y = self.forward_base(x, mode)?;
+        self.add_bias_and_adapter(self.forward_base(x, mode)?, x, mode)
+    }
+
+    /// The base product y of x, completed: plus the bias, plus the adapter's path on x.
+    fn add_bias_and_adapter(&self, mut y: Tensor, x: &Tensor, mode: Mode) -> Result<Tensor> {
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
@@ -107,14 +111,7 @@ impl Linear {
         })?;
         let mut ys = Vec::with_capacity(N);
         for ((l, p), o) in ls.iter().zip(&packed).zip(outs) {
-            let mut y = unrows(&Tensor::from_vec(o, (m, p.n), x.device())?, &lead)?;
-            if let Some(b) = &l.bias {
-                y = y.broadcast_add(b)?;
-            }
-            if let Some(lora) = &l.lora {
-                y = (y + lora.forward(x, mode)?)?;
-            }
-            ys.push(y);
+            ys.push(l.add_bias_and_adapter(unrows(&Tensor::from_vec(o, (m, p.n), x.device())?, &lead)?, x, mode)?);
         }
         Ok(ys.try_into().expect("one output per layer"))
     }
