@@ -22,7 +22,10 @@ pub struct Shape {
 }
 
 /// SmolLM2-135M's products (hidden 576, 3 KV heads of 64, MLP 1536) at a training batch of
-/// 4 x 128 rows and a probe batch of 8 x ~100 rows' new tokens (64).
+/// 4 x 128 rows and a probe batch of 8 x ~100 rows' new tokens (64); Gemma-3-270M's (hidden 640,
+/// 4 query heads of 256, MLP 2048) at a probe batch's ~216 new tokens, and its 262,144-row output
+/// head at a batch's read positions (16 and 32 rows: 671 MB of f32 weight for little arithmetic,
+/// so this one measures memory more than the kernel).
 pub fn default_shapes() -> Vec<Shape> {
     let s = |what, m, n, k, nn| Shape { what, m, n, k, nn };
     vec![
@@ -34,6 +37,11 @@ pub fn default_shapes() -> Vec<Shape> {
         s("down input grad", 512, 1536, 576, true),
         s("probe gate/up", 64, 1536, 576, false),
         s("probe down", 64, 576, 1536, false),
+        s("Gemma probe q", 216, 1024, 640, false),
+        s("Gemma probe gate/up", 216, 2048, 640, false),
+        s("Gemma probe down", 216, 640, 2048, false),
+        s("Gemma head, 16 reads", 16, 262_144, 640, false),
+        s("Gemma head, 32 reads", 32, 262_144, 640, false),
     ]
 }
 
