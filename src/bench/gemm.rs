@@ -6,6 +6,7 @@
 //! same buffers and threads, not whole stacks; peak memory is not in question.
 use crate::model::gemm::{matmul_nn, matmul_packed, Isa, Packed};
 use crate::util::error::{Error, Result};
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use std::fmt::Write;
 use std::time::Instant;
@@ -19,6 +20,9 @@ pub struct Shape {
     pub n: usize,
     pub k: usize,
     pub nn: bool,
+    /// The weight as Q8_0 int8 values (`Packed::from_q8_0`, the form of a head tied to a Q8_0
+    /// embedding); candle multiplies its f32 dequantization.
+    pub q8: bool,
 }
 
 /// SmolLM2-135M's products (hidden 576, 3 KV heads of 64, MLP 1536) at a training batch of
@@ -27,7 +31,7 @@ pub struct Shape {
 /// head at a batch's read positions (16 and 32 rows: 671 MB of f32 weight for little arithmetic,
 /// so this one measures memory more than the kernel).
 pub fn default_shapes() -> Vec<Shape> {
-    let s = |what, m, n, k, nn| Shape { what, m, n, k, nn };
+    let s = |what, m, n, k, nn| Shape { what, m, n, k, nn, q8: false };
     vec![
         s("q/o forward", 512, 576, 576, false),
         s("k/v forward", 512, 192, 576, false),
@@ -42,6 +46,8 @@ pub fn default_shapes() -> Vec<Shape> {
         s("Gemma probe down", 216, 640, 2048, false),
         s("Gemma head, 16 reads", 16, 262_144, 640, false),
         s("Gemma head, 32 reads", 32, 262_144, 640, false),
+        Shape { q8: true, ..s("Gemma head as Q8_0, 16 reads", 16, 262_144, 640, false) },
+        Shape { q8: true, ..s("Gemma head as Q8_0, 32 reads", 32, 262_144, 640, false) },
     ]
 }
 
@@ -88,8 +94,14 @@ pub fn measure(shapes: &[Shape], repeat: usize, budget: f64) -> Result<Vec<GemmR
         let (m, n, k) = (sh.m, sh.n, sh.k);
         let x = values(1, m * k);
         // nt: w [n, k]; nn: b [k, n].
-        let w = values(2, n * k);
-        let packed = (!sh.nn).then(|| Packed::new(&w, n, k, Isa::best()));
+        let mut w = values(2, n * k);
+        let packed = if sh.q8 {
+            let q = QTensor::quantize(&Tensor::from_slice(&w, (n, k), &dev)?, GgmlDType::Q8_0)?;
+            w = q.dequantize(&dev)?.flatten_all()?.to_vec1()?;
+            Some(Packed::from_q8_0(&q.data()?, n, k, Isa::best()).map_err(Error::Invalid)?)
+        } else {
+            (!sh.nn).then(|| Packed::new(&w, n, k, Isa::best()))
+        };
         let xt = Tensor::from_slice(&x, (m, k), &dev)?;
         let wt =
             if sh.nn { Tensor::from_slice(&w, (k, n), &dev)? } else { Tensor::from_slice(&w, (n, k), &dev)?.t()? };
@@ -152,7 +164,7 @@ mod tests {
 
     #[test]
     fn bad_bench_gemm_arguments_are_refused_and_a_small_product_agrees_with_candle() {
-        let sh = [Shape { what: "small", m: 9, n: 70, k: 33, nn: false }];
+        let sh = [Shape { what: "small", m: 9, n: 70, k: 33, nn: false, q8: false }];
         assert!(measure(&sh, 0, 0.01).is_err());
         for budget in [0.0, -1.0, f64::NAN, 1e9] {
             let e = measure(&sh, 1, budget).err().expect("refused").to_string();

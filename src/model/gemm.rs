@@ -82,7 +82,21 @@ pub struct Packed {
     pub n: usize,
     pub k: usize,
     isa: Isa,
-    data: Vec<f32>,
+    data: Panels,
+}
+
+/// The values of a packed weight.
+enum Panels {
+    /// f32: panel j's depth p, column c at [(j * k + p) * nr + c].
+    F32(Vec<f32>),
+    /// A GGUF Q8_0 weight as stored (per row, blocks of 32 int8 values along the depth and one
+    /// f16 scale): q at [(j * k + p) * nr + c], the scale of depth block p / 32 at
+    /// [(j * k / 32 + p / 32) * nr + c]. Each value is q * d, which is exact in f32 (an 11-bit
+    /// significand times an 8-bit integer), so it is the f32 weight candle's dequantization
+    /// gives, bit for bit, at a quarter of the bytes. Products dequantize a depth block at a time
+    /// into a buffer and run the f32 kernel on it: the same fma chains. For a large output head
+    /// multiplied at a few read positions, the bytes streamed from memory are the cost.
+    Q8 { q: Vec<i8>, d: Vec<f32> },
 }
 
 impl std::fmt::Debug for Packed {
@@ -98,24 +112,79 @@ impl Packed {
         let nr = isa.nr();
         let panels = n.div_ceil(nr);
         let mut data = vec![0f32; panels * k * nr];
-        if k == 0 {
-            return Packed { n, k, isa, data };
-        }
-        data.par_chunks_mut(k * nr).enumerate().for_each(|(j, panel)| {
-            for c in 0..nr.min(n - j * nr) {
-                let row = &w[(j * nr + c) * k..(j * nr + c + 1) * k];
-                for (p, &v) in row.iter().enumerate() {
-                    panel[p * nr + c] = v;
+        if k > 0 {
+            data.par_chunks_mut(k * nr).enumerate().for_each(|(j, panel)| {
+                for c in 0..nr.min(n - j * nr) {
+                    let row = &w[(j * nr + c) * k..(j * nr + c + 1) * k];
+                    for (p, &v) in row.iter().enumerate() {
+                        panel[p * nr + c] = v;
+                    }
                 }
-            }
-        });
-        Packed { n, k, isa, data }
+            });
+        }
+        Packed { n, k, isa, data: Panels::F32(data) }
+    }
+
+    /// Pack a GGUF Q8_0 weight [n, k] from its stored bytes (per row, k / 32 blocks of a
+    /// little-endian f16 scale and 32 int8 values), keeping the int8 values (see [`Panels::Q8`]).
+    pub fn from_q8_0(blocks: &[u8], n: usize, k: usize, isa: Isa) -> Result<Packed, String> {
+        const BLOCK: usize = 2 + Q8_DEPTH;
+        if !k.is_multiple_of(Q8_DEPTH) || blocks.len() != n * (k / Q8_DEPTH) * BLOCK {
+            return Err(format!(
+                "Q8_0 weight of {n} x {k}: {} bytes, expected {} in blocks of {Q8_DEPTH}",
+                blocks.len(),
+                n * (k / Q8_DEPTH) * BLOCK
+            ));
+        }
+        let (nr, kb) = (isa.nr(), k / Q8_DEPTH);
+        let panels = n.div_ceil(nr);
+        let mut q = vec![0i8; panels * k * nr];
+        let mut d = vec![0f32; panels * kb * nr];
+        if k > 0 {
+            q.par_chunks_mut(k * nr).zip(d.par_chunks_mut(kb * nr)).enumerate().for_each(|(j, (qp, dp))| {
+                for c in 0..nr.min(n - j * nr) {
+                    let row = &blocks[(j * nr + c) * kb * BLOCK..][..kb * BLOCK];
+                    for (b, block) in row.chunks_exact(BLOCK).enumerate() {
+                        dp[b * nr + c] = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+                        for (i, &v) in block[2..].iter().enumerate() {
+                            qp[(b * Q8_DEPTH + i) * nr + c] = v as i8;
+                        }
+                    }
+                }
+            });
+        }
+        Ok(Packed { n, k, isa, data: Panels::Q8 { q, d } })
     }
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.data.len() * 4
+        match &self.data {
+            Panels::F32(v) => v.len() * 4,
+            Panels::Q8 { q, d } => q.len() + d.len() * 4,
+        }
     }
+
+    /// Where panel j's values come from, for [`panel_job`].
+    fn source(&self) -> Src {
+        match &self.data {
+            Panels::F32(v) => Src::Packed(v.as_ptr() as usize),
+            Panels::Q8 { q, d } => Src::Q8(q.as_ptr() as usize, d.as_ptr() as usize),
+        }
+    }
+}
+
+/// Depth of a Q8_0 block (values per scale).
+const Q8_DEPTH: usize = 32;
+
+/// The right-hand side of a product, as plain addresses the threads share.
+#[derive(Clone, Copy)]
+enum Src {
+    /// A packed f32 weight's panels.
+    Packed(usize),
+    /// A packed Q8_0 weight's int8 values and scales.
+    Q8(usize, usize),
+    /// b [k, n] row-major, as stored.
+    Rows(usize),
 }
 
 /// A raw output pointer shared by the threads, each writing its own columns.
@@ -147,10 +216,9 @@ pub fn matmul_nn(x: &[f32], m: usize, k: usize, b: &[f32], n: usize, y: &mut [f3
 
 fn matmul_nn_on(isa: Isa, x: &[f32], m: usize, k: usize, b: &[f32], n: usize, y: &mut [f32]) {
     assert!(x.len() >= m * k && b.len() >= k * n && y.len() >= m * n, "matmul: buffers too small");
-    let panel = |j: usize| (b[j * isa.nr()..].as_ptr(), n);
     // SAFETY: each panel j writes only columns j*nr..min(n, j*nr+nr) of y's m rows; its loads
     // stay inside b (masked to the columns that exist) and x (m * k values).
-    let one = unsafe { panel_job(isa, x.as_ptr(), m, k, n, panel, Out(y.as_mut_ptr())) };
+    let one = unsafe { panel_job(isa, x.as_ptr(), m, k, n, Src::Rows(b.as_ptr() as usize), Out(y.as_mut_ptr())) };
     run_jobs(n.div_ceil(isa.nr()), m * n * k, one);
 }
 
@@ -169,11 +237,9 @@ pub fn matmul_packed_many(x: &[f32], m: usize, ws: &[&Packed], ys: &mut [&mut [f
         .iter()
         .zip(ys.iter_mut())
         .map(|(w, y)| {
-            let nr = w.isa.nr();
-            let panel = move |j: usize| (w.data[j * w.k * nr..].as_ptr(), nr);
             // SAFETY: each panel j writes only columns j*nr..min(n, j*nr+nr) of its own output's
             // m rows; panel reads stay inside the panel (k * nr values) and x (m * k values).
-            unsafe { panel_job(w.isa, x.as_ptr(), m, k, w.n, panel, Out(y.as_mut_ptr())) }
+            unsafe { panel_job(w.isa, x.as_ptr(), m, k, w.n, w.source(), Out(y.as_mut_ptr())) }
         })
         .collect();
     // Panel t of the flat numbering: weight i's panel t - first[i].
@@ -200,17 +266,10 @@ fn run_jobs(count: usize, flops: usize, job: impl Fn(usize) + Sync) {
 }
 
 /// The work of one panel j of an [m, k] x [k, n] product (every depth block, every row tile),
-/// as a closure the threads share. SAFETY: x holds m * k values, `panel(j)` points at k depth
-/// steps of panel j's columns, y at an [m, n] output that outlives the closure's calls.
-unsafe fn panel_job(
-    isa: Isa,
-    x: *const f32,
-    m: usize,
-    k: usize,
-    n: usize,
-    panel: impl Fn(usize) -> (*const f32, usize) + Sync,
-    y: Out,
-) -> impl Fn(usize) + Sync {
+/// as a closure the threads share. SAFETY: x holds m * k values, `src` holds k depth steps of
+/// n columns (packed for `isa` or row-major), y points at an [m, n] output that outlives the
+/// closure's calls.
+unsafe fn panel_job(isa: Isa, x: *const f32, m: usize, k: usize, n: usize, src: Src, y: Out) -> impl Fn(usize) + Sync {
     let (nr, mr) = (isa.nr(), isa.mr());
     // A plain address, shared by the threads.
     let x = x as usize;
@@ -218,46 +277,69 @@ unsafe fn panel_job(
     // every row tile passes over it. A tile stores its partial sums after each block and the next
     // block starts from them, so each element is still one fma chain in depth order.
     let one = move |j: usize| {
-        let (b, ldb) = panel(j);
         let cols = nr.min(n - j * nr);
         // A panel of an unpacked b (the input gradient's w as stored) has its depth steps a whole
         // row of b apart; at widths like 576 or 1536 floats those rows fall into a few L1 sets
         // and evict each other before the next row tile comes back to them. With several row
         // tiles, each depth block is first copied to a contiguous KC x NR buffer, as a packed
-        // weight's panel is laid out (the same values, so the same bits).
-        let copy = ldb != nr && m > mr;
-        let mut block = if copy { vec![0f32; KC * nr] } else { Vec::new() };
+        // weight's panel is laid out (the same values, so the same bits). A Q8_0 weight's block
+        // is dequantized into that buffer.
+        let buffered = match src {
+            Src::Rows(_) => m > mr,
+            Src::Q8(..) => true,
+            Src::Packed(_) => false,
+        };
+        let mut block = if buffered { vec![0f32; KC * nr] } else { Vec::new() };
         let mut p0 = 0;
         loop {
             let depth = KC.min(k - p0);
-            let (b, ldb) = if copy {
-                for p in 0..depth {
-                    // SAFETY: row p0 + p of b has at least `cols` values from this panel's start
-                    // (the caller's bounds: b holds k rows of n values).
-                    let src = unsafe { std::slice::from_raw_parts(b.wrapping_add((p0 + p) * ldb), cols) };
-                    block[p * nr..p * nr + cols].copy_from_slice(src);
-                }
-                (block.as_ptr(), nr)
-            } else {
-                (b.wrapping_add(p0 * ldb), ldb)
-            };
-            // The next depth block of a packed panel (or the next panel's first block: packed
-            // panels lie end to end) is fetched into L2 while this one's row tiles run: the first
+            // The block's values (b, depth stride ldb) and the next block's bytes to prefetch:
+            // a packed panel's next depth block, or the next panel's first (packed panels lie
+            // end to end). They are fetched into L2 while this block's row tiles run: the first
             // pass over a block straight from memory otherwise waits on DRAM for most of it (the
             // weights stream from memory once per forward pass; 0.72x of the isolated rate in
-            // place). Each row tile issues its share of the block's lines, spread over its depth
-            // steps. A prefetch never faults, so the last panel's look past its end is harmless;
+            // place). A prefetch never faults, so the last panel's look past its end is harmless;
             // it moves no value, so no bit changes.
-            let ahead = if ldb == nr { b.wrapping_add(depth * nr) } else { std::ptr::null() };
+            let (b, ldb, ahead, lines): (*const f32, usize, *const u8, usize) = match src {
+                Src::Packed(data) => {
+                    let b = (data as *const f32).wrapping_add((j * k + p0) * nr);
+                    (b, nr, b.wrapping_add(depth * nr) as *const u8, (KC * nr * 4).div_ceil(64))
+                }
+                Src::Q8(q, d) => {
+                    let q = (q as *const i8).wrapping_add((j * k + p0) * nr);
+                    let d = (d as *const f32).wrapping_add((j * (k / Q8_DEPTH) + p0 / Q8_DEPTH) * nr);
+                    // SAFETY: panel j holds k depth steps of nr values and k / 32 scale rows; p0
+                    // is a multiple of KC, itself a multiple of 32.
+                    unsafe {
+                        let q = std::slice::from_raw_parts(q, depth * nr);
+                        let d = std::slice::from_raw_parts(d, depth.div_ceil(Q8_DEPTH) * nr);
+                        dequantize(isa, q, d, &mut block[..depth * nr]);
+                    }
+                    (block.as_ptr(), nr, q.wrapping_add(depth * nr) as *const u8, (KC * nr).div_ceil(64))
+                }
+                Src::Rows(b) => {
+                    let b = (b as *const f32).wrapping_add(j * nr);
+                    if buffered {
+                        for p in 0..depth {
+                            // SAFETY: row p0 + p of b has at least `cols` values from this
+                            // panel's start (the caller's bounds: b holds k rows of n values).
+                            let row = unsafe { std::slice::from_raw_parts(b.wrapping_add((p0 + p) * n), cols) };
+                            block[p * nr..p * nr + cols].copy_from_slice(row);
+                        }
+                        (block.as_ptr(), nr, std::ptr::null(), 0)
+                    } else {
+                        (b.wrapping_add(p0 * n), n, std::ptr::null(), 0)
+                    }
+                }
+            };
             let tiles = m.div_ceil(mr);
-            let lines = if ahead.is_null() { 0 } else { (KC * nr * 4).div_ceil(64) };
             let mut i = 0;
             while i < m {
                 let rows = mr.min(m - i);
                 let tile_no = i / mr;
                 let (l0, l1) = (lines * tile_no / tiles, lines * (tile_no + 1) / tiles);
                 let t = Tile {
-                    ahead: (ahead as *const u8).wrapping_add(l0 * 64),
+                    ahead: ahead.wrapping_add(l0 * 64),
                     ahead_lines: l1 - l0,
                     k: depth,
                     first: p0 == 0,
@@ -282,8 +364,43 @@ unsafe fn panel_job(
     one
 }
 
-/// Depth per block.
+/// Depth per block (a multiple of [`Q8_DEPTH`]).
 const KC: usize = 256;
+
+/// out[p * nr + c] = q[p * nr + c] * d[(p / 32) * nr + c] over a Q8_0 panel's depth block: exact
+/// products, so every instruction set gives the same values (compiled for the widest one).
+fn dequantize(isa: Isa, q: &[i8], d: &[f32], out: &mut [f32]) {
+    #[inline(always)]
+    fn run<const NR: usize>(q: &[i8], d: &[f32], out: &mut [f32]) {
+        for ((o, q), p) in out.chunks_exact_mut(NR).zip(q.chunks_exact(NR)).zip(0..) {
+            let d = &d[(p / Q8_DEPTH) * NR..][..NR];
+            for c in 0..NR {
+                o[c] = q[c] as f32 * d[c];
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn avx512(q: &[i8], d: &[f32], out: &mut [f32]) {
+        run::<32>(q, d, out)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn avx2(q: &[i8], d: &[f32], out: &mut [f32]) {
+        run::<16>(q, d, out)
+    }
+    match isa {
+        // SAFETY: the kernel family was chosen from the CPU's features.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { avx512(q, d, out) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2(q, d, out) },
+        _ => match isa.nr() {
+            32 => run::<32>(q, d, out),
+            _ => run::<16>(q, d, out),
+        },
+    }
+}
 
 /// One tile's operands: up to MR rows of a (row stride `lda`) times depth `k` of b (depth stride
 /// `ldb`), into `cols` (at most NR) columns of c (row stride `ldc`). `first`: start the sums from
@@ -539,6 +656,30 @@ mod tests {
             matmul_packed(&x, m, w, &mut want);
             assert_eq!(bits(got), bits(&want), "n {}", w.n);
         }
+    }
+
+    /// A Q8_0 weight kept as int8 gives the product of candle's f32 dequantization of it, bit
+    /// for bit, on every kernel: rows past one tile, a last panel cut short, depth past one block.
+    #[test]
+    fn q8_0_panels_give_the_dequantized_weights_product_bit_for_bit() {
+        use candle_core::quantized::{GgmlDType, QTensor};
+        use candle_core::{Device, Tensor};
+        for (m, n, k) in [(1, 40, 32), (13, 70, 576), (3, 33, 640), (20, 100, 288)] {
+            let w = Tensor::from_vec(rand_vec(8, n * k), (n, k), &Device::Cpu).unwrap();
+            let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+            let dense: Vec<f32> = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let x = rand_vec(9, m * k);
+            let want = bits(&chain(&x, &dense, m, n, k));
+            for isa in Isa::available() {
+                let packed = Packed::from_q8_0(&q.data().unwrap(), n, k, isa).unwrap();
+                assert!(packed.bytes() * 3 < n.next_multiple_of(isa.nr()) * k * 4, "{isa:?}: int8 storage");
+                let mut y = vec![f32::NAN; m * n];
+                matmul_packed(&x, m, &packed, &mut y);
+                assert_eq!(bits(&y), want, "{isa:?} q8, m {m} n {n} k {k}");
+            }
+        }
+        assert!(Packed::from_q8_0(&[0u8; 33], 1, 32, Isa::Scalar).is_err(), "a short block is refused");
+        assert!(Packed::from_q8_0(&[], 1, 33, Isa::Scalar).is_err(), "a depth that is not a multiple of 32");
     }
 
     #[test]

@@ -227,7 +227,7 @@ impl Model {
             });
         }
         let embed_key = key("model.embed_tokens.weight", "token_embd.weight");
-        let embed = w.tensor(embed_key)?;
+        let (embed, embed_q8) = w.tensor_and_q8_0(embed_key)?;
         if embed.dims2()? != (cfg.vocab_size, cfg.hidden_size) {
             return Err(Error::model(
                 w.path(),
@@ -240,12 +240,13 @@ impl Model {
             ));
         }
         // Gemma ties the output projection to the embedding.
-        // When dense, the head shares the embedding's memory (671 MB for Gemma-3-270M's vocabulary).
-        let lm_head = Linear::new(if w.dense() {
-            candle_core::quantized::QMatMul::Tensor(embed.clone())
+        // When dense, the head shares the embedding's memory (671 MB for Gemma-3-270M's vocabulary)
+        // and multiplies from the embedding's Q8_0 values where the GGUF stores it so.
+        let lm_head = if w.dense() {
+            Linear::new(candle_core::quantized::QMatMul::Tensor(embed.clone())).with_q8_0(embed_q8)
         } else {
-            w.linear(embed_key)?
-        });
+            Linear::new(w.linear(embed_key)?)
+        };
         Ok(Self { norm: norm(w, "model.norm.weight", "output_norm.weight")?, cfg, embed, layers, lm_head })
     }
 

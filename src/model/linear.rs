@@ -5,7 +5,7 @@ use super::kernels;
 use super::lora::{LoraLayer, Target};
 use super::mode::Mode;
 use crate::util::error::Result;
-use candle_core::quantized::QMatMul;
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Tensor, TensorId};
 use std::sync::{Arc, Mutex};
 
@@ -19,13 +19,30 @@ pub struct Linear {
     /// The f32 base weight packed for mores' GEMM, made at its first CPU use and kept (clones
     /// share it). Keyed by the weight tensor's id, so a replaced `base` is packed anew.
     packed: PackCache,
+    /// The Q8_0 weight the f32 base was dequantized from, if it was: packed from its int8 values
+    /// instead (the same products bit for bit, a quarter of the bytes). Only for the base tensor
+    /// it came with (its id); taken when packed.
+    q8_0: Q8Source,
 }
 
 type PackCache = Arc<Mutex<Option<(TensorId, Arc<Packed>)>>>;
+type Q8Source = Arc<Mutex<Option<(TensorId, Arc<QTensor>)>>>;
 
 impl Linear {
     pub fn new(base: QMatMul) -> Self {
-        Self { base, bias: None, lora: None, packed: PackCache::default() }
+        Self { base, bias: None, lora: None, packed: PackCache::default(), q8_0: Default::default() }
+    }
+
+    /// This layer's f32 base is the dequantization of the Q8_0 weight `q`: multiply from q's
+    /// int8 values. For an output head tied to a Q8_0 embedding (Gemma-3-270M's 262,144 rows:
+    /// 671 MB as f32, streamed from memory for a few read positions per forward pass; 189 MB so).
+    pub fn with_q8_0(self, q: Option<Arc<QTensor>>) -> Self {
+        if let (Some(q), QMatMul::Tensor(w)) = (q, &self.base) {
+            if q.dtype() == GgmlDType::Q8_0 && q.shape().dims() == w.dims() {
+                *self.q8_0.lock().unwrap_or_else(|e| e.into_inner()) = Some((w.id(), q));
+            }
+        }
+        self
     }
 
     /// The packed form of the f32 weight w (this layer's base).
@@ -36,7 +53,15 @@ impl Linear {
                 return Ok(p.clone());
             }
         }
-        let p = Arc::new(kernels::pack(w)?);
+        let q8 = self.q8_0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let p = Arc::new(match q8 {
+            Some((id, q)) if id == w.id() && w.device().is_cpu() => {
+                let (n, k) = w.dims2()?;
+                Packed::from_q8_0(&q.data()?, n, k, super::gemm::Isa::best())
+                    .map_err(|e| crate::util::error::Error::Invalid(format!("internal: {e}")))?
+            }
+            _ => kernels::pack(w)?,
+        });
         *slot = Some((w.id(), p.clone()));
         Ok(p)
     }

@@ -190,7 +190,7 @@ impl Model {
         // Embedding and head first: their shapes are checked against the vocabulary before the
         // layers are read.
         let embed_key = key("model.embed_tokens.weight", "token_embd.weight");
-        let embed = w.tensor(embed_key)?;
+        let (embed, embed_q8) = w.tensor_and_q8_0(embed_key)?;
         if embed.dims2()? != (cfg.vocab_size, cfg.hidden_size) {
             return Err(Error::model(
                 w.path(),
@@ -203,14 +203,15 @@ impl Model {
             ));
         }
         let head_key = key("lm_head.weight", "output.weight");
-        let lm_head = Linear::new(if w.has(head_key) && !cfg.tie_word_embeddings {
-            w.linear(head_key)?
+        let lm_head = if w.has(head_key) && !cfg.tie_word_embeddings {
+            Linear::new(w.linear(head_key)?)
         } else if w.dense() {
-            // Tied and dense: share the embedding's memory instead of a second copy.
-            candle_core::quantized::QMatMul::Tensor(embed.clone())
+            // Tied and dense: share the embedding's memory instead of a second copy, and
+            // multiply from its Q8_0 values where the GGUF stores it so.
+            Linear::new(candle_core::quantized::QMatMul::Tensor(embed.clone())).with_q8_0(embed_q8)
         } else {
-            w.linear(embed_key)?
-        });
+            Linear::new(w.linear(embed_key)?)
+        };
         // A head with other rows than the vocabulary would score token ids it does not have.
         let (_, head_rows) = lm_head.dims()?;
         if head_rows != cfg.vocab_size {
