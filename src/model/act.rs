@@ -43,10 +43,29 @@ fn gelu_mul_one(g: f32, u: f32) -> f32 {
     g / (1.0 + exp(-2.0 * inner)) * u
 }
 
-fn gelu_mul_slice(g: &[f32], u: &[f32], out: &mut [f32]) {
+#[inline(always)]
+fn gelu_mul_plain(g: &[f32], u: &[f32], out: &mut [f32]) {
     for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
         *o = gelu_mul_one(g, u);
     }
+}
+
+fn gelu_mul_slice(g: &[f32], u: &[f32], out: &mut [f32]) {
+    use gelu_mul_plain as run;
+    // The same loop compiled for 16 lanes where the CPU has them (4 at the x86-64 baseline):
+    // each element's operations are the same plain float operations in the same order, so the
+    // bits do not depend on the width (unit test).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn wide(g: &[f32], u: &[f32], out: &mut [f32]) {
+        run(g, u, out)
+    }
+    #[cfg(target_arch = "x86_64")]
+    if super::gemm::Isa::best() == super::gemm::Isa::Avx512 {
+        // SAFETY: the CPU has AVX-512F (the GEMM's kernel choice checked it).
+        return unsafe { wide(g, u, out) };
+    }
+    run(g, u, out)
 }
 
 /// gelu_tanh(gate) * up for CPU f32 tensors without gradients (same shape); candle's composed
@@ -126,6 +145,23 @@ mod tests {
     /// saturated, more in the tails as e^z's conditioning allows) and candle's GELU (absolute
     /// 5e-6: candle's 1 + tanh(u) loses precision where tanh is near -1), times up, over the
     /// range activations take and a length that is not a multiple of any vector width or chunk.
+    /// The loop compiled for AVX-512 (where the CPU has it) and at the baseline give the same
+    /// bits, saturated tails and NaN included.
+    #[test]
+    fn gelu_mul_is_the_same_at_every_vector_width() {
+        let n = 40_003;
+        let mut g: Vec<f32> = (0..n).map(|i| (i as f32 / n as f32 - 0.5) * 60.0).collect();
+        g[17] = f32::NAN;
+        g[18] = f32::INFINITY;
+        g[19] = f32::NEG_INFINITY;
+        let u: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0).collect();
+        let (mut wide, mut plain) = (vec![0f32; n], vec![0f32; n]);
+        gelu_mul_slice(&g, &u, &mut wide);
+        gelu_mul_plain(&g, &u, &mut plain);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&wide), bits(&plain));
+    }
+
     #[test]
     fn gelu_mul_matches_f64_and_candle() {
         let n = 40_003;
