@@ -263,8 +263,10 @@ fn label_log_softmax(logits: &Tensor, want: &[(usize, u32)]) -> Result<(Vec<f32>
                     // SAFETY: `row` and `e` hold `width` values; width >= 1 (a vocabulary).
                     unsafe { f32::vec_reduce_max(row.as_ptr(), &mut max, width) };
                     for (ei, &xi) in e.iter_mut().zip(row) {
-                        *ei = (xi - max).exp();
+                        *ei = xi - max;
                     }
+                    // expf's bits, vectorised.
+                    crate::model::exp::exp_in_place(e);
                     unsafe { f32::vec_reduce_sum(e.as_ptr(), &mut sum, width) };
                     (max, sum.ln())
                 },

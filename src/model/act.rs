@@ -94,11 +94,19 @@ fn gated(gate: &Tensor, up: &Tensor, f: fn(&[f32], &[f32], &mut [f32])) -> Resul
     Ok(Tensor::from_vec(out, g.shape(), g.device())?)
 }
 
-fn silu_mul_slice(g: &[f32], u: &[f32], out: &mut [f32]) {
-    for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
-        // candle's SiLU (`v / (1 + e^-v)`, libm's expf) and then its product: the same bits as
-        // `silu(gate) * up`, without the intermediate tensor and its second pass.
-        *o = g / (1.0 + (-g).exp()) * u;
+/// silu(g) * u into `out`: candle's SiLU (`v / (1 + e^-v)`, the C library's expf) and then its
+/// product, the same bits as `silu(gate) * up` without the intermediate tensor and its second
+/// pass; the exponentials vectorised ([`super::exp`], the same bits as expf).
+pub fn silu_mul_slice(g: &[f32], u: &[f32], out: &mut [f32]) {
+    const CHUNK: usize = 256;
+    for ((o, g), u) in out.chunks_mut(CHUNK).zip(g.chunks(CHUNK)).zip(u.chunks(CHUNK)) {
+        for (o, &g) in o.iter_mut().zip(g) {
+            *o = -g;
+        }
+        super::exp::exp_in_place(o);
+        for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+            *o = g / (1.0 + *o) * u;
+        }
     }
 }
 

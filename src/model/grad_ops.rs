@@ -203,7 +203,8 @@ impl candle_core::CustomOp2 for SwiGlu {
         let (g, u) = (super::kernels::cpu_f32(g, lg)?, super::kernels::cpu_f32(u, lu)?);
         // The same expression as candle's silu (x / (1 + e^-x)), so training reads what
         // inference computes.
-        let y = g.iter().zip(u).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u).collect();
+        let mut y = vec![0f32; g.len()];
+        super::act::silu_mul_slice(g, u, &mut y);
         Ok((CpuStorage::F32(y), lg.shape().clone()))
     }
 

@@ -197,10 +197,14 @@ fn softmax_weights<'k>(
 fn normalise(w: &mut [f32]) {
     // The max is order-free; the sum below runs in key order as before.
     let max = w.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-    let mut sum = 0f32;
     for x in w.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x;
+        *x -= max;
+    }
+    // expf's bits, vectorised.
+    super::exp::exp_in_place(w);
+    let mut sum = 0f32;
+    for &x in w.iter() {
+        sum += x;
     }
     for x in w.iter_mut() {
         *x /= sum;

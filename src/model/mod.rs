@@ -5,6 +5,7 @@ pub mod act;
 pub mod adapter;
 pub mod chat;
 pub mod config;
+pub mod exp;
 pub mod export;
 pub mod family;
 pub mod frozen;
