@@ -4,7 +4,7 @@
 //! scaled by sqrt(hidden), and local sliding-window layers with their own RoPE base.
 //! GGUF norm weights already include Gemma's "+1"; Hugging Face checkpoints store w and need 1 + w.
 use super::gguf::GgufFile;
-use super::layers::{gather, residual, rope, AttnCtx, Batch, Kv, RmsNorm, RopeStyle};
+use super::layers::{gather, norm_rope, residual, AttnCtx, Batch, Kv, RmsNorm, RopeStyle};
 use super::linear::{layer_slots, Linear, Slot};
 use super::mode::Mode;
 use super::weights::{key, Weights};
@@ -278,11 +278,9 @@ impl Model {
             let (win, (cos, sin)) = if l.sliding { (window, &local_rope) } else { (None, &global_rope) };
             let h = l.input_norm.forward(&x, mode)?;
             let [q, k, v] = Linear::forward_many([&l.q, &l.k, &l.v], &h, mode)?;
-            let q = q.reshape((b, t, nh, hd))?.transpose(1, 2)?;
-            let k = k.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+            let q = norm_rope(&q, (b, t, nh, hd), Some(&l.q_norm), cos, sin, RopeStyle::Halves, mode)?;
+            let k = norm_rope(&k, (b, t, nkv, hd), Some(&l.k_norm), cos, sin, RopeStyle::Halves, mode)?;
             let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
-            let q = rope(&l.q_norm.forward(&q, mode)?, cos, sin, RopeStyle::Halves, mode)?;
-            let k = rope(&l.k_norm.forward(&k, mode)?, cos, sin, RopeStyle::Halves, mode)?;
             if record {
                 kv.k.push(k.clone());
                 kv.v.push(v.clone());

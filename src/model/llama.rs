@@ -5,7 +5,7 @@
 use super::family::{Family, Traits};
 use super::gguf::GgufFile;
 use super::grad_ops;
-use super::layers::{gather, residual, rope, AttnCtx, Batch, Kv, RmsNorm, RopeStyle};
+use super::layers::{gather, norm_rope, residual, AttnCtx, Batch, Kv, RmsNorm, RopeStyle};
 use super::linear::{layer_slots, Linear, Slot};
 use super::mode::Mode;
 use super::weights::{key, Weights};
@@ -373,15 +373,13 @@ impl Model {
             };
             let h = l.input_norm.forward(&x, mode)?;
             let [q, k, v] = Linear::forward_many([&l.q, &l.k, &l.v], &h, mode)?;
-            let mut q = q.reshape((b, t, nh, hd))?;
-            let mut k = k.reshape((b, t, nkv, hd))?;
-            if let Some((qn, kn)) = &l.qk_norm {
-                (q, k) = (qn.forward(&q, mode)?, kn.forward(&k, mode)?);
-            }
-            let (q, k) = (q.transpose(1, 2)?, k.transpose(1, 2)?);
+            let (qn, kn) = match &l.qk_norm {
+                Some((qn, kn)) => (Some(qn), Some(kn)),
+                None => (None, None),
+            };
+            let q = norm_rope(&q, (b, t, nh, hd), qn, &cos, &sin, self.rope_style, mode)?;
+            let k = norm_rope(&k, (b, t, nkv, hd), kn, &cos, &sin, self.rope_style, mode)?;
             let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
-            let q = rope(&q, &cos, &sin, self.rope_style, mode)?;
-            let k = rope(&k, &cos, &sin, self.rope_style, mode)?;
             if record {
                 kv.k.push(k.clone());
                 kv.v.push(v.clone());
