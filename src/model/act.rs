@@ -68,6 +68,33 @@ fn gelu_mul_slice(g: &[f32], u: &[f32], out: &mut [f32]) {
     run(g, u, out)
 }
 
+/// The activation of a gated MLP: act(gate) * up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gated {
+    /// Gemma: gelu_tanh(gate) * up ([`gelu_mul`]).
+    Gelu,
+    /// The Llama family: silu(gate) * up ([`silu_mul`]).
+    Silu,
+}
+
+impl Gated {
+    /// The element-wise form over slices.
+    pub fn slice_fn(self) -> fn(&[f32], &[f32], &mut [f32]) {
+        match self {
+            Gated::Gelu => gelu_mul_slice,
+            Gated::Silu => silu_mul_slice,
+        }
+    }
+
+    /// Over tensors (inference).
+    pub fn tensors(self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+        match self {
+            Gated::Gelu => gelu_mul(gate, up),
+            Gated::Silu => silu_mul(gate, up),
+        }
+    }
+}
+
 /// gelu_tanh(gate) * up for CPU f32 tensors without gradients (same shape); candle's composed
 /// ops elsewhere (other devices, training, which needs their backward).
 pub fn gelu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {

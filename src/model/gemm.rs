@@ -218,8 +218,9 @@ fn matmul_nn_on(isa: Isa, x: &[f32], m: usize, k: usize, b: &[f32], n: usize, y:
     assert!(x.len() >= m * k && b.len() >= k * n && y.len() >= m * n, "matmul: buffers too small");
     // SAFETY: each panel j writes only columns j*nr..min(n, j*nr+nr) of y's m rows; its loads
     // stay inside b (masked to the columns that exist) and x (m * k values).
-    let one = unsafe { panel_job(isa, x.as_ptr(), m, k, n, Src::Rows(b.as_ptr() as usize), Out(y.as_mut_ptr())) };
-    run_jobs(n.div_ceil(isa.nr()), m * n * k, one);
+    let one = unsafe { panel_job(isa, x.as_ptr(), m, k, n, Src::Rows(b.as_ptr() as usize)) };
+    let y = Out(y.as_mut_ptr());
+    run_jobs(n.div_ceil(isa.nr()), m * n * k, |j| one(j, Out(y.at(j * isa.nr())), n));
 }
 
 /// ys[i] [m, ws[i].n] = x [m, k] · ws[i]ᵀ: several packed weights over the same input (a
@@ -239,7 +240,9 @@ pub fn matmul_packed_many(x: &[f32], m: usize, ws: &[&Packed], ys: &mut [&mut [f
         .map(|(w, y)| {
             // SAFETY: each panel j writes only columns j*nr..min(n, j*nr+nr) of its own output's
             // m rows; panel reads stay inside the panel (k * nr values) and x (m * k values).
-            unsafe { panel_job(w.isa, x.as_ptr(), m, k, w.n, w.source(), Out(y.as_mut_ptr())) }
+            let one = unsafe { panel_job(w.isa, x.as_ptr(), m, k, w.n, w.source()) };
+            let (y, nr, n) = (Out(y.as_mut_ptr()), w.isa.nr(), w.n);
+            move |j: usize| one(j, Out(y.at(j * nr)), n)
         })
         .collect();
     // Panel t of the flat numbering: weight i's panel t - first[i].
@@ -255,6 +258,43 @@ pub fn matmul_packed_many(x: &[f32], m: usize, ws: &[&Packed], ys: &mut [&mut [f
     });
 }
 
+/// y [m, n] = act(x · gᵀ, x · uᵀ) for two packed weights of one shape (a gated MLP's gate and
+/// up): each pair of panels is computed into two [m, nr] buffers on the thread that owns it and
+/// combined there by `act` (element by element), so the gate and up activations never make a
+/// round trip through memory and the activation needs no pass of its own. Each product element
+/// is [`matmul_packed`]'s fma chain, and `act` sees the same values, so the bits are those of
+/// the two products followed by `act` over them.
+pub fn matmul_gated(
+    x: &[f32],
+    m: usize,
+    (g, u): (&Packed, &Packed),
+    act: fn(&[f32], &[f32], &mut [f32]),
+    y: &mut [f32],
+) {
+    assert!(g.n == u.n && g.k == u.k && g.isa == u.isa, "gated matmul: gate {g:?} and up {u:?} differ");
+    let (n, k, nr) = (g.n, g.k, g.isa.nr());
+    assert!(x.len() >= m * k && y.len() >= m * n, "gated matmul: buffers too small");
+    // SAFETY: each job writes panel j's columns of its own buffers, then those columns of y's
+    // m rows; loads stay inside the panels and x (m * k values).
+    let (gj, uj) = unsafe {
+        (panel_job(g.isa, x.as_ptr(), m, k, n, g.source()), panel_job(u.isa, x.as_ptr(), m, k, n, u.source()))
+    };
+    let y = Out(y.as_mut_ptr());
+    run_jobs(n.div_ceil(nr), 2 * m * n * k, |j| {
+        let cols = nr.min(n - j * nr);
+        let (mut gb, mut ub, mut ab) = (vec![0f32; m * nr], vec![0f32; m * nr], vec![0f32; m * nr]);
+        gj(j, Out(gb.as_mut_ptr()), nr);
+        uj(j, Out(ub.as_mut_ptr()), nr);
+        // Columns past `cols` hold zeros in both buffers (never stored), and are not copied out.
+        act(&gb, &ub, &mut ab);
+        for i in 0..m {
+            // SAFETY: row i, columns j*nr..j*nr+cols of y: this job's alone.
+            let row = unsafe { std::slice::from_raw_parts_mut(y.at(i * n + j * nr), cols) };
+            row.copy_from_slice(&ab[i * nr..][..cols]);
+        }
+    });
+}
+
 /// Run `job` for 0..count, on rayon's threads unless the whole product is small (`flops`
 /// multiply-adds below [`PARALLEL_MIN`]) or there is one job.
 fn run_jobs(count: usize, flops: usize, job: impl Fn(usize) + Sync) {
@@ -266,17 +306,25 @@ fn run_jobs(count: usize, flops: usize, job: impl Fn(usize) + Sync) {
 }
 
 /// The work of one panel j of an [m, k] x [k, n] product (every depth block, every row tile),
-/// as a closure the threads share. SAFETY: x holds m * k values, `src` holds k depth steps of
-/// n columns (packed for `isa` or row-major), y points at an [m, n] output that outlives the
-/// closure's calls.
-unsafe fn panel_job(isa: Isa, x: *const f32, m: usize, k: usize, n: usize, src: Src, y: Out) -> impl Fn(usize) + Sync {
+/// as a closure the threads share: `one(j, c, ldc)` writes panel j's columns of the m rows at c
+/// (row stride ldc). SAFETY: x holds m * k values, `src` holds k depth steps of n columns
+/// (packed for `isa` or row-major); each call's c holds m rows of ldc values, the panel's
+/// columns in range.
+unsafe fn panel_job(
+    isa: Isa,
+    x: *const f32,
+    m: usize,
+    k: usize,
+    n: usize,
+    src: Src,
+) -> impl Fn(usize, Out, usize) + Sync {
     let (nr, mr) = (isa.nr(), isa.mr());
     // A plain address, shared by the threads.
     let x = x as usize;
     // Depth blocks of KC: a panel's block (KC x NR values, 32 KiB for AVX-512) stays in L1 while
     // every row tile passes over it. A tile stores its partial sums after each block and the next
     // block starts from them, so each element is still one fma chain in depth order.
-    let one = move |j: usize| {
+    let one = move |j: usize, c: Out, ldc: usize| {
         let cols = nr.min(n - j * nr);
         // A panel of an unpacked b (the input gradient's w as stored) has its depth steps a whole
         // row of b apart; at widths like 576 or 1536 floats those rows fall into a few L1 sets
@@ -347,8 +395,8 @@ unsafe fn panel_job(isa: Isa, x: *const f32, m: usize, k: usize, n: usize, src: 
                     lda: k,
                     b,
                     ldb,
-                    c: y.at(i * n + j * nr),
-                    ldc: n,
+                    c: c.at(i * ldc),
+                    ldc,
                     cols,
                 };
                 // SAFETY: rows i..i+rows of x and y, columns j*nr..j*nr+cols of y, depth p0..p0+depth.
@@ -680,6 +728,29 @@ mod tests {
         }
         assert!(Packed::from_q8_0(&[0u8; 33], 1, 32, Isa::Scalar).is_err(), "a short block is refused");
         assert!(Packed::from_q8_0(&[], 1, 33, Isa::Scalar).is_err(), "a depth that is not a multiple of 32");
+    }
+
+    /// The gated product is act over the two products, bit for bit (a last panel cut short, rows
+    /// past a tile).
+    #[test]
+    fn gated_product_is_act_of_the_two_products() {
+        fn act(g: &[f32], u: &[f32], out: &mut [f32]) {
+            for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
+                *o = g / (1.0 + (-g).exp()) * u;
+            }
+        }
+        let (m, n, k) = (19, 70, 96);
+        let isa = Isa::best();
+        let x = rand_vec(10, m * k);
+        let (gw, uw) = (rand_vec(11, n * k), rand_vec(12, n * k));
+        let (g, u) = (Packed::new(&gw, n, k, isa), Packed::new(&uw, n, k, isa));
+        let (mut yg, mut yu, mut want) = (vec![0f32; m * n], vec![0f32; m * n], vec![0f32; m * n]);
+        matmul_packed(&x, m, &g, &mut yg);
+        matmul_packed(&x, m, &u, &mut yu);
+        act(&yg, &yu, &mut want);
+        let mut got = vec![f32::NAN; m * n];
+        matmul_gated(&x, m, (&g, &u), act, &mut got);
+        assert_eq!(bits(&got), bits(&want));
     }
 
     #[test]

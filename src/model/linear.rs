@@ -141,6 +141,40 @@ impl Linear {
         Ok(ys.try_into().expect("one output per layer"))
     }
 
+    /// act(gate(x), up(x)) for a gated MLP at inference. On the CPU with f32 bases and neither
+    /// bias nor adapter, one parallel loop in which each thread combines the gate and up panels
+    /// it computed ([`super::gemm::matmul_gated`]: no [tokens, intermediate] gate and up tensors
+    /// written and read back, no separate activation pass); otherwise [`Linear::forward_many`]
+    /// and the activation over tensors. The same bits either way.
+    pub fn forward_gated(gate: &Linear, up: &Linear, x: &Tensor, mode: Mode, act: super::act::Gated) -> Result<Tensor> {
+        let plain = |l: &Linear| match (&l.base, &l.bias, &l.lora) {
+            (QMatMul::Tensor(w), None, None) => Some(w.clone()),
+            _ => None,
+        };
+        let (Some(gw), Some(uw)) = (plain(gate), plain(up)) else {
+            let [g, u] = Linear::forward_many([gate, up], x, mode)?;
+            return act.tensors(&g, &u);
+        };
+        if mode.grad || !kernels::plain_cpu_f32(&[&gw, &uw, x]) || gw.dims() != uw.dims() {
+            let [g, u] = Linear::forward_many([gate, up], x, mode)?;
+            return act.tensors(&g, &u);
+        }
+        let (x2, lead) = rows(x)?;
+        let x2 = x2.contiguous()?;
+        let (m, k) = x2.dims2()?;
+        let (pg, pu) = (gate.packed(&gw)?, up.packed(&uw)?);
+        if pg.k != k || pu.k != k {
+            return Err(crate::util::error::Error::Invalid(format!(
+                "internal: gated matmul of width {k} with packed {} x {} weights",
+                pg.n, pg.k
+            )));
+        }
+        let n = pg.n;
+        let mut out = vec![0f32; m * n];
+        kernels::with_f32s(&[&x2], |v| super::gemm::matmul_gated(v[0], m, (&pg, &pu), act.slice_fn(), &mut out))?;
+        unrows(&Tensor::from_vec(out, (m, n), x.device())?, &lead)
+    }
+
     /// Training on the CPU with an f32 base and an adapter: base and LoRA path (its dropout
     /// included) in one graph node ([`AdaptedLinear`]) instead of seven or eight (the mask, two
     /// matmuls, their transposes and padding, the scale, the sum). candle's backward adds every

@@ -387,8 +387,12 @@ impl Model {
             let a = ctx.attend(li, &q, &k, &v, window, scale)?;
             x = residual(&x, &l.o.forward(&a, mode)?, mode)?;
             let h = l.post_norm.forward(&x, mode)?;
-            let [gate, up] = Linear::forward_many([&l.gate, &l.up], &h, mode)?;
-            let m = if mode.grad { grad_ops::swiglu(&gate, &up)? } else { super::act::silu_mul(&gate, &up)? };
+            let m = if mode.grad {
+                let [gate, up] = Linear::forward_many([&l.gate, &l.up], &h, mode)?;
+                grad_ops::swiglu(&gate, &up)?
+            } else {
+                Linear::forward_gated(&l.gate, &l.up, &h, mode, super::act::Gated::Silu)?
+            };
             x = residual(&x, &l.down.forward(&m, mode)?, mode)?;
         }
         Ok((x, kv))
