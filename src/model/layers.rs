@@ -222,50 +222,59 @@ pub fn norm_rope(
         use rayon::prelude::*;
         let (x, cos, sin, alpha) = (v[0], v[1], v[2], v.get(3).copied());
         let mut out = vec![0f32; b * h * t * d];
-        // Tasks: (row and head plane) x runs of up to 32 positions.
+        // Tasks: (row and head plane) x runs of up to 32 positions. A decoding step's few heads
+        // of one position run on the calling thread: a fork-join costs more than that work
+        // (candle's rope also runs one position serially).
         const RUN: usize = 32;
-        out.par_chunks_mut(t * d).enumerate().for_each(|(bh, plane)| {
-            let (bi, hi) = (bh / h, bh % h);
-            plane.par_chunks_mut(RUN * d).enumerate().for_each(|(c, part)| {
-                let mut y = vec![0f32; d];
-                for (k, o) in part.chunks_exact_mut(d).enumerate() {
-                    let ti = c * RUN + k;
-                    let src = &x[((bi * t + ti) * h + hi) * d..][..d];
-                    match alpha {
-                        // candle's rms_norm: the squares summed in order, then / m * alpha.
-                        Some(alpha) => {
-                            let mut sum = 0f32;
-                            for &v in src {
-                                sum += v * v;
-                            }
-                            let m = (sum / d as f32 + eps).sqrt();
-                            for ((yi, &v), &a) in y.iter_mut().zip(src).zip(alpha) {
-                                *yi = v / m * a;
-                            }
+        const PARALLEL_MIN: usize = 1 << 15;
+        let one = |(c, part): (usize, &mut [f32]), (bi, hi): (usize, usize)| {
+            let mut y = vec![0f32; d];
+            for (k, o) in part.chunks_exact_mut(d).enumerate() {
+                let ti = c * RUN + k;
+                let src = &x[((bi * t + ti) * h + hi) * d..][..d];
+                match alpha {
+                    // candle's rms_norm: the squares summed in order, then / m * alpha.
+                    Some(alpha) => {
+                        let mut sum = 0f32;
+                        for &v in src {
+                            sum += v * v;
                         }
-                        None => y.copy_from_slice(src),
+                        let m = (sum / d as f32 + eps).sqrt();
+                        for ((yi, &v), &a) in y.iter_mut().zip(src).zip(alpha) {
+                            *yi = v / m * a;
+                        }
                     }
-                    let cs = (bi * t + ti) * (d / 2);
-                    let (c, s) = (&cos[cs..][..d / 2], &sin[cs..][..d / 2]);
-                    match style {
-                        RopeStyle::Halves => {
-                            let (y1, y2) = y.split_at(d / 2);
-                            let (o1, o2) = o.split_at_mut(d / 2);
-                            for i in 0..d / 2 {
-                                o1[i] = y1[i] * c[i] - y2[i] * s[i];
-                                o2[i] = y1[i] * s[i] + y2[i] * c[i];
-                            }
+                    None => y.copy_from_slice(src),
+                }
+                let cs = (bi * t + ti) * (d / 2);
+                let (c, s) = (&cos[cs..][..d / 2], &sin[cs..][..d / 2]);
+                match style {
+                    RopeStyle::Halves => {
+                        let (y1, y2) = y.split_at(d / 2);
+                        let (o1, o2) = o.split_at_mut(d / 2);
+                        for i in 0..d / 2 {
+                            o1[i] = y1[i] * c[i] - y2[i] * s[i];
+                            o2[i] = y1[i] * s[i] + y2[i] * c[i];
                         }
-                        RopeStyle::Interleaved => {
-                            for i in 0..d / 2 {
-                                o[2 * i] = y[2 * i] * c[i] - y[2 * i + 1] * s[i];
-                                o[2 * i + 1] = y[2 * i] * s[i] + y[2 * i + 1] * c[i];
-                            }
+                    }
+                    RopeStyle::Interleaved => {
+                        for i in 0..d / 2 {
+                            o[2 * i] = y[2 * i] * c[i] - y[2 * i + 1] * s[i];
+                            o[2 * i + 1] = y[2 * i] * s[i] + y[2 * i + 1] * c[i];
                         }
                     }
                 }
+            }
+        };
+        if out.len() < PARALLEL_MIN {
+            for (bh, plane) in out.chunks_mut(t * d).enumerate() {
+                plane.chunks_mut(RUN * d).enumerate().for_each(|cp| one(cp, (bh / h, bh % h)));
+            }
+        } else {
+            out.par_chunks_mut(t * d).enumerate().for_each(|(bh, plane)| {
+                plane.par_chunks_mut(RUN * d).enumerate().for_each(|cp| one(cp, (bh / h, bh % h)));
             });
-        });
+        }
         out
     })?;
     Ok(Tensor::from_vec(out, (b, h, t, d), x.device())?)
