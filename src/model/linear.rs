@@ -151,14 +151,13 @@ impl Linear {
             (QMatMul::Tensor(w), None, None) => Some(w.clone()),
             _ => None,
         };
-        let (Some(gw), Some(uw)) = (plain(gate), plain(up)) else {
+        let fused = plain(gate)
+            .zip(plain(up))
+            .filter(|(g, u)| !mode.grad && kernels::plain_cpu_f32(&[g, u, x]) && g.dims() == u.dims());
+        let Some((gw, uw)) = fused else {
             let [g, u] = Linear::forward_many([gate, up], x, mode)?;
             return act.tensors(&g, &u);
         };
-        if mode.grad || !kernels::plain_cpu_f32(&[&gw, &uw, x]) || gw.dims() != uw.dims() {
-            let [g, u] = Linear::forward_many([gate, up], x, mode)?;
-            return act.tensors(&g, &u);
-        }
         let (x2, lead) = rows(x)?;
         let x2 = x2.contiguous()?;
         let (m, k) = x2.dims2()?;
