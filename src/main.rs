@@ -15,7 +15,7 @@ fn main() {
     let cli = Cli::parse();
     // Before any thread exists. Not for training alone: its step measured no faster and its
     // peak 4% higher (2,094 -> 2,182 MiB in bench lora-one) with freed memory kept.
-    if !matches!(cli.cmd, Cmd::Train(_) | Cmd::Bench { cmd: BenchCmd::LoraOne { .. } }) {
+    if !training_only(&cli.cmd) {
         mores::util::alloc::keep_freed_memory();
     }
     let threads = cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
@@ -35,10 +35,16 @@ fn main() {
 /// barrier) measured 0.94x the step time of the LoRA bench, same losses bit for bit. Probing and
 /// generation keep the pool (quantized weights need it; the f32 probe measured no difference).
 fn candle_threads(cmd: &Cmd, threads: usize) -> usize {
-    match cmd {
-        Cmd::Train(_) | Cmd::Bench { cmd: BenchCmd::LoraOne { .. } } => 1,
-        _ => threads,
+    if training_only(cmd) {
+        1
+    } else {
+        threads
     }
+}
+
+/// Commands that only train (`train` and the LoRA bench's child).
+fn training_only(cmd: &Cmd) -> bool {
+    matches!(cmd, Cmd::Train(_) | Cmd::Bench { cmd: BenchCmd::LoraOne { .. } })
 }
 
 fn run(cli: Cli, threads: usize) -> Result<()> {

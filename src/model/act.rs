@@ -51,21 +51,20 @@ fn gelu_mul_plain(g: &[f32], u: &[f32], out: &mut [f32]) {
 }
 
 fn gelu_mul_slice(g: &[f32], u: &[f32], out: &mut [f32]) {
-    use gelu_mul_plain as run;
     // The same loop compiled for 16 lanes where the CPU has them (4 at the x86-64 baseline):
     // each element's operations are the same plain float operations in the same order, so the
     // bits do not depend on the width (unit test).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     unsafe fn wide(g: &[f32], u: &[f32], out: &mut [f32]) {
-        run(g, u, out)
+        gelu_mul_plain(g, u, out)
     }
     #[cfg(target_arch = "x86_64")]
-    if super::gemm::Isa::best() == super::gemm::Isa::Avx512 {
-        // SAFETY: the CPU has AVX-512F (the GEMM's kernel choice checked it).
+    if is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F.
         return unsafe { wide(g, u, out) };
     }
-    run(g, u, out)
+    gelu_mul_plain(g, u, out)
 }
 
 /// The activation of a gated MLP: act(gate) * up.
@@ -176,10 +175,6 @@ mod tests {
         assert_eq!(bits(&ours), bits(&candle));
     }
 
-    /// Against GELU in f64 (in the logistic form; relative 2.4e-6 where the logistic is not
-    /// saturated, more in the tails as e^z's conditioning allows) and candle's GELU (absolute
-    /// 5e-6: candle's 1 + tanh(u) loses precision where tanh is near -1), times up, over the
-    /// range activations take and a length that is not a multiple of any vector width or chunk.
     /// The loop compiled for AVX-512 (where the CPU has it) and at the baseline give the same
     /// bits, saturated tails and NaN included.
     #[test]
@@ -197,6 +192,10 @@ mod tests {
         assert_eq!(bits(&wide), bits(&plain));
     }
 
+    /// Against GELU in f64 (in the logistic form; relative 2.4e-6 where the logistic is not
+    /// saturated, more in the tails as e^z's conditioning allows) and candle's GELU (absolute
+    /// 5e-6: candle's 1 + tanh(u) loses precision where tanh is near -1), times up, over the
+    /// range activations take and a length that is not a multiple of any vector width or chunk.
     #[test]
     fn gelu_mul_matches_f64_and_candle() {
         let n = 40_003;

@@ -288,12 +288,7 @@ impl Model {
             let a = ctx.attend(li, &q, &k, &v, win, scale)?;
             x = residual(&x, &l.post_attn_norm.forward(&l.o.forward(&a, mode)?, mode)?, mode)?;
             let h = l.pre_ffn_norm.forward(&x, mode)?;
-            let m = if mode.grad {
-                let [gate, up] = Linear::forward_many([&l.gate, &l.up], &h, mode)?;
-                (gate.gelu()? * up)?
-            } else {
-                Linear::forward_gated(&l.gate, &l.up, &h, mode, super::act::Gated::Gelu)?
-            };
+            let m = Linear::forward_gated(&l.gate, &l.up, &h, mode, super::act::Gated::Gelu)?;
             x = residual(&x, &l.post_ffn_norm.forward(&l.down.forward(&m, mode)?, mode)?, mode)?;
         }
         let logits = match read {

@@ -1,5 +1,6 @@
 //! Linear layers over dense or quantized weights, with an optional LoRA adapter, and the slots
 //! through which an adapter reaches a model's projections.
+use super::act::Gated;
 use super::gemm::Packed;
 use super::kernels;
 use super::lora::{LoraLayer, Target};
@@ -66,6 +67,18 @@ impl Linear {
         Ok(p)
     }
 
+    /// [`Linear::packed`], checked against the input width k.
+    fn packed_for(&self, w: &Tensor, k: usize) -> Result<Arc<Packed>> {
+        let p = self.packed(w)?;
+        if p.k != k {
+            return Err(crate::util::error::Error::Invalid(format!(
+                "internal: matmul of width {k} with a packed {} x {} weight",
+                p.n, p.k
+            )));
+        }
+        Ok(p)
+    }
+
     /// Input and output width.
     pub fn dims(&self) -> Result<(usize, usize)> {
         let (out, inp) = match &self.base {
@@ -121,13 +134,7 @@ impl Linear {
         let (x2, lead) = rows(x)?;
         let x2 = x2.contiguous()?;
         let (m, k) = x2.dims2()?;
-        let packed: Vec<Arc<Packed>> = ls.iter().zip(&dense).map(|(l, w)| l.packed(w)).collect::<Result<_>>()?;
-        if let Some(p) = packed.iter().find(|p| p.k != k) {
-            return Err(crate::util::error::Error::Invalid(format!(
-                "internal: matmul of width {k} with a packed {} x {} weight",
-                p.n, p.k
-            )));
-        }
+        let packed: Vec<Arc<Packed>> = ls.iter().zip(&dense).map(|(l, w)| l.packed_for(w, k)).collect::<Result<_>>()?;
         let mut outs: Vec<Vec<f32>> = packed.iter().map(|p| vec![0f32; m * p.n]).collect();
         kernels::with_f32s(&[&x2], |v| {
             let ws: Vec<&Packed> = packed.iter().map(|p| &**p).collect();
@@ -141,12 +148,13 @@ impl Linear {
         Ok(ys.try_into().expect("one output per layer"))
     }
 
-    /// act(gate(x), up(x)) for a gated MLP at inference. On the CPU with f32 bases and neither
-    /// bias nor adapter, one parallel loop in which each thread combines the gate and up panels
-    /// it computed ([`super::gemm::matmul_gated`]: no [tokens, intermediate] gate and up tensors
-    /// written and read back, no separate activation pass); otherwise [`Linear::forward_many`]
-    /// and the activation over tensors. The same bits either way.
-    pub fn forward_gated(gate: &Linear, up: &Linear, x: &Tensor, mode: Mode, act: super::act::Gated) -> Result<Tensor> {
+    /// act(gate(x), up(x)): a gated MLP's two projections and activation. At inference on the
+    /// CPU with f32 bases and neither bias nor adapter, one parallel loop in which each thread
+    /// combines the gate and up panels it computed ([`super::gemm::matmul_gated`]: no [tokens,
+    /// intermediate] gate and up tensors written and read back, no separate activation pass);
+    /// otherwise [`Linear::forward_many`] and the activation over tensors (in training, candle's
+    /// GELU or the SwiGLU node, whose backward it needs). The same bits either way.
+    pub fn forward_gated(gate: &Linear, up: &Linear, x: &Tensor, mode: Mode, act: Gated) -> Result<Tensor> {
         let plain = |l: &Linear| match (&l.base, &l.bias, &l.lora) {
             (QMatMul::Tensor(w), None, None) => Some(w.clone()),
             _ => None,
@@ -156,18 +164,16 @@ impl Linear {
             .filter(|(g, u)| !mode.grad && kernels::plain_cpu_f32(&[g, u, x]) && g.dims() == u.dims());
         let Some((gw, uw)) = fused else {
             let [g, u] = Linear::forward_many([gate, up], x, mode)?;
-            return act.tensors(&g, &u);
+            return match (act, mode.grad) {
+                (Gated::Gelu, true) => Ok((g.gelu()? * u)?),
+                (Gated::Silu, true) => super::grad_ops::swiglu(&g, &u),
+                (_, false) => act.tensors(&g, &u),
+            };
         };
         let (x2, lead) = rows(x)?;
         let x2 = x2.contiguous()?;
         let (m, k) = x2.dims2()?;
-        let (pg, pu) = (gate.packed(&gw)?, up.packed(&uw)?);
-        if pg.k != k || pu.k != k {
-            return Err(crate::util::error::Error::Invalid(format!(
-                "internal: gated matmul of width {k} with packed {} x {} weights",
-                pg.n, pg.k
-            )));
-        }
+        let (pg, pu) = (gate.packed_for(&gw, k)?, up.packed_for(&uw, k)?);
         let n = pg.n;
         let mut out = vec![0f32; m * n];
         kernels::with_f32s(&[&x2], |v| super::gemm::matmul_gated(v[0], m, (&pg, &pu), act.slice_fn(), &mut out))?;

@@ -4,7 +4,6 @@
 //! folder (config.json).
 use super::family::{Family, Traits};
 use super::gguf::GgufFile;
-use super::grad_ops;
 use super::layers::{gather, norm_rope, residual, AttnCtx, Batch, Kv, RmsNorm, RopeStyle};
 use super::linear::{layer_slots, Linear, Slot};
 use super::mode::Mode;
@@ -387,12 +386,7 @@ impl Model {
             let a = ctx.attend(li, &q, &k, &v, window, scale)?;
             x = residual(&x, &l.o.forward(&a, mode)?, mode)?;
             let h = l.post_norm.forward(&x, mode)?;
-            let m = if mode.grad {
-                let [gate, up] = Linear::forward_many([&l.gate, &l.up], &h, mode)?;
-                grad_ops::swiglu(&gate, &up)?
-            } else {
-                Linear::forward_gated(&l.gate, &l.up, &h, mode, super::act::Gated::Silu)?
-            };
+            let m = Linear::forward_gated(&l.gate, &l.up, &h, mode, super::act::Gated::Silu)?;
             x = residual(&x, &l.down.forward(&m, mode)?, mode)?;
         }
         Ok((x, kv))

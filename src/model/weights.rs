@@ -93,30 +93,26 @@ impl Weights {
         }
     }
 
-    /// A tensor dequantized to f32 and, when the GGUF stores it as Q8_0, the stored form too
-    /// (an output head tied to it multiplies from the int8 values: see `Linear::with_q8_0`).
+    /// A tensor dequantized to f32 and, when weights load dense and the GGUF stores it as Q8_0,
+    /// the stored form too (an output head tied to it multiplies from the int8 values: see
+    /// `Linear::with_q8_0`).
     pub fn tensor_and_q8_0(&mut self, k: Key) -> Result<(Tensor, Option<Arc<QTensor>>)> {
         if !self.has(k) {
             return Err(self.missing(k));
         }
+        let dense = self.dense();
         match &mut self.source {
             Source::Gguf(g) => {
                 let q = g.content.tensor(&mut g.file, k.gguf, &self.device)?;
                 let t = q.dequantize(&self.device)?;
-                Ok((t, (q.dtype() == GgmlDType::Q8_0).then(|| Arc::new(q))))
+                Ok((t, (dense && q.dtype() == GgmlDType::Q8_0).then(|| Arc::new(q))))
             }
-            Source::Safetensors { .. } => Ok((self.tensor(k)?, None)),
+            Source::Safetensors { st, .. } => Ok((st.load(k.hf, &self.device)?.to_dtype(DType::F32)?, None)),
         }
     }
 
     /// Any tensor, dequantized to f32.
     pub fn tensor(&mut self, k: Key) -> Result<Tensor> {
-        if !self.has(k) {
-            return Err(self.missing(k));
-        }
-        match &mut self.source {
-            Source::Gguf(g) => Ok(g.content.tensor(&mut g.file, k.gguf, &self.device)?.dequantize(&self.device)?),
-            Source::Safetensors { st, .. } => Ok(st.load(k.hf, &self.device)?.to_dtype(DType::F32)?),
-        }
+        Ok(self.tensor_and_q8_0(k)?.0)
     }
 }
