@@ -6,8 +6,8 @@
 2. An adapter made by PEFT (random, non-zero B) is loaded by mores (`mores score --adapter`);
    the same comparison the other way.
 
-Needs a Python with torch, transformers, peft and gguf (see ../shared/peers/README.md), and a
-release build of mores. Usage:
+Needs a Python with torch, transformers, peft and gguf (such as the one `mores bench lora --python`
+uses), and a release build of mores. Usage:
   PY scripts/peft_check.py --adapter runs/peft-check/mores-adapter [--model GGUF] [--tol 1e-4]
 """
 from __future__ import annotations
