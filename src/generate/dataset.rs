@@ -113,7 +113,7 @@ impl Record {
 
 /// Read a dataset, checking every line; errors name the file and line.
 pub fn read(path: &Path) -> Result<Vec<(Record, Lesson)>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::util::io::read_input_text(path, crate::util::io::Cap::Table)?;
     if !text.is_empty() && !text.ends_with('\n') {
         // The JSONL rule: a last line without its newline was cut short. A log would drop it;
         // a dataset about to be trained on is incomplete, which the user must know.

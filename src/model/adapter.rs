@@ -72,6 +72,21 @@ impl Adapter {
                 n_layers.saturating_sub(1)
             )));
         }
+        // Checked before any tensor is allocated: A is [rank, in] and B [out, rank].
+        for slot in model.lora_slots() {
+            if targets.contains(&slot.target) && spec.adapts_layer(slot.layer) {
+                let (inp, out) = slot.linear.dims()?;
+                if spec.rank > inp.min(out) {
+                    return Err(Error::Invalid(format!(
+                        "lora.rank = {} exceeds the width of {:?} in {} ({inp} -> {out}): choose a rank of at most {}",
+                        spec.rank,
+                        slot.target,
+                        model.info.name,
+                        inp.min(out)
+                    )));
+                }
+            }
+        }
         let mut params: Vec<Param> = Vec::new();
         for slot in model.lora_slots() {
             if !targets.contains(&slot.target) || !spec.adapts_layer(slot.layer) {
@@ -193,12 +208,12 @@ impl Adapter {
         if !cfg_path.exists() {
             return Err(err(format!("no {CONFIG_FILE}: not a PEFT adapter folder")));
         }
-        let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+        let text = crate::util::io::read_input_text(&cfg_path, crate::util::io::Cap::Json)?;
         let cfg: PeftConfig =
             serde_json::from_str(&text).map_err(|e| Error::model(&cfg_path, format!("not a PEFT LoRA config: {e}")))?;
         let spec = cfg.to_spec().map_err(|m| Error::model(&cfg_path, m))?;
         let w_path = dir.join(WEIGHTS_FILE);
-        let bytes = std::fs::read(&w_path).map_err(|e| Error::io(&w_path, e))?;
+        let bytes = crate::util::io::read_input(&w_path, crate::util::io::Cap::Weights)?;
         let (tensors, _) = read_safetensors(&bytes, &model.device).map_err(|m| Error::model(&w_path, m))?;
         check_base(dir, model)?;
         let mut by_slot: BTreeMap<(usize, String), [Option<Tensor>; 2]> = BTreeMap::new();
@@ -504,7 +519,7 @@ pub fn read_safetensors(bytes: &[u8], device: &candle_core::Device) -> std::resu
 fn check_base(dir: &Path, model: &Model) -> Result<()> {
     let base_path = dir.join(MORES_FILE);
     if base_path.exists() {
-        let text = std::fs::read_to_string(&base_path).map_err(|e| Error::io(&base_path, e))?;
+        let text = crate::util::io::read_input_text(&base_path, crate::util::io::Cap::Json)?;
         let base: BaseInfo = serde_json::from_str(&text).map_err(|e| Error::model(&base_path, e.to_string()))?;
         if base.architecture != model.architecture() {
             return Err(Error::model(

@@ -31,8 +31,12 @@ pub fn export_hf(model: &mut Model, out: &Path) -> Result<()> {
     if let Some((id, _)) = &model.tok.eos {
         o.insert("eos_token_id".into(), (*id).into());
     }
-    if let Some(f) = o.get("rope_scaling").and_then(|r| r.get("factor")).cloned() {
-        o.insert("rope_scaling".into(), serde_json::json!({"rope_type": "linear", "factor": f}));
+    // A scaling read from GGUF metadata carries only its factor (Gemma 3's is linear); one read
+    // from a Hugging Face config keeps its own type and parameters exactly (Llama 3.1's llama3).
+    if let Some(serde_json::Value::Object(rs)) = o.get_mut("rope_scaling") {
+        if rs.contains_key("factor") && !rs.contains_key("rope_type") && !rs.contains_key("type") {
+            rs.insert("rope_type".into(), "linear".into());
+        }
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let mut meta = HashMap::new();

@@ -126,11 +126,11 @@ impl Config {
                 .opt_f32(&format!("{p}.rope.scaling.factor"))
                 .map(|f| RopeScaling { factor: Some(f as f64) }),
             sliding_window: u("attention.sliding_window").unwrap_or(512),
-            sliding_window_pattern: g.opt_u32(&format!("{p}.attention.sliding_window_pattern")).unwrap_or(6) as usize,
+            sliding_window_pattern: g.opt_u32(&format!("{p}.attention.sliding_window_pattern"))?.unwrap_or(6) as usize,
             layer_types: None,
             query_pre_attn_scalar: None,
             vocab_size: g.strings("tokenizer.ggml.tokens")?.len(),
-            max_position_embeddings: g.opt_u32(&format!("{p}.context_length")).map(|x| x as usize),
+            max_position_embeddings: g.opt_u32(&format!("{p}.context_length"))?.map(|x| x as usize),
         })
     }
 
@@ -209,7 +209,25 @@ impl Model {
             );
             let (gate, up, down) =
                 (lin("mlp.gate_proj", "ffn_gate")?, lin("mlp.up_proj", "ffn_up")?, lin("mlp.down_proj", "ffn_down")?);
-            layers.push(Layer {
+            let (hs, is, nh, nkv, hd) = (
+                cfg.hidden_size,
+                cfg.intermediate_size,
+                cfg.num_attention_heads,
+                cfg.num_key_value_heads,
+                cfg.head_dim,
+            );
+            for (l, name, inp, out) in [
+                (&q, "q_proj", hs, nh * hd),
+                (&k, "k_proj", hs, nkv * hd),
+                (&v, "v_proj", hs, nkv * hd),
+                (&o, "o_proj", nh * hd, hs),
+                (&gate, "gate_proj", hs, is),
+                (&up, "up_proj", hs, is),
+                (&down, "down_proj", is, hs),
+            ] {
+                l.expect(&w.path(), &format!("layer {i} {name}"), inp, out)?;
+            }
+            let layer = Layer {
                 q,
                 k,
                 v,
@@ -224,7 +242,18 @@ impl Model {
                 pre_ffn_norm: norm(w, &hf("pre_feedforward_layernorm"), &gg("ffn_norm"))?,
                 post_ffn_norm: norm(w, &hf("post_feedforward_layernorm"), &gg("post_ffw_norm"))?,
                 sliding: cfg.is_sliding(i),
-            });
+            };
+            for (n, name, width) in [
+                (&layer.q_norm, "q norm", hd),
+                (&layer.k_norm, "k norm", hd),
+                (&layer.input_norm, "input norm", hs),
+                (&layer.post_attn_norm, "post-attention norm", hs),
+                (&layer.pre_ffn_norm, "pre-feedforward norm", hs),
+                (&layer.post_ffn_norm, "post-feedforward norm", hs),
+            ] {
+                n.expect(&w.path(), &format!("layer {i} {name}"), width)?;
+            }
+            layers.push(layer);
         }
         let embed_key = key("model.embed_tokens.weight", "token_embd.weight");
         let (embed, embed_q8) = w.tensor_and_q8_0(embed_key)?;
@@ -247,7 +276,9 @@ impl Model {
         } else {
             Linear::new(w.linear(embed_key)?)
         };
-        Ok(Self { norm: norm(w, "model.norm.weight", "output_norm.weight")?, cfg, embed, layers, lm_head })
+        let final_norm = norm(w, "model.norm.weight", "output_norm.weight")?;
+        final_norm.expect(&w.path(), "final norm", cfg.hidden_size)?;
+        Ok(Self { norm: final_norm, cfg, embed, layers, lm_head })
     }
 
     /// Run `batch` after `prefix` (none, one for every row, or one per row). Returns logits [n, vocab] at the flat positions

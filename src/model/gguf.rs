@@ -13,7 +13,7 @@ pub struct GgufFile {
 
 impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
-        let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let mut file = crate::util::io::open_input(path, crate::util::io::Cap::Stream)?;
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         // candle's reader panics on some hostile headers (an alignment of 0 divides by zero):
         // contain that as an error too, without the panic's own message.
@@ -25,7 +25,7 @@ impl GgufFile {
         let content = read.map_err(|e| {
             Error::model(
                 path,
-                format!("not a readable GGUF file ({e}); if it was downloaded, it may be truncated: run scripts/fetch-models.sh again"),
+                format!("not a readable GGUF file ({}); if it was downloaded, it may be truncated: run scripts/fetch-models.sh again", crate::util::error::candle_line(&e)),
             )
         })?;
         // candle aligns the tensor data to general.alignment; any other value than a power of two
@@ -43,9 +43,22 @@ impl GgufFile {
         // every tensor's extent against the file length here rather than fail mid-load.
         for (name, info) in &content.tensor_infos {
             let block = info.ggml_dtype.block_size();
-            let n = info.shape.elem_count();
-            let bytes = n / block * info.ggml_dtype.type_size();
-            let end = content.tensor_data_offset + info.offset + bytes as u64;
+            // Dimensions from the file: their product must not wrap, and must fill whole blocks.
+            let n = info.shape.dims().iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+            let bytes = n
+                .filter(|n| n % block == 0)
+                .and_then(|n| (n / block).checked_mul(info.ggml_dtype.type_size()))
+                .and_then(|b| u64::try_from(b).ok());
+            let end = bytes.and_then(|b| content.tensor_data_offset.checked_add(info.offset)?.checked_add(b));
+            let Some(end) = end else {
+                return Err(Error::model(
+                    path,
+                    format!(
+                        "invalid GGUF header: tensor {name} has shape {:?}, which no file can hold",
+                        info.shape.dims()
+                    ),
+                ));
+            };
             if end > len {
                 return Err(Error::model(
                     path,
@@ -75,9 +88,16 @@ impl GgufFile {
 
     pub fn u32(&self, key: &str) -> Result<u32> {
         match self.get(key) {
-            Some(v) => to_u64(v).map(|x| x as u32).ok_or_else(|| self.bad(key, "not an integer")),
+            Some(v) => self.checked_u32(key, v),
             None => Err(self.missing(key)),
         }
+    }
+
+    /// A metadata integer that must fit u32: negative or larger values are refused by key, never
+    /// truncated.
+    fn checked_u32(&self, key: &str, v: &Value) -> Result<u32> {
+        let x = to_u64(v).ok_or_else(|| self.bad(key, "not a non-negative integer"))?;
+        u32::try_from(x).map_err(|_| self.bad(key, format!("{x} is out of range")))
     }
 
     pub fn f32(&self, key: &str) -> Result<f32> {
@@ -89,8 +109,9 @@ impl GgufFile {
         }
     }
 
-    pub fn opt_u32(&self, key: &str) -> Option<u32> {
-        self.get(key).and_then(to_u64).map(|x| x as u32)
+    /// An optional u32: absent is `None`, present but not a u32 an error naming the key.
+    pub fn opt_u32(&self, key: &str) -> Result<Option<u32>> {
+        self.get(key).map(|v| self.checked_u32(key, v)).transpose()
     }
 
     pub fn opt_f32(&self, key: &str) -> Option<f32> {
@@ -131,20 +152,22 @@ impl GgufFile {
     }
 
     fn bad(&self, key: &str, e: impl std::fmt::Display) -> Error {
-        Error::model(&self.path, format!("GGUF metadata {key}: {e}"))
+        // The first line: candle appends a backtrace when RUST_BACKTRACE is set.
+        let e = e.to_string();
+        Error::model(&self.path, format!("GGUF metadata {key}: {}", e.lines().next().unwrap_or_default()))
     }
 }
 
 fn to_u64(v: &Value) -> Option<u64> {
     Some(match v {
         Value::U8(x) => *x as u64,
-        Value::I8(x) => *x as u64,
+        Value::I8(x) => u64::try_from(*x).ok()?,
         Value::U16(x) => *x as u64,
-        Value::I16(x) => *x as u64,
+        Value::I16(x) => u64::try_from(*x).ok()?,
         Value::U32(x) => *x as u64,
-        Value::I32(x) => *x as u64,
+        Value::I32(x) => u64::try_from(*x).ok()?,
         Value::U64(x) => *x,
-        Value::I64(x) => *x as u64,
+        Value::I64(x) => u64::try_from(*x).ok()?,
         _ => return None,
     })
 }

@@ -149,6 +149,20 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
+    /// Refuse a norm weight that is not a vector of `width` (see `Linear::expect`).
+    pub fn expect(&self, path: &std::path::Path, what: &str, width: usize) -> Result<()> {
+        if self.weight.dims() != [width] {
+            return Err(crate::util::error::Error::model(
+                path,
+                format!(
+                    "invalid model configuration: {what} has shape {:?} but the configuration gives [{width}]",
+                    self.weight.dims()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         if !mode.grad || !x.track_op() {
             return Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)?);

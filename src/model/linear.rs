@@ -80,6 +80,24 @@ impl Linear {
     }
 
     /// Input and output width.
+    /// Refuse a weight whose shape is not `[out, inp]` as the model's configuration gives it
+    /// (a file that disagrees with its own header would fail deep in a product, or ask for an
+    /// impossible allocation). `what` names the weight; `bias` of length `out` when present.
+    pub fn expect(&self, path: &std::path::Path, what: &str, inp: usize, out: usize) -> Result<()> {
+        let (i, o) = self.dims()?;
+        let bias_ok = self.bias.as_ref().is_none_or(|b| b.dims() == [out]);
+        if (i, o) != (inp, out) || !bias_ok {
+            return Err(crate::util::error::Error::model(
+                path,
+                format!(
+                    "invalid model configuration: {what} is {o} x {i} (with bias {:?}) but the configuration gives {out} x {inp}",
+                    self.bias.as_ref().map(|b| b.dims().to_vec())
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn dims(&self) -> Result<(usize, usize)> {
         let (out, inp) = match &self.base {
             QMatMul::Tensor(w) | QMatMul::TensorF16(w) => w.dims2()?,

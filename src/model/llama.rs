@@ -97,22 +97,23 @@ impl Config {
         }
         let heads = g.u32(&format!("{p}.attention.head_count"))? as usize;
         let hidden = g.u32(&format!("{p}.embedding_length"))? as usize;
-        let head_dim = g
-            .opt_u32(&format!("{p}.attention.key_length"))
-            .or_else(|| g.opt_u32(&format!("{p}.rope.dimension_count")))
-            .map(|x| x as usize);
+        let head_dim = match g.opt_u32(&format!("{p}.attention.key_length"))? {
+            Some(x) => Some(x),
+            None => g.opt_u32(&format!("{p}.rope.dimension_count"))?,
+        }
+        .map(|x| x as usize);
         Ok(Self {
             hidden_size: hidden,
             intermediate_size: g.u32(&format!("{p}.feed_forward_length"))? as usize,
             num_hidden_layers: g.u32(&format!("{p}.block_count"))? as usize,
             num_attention_heads: heads,
-            num_key_value_heads: g.opt_u32(&format!("{p}.attention.head_count_kv")).map(|x| x as usize),
+            num_key_value_heads: g.opt_u32(&format!("{p}.attention.head_count_kv"))?.map(|x| x as usize),
             head_dim,
             rms_norm_eps: g.opt_f32(&format!("{p}.attention.layer_norm_rms_epsilon")).unwrap_or(1e-5) as f64,
             rope_theta: g.opt_f32(&format!("{p}.rope.freq_base")).unwrap_or(10_000.0) as f64,
             vocab_size: g.strings("tokenizer.ggml.tokens")?.len(),
             tie_word_embeddings: !g.content.tensor_infos.contains_key("output.weight"),
-            max_position_embeddings: g.opt_u32(&format!("{p}.context_length")).map(|x| x as usize),
+            max_position_embeddings: g.opt_u32(&format!("{p}.context_length"))?.map(|x| x as usize),
             traits: Traits {
                 family,
                 qkv_bias: family == Family::Qwen2,
@@ -266,33 +267,36 @@ impl Model {
             } else {
                 None
             };
-            layers.push(Layer {
-                q,
-                k,
-                v,
-                o,
-                gate,
-                up,
-                down,
-                input_norm: norm(w, &hf("input_layernorm"), &gg("attn_norm"))?,
-                post_norm: norm(w, &hf("post_attention_layernorm"), &gg("ffn_norm"))?,
-                qk_norm,
-            });
+            let (hs, is) = (cfg.hidden_size, cfg.intermediate_size);
+            for (l, name, inp, out) in [
+                (&q, "q_proj", hs, nh * hd),
+                (&k, "k_proj", hs, nkv * hd),
+                (&v, "v_proj", hs, nkv * hd),
+                (&o, "o_proj", nh * hd, hs),
+                (&gate, "gate_proj", hs, is),
+                (&up, "up_proj", hs, is),
+                (&down, "down_proj", is, hs),
+            ] {
+                l.expect(&w.path(), &format!("layer {i} {name}"), inp, out)?;
+            }
+            let input_norm = norm(w, &hf("input_layernorm"), &gg("attn_norm"))?;
+            let post_norm = norm(w, &hf("post_attention_layernorm"), &gg("ffn_norm"))?;
+            for (n, name, width) in [(&input_norm, "input norm", hs), (&post_norm, "post-attention norm", hs)]
+                .into_iter()
+                .chain(qk_norm.iter().flat_map(|(a, b)| [(a, "q norm", hd), (b, "k norm", hd)]))
+            {
+                n.expect(&w.path(), &format!("layer {i} {name}"), width)?;
+            }
+            layers.push(Layer { q, k, v, o, gate, up, down, input_norm, post_norm, qk_norm });
         }
         // llama.cpp permutes Q/K rows for interleaved RoPE in llama files only; its Qwen files
         // keep Hugging Face's order and rotate halves (NEOX style).
         let rope_style =
             if w.is_gguf() && cfg.traits.family == Family::Llama { RopeStyle::Interleaved } else { RopeStyle::Halves };
         let inv_freq = t.rope.inv_freq(hd, cfg.rope_theta);
-        Ok(Self {
-            norm: norm(w, "model.norm.weight", "output_norm.weight")?,
-            cfg,
-            embed,
-            layers,
-            lm_head,
-            rope_style,
-            inv_freq,
-        })
+        let final_norm = norm(w, "model.norm.weight", "output_norm.weight")?;
+        final_norm.expect(&w.path(), "final norm", cfg.hidden_size)?;
+        Ok(Self { norm: final_norm, cfg, embed, layers, lm_head, rope_style, inv_freq })
     }
 
     /// Run `batch` after `prefix` (none, one for every row, or one per row). Returns logits [n, vocab] at the flat positions

@@ -68,8 +68,9 @@ impl Tok {
     }
 
     pub fn from_json(path: &Path, bos: Option<String>, eos: Option<String>, add_bos: bool) -> Result<Self> {
+        let bytes = crate::util::io::read_input(path, crate::util::io::Cap::Tokenizer)?;
         let inner =
-            Tokenizer::from_file(path).map_err(|e| Error::model(path, format!("cannot read tokenizer: {e}")))?;
+            Tokenizer::from_bytes(bytes).map_err(|e| Error::model(path, format!("cannot read tokenizer: {e}")))?;
         let lookup = |t: Option<String>| t.and_then(|t| inner.token_to_id(&t).map(|id| (id, t)));
         let (bos, eos) = (lookup(bos), lookup(eos));
         Ok(Self { inner, bos, eos, add_bos, source: path.display().to_string() })
@@ -110,10 +111,12 @@ impl Tok {
                 .collect();
             inner.add_special_tokens(specials).map_err(tok_err)?;
         }
-        let id = |key: &str| g.opt_u32(key).and_then(|i| tokens.get(i as usize).map(|s| (i, s.clone())));
+        let id = |key: &str| -> Result<Option<(u32, String)>> {
+            Ok(g.opt_u32(key)?.and_then(|i| tokens.get(i as usize).map(|s| (i, s.clone()))))
+        };
         Ok(Self {
-            bos: id("tokenizer.ggml.bos_token_id"),
-            eos: id("tokenizer.ggml.eos_token_id"),
+            bos: id("tokenizer.ggml.bos_token_id")?,
+            eos: id("tokenizer.ggml.eos_token_id")?,
             add_bos: g.opt_bool("tokenizer.ggml.add_bos_token").unwrap_or(false),
             source: format!("GGUF metadata ({model}) of {}", g.path.display()),
             inner,
@@ -139,8 +142,24 @@ fn gpt2_tokenizer(g: &GgufFile, tokens: &[String]) -> Result<Tokenizer> {
             None => Err(Error::model(&g.path, format!("malformed BPE merge {m:?} in GGUF metadata"))),
         })
         .collect::<Result<_>>()?;
+    let vocab = vocab_map(tokens);
+    // tokenizers' BPE builder panics on a merge whose result is longer than every token (it
+    // copies into a buffer of the longest token's size): every merge's parts and result must be
+    // tokens, as they are in any file a tokenizer wrote.
+    for (i, (a, b)) in merges.iter().enumerate() {
+        if !vocab.contains_key(a) || !vocab.contains_key(b) || !vocab.contains_key(&format!("{a}{b}")) {
+            return Err(Error::model(
+                &g.path,
+                format!(
+                    "tokenizer.ggml.merges[{i}] = \"{} {}\" joins tokens that are not in tokenizer.ggml.tokens",
+                    a.escape_debug(),
+                    b.escape_debug()
+                ),
+            ));
+        }
+    }
     let bpe = BPE::builder()
-        .vocab_and_merges(vocab_map(tokens), merges)
+        .vocab_and_merges(vocab, merges)
         .build()
         .map_err(|e| Error::model(&g.path, format!("cannot build BPE tokenizer: {e}")))?;
     let mut tk = Tokenizer::new(bpe);
@@ -204,7 +223,7 @@ fn sentencepiece_bpe(g: &GgufFile, tokens: &[String], types: Option<&[i32]>) -> 
     }
     ranked.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
     let merges = ranked.into_iter().map(|(_, _, a, b)| (a, b)).collect();
-    let unk = g.opt_u32("tokenizer.ggml.unknown_token_id").and_then(|i| tokens.get(i as usize).cloned());
+    let unk = g.opt_u32("tokenizer.ggml.unknown_token_id")?.and_then(|i| tokens.get(i as usize).cloned());
     let mut builder = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true);
     if let Some(unk) = unk {
         builder = builder.unk_token(unk);

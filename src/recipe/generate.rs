@@ -157,6 +157,25 @@ impl GenerateSection {
         if self.per_pair == 0 || self.sampling.max_new_tokens == 0 {
             return Err("generate.per_pair and sampling.max_new_tokens must be at least 1".into());
         }
+        use super::in_range;
+        in_range("generate.per_pair", self.per_pair, 1, 100_000)?;
+        in_range("generate.paraphrases", self.paraphrases, 1, 1_000)?;
+        in_range("generate.leak_ngram", self.leak_ngram, 1, 64)?;
+        in_range("generate.sampling.max_new_tokens", self.sampling.max_new_tokens, 1, 1 << 20)?;
+        in_range("generate.sampling.top_k", self.sampling.top_k, 0, 1 << 24)?;
+        let s = &self.sampling;
+        if !(s.temperature.is_finite() && s.temperature >= 0.0) {
+            return Err(format!("generate.sampling.temperature = {} must be a finite number >= 0", s.temperature));
+        }
+        if !(s.top_p > 0.0 && s.top_p <= 1.0) {
+            return Err(format!("generate.sampling.top_p = {} must be in (0, 1]", s.top_p));
+        }
+        if !(s.repetition_penalty.is_finite() && s.repetition_penalty > 0.0) {
+            return Err(format!("generate.sampling.repetition_penalty = {} must be above 0", s.repetition_penalty));
+        }
+        if !(0.0..1.0).contains(&self.heldout_fraction) {
+            return Err(format!("generate.heldout_fraction = {} must be in [0, 1)", self.heldout_fraction));
+        }
         Ok(())
     }
 }

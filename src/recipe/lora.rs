@@ -189,6 +189,11 @@ impl LoraSpec {
         if self.rank == 0 {
             return Err("lora.rank must be at least 1".into());
         }
+        // The model's own width bounds it further once the model is loaded.
+        super::in_range("lora.rank", self.rank, 1, 65_536)?;
+        if !(self.alpha.is_finite() && self.alpha > 0.0) {
+            return Err(format!("lora.alpha = {} must be a finite number above 0", self.alpha));
+        }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(format!("lora.dropout {} must be in [0, 1)", self.dropout));
         }

@@ -43,6 +43,25 @@ pub struct TransferSection {
     pub probe_orders: OrderMode,
 }
 
+impl TransferSection {
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        use super::in_range;
+        // A bootstrap needs resamples to have a spread; a correlation needs three points.
+        in_range("transfer.bootstrap", self.bootstrap, 100, 1_000_000)?;
+        in_range("transfer.min_countries", self.min_countries, 3, 100_000)?;
+        in_range("transfer.probe_batch", self.probe_batch, 1, 4096)?;
+        in_range("transfer.train_questions", self.train_questions, 0, 1_000_000)?;
+        if let Some(n) = self.max_heldout_questions {
+            in_range("transfer.max_heldout_questions", n, 1, 1_000_000)?;
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(c) = self.countries.iter().find(|c| !seen.insert(c.as_str())) {
+            return Err(format!("transfer.countries names {c} twice"));
+        }
+        Ok(())
+    }
+}
+
 fn default_train_probe() -> usize {
     20
 }

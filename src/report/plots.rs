@@ -54,7 +54,14 @@ pub fn write(dir: &Path, r: &Results, items: &[Sample], survey: &Survey) -> Resu
         by_cat.entry((s.category.clone(), s.country.clone())).or_default().push((m, h));
         norm.push((s, m, h));
     }
-    let cats: Vec<String> = survey.categories().into_iter().filter(|c| by_cat.keys().any(|k| &k.0 == c)).collect();
+    // The survey's categories in its order, then any other category the samples name (a
+    // samples file from other survey data).
+    let mut cats: Vec<String> = survey.categories().into_iter().filter(|c| by_cat.keys().any(|k| &k.0 == c)).collect();
+    for (cat, _) in by_cat.keys() {
+        if !cats.contains(cat) {
+            cats.push(cat.clone());
+        }
+    }
     let mut model_boxes = vec![vec![]; cats.len()];
     let mut human_boxes = vec![vec![]; cats.len()];
     for ((cat, _), v) in &by_cat {

@@ -39,7 +39,7 @@ struct OutRecord<'a> {
 fn numeric_codes(template: &Path) -> Result<BTreeMap<u32, String>> {
     let cpath = template.join(COUNTRIES_FILE);
     let mut numeric_to_iso3 = BTreeMap::new();
-    let mut crdr = csv::Reader::from_path(&cpath).map_err(|e| Error::data(&cpath, 0, e.to_string()))?;
+    let mut crdr = csv::Reader::from_reader(crate::util::io::open_input(&cpath, crate::util::io::Cap::Table)?);
     let ch = crdr.headers().map_err(|e| Error::data(&cpath, 1, e.to_string()))?.clone();
     let (ci, cn) = (ch.iter().position(|h| h == "iso3"), ch.iter().position(|h| h == "iso_numeric"));
     for rec in crdr.records().flatten() {
@@ -164,7 +164,7 @@ fn write_outputs(csv_path: &Path, template: &Path, out: &Path, lines: &str, s: &
     let file_name = csv_path.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     for f in [QUESTIONS_FILE, COUNTRIES_FILE] {
-        let bytes = std::fs::read(template.join(f)).map_err(|e| Error::io(template.join(f), e))?;
+        let bytes = crate::util::io::read_input(&template.join(f), crate::util::io::Cap::Table)?;
         crate::util::io::atomic_write(&out.join(f), &bytes)?;
     }
     crate::util::io::atomic_write(&out.join(DISTRIBUTIONS_FILE), lines.as_bytes())?;
@@ -189,8 +189,7 @@ pub fn import(csv_path: &Path, template: &Path, out: &Path) -> Result<ImportSumm
     let file_name = csv_path.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
     let mut rdr = csv::ReaderBuilder::new()
         .flexible(false)
-        .from_path(csv_path)
-        .map_err(|e| Error::data(csv_path, 0, format!("cannot read CSV: {e}")))?;
+        .from_reader(crate::util::io::open_input(csv_path, crate::util::io::Cap::Stream)?);
     let headers = rdr.headers().map_err(|e| Error::data(csv_path, 1, format!("no header row: {e}")))?.clone();
     let col = |name: &str| headers.iter().position(|h| h.trim().eq_ignore_ascii_case(name));
     let cols = Columns {

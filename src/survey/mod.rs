@@ -148,7 +148,7 @@ pub fn question_sort_key(id: &str) -> (u32, String) {
 }
 
 fn read_lines(path: &Path) -> Result<Vec<(usize, String)>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::util::io::read_input_text(path, crate::util::io::Cap::Table)?;
     Ok(text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).map(|(i, l)| (i + 1, l.to_string())).collect())
 }
 
@@ -188,7 +188,7 @@ impl Survey {
 
         let cpath = dir.join(COUNTRIES_FILE);
         let mut countries = BTreeMap::new();
-        let mut rdr = csv::Reader::from_path(&cpath).map_err(|e| Error::data(&cpath, 0, e.to_string()))?;
+        let mut rdr = csv::Reader::from_reader(crate::util::io::open_input(&cpath, crate::util::io::Cap::Table)?);
         for (i, rec) in rdr.deserialize::<RawCountry>().enumerate() {
             let c = rec.map_err(|e| Error::data(&cpath, i + 2, format!("malformed country row: {e}")))?;
             let name = if c.wvs_name.trim().is_empty() { c.name } else { c.wvs_name };
@@ -340,7 +340,7 @@ impl Survey {
                 struct File {
                     groups: CategoryGroups,
                 }
-                let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+                let text = crate::util::io::read_input_text(&path, crate::util::io::Cap::Recipe)?;
                 let f: File = toml::from_str(&text).map_err(|e| Error::data(&path, 0, e.message().to_string()))?;
                 (f.groups, path.display().to_string())
             }

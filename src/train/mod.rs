@@ -353,7 +353,7 @@ fn swap_in(out: &Path, name: &str) -> Result<()> {
 /// The adapter files of folder `from` written atomically into `to`.
 fn copy_adapter(from: &Path, to: &Path) -> Result<()> {
     for f in [adapter::CONFIG_FILE, adapter::WEIGHTS_FILE, adapter::MORES_FILE] {
-        let bytes = std::fs::read(from.join(f)).map_err(|e| Error::io(from.join(f), e))?;
+        let bytes = crate::util::io::read_input(&from.join(f), crate::util::io::Cap::Weights)?;
         crate::util::io::atomic_write(&to.join(f), &bytes)?;
     }
     Ok(())
@@ -386,7 +386,7 @@ fn keep_best(out: &Path) -> Result<()> {
 
 fn load_optimizer(dir: &Path, adapter: &Adapter, opt: &mut AdamW, model: &Model) -> Result<()> {
     let p = dir.join(OPTIMIZER_FILE);
-    let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+    let bytes = crate::util::io::read_input(&p, crate::util::io::Cap::Weights)?;
     let (tensors, _) = adapter::read_safetensors(&bytes, &model.device).map_err(|m| Error::model(&p, m))?;
     let t: HashMap<String, Tensor> = tensors.into_iter().collect();
     for (i, name) in adapter.state_keys().iter().enumerate() {
@@ -559,6 +559,8 @@ pub fn train(a: &TrainArgs) -> Result<Summary> {
         path: a.recipe.clone(),
         msg: "no student model: set [student] path or pass --model".into(),
     })?;
+    // Before any work: a second process on the same --out stops at once.
+    let _writer = crate::util::lock::OutputLock::dir(&a.out)?;
     let ckpt = check_out(a)?;
     let data = dataset::read(&a.data)?;
     check_objective(a, &t, &data)?;
@@ -602,7 +604,6 @@ pub fn train(a: &TrainArgs) -> Result<Summary> {
         load_optimizer(&ckpt, &adapter, &mut opt, &model)?;
         opt.step = state.step;
     }
-    let _writer = crate::util::lock::OutputLock::dir(&a.out)?;
     let log_path = a.out.join(LOSS_FILE);
     // The curve up to the checkpoint; steps logged after it are replayed.
     let kept: Vec<LogLine> = read_log(&log_path)?.into_iter().filter(|l| a.resume && l.step < state.step).collect();

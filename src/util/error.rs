@@ -27,8 +27,8 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
 
-    #[error(transparent)]
-    Candle(#[from] candle_core::Error),
+    #[error("{}", candle_line(.0))]
+    Candle(candle_core::Error),
 
     #[error("tokenizer: {0}")]
     Tokenizer(String),
@@ -38,6 +38,26 @@ pub enum Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl From<candle_core::Error> for Error {
+    fn from(e: candle_core::Error) -> Self {
+        Error::Candle(e)
+    }
+}
+
+/// A candle error's message on one line, without the backtrace candle attaches when
+/// RUST_BACKTRACE is set.
+pub fn candle_line(e: &candle_core::Error) -> String {
+    fn strip(e: &candle_core::Error) -> String {
+        match e {
+            candle_core::Error::WithBacktrace { inner, .. } => strip(inner),
+            candle_core::Error::Context { inner, context } => format!("{context}: {}", strip(inner)),
+            candle_core::Error::WithPath { inner, path } => format!("{}: {}", path.display(), strip(inner)),
+            e => e.to_string(),
+        }
+    }
+    strip(e).split_whitespace().collect::<Vec<_>>().join(" ")
+}
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

@@ -27,9 +27,104 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// The most bytes mores reads from one input file of each kind. Inputs are read only from regular
+/// files (a device such as `/dev/zero` or a FIFO never ends, or blocks), and never beyond their cap,
+/// so a hostile or mistaken path ends in one error line instead of unbounded reading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cap {
+    /// TOML recipes and their includes: 1 MiB.
+    Recipe,
+    /// JSON files (configs, manifests, results, cards, splits, checkpoints' state): 256 MiB.
+    Json,
+    /// `tokenizer.json`: 512 MiB.
+    Tokenizer,
+    /// JSONL datasets, logs, caches and samples; survey tables: 4 GiB.
+    Table,
+    /// Adapter weights read whole: 16 GiB.
+    Weights,
+    /// Streamed inputs (model weights, the respondent-level survey CSV, hashed files): any size,
+    /// regular files only.
+    Stream,
+}
+
+impl Cap {
+    pub fn bytes(self) -> u64 {
+        match self {
+            Cap::Recipe => 1 << 20,
+            Cap::Json => 256 << 20,
+            Cap::Tokenizer => 512 << 20,
+            Cap::Table => 4 << 30,
+            Cap::Weights => 16 << 30,
+            Cap::Stream => u64::MAX,
+        }
+    }
+    fn what(self) -> &'static str {
+        match self {
+            Cap::Recipe => "a recipe",
+            Cap::Json => "a JSON file",
+            Cap::Tokenizer => "a tokenizer",
+            Cap::Table => "a JSONL or table file",
+            Cap::Weights => "an adapter's weights",
+            Cap::Stream => "an input",
+        }
+    }
+}
+
+/// Human form of a byte count for error lines (`1 MiB`, `4 GiB`, `1234 bytes`).
+pub fn human_bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 && n % (1 << 30) == 0 => format!("{} GiB", n >> 30),
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
+        n => format!("{n} bytes"),
+    }
+}
+
+/// The length of input file `path` if it is a regular file within `cap`; otherwise an error
+/// naming the path and what to give instead. Looks at the file without opening it, so a FIFO
+/// does not block.
+pub fn check_input(path: &Path, cap: Cap) -> Result<u64> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        let kind = if meta.is_dir() { "a folder" } else { "not a regular file (a device, FIFO or socket never ends)" };
+        return Err(Error::Invalid(format!("{}: {kind}; give a regular file", path.display())));
+    }
+    if meta.len() > cap.bytes() {
+        return Err(Error::Invalid(format!(
+            "{}: {} bytes, over the {} cap on {}; is this the right file?",
+            path.display(),
+            meta.len(),
+            human_bytes(cap.bytes()),
+            cap.what()
+        )));
+    }
+    Ok(meta.len())
+}
+
+/// Open input file `path` for reading after [`check_input`].
+pub fn open_input(path: &Path, cap: Cap) -> Result<std::fs::File> {
+    check_input(path, cap)?;
+    std::fs::File::open(path).map_err(|e| Error::io(path, e))
+}
+
+/// The bytes of input file `path`, a regular file within `cap`. Reads at most `cap` bytes even if
+/// the file grows while it is read.
+pub fn read_input(path: &Path, cap: Cap) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let len = check_input(path, cap)?;
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut buf = Vec::with_capacity(len.min(cap.bytes()) as usize);
+    f.take(cap.bytes()).read_to_end(&mut buf).map_err(|e| Error::io(path, e))?;
+    Ok(buf)
+}
+
+/// [`read_input`] as UTF-8 text, naming the file when it is not.
+pub fn read_input_text(path: &Path, cap: Cap) -> Result<String> {
+    String::from_utf8(read_input(path, cap)?).map_err(|e| Error::data(path, 0, format!("not UTF-8: {e}")))
+}
+
 /// Parse a JSON file, naming the file (and line and column) when it is malformed.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = read_input_text(path, Cap::Json)?;
     serde_json::from_str(&text).map_err(|e| Error::data(path, e.line(), format!("malformed JSON: {e}")))
 }
 
@@ -52,7 +147,7 @@ pub fn write_jsonl<T: serde::Serialize>(path: &Path, rows: &[T]) -> Result<()> {
 /// without its newline was cut short by a kill and does not count (readers skip it, [`JsonlLog`]
 /// cuts it off on open); a malformed line anywhere else is corruption and an error naming the line.
 pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = read_input(path, Cap::Table)?;
     Ok(parse_jsonl(path, &bytes)?.0)
 }
 
@@ -85,7 +180,7 @@ impl JsonlLog {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
-        let bytes = if path.exists() { std::fs::read(path).map_err(|e| Error::io(path, e))? } else { Vec::new() };
+        let bytes = if path.exists() { read_input(path, Cap::Table)? } else { Vec::new() };
         let (rows, keep) = parse_jsonl(path, &bytes)?;
         let file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))?;
         if keep < bytes.len() {
@@ -120,9 +215,10 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// The sha256 of regular file `path` (streamed: any size).
 pub fn sha256_file(path: &Path) -> Result<String> {
     use sha2::{Digest, Sha256};
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut f = open_input(path, Cap::Stream)?;
     let mut h = Sha256::new();
     std::io::copy(&mut f, &mut h).map_err(|e| Error::io(path, e))?;
     Ok(hex::encode(h.finalize()))

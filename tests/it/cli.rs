@@ -171,7 +171,7 @@ fn second_writer_on_the_same_out_is_refused() {
 }
 
 /// A minimal llama GGUF (one layer's Q weight, embeddings) with `over` replacing metadata.
-fn hostile_gguf(path: &std::path::Path, over: &[(&str, candle_core::quantized::gguf_file::Value)]) {
+pub(crate) fn hostile_gguf(path: &std::path::Path, over: &[(&str, candle_core::quantized::gguf_file::Value)]) {
     hostile_gguf_with(path, over, None)
 }
 
