@@ -291,8 +291,19 @@ pub struct ProbeCmd {
     #[arg(long, default_value = "recipes/probe/wvs.toml")]
     pub recipe: PathBuf,
     /// GGUF file or Hugging Face model folder (overrides the recipe).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "endpoint")]
     pub model: Option<PathBuf>,
+    /// A served model instead: an OpenAI-compatible server's base URL, e.g. http://HOST:8000/v1
+    /// (overrides the recipe's [model]).
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// The served model's name (`/v1/models`); default: the server's only model.
+    #[arg(long, requires = "endpoint")]
+    pub served_model: Option<String>,
+    /// Local copy of the served model's tokenizer (GGUF file or Hugging Face folder) whose chat
+    /// template renders the prompts.
+    #[arg(long, requires = "endpoint")]
+    pub tokenizer: Option<PathBuf>,
     /// Comma-separated ISO3 codes (overrides the recipe).
     #[arg(long)]
     pub countries: Option<String>,

@@ -1,5 +1,6 @@
 //! What the CLI subcommands do, as library functions (main.rs only parses flags).
 use crate::analysis::results::{self, Results};
+use crate::lm::Lm;
 use crate::model::{LoadOptions, Model};
 use crate::probe::{self, ProbeOptions, Sample};
 use crate::recipe::{ProbeRecipe, WeightMode};
@@ -13,6 +14,8 @@ use std::path::{Path, PathBuf};
 pub struct ProbeArgs {
     pub recipe: PathBuf,
     pub model: Option<PathBuf>,
+    /// A served model in place of the recipe's: endpoint, served model name, local tokenizer.
+    pub served: Option<(String, Option<String>, Option<PathBuf>)>,
     pub countries: Option<Vec<String>>,
     pub questions: Option<Vec<String>>,
     pub limit: Option<usize>,
@@ -33,6 +36,14 @@ pub fn resolve_recipe(a: &ProbeArgs, survey_check: bool) -> Result<(ProbeRecipe,
     let mut recipe = ProbeRecipe::load(&a.recipe)?;
     if let Some(m) = &a.model {
         recipe.model.path = Some(m.clone());
+        recipe.model.endpoint = None;
+    }
+    if let Some((endpoint, name, tok)) = &a.served {
+        recipe.model.path = None;
+        recipe.model.endpoint = Some(endpoint.clone());
+        recipe.model.served_model = name.clone().or(recipe.model.served_model.take());
+        recipe.model.tokenizer = tok.clone().or(recipe.model.tokenizer.take());
+        recipe.model.validate("--endpoint").map_err(Error::Invalid)?;
     }
     if let Some(w) = a.weights {
         recipe.model.weights = w;
@@ -73,12 +84,14 @@ pub fn resolve_recipe(a: &ProbeArgs, survey_check: bool) -> Result<(ProbeRecipe,
 
 pub fn probe(a: &ProbeArgs) -> Result<Results> {
     let (recipe, survey) = resolve_recipe(a, true)?;
-    let model_path = recipe.model.path.clone().ok_or_else(|| Error::Recipe {
-        path: a.recipe.clone(),
-        msg: "no model: set [model] path or pass --model".into(),
-    })?;
+    if recipe.model.path.is_none() && recipe.model.endpoint.is_none() {
+        return Err(Error::Recipe {
+            path: a.recipe.clone(),
+            msg: "no model: set [model] path or endpoint, or pass --model or --endpoint".into(),
+        });
+    }
     let run = ProbeRun {
-        model: model_path,
+        model: None,
         adapter: a.adapter.clone(),
         out: a.out.clone(),
         cache: a.cache.clone(),
@@ -90,9 +103,31 @@ pub fn probe(a: &ProbeArgs) -> Result<Results> {
     probe_with(&recipe, &survey, &run)
 }
 
+/// The probed model: served (the recipe's endpoint), or loaded in process with its adapter.
+fn open_probed(recipe: &ProbeRecipe, a: &ProbeRun) -> Result<Box<dyn Lm>> {
+    if recipe.model.endpoint.is_some() && a.model.is_none() {
+        if a.adapter.is_some() {
+            return Err(Error::Invalid(
+                "--adapter applies to a model in process: serve the adapter with the model (vLLM --lora-modules) instead".into(),
+            ));
+        }
+        return Ok(Box::new(crate::lm::served::Served::connect(&recipe.model)?));
+    }
+    let path =
+        a.model.as_ref().or(recipe.model.path.as_ref()).ok_or_else(|| Error::Invalid("no model to probe".into()))?;
+    let mut model = Model::load(path, &LoadOptions::for_weights(recipe.model.weights))?;
+    model.prefix_reuse = !a.whole_rows;
+    if let Some(dir) = &a.adapter {
+        let ad = crate::model::adapter::Adapter::load(&mut model, dir)?;
+        eprintln!("adapter {} (rank {}, {} modules)", dir.display(), ad.spec.rank, ad.params.len());
+    }
+    Ok(Box::new(model))
+}
+
 /// Where and how one probe runs (the recipe says what is probed).
 pub struct ProbeRun {
-    pub model: PathBuf,
+    /// A local model file or folder in place of the recipe's [model] (which may name a served one).
+    pub model: Option<PathBuf>,
     pub adapter: Option<PathBuf>,
     pub out: PathBuf,
     pub cache: Option<PathBuf>,
@@ -105,18 +140,10 @@ pub struct ProbeRun {
 
 pub fn probe_with(recipe: &ProbeRecipe, survey: &Survey, a: &ProbeRun) -> Result<Results> {
     let recipe = recipe.clone();
-    let opts = LoadOptions::for_weights(recipe.model.weights);
-    let mut model = Model::load(&a.model, &opts)?;
-    model.prefix_reuse = !a.whole_rows;
-    if let Some(dir) = &a.adapter {
-        let ad = crate::model::adapter::Adapter::load(&mut model, dir)?;
-        eprintln!("adapter {} (rank {}, {} modules)", dir.display(), ad.spec.rank, ad.params.len());
-    }
-    eprintln!(
-        "model {} ({}, {}), tokenizer: {}",
-        model.info.name, model.info.architecture, model.info.format, model.tok.source
-    );
+    // Before the model is loaded and hashed: a second process on the same --out stops at once.
     let _writer = crate::util::lock::OutputLock::dir(&a.out)?;
+    let model = open_probed(&recipe, a)?;
+    eprintln!("{}", crate::lm::describe(model.as_ref()));
     let popts = ProbeOptions {
         batch: recipe.scoring.batch,
         shard: a.shard,
@@ -125,7 +152,7 @@ pub fn probe_with(recipe: &ProbeRecipe, survey: &Survey, a: &ProbeRun) -> Result
     };
     let started = manifest::now_utc();
     let t0 = std::time::Instant::now();
-    let samples = probe::run(&recipe, survey, &model, &popts)?;
+    let samples = probe::run(&recipe, survey, model.as_ref(), &popts)?;
     let secs = t0.elapsed().as_secs_f64();
     eprintln!("scored {} prompts in {secs:.1}s", samples.len());
     let (git_commit, git_dirty) = manifest::git();
@@ -144,13 +171,13 @@ pub fn probe_with(recipe: &ProbeRecipe, survey: &Survey, a: &ProbeRun) -> Result
         git_dirty,
         recipe_sha256: crate::util::io::sha256_hex(serde_json::to_string(&recipe_json)?.as_bytes()),
         recipe: recipe_json,
-        model: model.info.clone(),
+        model: model.info().clone(),
         inputs,
         seed: recipe.scoring.seed,
         threads: a.threads,
         batch: recipe.scoring.batch,
         shard: a.shard,
-        device: "cpu".into(),
+        device: if model.info().served.is_some() { "server" } else { "cpu" }.into(),
         dtype: format!("{:?}", recipe.model.weights).to_lowercase(),
         started,
     };

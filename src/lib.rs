@@ -9,9 +9,11 @@
 //! - [`survey`]: WVS-7 questions, countries and human answers; the official CSV import.
 //! - [`model`]: GGUF / Hugging Face models in candle: architectures, tokenizer, chat template,
 //!   batch-invariant kernels, LoRA, PEFT adapter files, export.
+//! - [`score`]: next-token probabilities of the option labels, in process.
+//! - [`lm`]: the seam every later stage uses: the in-process model or a model served over an
+//!   OpenAI-compatible API, behind one trait (rendering, scoring, completion, an id).
 //! - [`prompt`]: one multiple-choice prompt per question and country persona, in the model's chat
 //!   format.
-//! - [`score`]: next-token probabilities of the option labels.
 //! - [`probe`]: every (question, country) prompt of a recipe scored, cached and resumable.
 //! - [`analysis`]: correlations with the humans, baselines, order and template combination,
 //!   typed results.
@@ -28,9 +30,11 @@ pub mod survey;
 
 pub mod model;
 
-pub mod prompt;
-
 pub mod score;
+
+pub mod lm;
+
+pub mod prompt;
 
 pub mod probe;
 

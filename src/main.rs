@@ -12,6 +12,10 @@ use std::path::PathBuf;
 static ALLOC: mores::util::alloc::Guarded = mores::util::alloc::Guarded;
 
 fn main() {
+    if let Err(e) = check_cpu() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
     let cli = Cli::parse();
     // Before any thread exists. Not for training alone: its step measured no faster and its
     // peak 4% higher (2,094 -> 2,182 MiB in bench lora-one) with freed memory kept.
@@ -23,9 +27,37 @@ fn main() {
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     std::env::set_var("CANDLE_NUM_THREADS", candle_threads(&cli.cmd, threads).to_string());
     if let Err(e) = run(cli, threads) {
-        eprintln!("error: {e:#}");
+        // One line, whatever a lower layer put in its message.
+        eprintln!("error: {}", format!("{e:#}").lines().map(str::trim).collect::<Vec<_>>().join(" "));
         std::process::exit(1);
     }
+}
+
+/// The default build is portable (x86-64 baseline; the fast kernels pick AVX2 or AVX-512 at run
+/// time). A binary built with `-C target-cpu=native` may use instructions its build machine had:
+/// on a CPU without them, end with a line saying so instead of an illegal instruction later.
+fn check_cpu() -> Result<()> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut missing = Vec::new();
+        macro_rules! need {
+            ($($f:tt),*) => {$(
+                if cfg!(target_feature = $f) && !std::arch::is_x86_feature_detected!($f) {
+                    missing.push($f);
+                }
+            )*};
+        }
+        need!(
+            "sse4.2", "popcnt", "avx", "avx2", "fma", "bmi1", "bmi2", "f16c", "avx512f", "avx512bw", "avx512vl",
+            "avx512dq"
+        );
+        anyhow::ensure!(
+            missing.is_empty(),
+            "this mores binary was built for a CPU with {}, which this CPU lacks: build it on this machine, or without `-C target-cpu=native` (the default build runs everywhere)",
+            missing.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// Threads for candle's own pool. It serves candle's elementwise ops and its quantized products;
@@ -57,8 +89,7 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
         Cmd::Compare { runs, out } => print!("{}", evaluate::compare(&runs, out.as_deref())?),
         Cmd::Score(c) => score(c)?,
         Cmd::Bench { cmd: BenchCmd::Probe { models, n, batch, weights, peers, python, recipe, work, repeat } } => {
-            let weights =
-                list(&weights).iter().map(|w| w.parse()).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg)?;
+            let weights = weight_list(&weights)?;
             let args = mores::bench::probe::BenchArgs {
                 models: list(&models).into_iter().map(PathBuf::from).collect(),
                 n,
@@ -74,8 +105,7 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
             print!("{}", mores::bench::probe::probe_bench(&args)?);
         }
         Cmd::Bench { cmd: BenchCmd::Generate { models, weights, new, reps, peers, python, work, repeat } } => {
-            let weights =
-                list(&weights).iter().map(|w| w.parse()).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg)?;
+            let weights = weight_list(&weights)?;
             let models = list(&models).into_iter().map(PathBuf::from).collect();
             let args = mores::bench::generate::GenBenchArgs {
                 models,
@@ -144,10 +174,20 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
     Ok(())
 }
 
+/// `--weights a,b`: at least one weight form, each known.
+fn weight_list(weights: &str) -> Result<Vec<mores::recipe::WeightMode>> {
+    let w = list(weights).iter().map(|w| w.parse()).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(!w.is_empty(), "--weights names no weight form: give one or more of stored, q8, f32");
+    Ok(w)
+}
+
 fn probe(c: cli::ProbeCmd, threads: usize, progress: bool) -> Result<()> {
     let cli::ProbeCmd {
         recipe,
         model,
+        endpoint,
+        served_model,
+        tokenizer,
         countries,
         questions,
         limit,
@@ -162,6 +202,7 @@ fn probe(c: cli::ProbeCmd, threads: usize, progress: bool) -> Result<()> {
     let args = ProbeArgs {
         recipe,
         model,
+        served: endpoint.map(|e| (e, served_model, tokenizer)),
         countries: countries.as_deref().map(|c| strict_list("--countries", c)).transpose()?,
         questions: questions.as_deref().map(|q| strict_list("--questions", q)).transpose()?,
         limit,
@@ -190,6 +231,7 @@ fn score(c: cli::ScoreCmd) -> Result<()> {
     let text = if chat { m.render_chat(&prompt)? } else { prompt };
     if let Some(path) = logits {
         let ids = m.tok.encode_prompt(&text)?;
+        anyhow::ensure!(!ids.is_empty(), "--prompt is empty after tokenizing: give some text to score");
         let read = [(0, ids.len() - 1)];
         let l = m.logits_rows(std::slice::from_ref(&ids), &read, mores::model::mode::Mode::INFER)?;
         let l: Vec<f32> = l.flatten_all()?.to_vec1()?;

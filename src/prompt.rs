@@ -1,7 +1,7 @@
 //! One multiple-choice prompt per (question, country persona, template, option order). Options
 //! are labelled 1..K in the order shown; `order` says which original option each label stands
 //! for, so scores can be mapped back to the question's codes.
-use crate::model::Model;
+use crate::lm::Lm;
 use crate::recipe::{ChatMode, OrderMode, PromptSection};
 use crate::survey::{Country, Question};
 use crate::util::error::Result;
@@ -78,7 +78,7 @@ pub fn user_text_raw(p: &PromptSection, country: &str, question: &str, options: 
 
 /// Whether prompts of this section go through the model's chat template: the one chat setting,
 /// read by the probe, the teacher and the student's training examples alike.
-pub fn use_chat(p: &PromptSection, model: &Model) -> bool {
+pub fn use_chat(p: &PromptSection, model: &dyn Lm) -> bool {
     match p.chat {
         ChatMode::Auto => model.is_chat(),
         ChatMode::Always => true,
@@ -90,12 +90,12 @@ pub fn use_chat(p: &PromptSection, model: &Model) -> bool {
 /// with the generation prompt, when `chat`; else followed by a newline) and then the answer cue.
 /// The one place a prompt is rendered: the probe's prompts, the teacher's soft-label prompts and
 /// the student's training contexts all come from here, so training and evaluation read the same.
-pub fn render(model: &Model, user: &str, cue: &str, chat: bool) -> Result<String> {
+pub fn render(model: &dyn Lm, user: &str, cue: &str, chat: bool) -> Result<String> {
     Ok(if chat { format!("{}{cue}", model.render_chat(user)?) } else { format!("{user}\n{cue}") })
 }
 
 /// The prompt for a question in the questionnaire's order.
-pub fn build(p: &PromptSection, q: &Question, country: &Country, model: &Model) -> Result<Prompt> {
+pub fn build(p: &PromptSection, q: &Question, country: &Country, model: &dyn Lm) -> Result<Prompt> {
     build_ordered(p, q, Some(country), &orders(OrderMode::Original, q.options.len(), 0)[0], model)
 }
 
@@ -106,7 +106,7 @@ pub fn build_ordered(
     q: &Question,
     country: Option<&Country>,
     order: &Order,
-    model: &Model,
+    model: &dyn Lm,
 ) -> Result<Prompt> {
     let options: Vec<String> = order.perm.iter().map(|&i| q.options[i].label.clone()).collect();
     let user = user_text_raw(p, country.map(|c| c.name.as_str()).unwrap_or(""), &q.text, &options);

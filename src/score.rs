@@ -30,6 +30,10 @@ pub struct OptionScores {
     /// `raw / mass`.
     pub probs: Vec<f64>,
     pub n_tokens: usize,
+    /// A served model read by top-k log-probabilities: an upper bound on the label mass that fell
+    /// outside the top k and could not be read (absent when every label was read exactly).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unread_mass: Option<f64>,
 }
 
 /// A backend that scores multiple-choice prompts. One trait at the seam, so a cached or remote
@@ -52,16 +56,26 @@ pub fn label_sequences(
     prompt_ids: &[u32],
     labels: &[String],
 ) -> Result<Vec<Vec<Vec<u32>>>> {
+    label_sequences_with(&model.tok, prompt, prompt_ids, labels)
+}
+
+/// [`label_sequences`] with a tokenizer alone (a served model's local copy).
+pub fn label_sequences_with(
+    tok: &crate::model::tokenizer::Tok,
+    prompt: &str,
+    prompt_ids: &[u32],
+    labels: &[String],
+) -> Result<Vec<Vec<Vec<u32>>>> {
     let mut out = Vec::with_capacity(labels.len());
     for label in labels {
         let mut seqs: Vec<Vec<u32>> = Vec::new();
-        for v in [label.clone(), format!(" {label}")] {
-            let full = model.tok.encode_prompt(&format!("{prompt}{v}"))?;
+        for v in label_variants(label) {
+            let full = tok.encode_prompt(&format!("{prompt}{v}"))?;
             let seq = if full.len() > prompt_ids.len() && full.starts_with(prompt_ids) {
                 full[prompt_ids.len()..].to_vec()
             } else {
                 // The label merged with the prompt's last token: score the variant on its own.
-                model.tok.encode(&v)?
+                tok.encode(&v)?
             };
             if !seq.is_empty() && !seqs.contains(&seq) {
                 seqs.push(seq);
@@ -70,6 +84,32 @@ pub fn label_sequences(
         out.push(seqs);
     }
     Ok(out)
+}
+
+/// The texts that spell label `label` after a prompt: the label and " label".
+pub fn label_variants(label: &str) -> [String; 2] {
+    [label.to_string(), format!(" {label}")]
+}
+
+/// The label rule on sequence probabilities: per label, the sum over its sequences of each
+/// sequence's probability less that of every sequence (of any label) that continues it ("1" then
+/// "0" is the answer "10", not "1"), floored at 0. `seqs[l]` are label l's distinct token
+/// sequences (ids, or token texts from a server), `p[l][j]` the probability of `seqs[l][j]`.
+pub fn label_raw<T: PartialEq>(seqs: &[Vec<Vec<T>>], p: &[Vec<f64>]) -> Vec<f64> {
+    let all: Vec<(&Vec<T>, f64)> = seqs.iter().zip(p).flat_map(|(s, p)| s.iter().zip(p.iter().copied())).collect();
+    seqs.iter()
+        .zip(p)
+        .map(|(seqs, p)| {
+            seqs.iter()
+                .zip(p)
+                .map(|(s, &ps)| {
+                    let longer: f64 =
+                        all.iter().filter(|(o, _)| o.len() > s.len() && o.starts_with(s)).map(|(_, q)| *q).sum();
+                    (ps - longer).max(0.0)
+                })
+                .sum()
+        })
+        .collect()
 }
 
 /// Labels must be distinct and non-blank, and the prompt non-empty: an empty label has no token
@@ -207,27 +247,12 @@ impl Scorer for Model {
             let seq_p = |s: &Vec<u32>| -> f64 {
                 (0..s.len()).map(|i| logp[&(map[&s[..i].to_vec()], s[i])] as f64).sum::<f64>().exp()
             };
-            // "1" followed by "0" is the answer "10", not "1": a label's sequence only counts the
-            // mass no other label's sequence continues it with (the rule training uses too).
-            let all: Vec<&Vec<u32>> = plan.seqs.iter().flatten().collect();
-            let longer = plan.longer();
-            let mut flat = 0;
-            let raw: Vec<f64> = plan
-                .seqs
-                .iter()
-                .map(|seqs| {
-                    seqs.iter()
-                        .map(|s| {
-                            let own: f64 = seq_p(s) - longer[flat].iter().map(|&j| seq_p(all[j])).sum::<f64>();
-                            flat += 1;
-                            own.max(0.0)
-                        })
-                        .sum()
-                })
-                .collect();
+            // "1" followed by "0" is the answer "10", not "1" (the rule training uses too).
+            let p: Vec<Vec<f64>> = plan.seqs.iter().map(|seqs| seqs.iter().map(seq_p).collect()).collect();
+            let raw = label_raw(&plan.seqs, &p);
             let mass: f64 = raw.iter().sum();
             let probs = raw.iter().map(|r| if mass > 0.0 { r / mass } else { f64::NAN }).collect();
-            out.push(OptionScores { raw, mass, probs, n_tokens: plan.prompt_ids.len() });
+            out.push(OptionScores { raw, mass, probs, n_tokens: plan.prompt_ids.len(), unread_mass: None });
         }
         Ok(out)
     }

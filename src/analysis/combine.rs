@@ -40,6 +40,7 @@ fn average(group: &[&Sample], survey: &Survey, template: &str) -> Sample {
         position_probs: vec![],
         raw: mean_vec(group.iter().map(|s| s.raw.as_slice())),
         mass: mean(&group.iter().map(|s| s.mass).collect::<Vec<_>>()).unwrap_or(f64::NAN),
+        unread_mass: first.unread_mass.and(mean(&group.iter().filter_map(|s| s.unread_mass).collect::<Vec<_>>())),
         expected_score,
         probs,
         ..first.clone()

@@ -12,10 +12,8 @@ pub mod dataset;
 pub mod leak;
 pub mod parse;
 mod record;
-pub mod sample;
 
 use crate::generate::dataset::Record;
-use crate::model::Model;
 pub use crate::recipe::generate::{FewShot, GenMode, GenerateSection};
 use crate::recipe::{DistillRecipe, ModelSection};
 use crate::survey::{Country, Survey};
@@ -25,7 +23,7 @@ use crate::util::shard::Shard;
 use leak::{Guard, Split};
 use record::{Ctx, Outcome};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// One unit of work: a record (or a rejection) is produced for each.
@@ -220,7 +218,9 @@ pub fn generate(a: &GenerateArgs) -> Result<Card> {
         g.countries = c.clone();
     }
     let teacher_sec: ModelSection = recipe.teacher.clone().ok_or_else(|| err("no [teacher] section"))?;
-    let teacher_path = teacher_sec.path.clone().ok_or_else(|| err("no teacher model: set [teacher] path"))?;
+    if teacher_sec.path.is_none() && teacher_sec.endpoint.is_none() {
+        return Err(err("no teacher model: set [teacher] path or endpoint"));
+    }
     let survey = Survey::load(&g.data)?;
     let (out, log_path, card_path, split_path) = paths(&a.out, a.shard);
     let _writer = crate::util::lock::OutputLock::file(&out)?;
@@ -239,7 +239,8 @@ pub fn generate(a: &GenerateArgs) -> Result<Card> {
             )));
         }
     }
-    let teacher = Model::load(&teacher_path, &crate::model::LoadOptions::for_weights(teacher_sec.weights))?;
+    let teacher = crate::lm::open(&teacher_sec, None, "teacher")?;
+    let teacher = teacher.as_ref();
     let guard = Guard::new(&survey, &split, g.leak_ngram, g.leak_threshold)?;
 
     let (mut log_file, mut log, mut out_file, done) = resume(&log_path, &out)?;
@@ -250,7 +251,7 @@ pub fn generate(a: &GenerateArgs) -> Result<Card> {
     let mut card = Card {
         name: recipe.name.clone(),
         mode: g.mode.name().into(),
-        teacher: teacher.info.clone(),
+        teacher: teacher.info().clone(),
         settings: g.clone(),
         settings_sha256,
         split_file: split_path.clone(),
@@ -267,32 +268,49 @@ pub fn generate(a: &GenerateArgs) -> Result<Card> {
         seconds: 0.0,
     };
     write_json(&card_path, &card)?;
-    let mut ctx = Ctx {
+    let ctx = Ctx {
         g: &g,
         prompt: &recipe.prompt,
         survey: &survey,
-        teacher: &teacher,
+        teacher,
         guard: &guard,
-        paraphrases: HashMap::new(),
+        paraphrases: Default::default(),
+        drawing: Default::default(),
         countries: run_countries(&g, &survey)?.iter().map(|c| c.iso3.clone()).collect(),
     };
     let bar = crate::util::progress::bar(todo.len() as u64, &format!("generate {}", g.mode.name()), a.progress);
     let t0 = std::time::Instant::now();
-    for item in todo {
-        let (outcome, tokens) = ctx.run(item)?;
-        let line = match outcome {
-            Outcome::Kept(rec) => {
-                out_file.append(std::slice::from_ref(&rec))?;
-                LogLine { id: item.id.clone(), status: "kept".into(), reason: None, tokens }
-            }
-            Outcome::Rejected(why) => {
-                LogLine { id: item.id.clone(), status: "rejected".into(), reason: Some(why), tokens }
-            }
-            Outcome::Leak(what) => LogLine { id: item.id.clone(), status: "leak".into(), reason: Some(what), tokens },
+    // Items run `parallelism` at a time (a served teacher's requests in flight; one in process)
+    // and are written in order as each window ends: a record is written once, and a crash loses
+    // only the window in flight, which a rerun redoes with the same seeds.
+    for window in todo.chunks(teacher.parallelism().max(1)) {
+        let results: Vec<Result<(Outcome, usize)>> = if window.len() == 1 {
+            vec![ctx.run(window[0])]
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = window.iter().map(|item| s.spawn(|| ctx.run(item))).collect();
+                handles.into_iter().map(|h| h.join().expect("generation thread")).collect()
+            })
         };
-        log_file.append(std::slice::from_ref(&line))?;
-        log.push(line);
-        bar.inc(1);
+        // In item order up to the first failure, so the file reads as an undisturbed run's.
+        for (item, r) in window.iter().zip(results) {
+            let (outcome, tokens) = r?;
+            let line = match outcome {
+                Outcome::Kept(rec) => {
+                    out_file.append(std::slice::from_ref(&rec))?;
+                    LogLine { id: item.id.clone(), status: "kept".into(), reason: None, tokens }
+                }
+                Outcome::Rejected(why) => {
+                    LogLine { id: item.id.clone(), status: "rejected".into(), reason: Some(why), tokens }
+                }
+                Outcome::Leak(what) => {
+                    LogLine { id: item.id.clone(), status: "leak".into(), reason: Some(what), tokens }
+                }
+            };
+            log_file.append(std::slice::from_ref(&line))?;
+            log.push(line);
+            bar.inc(1);
+        }
     }
     bar.finish_and_clear();
     card.seconds = t0.elapsed().as_secs_f64();

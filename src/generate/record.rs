@@ -2,13 +2,17 @@
 //! record's target (the teacher's text or distribution, or the humans' distribution).
 use super::dataset::{Record, Target};
 use super::leak::Guard;
-use super::{contrast, parse, sample, GenMode, GenerateSection, Item};
-use crate::model::Model;
+use super::{contrast, parse, GenMode, GenerateSection, Item};
+use crate::lm::{sample, Lm};
 use crate::recipe::PromptSection;
-use crate::score::{ScoreRequest, Scorer};
+use crate::score::ScoreRequest;
 use crate::survey::Survey;
 use crate::util::error::Result;
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// A paraphrase of a question, or why it was rejected, and the tokens it cost.
+type Paraphrase = (std::result::Result<String, String>, usize);
 
 pub(super) enum Outcome {
     Kept(Box<Record>),
@@ -20,40 +24,57 @@ pub(super) struct Ctx<'a> {
     pub(super) g: &'a GenerateSection,
     pub(super) prompt: &'a PromptSection,
     pub(super) survey: &'a Survey,
-    pub(super) teacher: &'a Model,
+    pub(super) teacher: &'a dyn Lm,
     pub(super) guard: &'a Guard,
     /// Per (question, paraphrase number): the teacher's paraphrase or why it was rejected.
-    pub(super) paraphrases: HashMap<(String, usize), (std::result::Result<String, String>, usize)>,
+    pub(super) paraphrases: Mutex<HashMap<(String, usize), Paraphrase>>,
+    /// One lock per question: its paraphrases are drawn once, in order (a copy is checked against
+    /// the earlier ones), however many items of the question are in flight.
+    pub(super) drawing: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// ISO3 codes of the generation's countries (the mean a contrast target deviates from).
     pub(super) countries: Vec<String>,
 }
 
 impl Ctx<'_> {
-    fn paraphrase(&mut self, qid: &str, variant: usize) -> Result<(std::result::Result<String, String>, usize)> {
-        if let Some(p) = self.paraphrases.get(&(qid.to_string(), variant)) {
-            return Ok((p.0.clone(), 0));
-        }
+    /// Copy `variant` of question `qid`, drawing it (and any earlier copy not drawn yet) once;
+    /// the tokens are those this call spent.
+    fn paraphrase(&self, qid: &str, variant: usize) -> Result<Paraphrase> {
         let q = self.survey.question(qid)?;
         if self.keeps_wording(variant) {
             return Ok((Ok(q.text.clone()), 0));
         }
+        let lock = self.drawing.lock().expect("paraphrase locks").entry(qid.to_string()).or_default().clone();
+        let _drawing = lock.lock().expect("question lock");
+        let mut spent = 0;
+        for v in 0..=variant {
+            let known = self.paraphrases.lock().expect("paraphrases").contains_key(&(qid.to_string(), v));
+            if !known && !self.keeps_wording(v) {
+                let drawn = self.draw_paraphrase(qid, &q.text, v)?;
+                spent += drawn.1;
+                self.paraphrases.lock().expect("paraphrases").insert((qid.to_string(), v), drawn);
+            }
+        }
+        let p = self.paraphrases.lock().expect("paraphrases")[&(qid.to_string(), variant)].0.clone();
+        Ok((p, spent))
+    }
+
+    /// The teacher's paraphrase number `variant`, checked against the earlier ones.
+    fn draw_paraphrase(&self, qid: &str, text: &str, variant: usize) -> Result<Paraphrase> {
         let mut s = self.g.sampling.clone();
         s.stop = vec!["\n".into()];
         s.max_new_tokens = s.max_new_tokens.min(64);
         let key = if variant == 0 { format!("paraphrase-{qid}") } else { format!("paraphrase-{qid}-{variant}") };
         let mut rng = sample::record_rng(self.g.seed, &key);
-        let prompt = self.g.paraphrase_prompt.replace("{question}", &q.text);
-        let out = sample::generate(self.teacher, &prompt, &s, &mut rng)?;
-        let mut p = parse::paraphrase(&q.text, &out.text).map_err(String::from);
+        let prompt = self.g.paraphrase_prompt.replace("{question}", text);
+        let out = self.teacher.complete(&prompt, &s, &mut rng)?;
+        let mut p = parse::paraphrase(text, &out.text).map_err(String::from);
+        let known = self.paraphrases.lock().expect("paraphrases");
         let repeats = |v: &usize| {
-            self.paraphrases
-                .get(&(qid.to_string(), *v))
-                .is_some_and(|e| e.0.is_ok() && e.0.as_ref().ok() == p.as_ref().ok())
+            known.get(&(qid.to_string(), *v)).is_some_and(|e| e.0.is_ok() && e.0.as_ref().ok() == p.as_ref().ok())
         };
         if p.is_ok() && (0..variant).any(|v| repeats(&v)) {
             p = Err("paraphrase repeats an earlier one".into());
         }
-        self.paraphrases.insert((qid.to_string(), variant), (p.clone(), out.n_tokens));
         Ok((p, out.n_tokens))
     }
 
@@ -62,7 +83,7 @@ impl Ctx<'_> {
         !self.g.paraphrase || (variant == 0 && self.g.original)
     }
 
-    pub(super) fn run(&mut self, item: &Item) -> Result<(Outcome, usize)> {
+    pub(super) fn run(&self, item: &Item) -> Result<(Outcome, usize)> {
         let country = self.survey.country(&item.country)?;
         let mut rec = Record {
             id: item.id.clone(),
@@ -79,7 +100,7 @@ impl Ctx<'_> {
             question: None,
             options: None,
             rationale: None,
-            teacher_sha256: Some(self.teacher.info.sha256.clone()),
+            teacher_sha256: Some(self.teacher.info().sha256.clone()),
             seed: Some(self.g.seed),
         };
         let (outcome, tokens) = match self.g.mode {
@@ -95,7 +116,7 @@ impl Ctx<'_> {
 
     /// qa: the teacher writes a question, options, answer and rationale for the country and topic.
     /// Returns a rejection or leak, or None when `rec` was filled.
-    fn qa(&mut self, rec: &mut Record, item: &Item, country: &str) -> Result<(Option<Outcome>, usize)> {
+    fn qa(&self, rec: &mut Record, item: &Item, country: &str) -> Result<(Option<Outcome>, usize)> {
         let mut prompt = self.g.qa_header.clone();
         for ex in &self.g.few_shot {
             prompt.push_str(&qa_block(&ex.country, &ex.category, &ex.question, &ex.options));
@@ -105,7 +126,7 @@ impl Ctx<'_> {
         let mut s = self.g.sampling.clone();
         s.stop.push("\nCountry:".into());
         let mut rng = sample::record_rng(self.g.seed, &item.id);
-        let out = sample::generate(self.teacher, &prompt, &s, &mut rng)?;
+        let out = self.teacher.complete(&prompt, &s, &mut rng)?;
         let tokens = out.n_tokens;
         let qa = match parse::qa(&format!("Question:{}", out.text)) {
             Ok(q) => q,
@@ -125,7 +146,7 @@ impl Ctx<'_> {
     }
 
     /// soft-labels / survey-grounded: a (paraphrased) survey question with a distribution target.
-    fn survey_item(&mut self, rec: &mut Record, item: &Item, country: &str) -> Result<(Option<Outcome>, usize)> {
+    fn survey_item(&self, rec: &mut Record, item: &Item, country: &str) -> Result<(Option<Outcome>, usize)> {
         let qid = item.question_id.as_deref().expect("question items");
         let (para, tokens) = self.paraphrase(qid, item.variant)?;
         let para = match para {
@@ -144,7 +165,8 @@ impl Ctx<'_> {
         } else {
             let chat = crate::prompt::use_chat(self.prompt, self.teacher);
             let text = crate::prompt::render(self.teacher, &user, &self.prompt.answer_cue, chat)?;
-            let s = self.teacher.score_batch(&[ScoreRequest { prompt: text, labels: labels.clone() }])?;
+            let req = ScoreRequest { prompt: text, labels: labels.clone() };
+            let s = self.teacher.score(&[req], &mut crate::model::radix::PrefixCache::new(0))?;
             s.into_iter().next().expect("one request").probs
         };
         rec.prompt = Some(user);

@@ -1,6 +1,7 @@
 //! Autoregressive decoding with a KV cache and seeded sampling (temperature, top-k, top-p,
 //! repetition penalty, stop strings). One RNG per record, seeded from (run seed, record id), so
 //! any record can be regenerated alone and batch or shard layout never changes a record.
+use super::Generated;
 use crate::model::Model;
 pub use crate::recipe::generate::Sampling;
 use crate::util::error::Result;
@@ -74,13 +75,6 @@ fn argmax(l: &[f64]) -> u32 {
         }
     }
     best as u32
-}
-
-pub struct Generated {
-    pub text: String,
-    pub n_tokens: usize,
-    /// Why it stopped: "eos", "stop", or "length".
-    pub finish: &'static str,
 }
 
 /// Continue `prompt` (the exact text given to the tokenizer).

@@ -277,10 +277,51 @@ impl Model {
 
     /// Wrap a user message in the model's chat template (with the generation prompt).
     pub fn render_chat(&self, user: &str) -> Result<String> {
-        let tmpl = self.chat.as_ref().ok_or_else(|| Error::model(&self.info.path, "the model has no chat template"))?;
-        let bos = self.tok.bos.as_ref().map(|b| b.1.as_str()).unwrap_or("");
-        let eos = self.tok.eos.as_ref().map(|b| b.1.as_str()).unwrap_or("");
-        tmpl.render(&[chat::Message { role: "user".into(), content: user.into() }], bos, eos, true)
+        render_user_turn(self.chat.as_ref(), &self.tok, &self.info.path, user)
+    }
+}
+
+/// A user message in chat template `chat` (with the generation prompt), the template's BOS and
+/// EOS strings taken from `tok`: the one rendering of a chat prompt, for a loaded model and for
+/// a served one whose tokenizer is read locally.
+pub fn render_user_turn(chat: Option<&ChatTemplate>, tok: &Tok, what: &Path, user: &str) -> Result<String> {
+    let tmpl = chat.ok_or_else(|| Error::model(what, "the model has no chat template"))?;
+    let bos = tok.bos.as_ref().map(|b| b.1.as_str()).unwrap_or("");
+    let eos = tok.eos.as_ref().map(|b| b.1.as_str()).unwrap_or("");
+    tmpl.render(&[chat::Message { role: "user".into(), content: user.into() }], bos, eos, true)
+}
+
+/// A model's tokenizer and chat template without its weights: from a GGUF file's metadata, or
+/// from a Hugging Face folder's tokenizer.json and tokenizer_config.json. A served model's
+/// prompts are rendered with them.
+pub fn load_tokenizer(path: &Path) -> Result<(Tok, Option<ChatTemplate>)> {
+    if path.is_dir() {
+        let tc_path = path.join("tokenizer_config.json");
+        let tc: TokenizerConfig = if tc_path.exists() { read_json(&tc_path)? } else { TokenizerConfig::default() };
+        let tok = Tok::from_json(
+            &path.join("tokenizer.json"),
+            token_string(&tc.bos_token),
+            token_string(&tc.eos_token),
+            tc.add_bos_token.unwrap_or_else(|| {
+                // As load_hf_dir: Gemma 3's tokenizer_config.json leaves it out and means true.
+                read_json::<serde_json::Value>(&path.join("config.json"))
+                    .is_ok_and(|c| c["architectures"][0] == "Gemma3ForCausalLM" || c["model_type"] == "gemma3_text")
+            }),
+        )?;
+        let chat = hf_chat_template(&tc, &tc_path)?;
+        Ok((tok, chat))
+    } else {
+        let g = GgufFile::open(path)?;
+        let tok = Tok::from_gguf(&g)?;
+        let chat = gguf_chat_template(&g, path)?;
+        Ok((tok, chat))
+    }
+}
+
+fn gguf_chat_template(g: &GgufFile, path: &Path) -> Result<Option<ChatTemplate>> {
+    match g.string("tokenizer.chat_template") {
+        Ok(t) => Ok(Some(ChatTemplate::new(t, format!("GGUF metadata of {}", path.display()))?)),
+        Err(_) => Ok(None),
     }
 }
 
@@ -302,10 +343,7 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Model> {
     let g = GgufFile::open(path)?;
     let arch_name = g.architecture()?;
     let tok = Tok::from_gguf(&g)?;
-    let chat = match g.string("tokenizer.chat_template") {
-        Ok(t) => Some(ChatTemplate::new(t, format!("GGUF metadata of {}", path.display()))?),
-        Err(_) => None,
-    };
+    let chat = gguf_chat_template(&g, path)?;
     let (arch, vocab) = {
         let llama_shaped = matches!(arch_name.as_str(), "llama" | "qwen2" | "qwen3");
         let llama_cfg = llama_shaped.then(|| llama::Config::from_gguf(&g)).transpose()?;
@@ -332,6 +370,7 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Model> {
         chat_template: chat.as_ref().map(|c| c.source.clone()),
         vocab_size: vocab,
         adapter: None,
+        served: None,
     };
     Ok(Model::assemble(arch, tok, chat, info, opts.device.clone(), opts.dequantize, opts.form()))
 }
@@ -422,6 +461,9 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Model> {
     )?;
     let chat = hf_chat_template(&tc, &tc_path)?;
     let files = safetensor_files(dir)?;
+    for f in &files {
+        crate::util::io::check_input(f, crate::util::io::Cap::Stream)?;
+    }
     // Safety: the files are memory-mapped read-only and not modified while the model lives.
     let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }
         .map_err(|e| Error::model(dir, format!("cannot read safetensors: {e}")))?;
@@ -458,6 +500,7 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Model> {
         chat_template: chat.as_ref().map(|c| c.source.clone()),
         vocab_size: vocab,
         adapter: None,
+        served: None,
     };
     Ok(Model::assemble(arch, tok, chat, info, opts.device.clone(), true, "f32"))
 }

@@ -1,11 +1,11 @@
 //! The probe: build prompts for the selected (question, country) pairs in every template and
 //! option order the recipe asks for, score them with a model (resuming from a scoring cache),
 //! map the probabilities back to the question's option order and take expected scores.
+use crate::lm::Lm;
 use crate::model::radix::PrefixCache;
-use crate::model::Model;
 use crate::prompt::{self, Prompt};
 use crate::recipe::ProbeRecipe;
-use crate::score::{OptionScores, ScoreRequest, Scorer};
+use crate::score::{OptionScores, ScoreRequest};
 use crate::survey::{Question, Survey};
 use crate::util::error::{Error, Result};
 use crate::util::io::{sha256_hex, JsonlLog};
@@ -39,6 +39,10 @@ pub struct Sample {
     pub position_probs: Vec<f64>,
     /// Probability mass on the option labels before renormalising.
     pub mass: f64,
+    /// Served model read by top-k log-probabilities: at most this much label mass fell outside
+    /// the top k and was not read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unread_mass: Option<f64>,
     pub n_tokens: usize,
     pub expected_score: Option<f64>,
     pub human_mean: Option<f64>,
@@ -160,6 +164,17 @@ impl ScoreCache {
         self.entries.get(key)
     }
 
+    /// The cached scores of `key` if they fit a prompt with `n_labels` labels: one finite
+    /// probability per label. A damaged line that does not is scored again.
+    pub fn get_valid(&self, key: &str, n_labels: usize) -> Option<&OptionScores> {
+        self.entries.get(key).filter(|s| {
+            s.probs.len() == n_labels
+                && s.raw.len() == n_labels
+                && s.mass.is_finite()
+                && s.probs.iter().chain(&s.raw).all(|p| p.is_finite())
+        })
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -185,7 +200,7 @@ pub struct ProbeOptions {
 }
 
 /// The prompts of `variants`, built for `model`.
-pub fn build_prompts(vars: &[Variant], model: &Model) -> Result<Vec<Prompt>> {
+pub fn build_prompts(vars: &[Variant], model: &dyn Lm) -> Result<Vec<Prompt>> {
     vars.iter().map(|v| prompt::build_ordered(v.template, v.question, v.country, &v.order, model)).collect()
 }
 
@@ -198,7 +213,7 @@ pub fn scoring_order(prompts: &[Prompt], todo: &mut [usize]) {
 }
 
 /// Score every prompt the recipe asks for and return one sample per prompt, in `variants` order.
-pub fn run(recipe: &ProbeRecipe, survey: &Survey, model: &Model, opts: &ProbeOptions) -> Result<Vec<Sample>> {
+pub fn run(recipe: &ProbeRecipe, survey: &Survey, model: &dyn Lm, opts: &ProbeOptions) -> Result<Vec<Sample>> {
     let mut vars = variants(recipe, survey)?;
     if let Some(sh) = opts.shard {
         vars = vars.into_iter().enumerate().filter(|(i, _)| i % sh.count == sh.index).map(|(_, v)| v).collect();
@@ -206,7 +221,8 @@ pub fn run(recipe: &ProbeRecipe, survey: &Survey, model: &Model, opts: &ProbeOpt
     let prompts = build_prompts(&vars, model)?;
     let mut cache = ScoreCache::open(&opts.cache_dir, &model.scoring_id())?;
     let keys: Vec<String> = prompts.iter().map(ScoreCache::key).collect();
-    let mut todo: Vec<usize> = (0..prompts.len()).filter(|&i| cache.get(&keys[i]).is_none()).collect();
+    let mut todo: Vec<usize> =
+        (0..prompts.len()).filter(|&i| cache.get_valid(&keys[i], prompts[i].labels.len()).is_none()).collect();
     scoring_order(&prompts, &mut todo);
     todo.dedup_by_key(|i| keys[*i].clone());
     let bar = crate::util::progress::bar(todo.len() as u64, "scoring", opts.progress);
@@ -219,12 +235,13 @@ pub fn run(recipe: &ProbeRecipe, survey: &Survey, model: &Model, opts: &ProbeOpt
         );
     }
     let mut prefixes = PrefixCache::new(recipe.scoring.prefix_cache_mib);
-    for chunk in todo.chunks(opts.batch.max(1)) {
+    // A served model takes its requests in flight at once: batches at least that large.
+    for chunk in todo.chunks(opts.batch.max(model.parallelism()).max(1)) {
         let reqs: Vec<ScoreRequest> = chunk
             .iter()
             .map(|&i| ScoreRequest { prompt: prompts[i].text.clone(), labels: prompts[i].labels.clone() })
             .collect();
-        let scores = model.score_batch_cached(&reqs, &mut prefixes)?;
+        let scores = model.score(&reqs, &mut prefixes)?;
         cache.append(chunk.iter().map(|&i| keys[i].clone()).zip(scores).collect())?;
         bar.inc(chunk.len() as u64);
     }
@@ -240,7 +257,10 @@ pub fn run(recipe: &ProbeRecipe, survey: &Survey, model: &Model, opts: &ProbeOpt
     }
     let mut samples = Vec::with_capacity(prompts.len());
     for ((p, v), key) in prompts.into_iter().zip(&vars).zip(&keys) {
-        let s = cache.get(key).expect("scored above").clone();
+        let s = cache
+            .get_valid(key, p.labels.len())
+            .ok_or_else(|| Error::Invalid(format!("prompt {} has no valid scores after scoring", p.id)))?
+            .clone();
         let q = v.question;
         let human = v.country.and_then(|c| survey.answers(&q.id, &c.iso3));
         let identity = p.order.iter().enumerate().all(|(pos, &i)| pos == i);
@@ -261,6 +281,7 @@ pub fn run(recipe: &ProbeRecipe, survey: &Survey, model: &Model, opts: &ProbeOpt
             order: if identity { vec![] } else { p.order },
             probs,
             mass: s.mass,
+            unread_mass: s.unread_mass,
             n_tokens: s.n_tokens,
             human_mean: human.and_then(|h| h.mean),
             human_distribution: human.map(|h| h.distribution.clone()).unwrap_or_default(),

@@ -44,6 +44,83 @@ pub struct ModelSection {
     /// How to hold GGUF weights in memory; see [`WeightMode`].
     #[serde(default)]
     pub weights: WeightMode,
+    /// A served model instead of a file: the base URL of an OpenAI-compatible server
+    /// (`http://HOST:PORT/v1`: vLLM, SGLang, TGI, llama.cpp's server, Ollama).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The model name the server serves (`GET /v1/models`); default: its only model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_model: Option<String>,
+    /// Environment variable holding the API key sent as a bearer token (its value is never
+    /// written to a manifest, log or error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    /// A local copy of the model's tokenizer (a GGUF file, or a Hugging Face folder with
+    /// tokenizer.json and tokenizer_config.json): its chat template renders the prompts mores
+    /// sends as raw text. Needed for chat models; base models with `chat = "never"` do without.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<PathBuf>,
+    /// How label log-probabilities are read. "top-k" (the default): the next token's top k after
+    /// the prompt and after each label's leading tokens, exact for every label token within the
+    /// top k, with an upper bound on the mass outside it kept per sample as `unread_mass`; works
+    /// with every OpenAI-compatible server that returns `logprobs`. "echo": the log-probabilities
+    /// of `prompt + label` echoed back, exact for any label, for servers that compute prompt
+    /// log-probabilities on the accelerator (vLLM, SGLang); llama-cpp-python's server computes
+    /// them in Python over the whole vocabulary per token (seconds per request) and shifts them
+    /// by one token for models that add no BOS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<LogprobMode>,
+    /// Top-k log-probabilities asked for (default 20; vLLM's default cap is 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<usize>,
+    /// Requests in flight at once (default 8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<usize>,
+    /// Seconds one request may take before it is retried (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<u64>,
+    /// Retries of a request after a 429, a 5xx, a malformed answer or a lost connection, with
+    /// exponential backoff (default 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogprobMode {
+    Echo,
+    #[default]
+    TopK,
+}
+
+impl ModelSection {
+    /// Sizes and combinations of the served-model keys.
+    pub fn validate(&self, section: &str) -> std::result::Result<(), String> {
+        let s = self;
+        let any_served = s.served_model.is_some()
+            || s.api_key_env.is_some()
+            || s.tokenizer.is_some()
+            || s.logprobs.is_some()
+            || s.top_k.is_some()
+            || s.in_flight.is_some()
+            || s.timeout_s.is_some()
+            || s.retries.is_some();
+        match &self.endpoint {
+            None if any_served => {
+                return Err(format!("{section}: served_model, api_key_env, tokenizer, logprobs, top_k, in_flight, timeout_s and retries need an endpoint"))
+            }
+            None => return Ok(()),
+            Some(e) if !(e.starts_with("http://") || e.starts_with("https://")) => {
+                return Err(format!("{section}.endpoint = {e:?} must be an http:// or https:// URL such as http://127.0.0.1:8000/v1"))
+            }
+            Some(_) => {}
+        }
+        in_range(&format!("{section}.top_k"), s.top_k.unwrap_or(20), 1, 1000)?;
+        in_range(&format!("{section}.in_flight"), s.in_flight.unwrap_or(8), 1, 1024)?;
+        in_range(&format!("{section}.timeout_s"), s.timeout_s.unwrap_or(300) as usize, 1, 86_400)?;
+        in_range(&format!("{section}.retries"), s.retries.unwrap_or(4) as usize, 0, 100)?;
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -228,7 +305,7 @@ fn load_table_inner(path: &Path, depth: usize) -> Result<toml::Table> {
     if depth > 8 {
         return Err(err("include chain deeper than 8 (a cycle?)".into()));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::util::io::read_input_text(path, crate::util::io::Cap::Recipe)?;
     let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
         // Name the place: line and column of the syntax error, in this (possibly included) file.
         let at = e.span().map(|s| {
@@ -260,9 +337,23 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
     }
 }
 
+/// `key = value` must lie in `lo..=hi`: sizes from a recipe are checked against sane limits before
+/// anything is allocated from them (the model-dependent limits are checked where the model is
+/// loaded).
+pub(crate) fn in_range(key: &str, value: usize, lo: usize, hi: usize) -> std::result::Result<(), String> {
+    if (lo..=hi).contains(&value) {
+        Ok(())
+    } else {
+        Err(format!("{key} = {value} is out of range: it must be between {lo} and {hi}"))
+    }
+}
+
 /// What every recipe kind has: a name (defaulting to the file stem) and its own checks.
 trait Recipe: serde::de::DeserializeOwned {
     fn name_mut(&mut self) -> &mut String;
+    /// Model sections that name an endpoint are served: a `path` inherited from an included
+    /// recipe is dropped.
+    fn models_mut(&mut self) -> Vec<&mut ModelSection>;
     fn validate(&self) -> std::result::Result<(), String>;
 }
 
@@ -277,6 +368,11 @@ fn load_recipe<R: Recipe>(path: &Path) -> Result<R> {
     let mut r: R = toml::Value::Table(table)
         .try_into()
         .map_err(|e: toml::de::Error| Error::Recipe { path: path.to_path_buf(), msg: e.message().to_string() })?;
+    for m in r.models_mut() {
+        if m.endpoint.is_some() {
+            m.path = None;
+        }
+    }
     if r.name_mut().is_empty() {
         *r.name_mut() = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
     }
@@ -288,6 +384,9 @@ impl Recipe for ProbeRecipe {
     fn name_mut(&mut self) -> &mut String {
         &mut self.name
     }
+    fn models_mut(&mut self) -> Vec<&mut ModelSection> {
+        vec![&mut self.model]
+    }
     fn validate(&self) -> std::result::Result<(), String> {
         ProbeRecipe::validate(self)
     }
@@ -296,6 +395,9 @@ impl Recipe for ProbeRecipe {
 impl Recipe for DistillRecipe {
     fn name_mut(&mut self) -> &mut String {
         &mut self.name
+    }
+    fn models_mut(&mut self) -> Vec<&mut ModelSection> {
+        std::iter::once(&mut self.student).chain(self.teacher.as_mut()).collect()
     }
     fn validate(&self) -> std::result::Result<(), String> {
         DistillRecipe::validate(self)
@@ -316,6 +418,12 @@ impl ProbeRecipe {
         if self.scoring.batch == 0 {
             return Err("scoring.batch must be at least 1".into());
         }
+        in_range("scoring.batch", self.scoring.batch, 1, 4096)?;
+        self.model.validate("model")?;
+        in_range("scoring.cyclic_max_options", self.scoring.cyclic_max_options, 1, 64)?;
+        // MiB shifted to bytes must not wrap: at most 1 TiB.
+        in_range("scoring.prefix_cache_mib", self.scoring.prefix_cache_mib, 0, 1 << 20)?;
+        in_range("survey.min_questions", self.survey.min_questions, 0, 1_000_000)?;
         let mut names = vec![self.prompt.template_name.as_str()];
         for (i, t) in self.templates.iter().enumerate() {
             let field = format!("templates[{i}]");
@@ -352,7 +460,11 @@ pub fn check_placeholders(field: &str, text: &str, allowed: &[&str]) -> std::res
         let end = after.find('}').ok_or_else(|| format!("{field}: unclosed '{{'"))?;
         let name = &after[..end];
         if !allowed.contains(&name) {
-            return Err(format!("{field}: unknown placeholder {{{name}}} (allowed: {})", allowed.join(", ")));
+            return Err(format!(
+                "{field}: unknown placeholder {{{}}} (allowed: {})",
+                name.escape_debug(),
+                allowed.join(", ")
+            ));
         }
         rest = &after[end + 1..];
     }
@@ -446,6 +558,33 @@ impl DistillRecipe {
         }
         if t.questions_per_step == 0 {
             return Err("train.questions_per_step must be at least 1".into());
+        }
+        in_range("train.batch", t.batch, 1, 4096)?;
+        in_range("train.grad_accum", t.grad_accum, 1, 65_536)?;
+        in_range("train.epochs", t.epochs, 0, 100_000)?;
+        in_range("train.max_steps", t.max_steps.unwrap_or(1), 1, 1 << 32)?;
+        in_range("train.warmup_steps", t.warmup_steps, 0, 1 << 32)?;
+        in_range("train.max_len", t.max_len, 8, 1 << 20)?;
+        in_range("train.frozen_rows_mib", t.frozen_rows_mib.unwrap_or(0), 0, 1 << 20)?;
+        in_range("train.questions_per_step", t.questions_per_step, 1, 1_000_000)?;
+        in_range("train.patience", t.patience, 0, 1_000_000)?;
+        for (key, v) in [("train.weight_decay", t.weight_decay), ("train.eps", t.eps), ("train.clip", t.clip)] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(format!("{key} = {v} must be a finite number >= 0"));
+            }
+        }
+        if !(0.0..1.0).contains(&t.betas.0) || !(0.0..1.0).contains(&t.betas.1) {
+            return Err(format!("train.betas = [{}, {}] must each be in [0, 1)", t.betas.0, t.betas.1));
+        }
+        if let Some(tr) = &self.transfer {
+            tr.validate()?;
+        }
+        if self.student.endpoint.is_some() {
+            return Err("student.endpoint: the student is trained in process (LoRA needs its weights); serve the teacher instead".into());
+        }
+        self.student.validate("student")?;
+        if let Some(t) = &self.teacher {
+            t.validate("teacher")?;
         }
         if !(t.deviation >= 0.0 && t.deviation.is_finite()) {
             return Err(format!("train.deviation {} must be 0 or positive", t.deviation));

@@ -121,7 +121,8 @@ struct Plan {
     t: TransferSection,
     g: GenerateSection,
     student: PathBuf,
-    teacher: PathBuf,
+    /// The teacher's file or folder; `None` for a served teacher.
+    teacher: Option<PathBuf>,
     teacher_sec: ModelSection,
     survey: Survey,
     countries: Vec<String>,
@@ -138,8 +139,11 @@ impl Plan {
         let t = recipe.transfer.clone().ok_or_else(|| rerr("no [transfer] section".into()))?;
         let g = recipe.generate.clone().ok_or_else(|| rerr("no [generate] section".into()))?;
         let student = model_path(&Some(recipe.student.clone()), "student", &a.recipe)?;
-        let teacher = model_path(&recipe.teacher, "teacher", &a.recipe)?;
-        let teacher_sec = recipe.teacher.clone().expect("checked");
+        let teacher_sec = recipe.teacher.clone().ok_or_else(|| rerr("no [teacher] section".into()))?;
+        let teacher = match teacher_sec.endpoint {
+            Some(_) => None,
+            None => Some(model_path(&recipe.teacher, "teacher", &a.recipe)?),
+        };
         let survey = Survey::load(&g.data)?;
         let countries: Vec<String> = if !t.countries.is_empty() {
             t.countries.clone()
@@ -197,9 +201,16 @@ impl Plan {
         }
     }
 
-    fn probe(&self, a: &RunArgs, pr: &ProbeRecipe, model: &Path, adapter: Option<PathBuf>, dir: &Path) -> Result<()> {
+    fn probe(
+        &self,
+        a: &RunArgs,
+        pr: &ProbeRecipe,
+        model: Option<&Path>,
+        adapter: Option<PathBuf>,
+        dir: &Path,
+    ) -> Result<()> {
         let run = ProbeRun {
-            model: model.to_path_buf(),
+            model: model.map(Path::to_path_buf),
             adapter,
             out: dir.to_path_buf(),
             cache: self.t.score_cache.clone(),
@@ -269,7 +280,15 @@ pub fn run(a: &RunArgs) -> Result<report::TransferReport> {
 
     let survey_sha = crate::util::io::sha256_file(&p.survey.dir.join(crate::survey::QUESTIONS_FILE))?;
     let dist_sha = crate::util::io::sha256_file(&p.survey.dir.join(crate::survey::DISTRIBUTIONS_FILE))?;
-    let (student_sha, teacher_sha) = (path_sha256(&p.student)?, path_sha256(&p.teacher)?);
+    let student_sha = path_sha256(&p.student)?;
+    let teacher_sha = match &p.teacher {
+        Some(t) => path_sha256(t)?,
+        // A served teacher is known by its name, tokenizer and request settings (not its address:
+        // the same model served elsewhere keeps the finished stages).
+        None => {
+            sha256_hex(serde_json::to_string(&ModelSection { endpoint: None, ..p.teacher_sec.clone() })?.as_bytes())
+        }
+    };
     let json = |v: &dyn erased::Ser| v.json();
     let student_probe = p.probe_recipe(&p.recipe.student);
     let split = key(&["split", &json(&p.split), &survey_sha]);
@@ -283,7 +302,7 @@ pub fn run(a: &RunArgs) -> Result<report::TransferReport> {
     r.stage("split", &k.split, std::slice::from_ref(&split_path), || write_json(&split_path, &p.split))?;
     let before = out.join("probe-before");
     r.stage("probe-before", &k.before, std::slice::from_ref(&before), || {
-        p.probe(a, &student_probe, &p.student, None, &before)
+        p.probe(a, &student_probe, Some(&p.student), None, &before)
     })?;
     let teacher_dir = out.join("probe-teacher");
     if t.teacher_reference {
@@ -291,7 +310,7 @@ pub fn run(a: &RunArgs) -> Result<report::TransferReport> {
         let tp = p.probe_recipe(&ModelSection { weights: crate::recipe::WeightMode::F32, ..p.teacher_sec.clone() });
         let kt = key(&["probe-teacher", &k.split, &teacher_sha, &json(&tp), &dist_sha]);
         r.stage("probe-teacher", &kt, std::slice::from_ref(&teacher_dir), || {
-            p.probe(a, &tp, &p.teacher, None, &teacher_dir)
+            p.probe(a, &tp, p.teacher.as_deref(), None, &teacher_dir)
         })?;
     }
     r.stage("generate", &k.generate, std::slice::from_ref(&gen_dir), || {
@@ -301,7 +320,7 @@ pub fn run(a: &RunArgs) -> Result<report::TransferReport> {
     r.stage("train", &k.train, std::slice::from_ref(&adapter_dir), || train_stage(a, &dataset, &adapter_dir))?;
     let after = out.join("probe-after");
     r.stage("probe-after", &k.after, std::slice::from_ref(&after), || {
-        p.probe(a, &student_probe, &p.student, Some(adapter_dir.clone()), &after)
+        p.probe(a, &student_probe, Some(&p.student), Some(adapter_dir.clone()), &after)
     })?;
 
     let mut rep = None;

@@ -75,6 +75,25 @@ pub struct ModelInfo {
     /// A LoRA adapter applied on top (folder and sha256 of its weights file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adapter: Option<AdapterInfo>,
+    /// A served model: where and how it was reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served: Option<ServedInfo>,
+}
+
+/// What a manifest records about a served model: never the API key, only the variable's name.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServedInfo {
+    pub endpoint: String,
+    /// The model's id as the server reports it (`/v1/models`).
+    pub model_id: String,
+    /// "echo" or "top-K": how label log-probabilities were read.
+    pub logprobs: String,
+    /// The local tokenizer whose chat template rendered the prompts.
+    pub local_tokenizer: Option<PathBuf>,
+    pub api_key_env: Option<String>,
+    pub in_flight: usize,
+    pub timeout_s: u64,
+    pub retries: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

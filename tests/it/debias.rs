@@ -69,6 +69,7 @@ fn sample(q: &str, country: &str, template: &str, order: Vec<usize>, by_pos: Vec
         position_probs: by_pos,
         order,
         mass: 1.0,
+        unread_mass: None,
         n_tokens: 10,
         human_mean: None,
         human_distribution: vec![],

@@ -8,11 +8,14 @@
 //! - `reference`: option distributions against a stored transformers reference
 //! - `batch`: batched scoring equals one-at-a-time scoring
 //! - `cli`: bad input gives one clear line and a non-zero exit, never a panic
+//! - `hostile`: endless and oversized files, sizes out of range, the faults a fuzzer finds first
 //! - `probe`: end to end on the real SmolLM2: outputs, resume from cache, shards merge
+//! - `served`: a model behind llama.cpp's OpenAI-compatible server: probe agreement, served teacher, faults
 //! - `generate`: the teacher writes datasets in each mode; seeds, resume, leakage guard
 //! - `lora`: LoRA gradients, B = 0 equivalence, merge/export, PEFT key names and round trips
 //! - `transfer`: `mores run` end to end on tiny models; stage skipping, resume, bad recipes
 //! - `train`: `mores train` resume equivalence, bad input, loss falls on SmolLM2
+//! - `fuzz`: seeded structure-aware mutation of every format mores reads; no panic, hang or huge allocation
 //! - `layout`: the source tree's imports point down the pipeline, with no cycles
 mod arch;
 mod batch;
@@ -20,13 +23,20 @@ mod cli;
 mod common;
 mod correlate;
 mod debias;
+mod fuzz;
 mod generate;
+mod hostile;
 mod layout;
 mod lora;
 mod probe;
+mod served;
 mod reference;
 mod survey;
 mod tokenizer;
 mod train;
 mod transfer;
 mod transfer_report;
+
+// The binary's allocator, so the fuzz harness can cap single allocations while a reader runs.
+#[global_allocator]
+static ALLOC: mores::util::alloc::Guarded = mores::util::alloc::Guarded;

@@ -72,6 +72,7 @@ fn sample(s: &Survey, q: &str, c: &str, m: f64) -> Sample {
         probs,
         position_probs: vec![],
         mass: 1.0,
+        unread_mass: None,
         n_tokens: 1,
         human_mean: human.mean,
         human_distribution: human.distribution.clone(),
