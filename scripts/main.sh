@@ -11,5 +11,5 @@ out="${MORES_OUT:-runs/quickstart}"
 threads="${MORES_THREADS:-$(nproc)}"
 bash scripts/fetch-models.sh
 cargo build --release --locked
-target/release/mores --threads "$threads" run recipes/transfer/quickstart.toml --out "$out"
+target/release/mores --threads "$threads" run --recipe recipes/transfer/quickstart.toml --out "$out"
 echo "report: $out/report.md (numbers: $out/transfer.json, plot: $out/transfer.svg)"

@@ -47,8 +47,12 @@ pub enum Cmd {
     /// Run a transfer experiment end to end: split, probe before, probe teacher, generate, train,
     /// probe after, report. Unchanged stages are skipped; a rerun continues after a crash.
     Run {
-        /// recipes/transfer/NAME.toml
-        recipe: PathBuf,
+        /// Transfer recipe (recipes/transfer/NAME.toml); also accepted without the flag.
+        #[arg(long = "recipe", value_name = "RECIPE", conflicts_with = "recipe_arg")]
+        recipe: Option<PathBuf>,
+        /// The recipe as a positional argument (the short form of --recipe).
+        #[arg(value_name = "RECIPE", hide = true)]
+        recipe_arg: Option<PathBuf>,
         /// Output folder (default: the recipe's [transfer] out, else runs/NAME).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -57,6 +61,7 @@ pub enum Cmd {
     Train(TrainCmd),
     /// Have the teacher write a synthetic dataset (JSONL + card + split).
     Generate {
+        /// Distill recipe with [teacher] and [generate] (recipes/distill/MODE.toml).
         #[arg(long)]
         recipe: PathBuf,
         /// Dataset path (NAME.jsonl); NAME.card.json, NAME.log.jsonl and NAME.split.json go beside it.
@@ -77,10 +82,13 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: AdapterCmd,
     },
-    /// Join the output folders of sharded probe runs.
+    /// Join the output folders of sharded probe runs (`mores probe merge`; kept as an alias).
+    #[command(hide = true)]
     Merge {
+        /// Output folder for the joined results.
         #[arg(long)]
         out: PathBuf,
+        /// The shards' output folders.
         shards: Vec<PathBuf>,
         /// Merge even when shards of the split are missing (results then cover only some prompts).
         #[arg(long)]
@@ -89,7 +97,9 @@ pub enum Cmd {
     /// Side-by-side table of probe runs with CIs; with --out also compare.md and figures
     /// (per continent and per category group, runs side by side).
     Compare {
+        /// Probe output folders to put side by side (the first is the reference).
         runs: Vec<PathBuf>,
+        /// Folder for compare.md and the figures.
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -117,8 +127,10 @@ pub enum BenchCmd {
             default_value = "checkpoints/SmolLM2-135M-Instruct.Q4_1.gguf,checkpoints/gemma-3-270m-q4_k_m.gguf"
         )]
         models: String,
+        /// Prompts per model (the first N of the default probe's prompts).
         #[arg(long, default_value_t = 40)]
         n: usize,
+        /// Prompts per forward pass, on both sides.
         #[arg(long, default_value_t = 8)]
         batch: usize,
         /// mores weight modes to measure (comma-separated: stored, q8, f32).
@@ -130,8 +142,10 @@ pub enum BenchCmd {
         /// Python with torch, transformers, gguf and llama-cpp-python installed.
         #[arg(long, env = "MORES_PEERS_PYTHON", default_value = "python3")]
         python: String,
+        /// Probe recipe whose prompts are measured.
         #[arg(long, default_value = "recipes/probe/wvs.toml")]
         recipe: PathBuf,
+        /// Scratch folder for the prompts and the peers' outputs.
         #[arg(long, default_value = "runs/bench")]
         work: PathBuf,
         /// Rounds: each backend runs once per round, the backends in turn; the table gives the
@@ -146,6 +160,7 @@ pub enum BenchCmd {
             long,
             default_value = "checkpoints/gemma-3-270m-q4_k_m.gguf,checkpoints/SmolLM2-135M-Instruct.Q4_1.gguf"
         )]
+        /// Models to measure (comma-separated).
         models: String,
         /// mores weight modes to measure (comma-separated: stored, q8, f32).
         #[arg(long, default_value = "f32,q8")]
@@ -153,14 +168,16 @@ pub enum BenchCmd {
         /// New tokens per run.
         #[arg(long, default_value_t = 64)]
         new: usize,
-        /// Timed runs per backend (the median is reported).
-        #[arg(long, default_value_t = 3)]
+        /// Timed runs inside one measurement (its median is the measurement); --repeat sets the rounds.
+        #[arg(long, default_value_t = 3, hide = true)]
         reps: usize,
         /// Folder with the reference scripts (gen_bench.py); omitted: mores rows only.
         #[arg(long, env = "MORES_PEERS")]
         peers: Option<PathBuf>,
+        /// Python with torch, transformers, gguf and llama-cpp-python installed.
         #[arg(long, env = "MORES_PEERS_PYTHON", default_value = "python3")]
         python: String,
+        /// Scratch folder for the peers' outputs.
         #[arg(long, default_value = "runs/bench")]
         work: PathBuf,
         /// Rounds: each backend runs once per round, the backends in turn; the table gives the
@@ -191,12 +208,16 @@ pub enum BenchCmd {
     },
     /// LoRA training: seconds per step and peak memory, beside Python PEFT + transformers.
     Lora {
+        /// The student model.
         #[arg(long, default_value = "checkpoints/SmolLM2-135M-Instruct.Q4_1.gguf")]
         model: PathBuf,
+        /// Timed optimizer steps (after warm-up).
         #[arg(long, default_value_t = 12)]
         steps: usize,
+        /// Rows per step.
         #[arg(long, default_value_t = 4)]
         batch: usize,
+        /// Tokens per row.
         #[arg(long, default_value_t = 128)]
         seq: usize,
         /// Folder with the reference scripts (lora_bench.py); omitted: the mores row only.
@@ -205,6 +226,7 @@ pub enum BenchCmd {
         /// Python with torch, transformers, peft and gguf installed.
         #[arg(long, env = "MORES_PEERS_PYTHON", default_value = "python3")]
         python: String,
+        /// Scratch folder for the peers' outputs.
         #[arg(long, default_value = "runs/bench")]
         work: PathBuf,
     },
@@ -243,11 +265,16 @@ pub enum BenchCmd {
 #[derive(Subcommand)]
 pub enum DatasetCmd {
     /// Record counts by mode, target kind, country and category; checks every line.
-    Stats { file: PathBuf },
+    Stats {
+        /// The dataset (JSONL).
+        file: PathBuf,
+    },
     /// Join `mores generate --shard` outputs.
     Merge {
+        /// The joined dataset (NAME.jsonl; its card and log beside it).
         #[arg(long)]
         out: PathBuf,
+        /// The shards' datasets (NAME.shard-I-of-N.jsonl).
         shards: Vec<PathBuf>,
     },
 }
@@ -257,10 +284,13 @@ pub enum AdapterCmd {
     /// Fold an adapter into its base model and write a Hugging Face folder (config.json,
     /// model.safetensors, tokenizer.json) that needs no LoRA at inference.
     Merge {
+        /// The base model (GGUF file or Hugging Face folder).
         #[arg(long)]
         model: PathBuf,
+        /// The adapter folder (PEFT format).
         #[arg(long)]
         adapter: PathBuf,
+        /// The Hugging Face folder to write.
         #[arg(long)]
         out: PathBuf,
     },
@@ -270,6 +300,7 @@ pub enum AdapterCmd {
 pub enum SurveyCmd {
     /// Coverage per country and category.
     Stats {
+        /// Survey data folder.
         #[arg(long, default_value = "data/wvs")]
         data: PathBuf,
     },
@@ -287,7 +318,11 @@ pub enum SurveyCmd {
 }
 
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct ProbeCmd {
+    #[command(subcommand)]
+    pub action: Option<ProbeAction>,
+    /// Probe recipe (prompt, survey selection, scoring).
     #[arg(long, default_value = "recipes/probe/wvs.toml")]
     pub recipe: PathBuf,
     /// GGUF file or Hugging Face model folder (overrides the recipe).
@@ -331,14 +366,32 @@ pub struct ProbeCmd {
     /// Run every prompt row whole, without prefix reuse: the same numbers, slower (a check).
     #[arg(long)]
     pub whole_rows: bool,
-    #[arg(long)]
-    pub out: PathBuf,
+    /// Output folder: results.json, samples.jsonl, report.md, plots/, manifest.json, cache/.
+    #[arg(long, required = true)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum ProbeAction {
+    /// Join the output folders of sharded probe runs (`--shard I/N`).
+    Merge {
+        /// Output folder for the joined results.
+        #[arg(long)]
+        out: PathBuf,
+        /// The shards' output folders.
+        shards: Vec<PathBuf>,
+        /// Merge even when shards of the split are missing (results then cover only some prompts).
+        #[arg(long)]
+        allow_partial: bool,
+    },
 }
 
 #[derive(clap::Args)]
 pub struct ScoreCmd {
+    /// GGUF file or Hugging Face model folder.
     #[arg(long)]
     pub model: PathBuf,
+    /// The prompt, exactly as the model should read it (the labels follow it).
     #[arg(long)]
     pub prompt: String,
     /// Comma-separated option labels.
@@ -347,8 +400,11 @@ pub struct ScoreCmd {
     /// Wrap the prompt in the model's chat template.
     #[arg(long)]
     pub chat: bool,
-    /// Run the model dequantized to f32.
-    #[arg(long)]
+    /// stored | q8 | f32: how GGUF weights are held (default stored: llama.cpp's numerics).
+    #[arg(long, default_value = "stored")]
+    pub weights: String,
+    /// The same as --weights f32 (older spelling).
+    #[arg(long, hide = true)]
     pub f32: bool,
     /// LoRA adapter folder.
     #[arg(long)]
@@ -361,6 +417,7 @@ pub struct ScoreCmd {
 
 #[derive(clap::Args)]
 pub struct TrainCmd {
+    /// Distill recipe ([student], [lora], [train]).
     #[arg(long, default_value = "recipes/distill/default.toml")]
     pub recipe: PathBuf,
     /// Dataset (JSONL records, see `mores generate`).
@@ -404,4 +461,35 @@ pub fn slurm_shard() -> anyhow::Result<Option<Shard>> {
         )
     })?;
     Ok(Some(shard))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every argument of every command says what it is for in `--help`.
+    #[test]
+    fn every_argument_has_a_help_line() {
+        fn walk(c: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in c.get_arguments() {
+                let id = a.get_id().as_str();
+                if id == "help" || id == "version" || a.is_hide_set() {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for s in c.get_subcommands() {
+                if !s.is_hide_set() {
+                    walk(s, &format!("{path} {}", s.get_name()), missing);
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "mores", &mut missing);
+        assert!(missing.is_empty(), "arguments without a help line: {missing:?}");
+        Cli::command().debug_assert();
+    }
 }

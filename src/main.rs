@@ -81,11 +81,12 @@ fn training_only(cmd: &Cmd) -> bool {
 
 fn run(cli: Cli, threads: usize) -> Result<()> {
     match cli.cmd {
-        Cmd::Probe(c) => probe(c, threads, !cli.quiet)?,
-        Cmd::Merge { out, shards, allow_partial } => {
+        Cmd::Probe(cli::ProbeCmd { action: Some(cli::ProbeAction::Merge { out, shards, allow_partial }), .. })
+        | Cmd::Merge { out, shards, allow_partial } => {
             let r = evaluate::merge(&shards, &out, allow_partial)?;
             print_summary(&r, &out);
         }
+        Cmd::Probe(c) => probe(c, threads, !cli.quiet)?,
         Cmd::Compare { runs, out } => print!("{}", evaluate::compare(&runs, out.as_deref())?),
         Cmd::Score(c) => score(c)?,
         Cmd::Bench { cmd: BenchCmd::Probe { models, n, batch, weights, peers, python, recipe, work, repeat } } => {
@@ -141,7 +142,8 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
             println!("{}", serde_json::to_string(&m)?);
         }
         Cmd::Train(c) => train(c, threads, !cli.quiet)?,
-        Cmd::Run { recipe, out } => {
+        Cmd::Run { recipe, recipe_arg, out } => {
+            let recipe = recipe.or(recipe_arg).unwrap_or_else(|| PathBuf::from("recipes/transfer/quickstart.toml"));
             let args = mores::transfer::RunArgs { recipe, out, threads, progress: !cli.quiet };
             let r = mores::transfer::run(&args)?;
             println!("{}", r.verdict);
@@ -183,6 +185,7 @@ fn weight_list(weights: &str) -> Result<Vec<mores::recipe::WeightMode>> {
 
 fn probe(c: cli::ProbeCmd, threads: usize, progress: bool) -> Result<()> {
     let cli::ProbeCmd {
+        action: _,
         recipe,
         model,
         endpoint,
@@ -199,6 +202,7 @@ fn probe(c: cli::ProbeCmd, threads: usize, progress: bool) -> Result<()> {
         whole_rows,
         out,
     } = c;
+    let out = out.ok_or_else(|| anyhow::anyhow!("mores probe needs --out DIR"))?;
     let args = ProbeArgs {
         recipe,
         model,
@@ -222,8 +226,10 @@ fn probe(c: cli::ProbeCmd, threads: usize, progress: bool) -> Result<()> {
 }
 
 fn score(c: cli::ScoreCmd) -> Result<()> {
-    let cli::ScoreCmd { model, prompt, labels, chat, f32, adapter, logits } = c;
-    let opts = mores::model::LoadOptions { dequantize: f32, ..Default::default() };
+    let cli::ScoreCmd { model, prompt, labels, chat, weights, f32, adapter, logits } = c;
+    let weights: mores::recipe::WeightMode =
+        if f32 { mores::recipe::WeightMode::F32 } else { weights.parse().map_err(anyhow::Error::msg)? };
+    let opts = mores::model::LoadOptions::for_weights(weights);
     let mut m = mores::model::Model::load(&model, &opts)?;
     if let Some(dir) = adapter {
         mores::model::adapter::Adapter::load(&mut m, &dir)?;

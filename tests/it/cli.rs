@@ -483,10 +483,21 @@ fn runaway_chat_templates_end_in_a_clear_error_before_scoring() {
 fn every_shipped_recipe_loads_and_validates() {
     let root = crate::common::root().join("recipes");
     let mut n = 0;
-    for dir in ["probe", "distill", "transfer"] {
-        for e in std::fs::read_dir(root.join(dir)).unwrap() {
+    fn tomls(d: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(d).unwrap() {
             let p = e.unwrap().path();
-            if p.extension().is_some_and(|x| x == "toml") {
+            if p.is_dir() {
+                tomls(&p, out);
+            } else if p.extension().is_some_and(|x| x == "toml") {
+                out.push(p);
+            }
+        }
+    }
+    for dir in ["probe", "distill", "transfer"] {
+        let mut files = Vec::new();
+        tomls(&root.join(dir), &mut files);
+        for p in files {
+            {
                 let r = if dir == "probe" {
                     mores::recipe::ProbeRecipe::load(&p).map(|_| ())
                 } else {
