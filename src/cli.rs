@@ -40,6 +40,8 @@ pub fn strict_list(flag: &str, s: &str) -> anyhow::Result<Vec<String>> {
     Ok(items)
 }
 
+// Parsed once per process: the size of its largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum Cmd {
     /// Probe a model on WVS questions and correlate with human answers.
@@ -84,16 +86,7 @@ pub enum Cmd {
     },
     /// Join the output folders of sharded probe runs (`mores probe merge`; kept as an alias).
     #[command(hide = true)]
-    Merge {
-        /// Output folder for the joined results.
-        #[arg(long)]
-        out: PathBuf,
-        /// The shards' output folders.
-        shards: Vec<PathBuf>,
-        /// Merge even when shards of the split are missing (results then cover only some prompts).
-        #[arg(long)]
-        allow_partial: bool,
-    },
+    Merge(MergeArgs),
     /// Side-by-side table of probe runs with CIs; with --out also compare.md and figures
     /// (per continent and per category group, runs side by side).
     Compare {
@@ -374,16 +367,19 @@ pub struct ProbeCmd {
 #[derive(Subcommand)]
 pub enum ProbeAction {
     /// Join the output folders of sharded probe runs (`--shard I/N`).
-    Merge {
-        /// Output folder for the joined results.
-        #[arg(long)]
-        out: PathBuf,
-        /// The shards' output folders.
-        shards: Vec<PathBuf>,
-        /// Merge even when shards of the split are missing (results then cover only some prompts).
-        #[arg(long)]
-        allow_partial: bool,
-    },
+    Merge(MergeArgs),
+}
+
+#[derive(clap::Args)]
+pub struct MergeArgs {
+    /// Output folder for the joined results.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The shards' output folders.
+    pub shards: Vec<PathBuf>,
+    /// Merge even when shards of the split are missing (results then cover only some prompts).
+    #[arg(long)]
+    pub allow_partial: bool,
 }
 
 #[derive(clap::Args)]

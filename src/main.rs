@@ -81,8 +81,8 @@ fn training_only(cmd: &Cmd) -> bool {
 
 fn run(cli: Cli, threads: usize) -> Result<()> {
     match cli.cmd {
-        Cmd::Probe(cli::ProbeCmd { action: Some(cli::ProbeAction::Merge { out, shards, allow_partial }), .. })
-        | Cmd::Merge { out, shards, allow_partial } => {
+        Cmd::Probe(cli::ProbeCmd { action: Some(cli::ProbeAction::Merge(m)), .. }) | Cmd::Merge(m) => {
+            let cli::MergeArgs { out, shards, allow_partial } = m;
             let r = evaluate::merge(&shards, &out, allow_partial)?;
             print_summary(&r, &out);
         }

@@ -216,17 +216,7 @@ impl Model {
                 cfg.num_key_value_heads,
                 cfg.head_dim,
             );
-            for (l, name, inp, out) in [
-                (&q, "q_proj", hs, nh * hd),
-                (&k, "k_proj", hs, nkv * hd),
-                (&v, "v_proj", hs, nkv * hd),
-                (&o, "o_proj", nh * hd, hs),
-                (&gate, "gate_proj", hs, is),
-                (&up, "up_proj", hs, is),
-                (&down, "down_proj", is, hs),
-            ] {
-                l.expect(&w.path(), &format!("layer {i} {name}"), inp, out)?;
-            }
+            Linear::expect_layer(&w.path(), i, [&q, &k, &v, &o, &gate, &up, &down], (hs, is, nh, nkv, hd))?;
             let layer = Layer {
                 q,
                 k,

@@ -98,6 +98,28 @@ impl Linear {
         Ok(())
     }
 
+    /// A decoder layer's seven projections (q, k, v, o, gate, up, down) against the sizes of the
+    /// configuration: hidden, intermediate, heads, KV heads, head dimension.
+    pub fn expect_layer(
+        path: &std::path::Path,
+        layer: usize,
+        [q, k, v, o, gate, up, down]: [&Linear; 7],
+        (hs, is, nh, nkv, hd): (usize, usize, usize, usize, usize),
+    ) -> Result<()> {
+        for (l, name, inp, out) in [
+            (q, "q_proj", hs, nh * hd),
+            (k, "k_proj", hs, nkv * hd),
+            (v, "v_proj", hs, nkv * hd),
+            (o, "o_proj", nh * hd, hs),
+            (gate, "gate_proj", hs, is),
+            (up, "up_proj", hs, is),
+            (down, "down_proj", is, hs),
+        ] {
+            l.expect(path, &format!("layer {layer} {name}"), inp, out)?;
+        }
+        Ok(())
+    }
+
     pub fn dims(&self) -> Result<(usize, usize)> {
         let (out, inp) = match &self.base {
             QMatMul::Tensor(w) | QMatMul::TensorF16(w) => w.dims2()?,

@@ -267,18 +267,9 @@ impl Model {
             } else {
                 None
             };
-            let (hs, is) = (cfg.hidden_size, cfg.intermediate_size);
-            for (l, name, inp, out) in [
-                (&q, "q_proj", hs, nh * hd),
-                (&k, "k_proj", hs, nkv * hd),
-                (&v, "v_proj", hs, nkv * hd),
-                (&o, "o_proj", nh * hd, hs),
-                (&gate, "gate_proj", hs, is),
-                (&up, "up_proj", hs, is),
-                (&down, "down_proj", is, hs),
-            ] {
-                l.expect(&w.path(), &format!("layer {i} {name}"), inp, out)?;
-            }
+            let hs = cfg.hidden_size;
+            let sizes = (hs, cfg.intermediate_size, nh, nkv, hd);
+            Linear::expect_layer(&w.path(), i, [&q, &k, &v, &o, &gate, &up, &down], sizes)?;
             let input_norm = norm(w, &hf("input_layernorm"), &gg("attn_norm"))?;
             let post_norm = norm(w, &hf("post_attention_layernorm"), &gg("ffn_norm"))?;
             for (n, name, width) in [(&input_norm, "input norm", hs), (&post_norm, "post-attention norm", hs)]

@@ -285,7 +285,7 @@ pub(crate) fn write_gguf_with(rng: &mut ChaCha8Rng, path: &Path, damage: bool, s
     let hd = hidden / heads;
     let t = |r: usize, c: usize| {
         let v: Vec<f32> = (0..r * c).map(|i| ((i * 7919 % 97) as f32 - 48.0) / 97.0).collect();
-        let dt = if c % 32 == 0 { GgmlDType::Q8_0 } else { GgmlDType::F32 };
+        let dt = if c.is_multiple_of(32) { GgmlDType::Q8_0 } else { GgmlDType::F32 };
         QTensor::quantize(&candle_core::Tensor::from_vec(v, (r, c), &candle_core::Device::Cpu).unwrap(), dt).unwrap()
     };
     let mut md: Vec<(String, Value)> = vec![
@@ -416,7 +416,7 @@ fn mutate_safetensors(rng: &mut ChaCha8Rng, p: &Path) {
             let mut header: Json = serde_json::from_slice(&b[8..8 + n]).unwrap_or(Json::Null);
             mutate_json(rng, &mut header);
             let mut h = serde_json::to_vec(&header).unwrap();
-            while h.len() % 8 != 0 {
+            while !h.len().is_multiple_of(8) {
                 h.push(b' ');
             }
             let mut out = (h.len() as u64).to_le_bytes().to_vec();
