@@ -1,5 +1,5 @@
 //! `mores bench generate`: greedy decoding speed of the teacher (prefill seconds, decode
-//! tokens/s, peak memory), beside transformers and llama.cpp (shared/peers/gen_bench.py) on the
+//! tokens/s, peak memory), beside transformers and llama.cpp (the peer script gen_bench.py) on the
 //! same prompt, number of new tokens and threads, in the same run. The setting is the peer
 //! script's: one ~40-token prompt, 64 new tokens, end of sequence ignored so every run makes 64.
 use crate::bench::probe::peak_rss_mib;

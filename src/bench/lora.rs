@@ -1,5 +1,5 @@
 //! `mores bench lora`: seconds per LoRA training step and peak memory, beside Python PEFT +
-//! transformers (shared/peers/lora_bench.py) on the same model, threads and shapes, in the same
+//! transformers (the peer script lora_bench.py) on the same model, threads and shapes, in the same
 //! run. The setting is PEFT's: rank 8, alpha 16, q_proj and v_proj, AdamW lr 2e-4, causal-LM loss
 //! on every position of batch x sequence tokens. Each side runs in its own process.
 use crate::bench::probe::peak_rss_mib;

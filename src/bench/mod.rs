@@ -20,7 +20,7 @@ pub fn child<T: serde::de::DeserializeOwned>(cmd: &mut Command, exe: &Path) -> R
     Ok(serde_json::from_slice(&o.stdout)?)
 }
 
-/// Run a reference script of shared/peers with `python`; a failure names `what` and the last
+/// Run a peer reference script (from `--peers DIR`) with `python`; a failure names `what` and the last
 /// line of the script's stderr.
 pub fn peer(cmd: &mut Command, script: &Path, python: &str, what: &str) -> Result<()> {
     let o = cmd.output().map_err(|e| Error::Invalid(format!("cannot run {} with {python}: {e}", script.display())))?;

@@ -1,5 +1,5 @@
 //! `mores bench probe`: prompts/s and peak memory of the probe on a fixed prompt set, beside the
-//! Python stack a user would otherwise run (transformers, llama.cpp via shared/peers scripts) on
+//! Python stack a user would otherwise run (transformers, llama.cpp via the peer scripts) on
 //! the same prompts and threads, in the same run. Each measurement runs in its own process so
 //! that peak memory belongs to it alone.
 use crate::model::Model;

@@ -1,7 +1,7 @@
 //! Fused token cross-entropy. Composed from candle ops, log-softmax over a [tokens, vocab] block
 //! (49,152 or 262,144 columns) materialises five or six full-size tensors forward and as many
 //! backward, single-threaded; this op makes one parallel pass per row each way and keeps only the
-//! gradient. Measured on SmolLM2 (batch 4 x 128 tokens): see the LoRA benchmark in the README.
+//! gradient. Measured on SmolLM2 (batch 4 x 128 tokens): see the LoRA benchmark in docs/benchmarks.md.
 use crate::util::error::Result;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;

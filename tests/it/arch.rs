@@ -1,4 +1,4 @@
-//! Issue 17: the families beyond llama and gemma3 (qwen2, qwen3, mistral, phi3) against
+//! The families beyond llama and gemma3 (qwen2, qwen3, mistral, phi3) against
 //! transformers, on tiny random-weight models saved by transformers with its logits beside them
 //! (tests/data/arch, made by scripts/make_arch_fixtures.py).
 use crate::common::{assert_clean_error, mores, root};
@@ -218,7 +218,7 @@ fn fixture_as_gguf(name: &str, dir: &std::path::Path) -> PathBuf {
     path
 }
 
-/// Issue 17: Qwen2 (QKV bias) and Qwen3 (head norms, explicit head size) GGUF files load into the
+/// Qwen2 (QKV bias) and Qwen3 (head norms, explicit head size) GGUF files load into the
 /// shared decoder with llama.cpp's names and half-split RoPE, and give transformers' logits.
 #[test]
 fn qwen_gguf_files_match_transformers_logits() {

@@ -72,7 +72,7 @@ fn batched_equals_single_smollm2_f32_and_quantized() {
     }
 }
 
-/// Regression (issue 18): a step's loss moved in the last digits with the micro-batch size,
+/// Regression: a step's loss moved in the last digits with the micro-batch size,
 /// since padding shifted keys between SIMD lanes of the training softmax and the loss was summed
 /// per micro-batch in f32.
 fn assert_step_loss_independent_of_micro_batch(m: &mut Model) {
@@ -185,7 +185,7 @@ fn persona_requests(m: &Model) -> Vec<ScoreRequest> {
     out
 }
 
-/// Issue 13: scoring through the radix tree and a prefix cache kept across batches gives the
+/// Scoring through the radix tree and a prefix cache kept across batches gives the
 /// probabilities of whole rows bit for bit (also when the cache is too small to keep anything),
 /// and the reuse really happens: most tokens are not computed again.
 fn assert_prefix_reuse_exact(m: &mut Model) {

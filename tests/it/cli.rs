@@ -74,7 +74,7 @@ fn unsupported_architecture_names_the_supported_ones() {
     assert_clean_error(&o, "gemma3");
 }
 
-/// Issue 17: a gpt2-type GGUF vocabulary with a pre-tokenizer mores does not implement was once
+/// A gpt2-type GGUF vocabulary with a pre-tokenizer mores does not implement was once
 /// split by SmolLM2's rules without a word; now it is refused by name.
 #[test]
 fn unknown_gguf_pre_tokenizer_is_refused_not_guessed() {
@@ -148,7 +148,7 @@ fn malformed_survey_data_line() {
     assert_clean_error(&o, "wvs7_country_distributions.jsonl:1: malformed distribution record");
 }
 
-/// Regression (issue 16): two runs on one --out both did all the work, and two generators left
+/// Regression: two runs on one --out both did all the work, and two generators left
 /// every record twice. The second writer now stops at once, naming the first one's pid.
 #[test]
 fn second_writer_on_the_same_out_is_refused() {
@@ -213,7 +213,7 @@ fn hostile_gguf_with(
     candle_core::quantized::gguf_file::write(&mut f, &md_ref, &tensors).unwrap();
 }
 
-/// Regression (issue 16): hyperparameters from a hostile GGUF were trusted, and aborted the
+/// Regression: hyperparameters from a hostile GGUF were trusted, and aborted the
 /// process allocating gigabytes or panicked dividing by zero.
 #[test]
 fn hostile_hyperparameters_are_refused_before_any_allocation() {
@@ -250,7 +250,7 @@ fn hostile_hyperparameters_are_refused_before_any_allocation() {
     );
 }
 
-/// Regression (issue 16): empty, blank and repeated labels, and an empty prompt, panicked or were
+/// Regression: empty, blank and repeated labels, and an empty prompt, panicked or were
 /// silently dropped or double counted.
 #[test]
 fn bad_labels_and_empty_prompt_are_errors() {
@@ -265,7 +265,7 @@ fn bad_labels_and_empty_prompt_are_errors() {
     assert_clean_error(&mores(&["score", "--model", m, "--prompt", ""]), "empty prompt");
 }
 
-/// Regression (issue 16): arguments that silently meant "everything".
+/// Regression: arguments that silently meant "everything".
 #[test]
 fn arguments_that_would_mean_everything_are_errors() {
     let dir = tempfile::tempdir().unwrap();
@@ -318,7 +318,7 @@ fn arguments_that_would_mean_everything_are_errors() {
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
-/// Regression (issue 16): prompts longer than the context were run anyway (6 GB, then an abort);
+/// Regression: prompts longer than the context were run anyway (6 GB, then an abort);
 /// NaN weights gave probabilities with exit 0.
 #[test]
 fn overlong_prompts_and_nan_weights_are_errors() {
@@ -355,7 +355,7 @@ fn bench_sizes_of_zero_are_errors() {
     }
 }
 
-/// Issue 13: both benchmarks run end to end on a tiny model (mores rows only): the probe table
+/// Both benchmarks run end to end on a tiny model (mores rows only): the probe table
 /// shows prefix reuse computing fewer tokens than the rows hold, beside the whole-rows reference;
 /// the decoding table reports the tokens asked for.
 #[test]
@@ -385,7 +385,7 @@ fn bench_probe_and_generate_tables_on_a_tiny_model() {
     assert_clean_error(&mores(&["bench", "generate", "--models", m, "--new", "0"]), "bench generate needs");
 }
 
-/// Regression (issue 16): `dataset stats` and training accepted records whose hash no longer
+/// Regression: `dataset stats` and training accepted records whose hash no longer
 /// matched their content, or with a mode no generator writes.
 #[test]
 fn dataset_hash_and_mode_are_verified() {
@@ -433,7 +433,7 @@ fn recipe_syntax_error_names_file_line_and_column() {
     assert_clean_error(&o, "line 3, column");
 }
 
-/// Regression (issue 16): a model's chat template is a program; nested loops, a huge repeated
+/// Regression: a model's chat template is a program; nested loops, a huge repeated
 /// list and a string doubled in a loop ran for minutes or allocated until the process aborted.
 #[test]
 fn runaway_chat_templates_end_in_a_clear_error_before_scoring() {

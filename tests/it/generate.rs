@@ -147,7 +147,7 @@ fn bad_generate_input_fails_before_any_work() {
     assert!(!dir.path().join("x.jsonl").exists() && !dir.path().join("y.jsonl").exists());
 }
 
-/// Contrast-amplified survey-grounded targets (issue 12): each record's target is the humans'
+/// Contrast-amplified survey-grounded targets: each record's target is the humans'
 /// cross-country mean over the generated countries plus 3x the country's deviation from it.
 #[test]
 fn contrast_targets_amplify_country_deviations() {
@@ -212,7 +212,7 @@ fn sharded_generation_merges_to_the_whole_run() {
     assert_eq!(card(&merged)["work_items"], card(&whole)["work_items"]);
 }
 
-/// Several paraphrases per question (issue 12): each is drawn once with its own seed and shared by
+/// Several paraphrases per question: each is drawn once with its own seed and shared by
 /// every country; the first keeps the ids and seed of a one-paraphrase run; asking for more than
 /// one without paraphrasing is refused before any work.
 #[test]

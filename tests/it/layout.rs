@@ -1,5 +1,5 @@
 //! The source tree's shape: imports point one way down the pipeline, and no files import each
-//! other through any chain (issue 15). Reads `crate::` and `super::` paths in `src/`, resolves
+//! other through any chain. Reads `crate::` and `super::` paths in `src/`, resolves
 //! each to the file that defines it, and checks the resulting graph.
 use crate::common::root;
 use std::collections::{BTreeMap, BTreeSet};

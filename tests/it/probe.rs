@@ -47,7 +47,7 @@ fn probe_end_to_end_resume_and_shards() {
     assert_eq!(samples(&full), s);
 
     // Two shards (with another batch size) merge to the same samples, bit for bit: a prompt's
-    // numbers do not depend on the batch it was scored in (issue 18).
+    // numbers do not depend on the batch it was scored in.
     let (a, _) = run("a", &["--shard", "0/2", "--batch", "3"]);
     let (b, _) = run("b", &["--shard", "1/2", "--batch", "3"]);
     assert_eq!(samples(&a).len() + samples(&b).len(), 40);
@@ -62,7 +62,7 @@ fn probe_end_to_end_resume_and_shards() {
     let merged_res = std::fs::read_to_string(merged.join("results.json")).unwrap();
     assert_eq!(merged_res, std::fs::read_to_string(full.join("results.json")).unwrap());
 
-    // Every row run whole, without prefix reuse: the same samples and results.json bytes (issue 13).
+    // Every row run whole, without prefix reuse: the same samples and results.json bytes.
     let (whole, _) = run("whole", &["--whole-rows"]);
     assert_eq!(samples(&whole), s);
     assert_eq!(std::fs::read_to_string(whole.join("results.json")).unwrap(), merged_res);

@@ -3,7 +3,7 @@ use mores::model::{LoadOptions, Model};
 use mores::score::{ScoreRequest, Scorer};
 
 // Reference distributions for common::PROMPT with labels 1-4, computed independently by
-// shared/peers/probe_bench.py --backend hf (transformers 5.24, torch 2.15, GGUF dequantized to
+// the peer script probe_bench.py --backend hf (transformers 5.24, torch 2.15, GGUF dequantized to
 // f32, P("k") + P(" k") renormalised), on 2026-11-28.
 //
 // A tolerance, not equality: other software sums in other orders, and so does mores' GEMM on

@@ -172,7 +172,7 @@ fn import_numeric_country_codes_unweighted() {
 
 /// Why raw r misleads: a model answering every question uniformly at random, correlated with
 /// human means across questions on raw WVS scores, gets a mean r of about 0.72 on the 19
-/// countries with all questions (issue 5's measurement: min 0.09, max 0.83), only because
+/// countries with all questions (measured: min 0.09, max 0.83), only because
 /// questions use different scales. After mapping each question to [0, 1] the same model is
 /// constant, so its r is undefined: it carries no information.
 #[test]

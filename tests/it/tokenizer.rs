@@ -51,7 +51,7 @@ fn vocab_file() -> std::path::PathBuf {
     crate::common::root().join("tests/data/vocab/deepseek-r1-qwen.gguf")
 }
 
-/// Issue 17: the vocabulary of DeepSeek-R1-Distill-Qwen-7B's GGUF (`tokenizer.ggml.pre =
+/// The vocabulary of DeepSeek-R1-Distill-Qwen-7B's GGUF (`tokenizer.ggml.pre =
 /// "deepseek-r1-qwen"`, Qwen2's split and NFC), metadata only (scripts/make_vocab_gguf.py), against
 /// transformers' ids on the same file for digits, spaces, newlines, CJK, emoji, code and
 /// contractions.

@@ -219,7 +219,7 @@ fn loss_falls_on_a_tiny_overfit_set_with_smollm2() {
     assert!(last < 0.5 * first, "loss did not fall: {first} -> {last}");
 }
 
-/// One prompt path (issue 15): a training example built from a survey item reads exactly the
+/// One prompt path: a training example built from a survey item reads exactly the
 /// tokens the probe scores for that item, chat template and answer cue included.
 #[test]
 fn training_context_is_the_probe_prompt() {
@@ -250,7 +250,7 @@ fn training_context_is_the_probe_prompt() {
     }
 }
 
-/// Early stopping (issue 12): validation on whole held-out questions measures the cross-country
+/// Early stopping: validation on whole held-out questions measures the cross-country
 /// r, training stops `patience` validations after the best one, the adapter at the top of OUT is
 /// the best validated one (not the last), and a resume of the stopped run trains no further.
 #[test]

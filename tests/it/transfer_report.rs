@@ -1,4 +1,4 @@
-//! The transfer report's numbers on tiny hand-made surveys and probes, no model needed (issue 12):
+//! The transfer report's numbers on tiny hand-made surveys and probes, no model needed:
 //! the references against values computed by hand, and planted effects (country differences vs
 //! typical answers only) landing at the level they were planted at.
 use mores::probe::Sample;

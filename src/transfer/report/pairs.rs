@@ -120,7 +120,7 @@ pub fn r_of(pairs: &[&Pair], idx: &[usize], x: impl Fn(&Pair) -> f64, y: impl Fn
 mod tests {
     use super::*;
 
-    /// Regression (issue 12, item 5): a change in r resampled from 5 pairs printed "-2.000 to
+    /// Regression: a change in r resampled from 5 pairs printed "-2.000 to
     /// +2.000". No CI below 5 points, nor below 8 for a change in r.
     #[test]
     fn no_interval_from_too_few_points() {
