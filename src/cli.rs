@@ -145,6 +145,11 @@ pub enum BenchCmd {
         /// median and range.
         #[arg(long, default_value_t = 1)]
         repeat: usize,
+        /// Also score the prompts through an OpenAI-compatible server serving the (one) model of
+        /// --models, e.g. llama.cpp's server started with the same threads; with --peers the table
+        /// ends with the server path's time against llama.cpp in process.
+        #[arg(long)]
+        endpoint: Option<String>,
     },
     /// Greedy decoding (the teacher's generation): prefill seconds and decode tokens/s, beside
     /// transformers and llama.cpp.
@@ -252,6 +257,9 @@ pub enum BenchCmd {
         /// Untimed warm-up batches before the clock starts (the peers' scripts default to 1).
         #[arg(long, default_value_t = 1)]
         warmup: usize,
+        /// Score through this OpenAI-compatible server instead (the model gives the tokenizer).
+        #[arg(long)]
+        endpoint: Option<String>,
     },
 }
 

@@ -89,7 +89,9 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
         Cmd::Probe(c) => probe(c, threads, !cli.quiet)?,
         Cmd::Compare { runs, out } => print!("{}", evaluate::compare(&runs, out.as_deref())?),
         Cmd::Score(c) => score(c)?,
-        Cmd::Bench { cmd: BenchCmd::Probe { models, n, batch, weights, peers, python, recipe, work, repeat } } => {
+        Cmd::Bench {
+            cmd: BenchCmd::Probe { models, n, batch, weights, peers, python, recipe, work, repeat, endpoint },
+        } => {
             let weights = weight_list(&weights)?;
             let args = mores::bench::probe::BenchArgs {
                 models: list(&models).into_iter().map(PathBuf::from).collect(),
@@ -102,6 +104,7 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
                 recipe,
                 work,
                 repeat,
+                endpoint,
             };
             print!("{}", mores::bench::probe::probe_bench(&args)?);
         }
@@ -136,9 +139,12 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
         Cmd::Bench { cmd: BenchCmd::LoraOne { model, steps, batch, seq } } => {
             println!("{}", serde_json::to_string(&mores::bench::lora::measure_one(&model, steps, batch, seq)?)?);
         }
-        Cmd::Bench { cmd: BenchCmd::ProbeOne { model, prompts, batch, weights, whole_rows, warmup } } => {
+        Cmd::Bench { cmd: BenchCmd::ProbeOne { model, prompts, batch, weights, whole_rows, warmup, endpoint } } => {
             let w = weights.parse().map_err(anyhow::Error::msg)?;
-            let m = mores::bench::probe::measure_one(&model, &prompts, batch, w, whole_rows, warmup)?;
+            let m = match endpoint {
+                Some(e) => mores::bench::probe::measure_served(&e, &model, &prompts, batch, warmup)?,
+                None => mores::bench::probe::measure_one(&model, &prompts, batch, w, whole_rows, warmup)?,
+            };
             println!("{}", serde_json::to_string(&m)?);
         }
         Cmd::Train(c) => train(c, threads, !cli.quiet)?,

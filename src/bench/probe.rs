@@ -132,6 +132,57 @@ pub fn measure_one(
     })
 }
 
+/// The child side for a served model: the same prompts sent to the server at `endpoint` (which
+/// serves `model`, whose GGUF gives the tokenizer), `batch` prompts at a time with the server's
+/// requests in flight, after the same warm-up.
+pub fn measure_served(
+    endpoint: &str,
+    model_path: &Path,
+    prompts: &Path,
+    batch: usize,
+    warmup: usize,
+) -> Result<Measurement> {
+    use crate::lm::Lm;
+    let lines: Vec<PromptLine> = crate::util::io::read_jsonl(prompts)?;
+    let section = crate::recipe::ModelSection {
+        endpoint: Some(endpoint.to_string()),
+        tokenizer: Some(model_path.to_path_buf()),
+        ..Default::default()
+    };
+    let t0 = std::time::Instant::now();
+    let served = crate::lm::served::Served::connect(&section)?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let requests = |chunk: &[PromptLine]| -> Vec<ScoreRequest> {
+        chunk.iter().map(|l| ScoreRequest { prompt: l.prompt.clone(), labels: l.options.clone() }).collect()
+    };
+    let mut none = crate::model::radix::PrefixCache::new(0);
+    let size = batch.max(served.parallelism()).max(1);
+    if let Some(first) = lines.chunks(size).next() {
+        for _ in 0..warmup {
+            served.score(&requests(first), &mut none)?;
+        }
+    }
+    let t1 = std::time::Instant::now();
+    let mut probs = BTreeMap::new();
+    for chunk in lines.chunks(size) {
+        for (l, s) in chunk.iter().zip(served.score(&requests(chunk), &mut none)?) {
+            probs.insert(l.id.clone(), s.probs);
+        }
+    }
+    let score_s = t1.elapsed().as_secs_f64();
+    Ok(Measurement {
+        backend: "mores via the server".into(),
+        reuse: None,
+        n: lines.len(),
+        batch: size,
+        load_s,
+        score_s,
+        prompts_per_s: lines.len() as f64 / score_s,
+        peak_rss_mib: peak_rss_mib(),
+        probs,
+    })
+}
+
 /// Untimed warm-up batches, the same on every side (mores' children and the peers' scripts).
 const WARMUP: usize = 1;
 
@@ -147,6 +198,8 @@ pub struct BenchArgs {
     pub work: PathBuf,
     /// Rounds: every backend once per round, in turn.
     pub repeat: usize,
+    /// An OpenAI-compatible server serving the (one) model: adds a row scored through it.
+    pub endpoint: Option<String>,
 }
 
 fn run_peer(
@@ -225,6 +278,15 @@ fn mores_child(
     super::child(&mut cmd, exe)
 }
 
+/// The served row's child process.
+fn served_child(a: &BenchArgs, exe: &Path, endpoint: &str, model: &Path, pfile: &Path) -> Result<Measurement> {
+    let mut cmd = Command::new(exe);
+    cmd.args(["--threads", &a.threads.to_string(), "bench", "probe-one", "--model"]).arg(model).arg("--prompts");
+    cmd.arg(pfile).args(["--batch", &a.batch.to_string(), "--weights", "stored", "--endpoint", endpoint]);
+    cmd.args(["--warmup", &WARMUP.to_string()]);
+    super::child(&mut cmd, exe)
+}
+
 /// Run the benchmark and return a markdown table. Every backend runs `repeat` times, the
 /// backends taking turns (A B C A B C ...), so a drift of the machine's speed hits them alike;
 /// the table gives the median and the range of prompts/s.
@@ -235,6 +297,11 @@ pub fn probe_bench(a: &BenchArgs) -> Result<String> {
             "bench probe needs --n, --batch and --repeat >= 1 (got {}, {}, {})",
             a.n, a.batch, a.repeat
         )));
+    }
+    if a.endpoint.is_some() && a.models.len() != 1 {
+        return Err(Error::Invalid(
+            "bench probe --endpoint measures the one model the server serves: give it with --models".into(),
+        ));
     }
     let recipe = ProbeRecipe::load(&a.recipe)?;
     let survey = Survey::load(&recipe.survey.data)?;
@@ -263,6 +330,9 @@ pub fn probe_bench(a: &BenchArgs) -> Result<String> {
         for round in 0..a.repeat {
             for &(w, whole) in &sides {
                 push(&mut series, mores_child(a, &exe, model_path, &pfile, w, whole)?);
+            }
+            if let Some(e) = &a.endpoint {
+                push(&mut series, served_child(a, &exe, e, model_path, &pfile)?);
             }
             if let Some(peers) = &a.peers {
                 for backend in ["hf", "llamacpp"] {
@@ -304,6 +374,18 @@ pub fn probe_bench(a: &BenchArgs) -> Result<String> {
                 speed(best).0 / med,
                 rss / best.spread(|m| m.peak_rss_mib).0,
                 max_diff(best.last(), m).map(|d| format!("{d:.1e}")).unwrap_or_else(|| "–".into())
+            );
+        }
+        // Through the server against llama.cpp in process (the same engine, no HTTP): the
+        // client's overhead.
+        let row = |b: &str| series.iter().find(|s| s.last().backend == b).map(speed);
+        if let (Some(via), Some(direct)) = (row("mores via the server"), row("llama.cpp (quantized)")) {
+            let _ = writeln!(
+                out,
+                "\n{name}: through the server {:.2} prompts/s, llama.cpp in process {:.2}: the server path takes {:.2}x the time (medians).",
+                via.0,
+                direct.0,
+                direct.0 / via.0
             );
         }
     }
