@@ -239,7 +239,7 @@ pub fn generate(a: &GenerateArgs) -> Result<Card> {
             )));
         }
     }
-    let teacher = crate::lm::open(&teacher_sec, None, "teacher")?;
+    let teacher = crate::lm::open(&teacher_sec, "teacher")?;
     let teacher = teacher.as_ref();
     let guard = Guard::new(&survey, &split, g.leak_ngram, g.leak_threshold)?;
 

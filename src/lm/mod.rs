@@ -18,7 +18,6 @@ use crate::score::{OptionScores, ScoreRequest};
 use crate::util::error::{Error, Result};
 use crate::util::manifest::ModelInfo;
 use rand_chacha::ChaCha8Rng;
-use std::path::Path;
 
 /// A continuation of a prompt.
 pub struct Generated {
@@ -57,13 +56,12 @@ pub trait Lm: Sync {
     }
 }
 
-/// The model a recipe section names: loaded in process from `path` (or `default_path`), or
-/// reached at its `endpoint`.
-pub fn open(section: &ModelSection, default_path: Option<&Path>, what: &str) -> Result<Box<dyn Lm>> {
+/// The model a recipe section names: loaded in process from `path`, or reached at its `endpoint`.
+pub fn open(section: &ModelSection, what: &str) -> Result<Box<dyn Lm>> {
     if section.endpoint.is_some() {
         return Ok(Box::new(served::Served::connect(section)?));
     }
-    let path = section.path.as_deref().or(default_path).ok_or_else(|| {
+    let path = section.path.as_deref().ok_or_else(|| {
         Error::Invalid(format!("no {what} model: set [{what}] path (a GGUF file or model folder) or endpoint"))
     })?;
     let m = crate::model::Model::load(path, &crate::model::LoadOptions::for_weights(section.weights))?;

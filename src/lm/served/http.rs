@@ -32,12 +32,6 @@ impl Client {
         Self { agent, base: base.trim_end_matches('/').to_string(), key, retries, backoff: Duration::from_millis(250) }
     }
 
-    /// Shorter waits between tries (tests of a failing server).
-    pub fn with_backoff(mut self, first: Duration) -> Self {
-        self.backoff = first;
-        self
-    }
-
     pub fn get(&self, path: &str) -> Result<Value> {
         self.call(path, None)
     }

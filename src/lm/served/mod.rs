@@ -110,12 +110,6 @@ impl Served {
         Ok(Self { client, model_id, tok, chat, mode, top_k, in_flight, info })
     }
 
-    /// The same client with shorter backoff (tests of a failing server).
-    pub fn with_backoff(mut self, first: Duration) -> Self {
-        self.client = self.client.with_backoff(first);
-        self
-    }
-
     fn completion(&self, body: Value) -> Result<Value> {
         let v = self.client.post("/completions", &body)?;
         v.get("choices").and_then(|c| c.get(0)).cloned().ok_or_else(|| {
