@@ -58,6 +58,14 @@ pub enum Cmd {
         /// Output folder (default: the recipe's [transfer] out, else runs/NAME).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Override a recipe key: SECTION.KEY=VALUE (a TOML value; repeatable; recorded in the
+        /// manifest's command and resolved recipe), e.g. --set train.epochs=5.
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        sets: Vec<String>,
+        /// Print the resolved recipe, the work each stage would do and an estimated time; load
+        /// no model, write nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Fine-tune a LoRA adapter on a synthetic dataset.
     Train(TrainCmd),
@@ -67,12 +75,20 @@ pub enum Cmd {
         #[arg(long)]
         recipe: PathBuf,
         /// Dataset path (NAME.jsonl); NAME.card.json, NAME.log.jsonl and NAME.split.json go beside it.
-        #[arg(long)]
-        out: PathBuf,
+        #[arg(long, required_unless_present = "dry_run")]
+        out: Option<PathBuf>,
         /// Do slice I of N (0-based) into NAME.shard-I-of-N.jsonl; defaults to
         /// SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT. Join with `mores dataset merge`.
         #[arg(long)]
         shard: Option<Shard>,
+        /// Override a recipe key: SECTION.KEY=VALUE (a TOML value; repeatable; recorded in the
+        /// manifest's command and resolved recipe), e.g. --set train.epochs=5.
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        sets: Vec<String>,
+        /// Print the resolved recipe, the work each stage would do and an estimated time; load
+        /// no model, write nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Dataset tools.
     Dataset {
@@ -368,8 +384,16 @@ pub struct ProbeCmd {
     #[arg(long)]
     pub whole_rows: bool,
     /// Output folder: results.json, samples.jsonl, report.md, plots/, manifest.json, cache/.
-    #[arg(long, required = true)]
+    #[arg(long, required_unless_present = "dry_run")]
     pub out: Option<PathBuf>,
+    /// Override a recipe key: SECTION.KEY=VALUE (a TOML value; repeatable; recorded in the
+    /// manifest's command and resolved recipe), e.g. --set train.epochs=5.
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Print the resolved recipe, the work each stage would do and an estimated time; load
+    /// no model, write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Subcommand)]
@@ -422,14 +446,14 @@ pub struct ScoreCmd {
 #[derive(clap::Args)]
 pub struct TrainCmd {
     /// Distill recipe ([student], [lora], [train]).
-    #[arg(long, default_value = "recipes/distill/default.toml")]
+    #[arg(long, default_value = "recipes/distill/recommended.toml")]
     pub recipe: PathBuf,
     /// Dataset (JSONL records, see `mores generate`).
     #[arg(long)]
     pub data: PathBuf,
     /// Output folder: adapter (PEFT format), checkpoint, loss.jsonl, loss.svg, manifest.json.
-    #[arg(long)]
-    pub out: PathBuf,
+    #[arg(long, required_unless_present = "dry_run")]
+    pub out: Option<PathBuf>,
     /// Continue the checkpoint in OUT.
     #[arg(long)]
     pub resume: bool,
@@ -442,6 +466,14 @@ pub struct TrainCmd {
     /// Checkpoint and stop after N steps of this invocation; continue later with --resume.
     #[arg(long)]
     pub stop_after: Option<usize>,
+    /// Override a recipe key: SECTION.KEY=VALUE (a TOML value; repeatable; recorded in the
+    /// manifest's command and resolved recipe), e.g. --set train.epochs=5.
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Print the resolved recipe, the work each stage would do and an estimated time; load
+    /// no model, write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// The shard of a SLURM array task. Both variables or neither; a value that is not a number or

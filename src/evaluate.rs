@@ -29,11 +29,13 @@ pub struct ProbeArgs {
     /// No prefix reuse (same numbers; a check).
     pub whole_rows: bool,
     pub progress: bool,
+    /// `--set section.key=value` recipe overrides.
+    pub sets: Vec<String>,
 }
 
 /// Recipe plus command-line overrides, validated before any model is loaded.
 pub fn resolve_recipe(a: &ProbeArgs, survey_check: bool) -> Result<(ProbeRecipe, Survey)> {
-    let mut recipe = ProbeRecipe::load(&a.recipe)?;
+    let mut recipe = ProbeRecipe::load_with(&a.recipe, &a.sets)?;
     if let Some(m) = &a.model {
         recipe.model.path = Some(m.clone());
         recipe.model.endpoint = None;

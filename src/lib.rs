@@ -21,6 +21,7 @@
 //! - [`evaluate`]: the probe stage end to end (recipe -> samples -> results -> files), shard
 //!   merge and run comparison.
 //! - [`generate`] -> [`train`] -> [`transfer`]: teacher data, LoRA training, before/after.
+//! - [`plan`]: `--dry-run`: the resolved recipe, each stage's work and an estimated time.
 //! - [`bench`]: throughput against the reference Python stack.
 pub mod util;
 
@@ -49,5 +50,7 @@ pub mod generate;
 pub mod train;
 
 pub mod transfer;
+
+pub mod plan;
 
 pub mod bench;

@@ -94,14 +94,14 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
         } => {
             let weights = weight_list(&weights)?;
             let args = mores::bench::probe::BenchArgs {
-                models: list(&models).into_iter().map(PathBuf::from).collect(),
+                models: list(&models).into_iter().map(|m| locate(PathBuf::from(m))).collect(),
                 n,
                 batch,
                 threads,
                 weights,
                 peers,
                 python,
-                recipe,
+                recipe: locate(recipe),
                 work,
                 repeat,
                 endpoint,
@@ -148,22 +148,31 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
             println!("{}", serde_json::to_string(&m)?);
         }
         Cmd::Train(c) => train(c, threads, !cli.quiet)?,
-        Cmd::Run { recipe, recipe_arg, out } => {
-            let recipe = recipe.or(recipe_arg).unwrap_or_else(|| PathBuf::from("recipes/transfer/quickstart.toml"));
-            let args = mores::transfer::RunArgs { recipe, out, threads, progress: !cli.quiet };
-            let r = mores::transfer::run(&args)?;
-            println!("{}", r.verdict);
+        Cmd::Run { recipe, recipe_arg, out, sets, dry_run } => {
+            let recipe =
+                locate(recipe.or(recipe_arg).unwrap_or_else(|| PathBuf::from("recipes/transfer/quickstart.toml")));
+            let args = mores::transfer::RunArgs { recipe, out, threads, progress: !cli.quiet, sets };
+            if dry_run {
+                print!("{}", mores::plan::run(&args)?);
+            } else {
+                let r = mores::transfer::run(&args)?;
+                println!("{}", r.verdict);
+            }
         }
-        Cmd::Generate { recipe, out, shard } => {
+        Cmd::Generate { recipe, out, shard, sets, dry_run } => {
             let args = mores::generate::GenerateArgs {
-                recipe,
-                out: out.clone(),
+                recipe: locate(recipe),
+                out: out.unwrap_or_else(|| PathBuf::from("dataset.jsonl")),
                 shard: shard.map_or_else(slurm_shard, |s| Ok(Some(s)))?,
                 progress: !cli.quiet,
                 countries: None,
+                sets,
             };
-            let c = mores::generate::generate(&args)?;
-            print_card(&c);
+            if dry_run {
+                print!("{}", mores::plan::generate(&args, threads)?);
+            } else {
+                print_card(&mores::generate::generate(&args)?);
+            }
         }
         Cmd::Dataset { cmd: DatasetCmd::Stats { file } } => print!("{}", mores::generate::stats(&file)?),
         Cmd::Dataset { cmd: DatasetCmd::Merge { out, shards } } => {
@@ -174,15 +183,22 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
             let n = mores::model::export::merge_and_export(&model, &adapter, &out)?;
             println!("merged {n} LoRA modules; wrote {}", out.display());
         }
-        Cmd::Survey { cmd: SurveyCmd::Import { file, out, template } } => survey_import(&file, &template, &out)?,
+        Cmd::Survey { cmd: SurveyCmd::Import { file, out, template } } => {
+            survey_import(&file, &locate(template), &out)?
+        }
         Cmd::Survey { cmd: SurveyCmd::Stats { data } } => {
-            print!("{}", mores::survey::Survey::load(&data)?.stats_table());
+            print!("{}", mores::survey::Survey::load(locate(data))?.stats_table());
         }
     }
     Ok(())
 }
 
 /// `--weights a,b`: at least one weight form, each known.
+/// A default or relative input path, found from outside the checkout too (see util::paths).
+fn locate(p: PathBuf) -> PathBuf {
+    mores::util::paths::locate(&p)
+}
+
 fn weight_list(weights: &str) -> Result<Vec<mores::recipe::WeightMode>> {
     let w = list(weights).iter().map(|w| w.parse()).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg)?;
     anyhow::ensure!(!w.is_empty(), "--weights names no weight form: give one or more of stored, q8, f32");
@@ -207,10 +223,16 @@ fn probe(c: cli::ProbeCmd, threads: usize, progress: bool) -> Result<()> {
         adapter,
         whole_rows,
         out,
+        sets,
+        dry_run,
     } = c;
-    let out = out.ok_or_else(|| anyhow::anyhow!("mores probe needs --out DIR"))?;
+    let out = match (out, dry_run) {
+        (Some(o), _) => o,
+        (None, true) => PathBuf::new(),
+        (None, false) => anyhow::bail!("mores probe needs --out DIR"),
+    };
     let args = ProbeArgs {
-        recipe,
+        recipe: locate(recipe),
         model,
         served: endpoint.map(|e| (e, served_model, tokenizer)),
         countries: countries.as_deref().map(|c| strict_list("--countries", c)).transpose()?,
@@ -225,7 +247,12 @@ fn probe(c: cli::ProbeCmd, threads: usize, progress: bool) -> Result<()> {
         weights: weights.map(|w| w.parse()).transpose().map_err(anyhow::Error::msg)?,
         whole_rows,
         progress,
+        sets,
     };
+    if dry_run {
+        print!("{}", mores::plan::probe(&args)?);
+        return Ok(());
+    }
     let r = evaluate::probe(&args)?;
     print_summary(&r, &out);
     Ok(())
@@ -256,9 +283,10 @@ fn score(c: cli::ScoreCmd) -> Result<()> {
 }
 
 fn train(c: cli::TrainCmd, threads: usize, progress: bool) -> Result<()> {
-    let cli::TrainCmd { recipe, data, out, resume, model, max_steps, stop_after } = c;
+    let cli::TrainCmd { recipe, data, out, resume, model, max_steps, stop_after, sets, dry_run } = c;
+    let out = out.unwrap_or_default();
     let args = mores::train::TrainArgs {
-        recipe,
+        recipe: locate(recipe),
         data,
         out: out.clone(),
         resume,
@@ -267,7 +295,12 @@ fn train(c: cli::TrainCmd, threads: usize, progress: bool) -> Result<()> {
         stop_after,
         threads,
         progress,
+        sets,
     };
+    if dry_run {
+        print!("{}", mores::plan::train(&args)?);
+        return Ok(());
+    }
     let s = mores::train::train(&args)?;
     let f = |x: Option<f64>| x.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
     println!(

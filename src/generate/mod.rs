@@ -11,6 +11,7 @@ pub mod contrast;
 pub mod dataset;
 pub mod leak;
 pub mod parse;
+pub mod plan;
 mod record;
 
 use crate::generate::dataset::Record;
@@ -79,6 +80,8 @@ pub struct GenerateArgs {
     pub progress: bool,
     /// Replaces [generate] countries (`mores run` generates for the countries it probes).
     pub countries: Option<Vec<String>>,
+    /// `--set section.key=value` recipe overrides.
+    pub sets: Vec<String>,
 }
 
 pub fn paths(out: &Path, shard: Option<Shard>) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
@@ -211,7 +214,7 @@ fn resume(log_path: &Path, out: &Path) -> Result<(JsonlLog, Vec<LogLine>, JsonlL
 }
 
 pub fn generate(a: &GenerateArgs) -> Result<Card> {
-    let recipe = DistillRecipe::load(&a.recipe)?;
+    let recipe = DistillRecipe::load_with(&a.recipe, &a.sets)?;
     let err = |msg: &str| Error::Recipe { path: a.recipe.clone(), msg: msg.into() };
     let mut g = recipe.generate.clone().ok_or_else(|| err("no [generate] section"))?;
     if let Some(c) = &a.countries {

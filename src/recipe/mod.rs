@@ -354,12 +354,56 @@ trait Recipe: serde::de::DeserializeOwned {
     /// Model sections that name an endpoint are served: a `path` inherited from an included
     /// recipe is dropped.
     fn models_mut(&mut self) -> Vec<&mut ModelSection>;
+    /// Survey data folders the recipe reads.
+    fn data_mut(&mut self) -> Vec<&mut PathBuf>;
     fn validate(&self) -> std::result::Result<(), String>;
+}
+
+/// One `--set section.key=value` override: a dotted key path into the recipe, and a TOML value
+/// (`5`, `1e-3`, `true`, `["USA", "DEU"]`, `"text"`); a value that is not TOML is taken as a
+/// string, so `--set model.path=checkpoints/m.gguf` needs no quotes.
+fn parse_set(set: &str) -> std::result::Result<(Vec<String>, toml::Value), String> {
+    let bad = || format!("--set {set:?}: expected section.key=value, e.g. train.epochs=5");
+    let (key, value) = set.split_once('=').ok_or_else(bad)?;
+    let path: Vec<String> = key.trim().split('.').map(|k| k.trim().to_string()).collect();
+    if path.iter().any(|k| k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')) {
+        return Err(bad());
+    }
+    if path.first().is_some_and(|k| k == "include") {
+        return Err(format!("--set {set:?}: include cannot be overridden; pass the other recipe with --recipe"));
+    }
+    let value = value.trim();
+    let parsed = format!("v = {value}").parse::<toml::Table>().ok().and_then(|mut t| t.remove("v"));
+    Ok((path, parsed.unwrap_or_else(|| toml::Value::String(value.to_string()))))
+}
+
+/// Applies `--set` overrides to a merged recipe table; a table the key path walks through is
+/// created when missing (deserialisation then rejects an unknown section or key by name).
+pub fn apply_sets(table: &mut toml::Table, sets: &[String]) -> std::result::Result<(), String> {
+    for set in sets {
+        let (path, value) = parse_set(set)?;
+        let (last, parents) = path.split_last().expect("a key path has at least one part");
+        let mut t = &mut *table;
+        for (i, k) in parents.iter().enumerate() {
+            let entry = t.entry(k.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            t = entry
+                .as_table_mut()
+                .ok_or_else(|| format!("--set {set:?}: {} is a value, not a section", path[..=i].join(".")))?;
+        }
+        t.insert(last.clone(), value);
+    }
+    Ok(())
 }
 
 /// Read, merge includes, deserialise (unknown keys are errors), name and validate a recipe.
 fn load_recipe<R: Recipe>(path: &Path) -> Result<R> {
-    let table = load_table(path)?;
+    load_recipe_with(path, &[])
+}
+
+/// [`load_recipe`] with `--set section.key=value` overrides applied after the includes merge.
+fn load_recipe_with<R: Recipe>(path: &Path, sets: &[String]) -> Result<R> {
+    let mut table = load_table(path)?;
+    apply_sets(&mut table, sets).map_err(|msg| Error::Recipe { path: path.to_path_buf(), msg })?;
     if table.get("train").and_then(|t| t.get("chat")).is_some() {
         // Two chat settings could train the student on one prompt format and probe it on another.
         let msg = "train.chat is no longer read: [prompt] chat sets the chat format for the probe, the teacher and training alike (remove train.chat)";
@@ -372,6 +416,12 @@ fn load_recipe<R: Recipe>(path: &Path) -> Result<R> {
         if m.endpoint.is_some() {
             m.path = None;
         }
+        // Shipped models and tokenizers are found from outside the checkout too.
+        m.path = m.path.take().map(|p| crate::util::paths::locate(&p));
+        m.tokenizer = m.tokenizer.take().map(|p| crate::util::paths::locate(&p));
+    }
+    for p in r.data_mut() {
+        *p = crate::util::paths::locate(p);
     }
     if r.name_mut().is_empty() {
         *r.name_mut() = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
@@ -387,6 +437,9 @@ impl Recipe for ProbeRecipe {
     fn models_mut(&mut self) -> Vec<&mut ModelSection> {
         vec![&mut self.model]
     }
+    fn data_mut(&mut self) -> Vec<&mut PathBuf> {
+        vec![&mut self.survey.data]
+    }
     fn validate(&self) -> std::result::Result<(), String> {
         ProbeRecipe::validate(self)
     }
@@ -399,6 +452,9 @@ impl Recipe for DistillRecipe {
     fn models_mut(&mut self) -> Vec<&mut ModelSection> {
         std::iter::once(&mut self.student).chain(self.teacher.as_mut()).collect()
     }
+    fn data_mut(&mut self) -> Vec<&mut PathBuf> {
+        self.generate.as_mut().map(|g| &mut g.data).into_iter().collect()
+    }
     fn validate(&self) -> std::result::Result<(), String> {
         DistillRecipe::validate(self)
     }
@@ -407,6 +463,11 @@ impl Recipe for DistillRecipe {
 impl ProbeRecipe {
     pub fn load(path: &Path) -> Result<Self> {
         load_recipe(path)
+    }
+
+    /// [`ProbeRecipe::load`] with `--set section.key=value` overrides.
+    pub fn load_with(path: &Path, sets: &[String]) -> Result<Self> {
+        load_recipe_with(path, sets)
     }
 
     pub fn validate(&self) -> std::result::Result<(), String> {
@@ -533,6 +594,11 @@ impl DistillRecipe {
         load_recipe(path)
     }
 
+    /// [`DistillRecipe::load`] with `--set section.key=value` overrides.
+    pub fn load_with(path: &Path, sets: &[String]) -> Result<Self> {
+        load_recipe_with(path, sets)
+    }
+
     pub fn validate(&self) -> std::result::Result<(), String> {
         self.lora.validate()?;
         if let Some(g) = &self.generate {
@@ -630,6 +696,36 @@ mod tests {
         assert_eq!((g.sampling.temperature, g.sampling.top_k), (0.7, 5));
         // Defaults fill what no file sets.
         assert_eq!(r.train.batch, 4);
+    }
+
+    /// `--set` values are TOML where they parse (numbers, booleans, arrays), strings otherwise;
+    /// they win over every included file, and a bad or unknown key is named.
+    #[test]
+    fn set_overrides_win_over_includes_and_name_bad_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("base.toml"), "[train]\nlr = 1e-3\nepochs = 3\n").unwrap();
+        let top = dir.path().join("top.toml");
+        std::fs::write(&top, "include = \"base.toml\"\n[train]\nepochs = 2\n").unwrap();
+        let sets = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let r = DistillRecipe::load_with(
+            &top,
+            &sets(&["train.epochs=7", "train.lr = 5e-4", "lora.targets=[\"q_proj\"]", "student.path=m/x.gguf"]),
+        )
+        .unwrap();
+        assert_eq!((r.train.epochs, r.train.lr), (7, 5e-4));
+        assert_eq!(r.lora.targets, vec!["q_proj".to_string()]);
+        assert_eq!(r.student.path, Some(PathBuf::from("m/x.gguf")));
+        for (bad, msg) in [
+            ("train.epochs", "expected section.key=value"),
+            ("train..epochs=1", "expected section.key=value"),
+            ("include=x.toml", "include cannot be overridden"),
+            ("train.epochs.x=1", "train.epochs is a value, not a section"),
+            ("train.epoch=1", "epoch"),
+            ("train.epochs=0", "train.epochs"),
+        ] {
+            let e = DistillRecipe::load_with(&top, &sets(&[bad])).unwrap_err().to_string();
+            assert!(e.contains(msg) && !e.contains('\n'), "{bad}: {e}");
+        }
     }
 
     /// `[train] frozen_rows_mib` only sizes a cache (results are the same whatever it holds), so

@@ -37,10 +37,16 @@ pub struct TransferSection {
     /// Default: a cache inside each probe stage's folder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub score_cache: Option<PathBuf>,
-    /// Option orders of the before/after/teacher probes (see [scoring] orders); `reversed`
-    /// doubles their cost and cancels position preferences.
-    #[serde(default, skip_serializing_if = "OrderMode::is_original")]
+    /// Option orders of the before/after/teacher probes (see [scoring] orders). Default
+    /// `reversed`: each item in the original and the reversed order, averaged, as the main probe
+    /// does, so a student that learned a position preference does not read as one that learned
+    /// the answers; it doubles the probes' prompts. `original` is the study's single order.
+    #[serde(default = "both_orders")]
     pub probe_orders: OrderMode,
+}
+
+fn both_orders() -> OrderMode {
+    OrderMode::Reversed
 }
 
 impl TransferSection {

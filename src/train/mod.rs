@@ -45,6 +45,8 @@ pub struct TrainArgs {
     pub stop_after: Option<usize>,
     pub threads: usize,
     pub progress: bool,
+    /// `--set section.key=value` recipe overrides.
+    pub sets: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -547,7 +549,7 @@ fn start_or_resume(
 }
 
 pub fn train(a: &TrainArgs) -> Result<Summary> {
-    let mut recipe = DistillRecipe::load(&a.recipe)?;
+    let mut recipe = DistillRecipe::load_with(&a.recipe, &a.sets)?;
     if let Some(m) = &a.model {
         recipe.student.path = Some(m.clone());
     }

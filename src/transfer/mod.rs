@@ -3,6 +3,7 @@
 //! student with the adapter (after) -> transfer report. Each stage is keyed by the content
 //! hashes of its inputs and skipped when they are unchanged; generate and train resume from
 //! their own checkpoints, so a rerun after a crash continues where it stopped.
+pub mod dry;
 pub mod report;
 
 use crate::evaluate::{probe_with, ProbeRun};
@@ -21,6 +22,8 @@ pub struct RunArgs {
     pub out: Option<PathBuf>,
     pub threads: usize,
     pub progress: bool,
+    /// `--set section.key=value` recipe overrides, applied to every stage.
+    pub sets: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -134,7 +137,7 @@ struct Plan {
 
 impl Plan {
     fn new(a: &RunArgs) -> Result<Self> {
-        let recipe = DistillRecipe::load(&a.recipe)?;
+        let recipe = DistillRecipe::load_with(&a.recipe, &a.sets)?;
         let rerr = |msg: String| Error::Recipe { path: a.recipe.clone(), msg };
         let t = recipe.transfer.clone().ok_or_else(|| rerr("no [transfer] section".into()))?;
         let g = recipe.generate.clone().ok_or_else(|| rerr("no [generate] section".into()))?;
@@ -244,6 +247,7 @@ fn generate_stage(a: &RunArgs, p: &Plan, gen_dir: &Path, dataset: &Path, split_p
         shard: None,
         progress: a.progress,
         countries: Some(p.countries.clone()),
+        sets: a.sets.clone(),
     };
     let card = crate::generate::generate(&args)?;
     if card.kept == 0 {
@@ -263,6 +267,7 @@ fn train_stage(a: &RunArgs, dataset: &Path, adapter_dir: &Path) -> Result<()> {
         stop_after: None,
         threads: a.threads,
         progress: a.progress,
+        sets: a.sets.clone(),
     };
     crate::train::train(&args).map(|_| ())
 }

@@ -7,6 +7,7 @@ pub mod fmt;
 pub mod io;
 pub mod lock;
 pub mod manifest;
+pub mod paths;
 pub mod progress;
 pub mod seed;
 pub mod shard;

@@ -23,6 +23,7 @@ mod cli;
 mod common;
 mod correlate;
 mod debias;
+mod dry_run;
 mod fuzz;
 mod generate;
 mod hostile;
