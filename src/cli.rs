@@ -112,6 +112,19 @@ pub enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Write probe and transfer runs as long-format tables (CSV or Parquet) for pandas, R or
+    /// DuckDB: one row per observation, CIs as _lo/_hi columns.
+    Export {
+        /// Run folders: probe outputs (results.json) or transfer outputs (transfer.json).
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// File format of the tables.
+        #[arg(long, value_enum, default_value = "csv")]
+        format: mores::export::Format,
+        /// Folder for the tables (TABLE.csv or TABLE.parquet).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Score one prompt: next-token probabilities of option labels.
     Score(ScoreCmd),
     /// Benchmarks against the Python reference stack, measured in the same run.

@@ -22,6 +22,7 @@
 //!   merge and run comparison.
 //! - [`generate`] -> [`train`] -> [`transfer`]: teacher data, LoRA training, before/after.
 //! - [`plan`]: `--dry-run`: the resolved recipe, each stage's work and an estimated time.
+//! - [`export`]: probe and transfer runs as long-format CSV or Parquet tables.
 //! - [`bench`]: throughput against the reference Python stack.
 pub mod util;
 
@@ -52,5 +53,7 @@ pub mod train;
 pub mod transfer;
 
 pub mod plan;
+
+pub mod export;
 
 pub mod bench;

@@ -89,6 +89,11 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
         Cmd::Probe(c) => probe(c, threads, !cli.quiet)?,
         Cmd::Compare { runs, out } => print!("{}", evaluate::compare(&runs, out.as_deref())?),
         Cmd::Score(c) => score(c)?,
+        Cmd::Export { runs, format, out } => {
+            for e in mores::export::export(&runs, format, &out)? {
+                println!("{:>8} rows  {}", e.rows, e.path.display());
+            }
+        }
         Cmd::Bench {
             cmd: BenchCmd::Probe { models, n, batch, weights, peers, python, recipe, work, repeat, endpoint },
         } => {

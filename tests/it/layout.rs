@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Stages from the bottom up: a file may import its own stage and those before it, never after.
-const STAGES: [&str; 16] = [
+const STAGES: [&str; 17] = [
     "util", "recipe", "survey", "model", "score", "lm", "prompt", "probe", "analysis", "report", "evaluate",
-    "generate", "train", "transfer", "plan", "bench",
+    "generate", "train", "transfer", "plan", "export", "bench",
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

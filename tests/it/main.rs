@@ -24,6 +24,7 @@ mod common;
 mod correlate;
 mod debias;
 mod dry_run;
+mod export;
 mod fuzz;
 mod generate;
 mod hostile;

@@ -4,7 +4,7 @@
 use crate::common::{assert_clean_error, mores, stderr, tiny_model};
 use std::path::Path;
 
-fn recipe(dir: &Path, extra_train: &str) -> std::path::PathBuf {
+pub(crate) fn recipe(dir: &Path, extra_train: &str) -> std::path::PathBuf {
     let student = tiny_model(&dir.join("student"), "llama", 1);
     let teacher = tiny_model(&dir.join("teacher"), "gemma3", 2);
     let data = crate::common::root().join("data/wvs");
