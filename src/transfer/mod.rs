@@ -58,7 +58,9 @@ fn path_sha256(p: &Path) -> Result<String> {
 /// layout change, so that finished runs rewrite their report instead of keeping the old one.
 /// 2: no bootstrap CI from fewer than 5 points (8 for a change in r).
 /// 3: question-level and country-level verdicts apart, swap control, references, persona spread.
-const REPORT_SCHEMA: &str = "report/3";
+/// 4: references over the student's own training questions, k-neighbour references, each
+///    reference's CI and difference from the student.
+const REPORT_SCHEMA: &str = "report/4";
 
 fn key(parts: &[&str]) -> String {
     sha256_hex(parts.join("\u{1f}").as_bytes())
@@ -335,6 +337,8 @@ pub fn run(a: &RunArgs) -> Result<report::TransferReport> {
             heldout: &p.heldout,
             train: &p.train_probe,
             train_split: &p.split.train,
+            trained: &report::trained_questions(&dataset, &p.survey),
+            neighbours: t.neighbours,
             min_countries: t.min_countries,
             bootstrap: t.bootstrap,
             seed: t.seed,

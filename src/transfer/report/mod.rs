@@ -2,10 +2,12 @@
 //! trained on, and at which level? Question-level (`within.rs`: per country, r across questions)
 //! and country-level (`country.rs`: per question, r across countries, the country-swap control,
 //! persona spread) are computed and judged apart (`verdict.rs`), beside references on the same
-//! pairs (`reference.rs`: typical answer, lexical neighbour, teacher), for the held-out questions
-//! and, to tell fitting from transferring, for probed training questions.
+//! pairs (`reference.rs`: typical answer, lexical and k-neighbour references from the training
+//! split and from the student's own training questions, teacher), for the held-out questions and,
+//! to tell fitting from transferring, for probed training questions.
 mod country;
 mod markdown;
+mod neighbour;
 mod pairs;
 mod reference;
 mod verdict;
@@ -13,8 +15,9 @@ mod within;
 
 pub use country::{derangement, CountryLevel, Profile, QuestionCross, SwapControl, DEFAULT_MIN_COUNTRIES};
 pub use markdown::markdown;
+pub use neighbour::ranked_neighbours;
 pub use pairs::Delta;
-pub use reference::{ranked_neighbours, Neighbour, Reference, References};
+pub use reference::{k_name, Neighbour, Reference, References, LEXICAL_SPLIT, LEXICAL_TRAINED};
 pub use within::{CountryDelta, GroupDelta, QuestionLevel};
 
 use crate::survey::Survey;
@@ -32,8 +35,13 @@ pub struct Inputs<'a> {
     pub teacher: Option<&'a Path>,
     pub heldout: &'a [String],
     pub train: &'a [String],
-    /// Every training-split question: the lexical-neighbour reference's pool.
+    /// Every training-split question: the first pool of the neighbour references.
     pub train_split: &'a [String],
+    /// The questions the student's training data was made from (`trained_questions` of the
+    /// dataset): the second pool of the neighbour references; empty leaves those rows out.
+    pub trained: &'a [String],
+    /// How many nearest questions the k-neighbour references average.
+    pub neighbours: usize,
     /// Fewest countries per question for cross-country r.
     pub min_countries: usize,
     pub bootstrap: usize,
@@ -89,7 +97,7 @@ fn subset(
     let pairs = pairs::collect(inp.survey, qs, before, after, teacher)?;
     let question_level = within::compute(&pairs, inp.survey, inp.bootstrap, inp.seed, tag)?;
     let country_level = country::compute(&pairs, inp.min_countries, inp.bootstrap, inp.seed, tag);
-    let references = reference::compute(&pairs, inp.survey, inp.train_split, teacher, inp.min_countries)?;
+    let references = reference::compute(&pairs, inp, teacher, tag)?;
     Ok(SubsetReport {
         n_questions: country::by_question(&pairs).len(),
         n_countries: question_level.countries.len(),
@@ -137,6 +145,18 @@ pub fn build(inp: &Inputs) -> Result<TransferReport> {
         verdict,
         stage_seconds: BTreeMap::new(),
     })
+}
+
+/// The distinct source questions of a dataset's records (`question_id`) that the survey knows, in
+/// questionnaire order: what the student was trained on. Empty when the file cannot be read or
+/// its records name no question (qa mode).
+pub fn trained_questions(dataset: &Path, survey: &Survey) -> Vec<String> {
+    let records = crate::util::io::read_jsonl::<crate::generate::dataset::Record>(dataset).unwrap_or_default();
+    let mut qs: Vec<String> =
+        records.into_iter().filter_map(|r| r.question_id).filter(|q| survey.question(q).is_ok()).collect();
+    qs.sort_by(|a, b| (crate::survey::question_sort_key(a), a).cmp(&(crate::survey::question_sort_key(b), b)));
+    qs.dedup();
+    qs
 }
 
 pub fn write(out: &Path, r: &TransferReport) -> Result<()> {
