@@ -59,7 +59,7 @@ fn path_sha256(p: &Path) -> Result<String> {
 /// 2: no bootstrap CI from fewer than 5 points (8 for a change in r).
 /// 3: question-level and country-level verdicts apart, swap control, references, persona spread.
 /// 4: references over the student's own training questions, k-neighbour references, each
-///    reference's CI and difference from the student.
+///    reference's CI and difference from the student; transfer.json's schema field.
 const REPORT_SCHEMA: &str = "report/4";
 
 fn key(parts: &[&str]) -> String {

@@ -89,6 +89,7 @@ fn pipeline_runs_skips_and_resumes_on_tiny_models() {
             "teacher"
         ]
     );
+    assert_eq!(rep["schema"], "mores.transfer/2", "{rep}");
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("Held-out questions") && md.contains("Training questions") && md.contains("teacher"));
     assert!(md.contains("### Country level") && md.contains("swap gap") && md.contains("lexical neighbour"), "{md}");

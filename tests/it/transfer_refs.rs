@@ -1,7 +1,7 @@
 //! The transfer report's neighbour references on a tiny hand-made survey, against values computed
 //! by hand: the lexical neighbour from the student's own training questions only, the k-neighbour
 //! z-score average with a country missing a neighbour, the student-minus-reference difference and
-//! its pairing.
+//! its pairing; transfer.json's schema field.
 use crate::transfer_report::{close, pearson, s3, sample, write_probe, Tiny};
 use mores::probe::Sample;
 use mores::survey::Survey;
@@ -252,4 +252,33 @@ fn student_minus_reference_is_paired_over_questions() {
         // The student's own rows carry no difference from themselves.
         assert!(row(&r, "student after").after_minus_reference.is_none());
     }
+}
+
+/// transfer.json names its layout first; one written before the field existed still reads.
+#[test]
+fn transfer_json_names_its_schema_first_and_old_files_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = survey(dir.path());
+    let heldout = ["Q3", "Q4"].map(String::from);
+    let r = run(dir.path(), &s, &heldout, 3, |_| [0.2, 0.4, 0.5, 0.9]);
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    mores::transfer::report::write(&out, &r).unwrap();
+    let text = std::fs::read_to_string(out.join("transfer.json")).unwrap();
+    assert!(text.starts_with("{\n  \"schema\": \"mores.transfer/2\",\n"), "{}", &text[..80]);
+    let back: TransferReport = mores::util::io::read_json(&out.join("transfer.json")).unwrap();
+    assert_eq!(back, r);
+    // The older layout: no schema, no reference CIs or differences, no second neighbour list.
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v.as_object_mut().unwrap().remove("schema");
+    let refs = v["heldout"]["references"].as_object_mut().unwrap();
+    refs.remove("neighbours_trained");
+    for row in refs["rows"].as_array_mut().unwrap() {
+        let row = row.as_object_mut().unwrap();
+        row.remove("cross_r_ci95");
+        row.remove("after_minus_reference");
+    }
+    let old: TransferReport = serde_json::from_value(v).unwrap();
+    assert_eq!(old.schema, "mores.transfer/1");
+    assert_eq!(old.heldout.question_level, r.heldout.question_level);
 }

@@ -59,8 +59,20 @@ pub struct SubsetReport {
     pub references: References,
 }
 
+/// The version of transfer.json's layout, its first field. Version 2 added the schema field
+/// itself, the references over the student's own training questions, the k-neighbour references,
+/// and each reference's CI and difference from the student.
+pub const SCHEMA: &str = "mores.transfer/2";
+
+/// What a transfer.json without a schema field is: the layout before the field existed.
+fn schema_1() -> String {
+    "mores.transfer/1".into()
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TransferReport {
+    #[serde(default = "schema_1")]
+    pub schema: String,
     pub name: String,
     pub dataset: String,
     pub dataset_records: usize,
@@ -134,6 +146,7 @@ pub fn build(inp: &Inputs) -> Result<TransferReport> {
         .collect::<Vec<_>>()
         .join(" ");
     Ok(TransferReport {
+        schema: SCHEMA.into(),
         name: inp.name.clone(),
         dataset: inp.dataset.display().to_string(),
         dataset_records: records,
