@@ -2,7 +2,9 @@
 //! student (before) -> probe the teacher (reference) -> generate -> train LoRA -> probe the
 //! student with the adapter (after) -> transfer report. Each stage is keyed by the content
 //! hashes of its inputs and skipped when they are unchanged; generate and train resume from
-//! their own checkpoints, so a rerun after a crash continues where it stopped.
+//! their own checkpoints, so a rerun after a crash continues where it stopped. `compare.rs`: the
+//! variants table of several runs (`mores compare` over run folders).
+pub mod compare;
 pub mod report;
 
 use crate::evaluate::{probe_with, ProbeRun};

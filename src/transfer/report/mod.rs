@@ -18,6 +18,7 @@ pub use markdown::markdown;
 pub use neighbour::ranked_neighbours;
 pub use pairs::Delta;
 pub use reference::{k_name, Neighbour, Reference, References, LEXICAL_SPLIT, LEXICAL_TRAINED};
+pub use verdict::{country_level_short, question_level_short};
 pub use within::{CountryDelta, GroupDelta, QuestionLevel};
 
 use crate::survey::Survey;
