@@ -103,8 +103,8 @@ pub enum Cmd {
     /// Join the output folders of sharded probe runs (`mores probe merge`; kept as an alias).
     #[command(hide = true)]
     Merge(MergeArgs),
-    /// Side-by-side table of probe runs with CIs; with --out also compare.md and figures
-    /// (per continent and per category group, runs side by side).
+    /// Side-by-side table of probe runs with CIs (--out: also compare.md, figures per continent and
+    /// category group), or of `mores run` folders: the variants table (--out: variants.md, .csv).
     Compare {
         /// Probe output folders to put side by side (the first is the reference).
         runs: Vec<PathBuf>,

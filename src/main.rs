@@ -87,7 +87,7 @@ fn run(cli: Cli, threads: usize) -> Result<()> {
             print_summary(&r, &out);
         }
         Cmd::Probe(c) => probe(c, threads, !cli.quiet)?,
-        Cmd::Compare { runs, out } => print!("{}", evaluate::compare(&runs, out.as_deref())?),
+        Cmd::Compare { runs, out } => print!("{}", mores::transfer::compare::compare(&runs, out.as_deref())?),
         Cmd::Score(c) => score(c)?,
         Cmd::Export { runs, format, out } => {
             for e in mores::export::export(&runs, format, &out)? {

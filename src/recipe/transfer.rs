@@ -23,6 +23,11 @@ pub struct TransferSection {
     /// count: with 5 countries an r is noise.
     #[serde(default = "default_min_countries")]
     pub min_countries: usize,
+    /// How many nearest training questions (by TF-IDF word similarity) the report's k-neighbour
+    /// references average, each neighbour's human country profile z-scored across countries
+    /// (1 to 50).
+    #[serde(default = "default_neighbours")]
+    pub neighbours: usize,
     #[serde(default = "default_batch")]
     pub probe_batch: usize,
     #[serde(default = "default_boot")]
@@ -55,6 +60,7 @@ impl TransferSection {
         // A bootstrap needs resamples to have a spread; a correlation needs three points.
         in_range("transfer.bootstrap", self.bootstrap, 100, 1_000_000)?;
         in_range("transfer.min_countries", self.min_countries, 3, 100_000)?;
+        in_range("transfer.neighbours", self.neighbours, 1, 50)?;
         in_range("transfer.probe_batch", self.probe_batch, 1, 4096)?;
         in_range("transfer.train_questions", self.train_questions, 0, 1_000_000)?;
         if let Some(n) = self.max_heldout_questions {
@@ -73,6 +79,9 @@ fn default_train_probe() -> usize {
 }
 fn default_min_countries() -> usize {
     8
+}
+fn default_neighbours() -> usize {
+    3
 }
 fn default_boot() -> usize {
     1000

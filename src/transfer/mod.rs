@@ -2,7 +2,10 @@
 //! student (before) -> probe the teacher (reference) -> generate -> train LoRA -> probe the
 //! student with the adapter (after) -> transfer report. Each stage is keyed by the content
 //! hashes of its inputs and skipped when they are unchanged; generate and train resume from
-//! their own checkpoints, so a rerun after a crash continues where it stopped.
+//! their own checkpoints, so a rerun after a crash continues where it stopped. `compare.rs`: the
+//! variants table of several runs (`mores compare` over run folders); `dry.rs`: what a run would
+//! do (`--dry-run`).
+pub mod compare;
 pub mod dry;
 pub mod report;
 
@@ -61,7 +64,9 @@ fn path_sha256(p: &Path) -> Result<String> {
 /// layout change, so that finished runs rewrite their report instead of keeping the old one.
 /// 2: no bootstrap CI from fewer than 5 points (8 for a change in r).
 /// 3: question-level and country-level verdicts apart, swap control, references, persona spread.
-const REPORT_SCHEMA: &str = "report/3";
+/// 4: references over the student's own training questions, k-neighbour references, each
+///    reference's CI and difference from the student; transfer.json's schema field.
+const REPORT_SCHEMA: &str = "report/4";
 
 fn key(parts: &[&str]) -> String {
     sha256_hex(parts.join("\u{1f}").as_bytes())
@@ -340,6 +345,8 @@ pub fn run(a: &RunArgs) -> Result<report::TransferReport> {
             heldout: &p.heldout,
             train: &p.train_probe,
             train_split: &p.split.train,
+            trained: &report::trained_questions(&dataset, &p.survey),
+            neighbours: t.neighbours,
             min_countries: t.min_countries,
             bootstrap: t.bootstrap,
             seed: t.seed,

@@ -107,6 +107,8 @@ fn recipe_sizes_out_of_range_name_their_key() {
     );
     check(&distill, "[transfer]\nbootstrap = 0", "transfer.bootstrap = 0");
     check(&distill, "[transfer]\nmin_countries = 1", "transfer.min_countries = 1");
+    check(&distill, "[transfer]\nneighbours = 0", "transfer.neighbours = 0");
+    check(&distill, "[transfer]\nneighbours = 51", "transfer.neighbours = 51");
     check(&probe, "[scoring]\nprefix_cache_mib = 1125899906842624", "scoring.prefix_cache_mib");
     check(&probe, "[scoring]\nbatch = 1000000", "scoring.batch = 1000000");
 }

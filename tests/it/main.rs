@@ -14,6 +14,8 @@
 //! - `generate`: the teacher writes datasets in each mode; seeds, resume, leakage guard
 //! - `lora`: LoRA gradients, B = 0 equivalence, merge/export, PEFT key names and round trips
 //! - `transfer`: `mores run` end to end on tiny models; stage skipping, resume, bad recipes
+//! - `transfer_report`, `transfer_refs`, `transfer_compare`: the transfer report's numbers and references on
+//!   tiny hand-made surveys; `mores compare` over transfer runs (the variants table)
 //! - `train`: `mores train` resume equivalence, bad input, loss falls on SmolLM2
 //! - `fuzz`: seeded structure-aware mutation of every format mores reads; no panic, hang or huge allocation
 //! - `layout`: the source tree's imports point down the pipeline, with no cycles
@@ -37,6 +39,8 @@ mod survey;
 mod tokenizer;
 mod train;
 mod transfer;
+mod transfer_compare;
+mod transfer_refs;
 mod transfer_report;
 
 // The binary's allocator, so the fuzz harness can cap single allocations while a reader runs.

@@ -76,7 +76,20 @@ fn pipeline_runs_skips_and_resumes_on_tiny_models() {
     assert!(rep["heldout"]["country_level"]["swap"]["n_pairs"].is_u64(), "{rep}");
     let refs: Vec<&str> =
         rep["heldout"]["references"]["rows"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
-    assert_eq!(refs, ["student before", "student after", "typical answer", "lexical neighbour", "teacher"]);
+    assert_eq!(
+        refs,
+        [
+            "student before",
+            "student after",
+            "typical answer",
+            "lexical neighbour (training split)",
+            "3 neighbours z-scored (training split)",
+            "lexical neighbour (student's questions)",
+            "3 neighbours z-scored (student's questions)",
+            "teacher"
+        ]
+    );
+    assert_eq!(rep["schema"], "mores.transfer/2", "{rep}");
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("Held-out questions") && md.contains("Training questions") && md.contains("teacher"));
     assert!(md.contains("### Country level") && md.contains("swap gap") && md.contains("lexical neighbour"), "{md}");

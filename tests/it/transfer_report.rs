@@ -8,19 +8,19 @@ use std::collections::HashMap;
 use std::path::Path;
 
 /// A 3-option question whose humans answer Binomial(2, m): the normalised mean score is m exactly.
-fn binomial(m: f64) -> Vec<f64> {
+pub(crate) fn binomial(m: f64) -> Vec<f64> {
     vec![(1.0 - m) * (1.0 - m), 2.0 * m * (1.0 - m), m * m]
 }
 
-struct Tiny {
+pub(crate) struct Tiny {
     /// (id, text, option labels)
-    questions: Vec<(String, String, [String; 3])>,
-    countries: Vec<String>,
-    means: HashMap<(String, String), f64>,
+    pub questions: Vec<(String, String, [String; 3])>,
+    pub countries: Vec<String>,
+    pub means: HashMap<(String, String), f64>,
 }
 
 impl Tiny {
-    fn write(&self, dir: &Path) -> Survey {
+    pub fn write(&self, dir: &Path) -> Survey {
         let mut q = String::new();
         for (id, text, labels) in &self.questions {
             let options: Vec<serde_json::Value> = labels
@@ -52,7 +52,7 @@ impl Tiny {
     }
 }
 
-fn sample(s: &Survey, q: &str, c: &str, m: f64) -> Sample {
+pub(crate) fn sample(s: &Survey, q: &str, c: &str, m: f64) -> Sample {
     let question = s.question(q).unwrap();
     let probs = binomial(m.clamp(0.0, 1.0));
     let human = s.answers(q, c).unwrap();
@@ -79,14 +79,14 @@ fn sample(s: &Survey, q: &str, c: &str, m: f64) -> Sample {
     }
 }
 
-fn write_probe(dir: &Path, samples: &[Sample]) {
+pub(crate) fn write_probe(dir: &Path, samples: &[Sample]) {
     std::fs::create_dir_all(dir).unwrap();
     let text: String = samples.iter().map(|s| serde_json::to_string(s).unwrap() + "\n").collect();
     std::fs::write(dir.join("samples.jsonl"), text).unwrap();
 }
 
 #[allow(clippy::too_many_arguments)]
-fn report(
+pub(crate) fn report(
     dir: &Path,
     s: &Survey,
     before: &[Sample],
@@ -111,6 +111,8 @@ fn report(
         heldout,
         train: &[],
         train_split,
+        trained: &[],
+        neighbours: 3,
         min_countries,
         bootstrap: 400,
         seed: 0,
@@ -119,7 +121,7 @@ fn report(
     .unwrap()
 }
 
-fn s3(a: &str, b: &str, c: &str) -> [String; 3] {
+pub(crate) fn s3(a: &str, b: &str, c: &str) -> [String; 3] {
     [a.into(), b.into(), c.into()]
 }
 
@@ -128,7 +130,7 @@ fn row<'a>(r: &'a TransferReport, name: &str) -> &'a mores::transfer::report::Pr
 }
 
 /// Pearson's r written out, independent of the library's.
-fn pearson(x: &[f64], y: &[f64]) -> f64 {
+pub(crate) fn pearson(x: &[f64], y: &[f64]) -> f64 {
     let n = x.len() as f64;
     let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
     let sxy: f64 = x.iter().zip(y).map(|(a, b)| (a - mx) * (b - my)).sum();
@@ -137,7 +139,7 @@ fn pearson(x: &[f64], y: &[f64]) -> f64 {
     sxy / (sxx * syy).sqrt()
 }
 
-fn close(a: Option<f64>, b: f64) {
+pub(crate) fn close(a: Option<f64>, b: f64) {
     let a = a.unwrap_or_else(|| panic!("expected {b}, got None"));
     assert!((a - b).abs() < 1e-9, "{a} vs {b}");
 }
@@ -191,7 +193,7 @@ fn references_match_hand_computed_values() {
     // Lexical neighbour, cross-country (centred sums by hand): r(Q1, Q3) = 0.16 / sqrt(0.2 * 0.16)
     // = 2/sqrt(5); r(Q2, Q4) = 0.06 / sqrt(0.2 * 0.02) = 3/sqrt(10); r(Q1, Q5) = -0.04 / sqrt(0.2 *
     // 0.05) = -0.4.
-    let lex = row(&r, "lexical neighbour");
+    let lex = row(&r, mores::transfer::report::LEXICAL_SPLIT);
     close(lex.cross_r, fisher(&[2.0 / 5f64.sqrt(), 3.0 / 10f64.sqrt(), -0.4]));
     // Spread: SD(neighbour) / SD(question): sqrt(0.2/0.16), sqrt(0.2/0.02), sqrt(0.2/0.05) = 2.
     close(lex.spread, ((0.2f64 / 0.16).sqrt() + (0.2f64 / 0.02).sqrt() + 2.0) / 3.0);
@@ -227,7 +229,7 @@ fn references_match_hand_computed_values() {
 
 /// The tiny world's humans: for question q and country c, (the question's base, the country's
 /// deviation along a latent axis v with the question's own sign, a deterministic noise in [-1, 1]).
-fn truth(q: usize, c: usize) -> (f64, f64, f64) {
+pub(crate) fn truth(q: usize, c: usize) -> (f64, f64, f64) {
     let v = c as f64 / 11.0 - 0.5;
     let base = 0.35 + 0.025 * q as f64;
     let amp = if q.is_multiple_of(2) { 0.5 } else { -0.5 };
@@ -235,7 +237,7 @@ fn truth(q: usize, c: usize) -> (f64, f64, f64) {
 }
 
 /// 12 countries x 12 questions answered as `truth` says; all questions held out.
-fn world(dir: &Path) -> (Tiny, Survey, Vec<String>) {
+pub(crate) fn world(dir: &Path) -> (Tiny, Survey, Vec<String>) {
     let countries: Vec<String> = (0..12).map(|i| format!("C{i:02}")).collect();
     let questions: Vec<(String, String, [String; 3])> = (1..=12)
         .map(|i| (format!("Q{i}"), format!("Question number {i} about values?"), s3("low", "mid", "high")))
@@ -253,7 +255,7 @@ fn world(dir: &Path) -> (Tiny, Survey, Vec<String>) {
     (tiny, s, heldout)
 }
 
-fn probe_of(t: &Tiny, s: &Survey, m: impl Fn(usize, usize) -> f64) -> Vec<Sample> {
+pub(crate) fn probe_of(t: &Tiny, s: &Survey, m: impl Fn(usize, usize) -> f64) -> Vec<Sample> {
     let mut out = Vec::new();
     for (qi, (q, _, _)) in t.questions.iter().enumerate() {
         for (ci, c) in t.countries.iter().enumerate() {

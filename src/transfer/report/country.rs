@@ -40,6 +40,28 @@ pub struct Profile {
     pub spread: Option<f64>,
 }
 
+/// Per question probed in at least `min` countries with a prediction in at least `min` of them
+/// (in id order): its id, the predictions and the humans' scores, in country order.
+fn question_points<'p>(
+    pairs: &'p [Pair],
+    min: usize,
+    pred: &impl Fn(usize) -> Option<f64>,
+) -> Vec<(&'p str, Vec<f64>, Vec<f64>)> {
+    by_question(pairs)
+        .into_iter()
+        .filter(|(_, v)| v.len() >= min)
+        .filter_map(|(q, idx)| {
+            let (x, h): (Vec<f64>, Vec<f64>) = idx.iter().filter_map(|&i| Some((pred(i)?, pairs[i].h))).unzip();
+            (x.len() >= min).then_some((q, x, h))
+        })
+        .collect()
+}
+
+/// The cross-country r of each question `profile` counts, by question id.
+pub fn cross_by_question(pairs: &[Pair], min: usize, pred: impl Fn(usize) -> Option<f64>) -> BTreeMap<&str, f64> {
+    question_points(pairs, min, &pred).into_iter().filter_map(|(q, x, h)| Some((q, pearson(&x, &h)?))).collect()
+}
+
 pub fn profile<'d>(
     pairs: &[Pair],
     min: usize,
@@ -56,11 +78,7 @@ pub fn profile<'d>(
     }
     let within: Vec<f64> = by_c.values().filter_map(|(x, h)| pearson(x, h)).collect();
     let (mut cross, mut spread) = (Vec::new(), Vec::new());
-    for idx in by_question(pairs).values().filter(|v| v.len() >= min) {
-        let (x, h): (Vec<f64>, Vec<f64>) = idx.iter().filter_map(|&i| Some((pred(i)?, pairs[i].h))).unzip();
-        if x.len() < min {
-            continue;
-        }
+    for (_, x, h) in question_points(pairs, min, &pred) {
         if let Some(r) = pearson(&x, &h) {
             cross.push(r);
         }

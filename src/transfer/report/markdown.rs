@@ -3,10 +3,12 @@
 //! on the same pairs, and per-country, continent and category breakdowns.
 use super::verdict::{describe, describe_to};
 use super::{CountryLevel, QuestionLevel, SubsetReport, TransferReport};
-use crate::util::fmt::f;
+use crate::util::fmt::{ci, f};
 use std::fmt::Write;
 
 const EXPLAIN: &str = "Two levels are measured apart. **Question level**: per country, Pearson r across questions between the student's expected scores and the humans' mean scores, scale-normalised to [0, 1] per question (raw r on WVS means is inflated by question scales: a uniform-answer model already scores about 0.72); moving toward each question's typical answer raises it in every country at once. **Country level**: per question, r across the probed countries (only questions probed in enough countries), and the country-swap control: 1 - JSD to the right country's humans with the right country's persona minus with another probed country's persona (a seeded derangement per question); a student that learned how countries differ has a positive gap. Changes carry a paired bootstrap 95% CI (over questions per country, over countries for means, over questions at the country level) and a bootstrap p-value; means of r are Fisher-z means; the mean change is the mean of the per-country changes, so it need not equal their difference.";
+
+const REFERENCES: &str = "Typical answer: every country gets the question's mean human distribution over the probed countries (no country knowledge; an oracle, it reads these questions' humans). Lexical neighbour: the nearest question by TF-IDF word overlap (text and option labels) lends its human country profile, from the whole training split or from the student's training questions only (the source questions of the dataset's records). k neighbours z-scored: the k nearest questions' human country profiles, each z-scored across the countries that answered it, averaged per country; it predicts the order of countries only, so it has no within-country r (–). The student-minus-predictor difference is over the questions both have a cross-country r for, with a paired bootstrap over those questions; cross-country r CIs are bootstraps over questions.";
 
 fn pct(x: Option<f64>) -> String {
     x.map(|v| format!("{:.0}%", 100.0 * v)).unwrap_or_else(|| "n/a".into())
@@ -61,14 +63,24 @@ fn country_level(s: &mut String, c: &CountryLevel) {
 
 fn references(s: &mut String, x: &SubsetReport) {
     let _ = writeln!(s, "### References on the same pairs\n");
-    let _ = writeln!(s, "Typical answer: every country gets the question's mean human distribution over the probed countries (no country knowledge; an oracle, it reads these questions' humans). Lexical neighbour: the nearest training-split question by TF-IDF word overlap (text and option labels) lends its human country profile.\n");
+    let _ = writeln!(s, "{REFERENCES}\n");
     let _ = writeln!(
         s,
-        "| predictor | within-country r | cross-country r | 1 - JSD | persona spread |\n|---|---:|---:|---:|---:|"
+        "| predictor | within-country r | cross-country r | cross-country r 95% CI | student after - predictor, cross-country r (95% CI) | 1 - JSD | persona spread |\n|---|---:|---:|---|---|---:|---:|"
     );
     for r in &x.references.rows {
         let p = &r.profile;
-        let _ = writeln!(s, "| {} | {} | {} | {} | {} |", r.name, f(p.within_r), f(p.cross_r), f(p.js), f(p.spread));
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            r.name,
+            f(p.within_r),
+            f(p.cross_r),
+            ci(r.cross_r_ci95),
+            r.after_minus_reference.as_ref().map(describe).unwrap_or_else(|| "–".into()),
+            f(p.js),
+            f(p.spread)
+        );
     }
     let _ = writeln!(s);
 }

@@ -2,10 +2,12 @@
 //! trained on, and at which level? Question-level (`within.rs`: per country, r across questions)
 //! and country-level (`country.rs`: per question, r across countries, the country-swap control,
 //! persona spread) are computed and judged apart (`verdict.rs`), beside references on the same
-//! pairs (`reference.rs`: typical answer, lexical neighbour, teacher), for the held-out questions
-//! and, to tell fitting from transferring, for probed training questions.
+//! pairs (`reference.rs`: typical answer, lexical and k-neighbour references from the training
+//! split and from the student's own training questions, teacher), for the held-out questions and,
+//! to tell fitting from transferring, for probed training questions.
 mod country;
 mod markdown;
+mod neighbour;
 mod pairs;
 mod reference;
 mod verdict;
@@ -13,8 +15,10 @@ mod within;
 
 pub use country::{derangement, CountryLevel, Profile, QuestionCross, SwapControl, DEFAULT_MIN_COUNTRIES};
 pub use markdown::markdown;
+pub use neighbour::ranked_neighbours;
 pub use pairs::Delta;
-pub use reference::{ranked_neighbours, Neighbour, Reference, References};
+pub use reference::{k_name, Neighbour, Reference, References, LEXICAL_SPLIT, LEXICAL_TRAINED};
+pub use verdict::{country_level_short, question_level_short};
 pub use within::{CountryDelta, GroupDelta, QuestionLevel};
 
 use crate::survey::Survey;
@@ -32,8 +36,13 @@ pub struct Inputs<'a> {
     pub teacher: Option<&'a Path>,
     pub heldout: &'a [String],
     pub train: &'a [String],
-    /// Every training-split question: the lexical-neighbour reference's pool.
+    /// Every training-split question: the first pool of the neighbour references.
     pub train_split: &'a [String],
+    /// The questions the student's training data was made from (`trained_questions` of the
+    /// dataset): the second pool of the neighbour references; empty leaves those rows out.
+    pub trained: &'a [String],
+    /// How many nearest questions the k-neighbour references average.
+    pub neighbours: usize,
     /// Fewest countries per question for cross-country r.
     pub min_countries: usize,
     pub bootstrap: usize,
@@ -51,8 +60,20 @@ pub struct SubsetReport {
     pub references: References,
 }
 
+/// The version of transfer.json's layout, its first field. Version 2 added the schema field
+/// itself, the references over the student's own training questions, the k-neighbour references,
+/// and each reference's CI and difference from the student.
+pub const SCHEMA: &str = "mores.transfer/2";
+
+/// What a transfer.json without a schema field is: the layout before the field existed.
+fn schema_1() -> String {
+    "mores.transfer/1".into()
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TransferReport {
+    #[serde(default = "schema_1")]
+    pub schema: String,
     pub name: String,
     pub dataset: String,
     pub dataset_records: usize,
@@ -89,7 +110,7 @@ fn subset(
     let pairs = pairs::collect(inp.survey, qs, before, after, teacher)?;
     let question_level = within::compute(&pairs, inp.survey, inp.bootstrap, inp.seed, tag)?;
     let country_level = country::compute(&pairs, inp.min_countries, inp.bootstrap, inp.seed, tag);
-    let references = reference::compute(&pairs, inp.survey, inp.train_split, teacher, inp.min_countries)?;
+    let references = reference::compute(&pairs, inp, teacher, tag)?;
     Ok(SubsetReport {
         n_questions: country::by_question(&pairs).len(),
         n_countries: question_level.countries.len(),
@@ -126,6 +147,7 @@ pub fn build(inp: &Inputs) -> Result<TransferReport> {
         .collect::<Vec<_>>()
         .join(" ");
     Ok(TransferReport {
+        schema: SCHEMA.into(),
         name: inp.name.clone(),
         dataset: inp.dataset.display().to_string(),
         dataset_records: records,
@@ -137,6 +159,18 @@ pub fn build(inp: &Inputs) -> Result<TransferReport> {
         verdict,
         stage_seconds: BTreeMap::new(),
     })
+}
+
+/// The distinct source questions of a dataset's records (`question_id`) that the survey knows, in
+/// questionnaire order: what the student was trained on. Empty when the file cannot be read or
+/// its records name no question (qa mode).
+pub fn trained_questions(dataset: &Path, survey: &Survey) -> Vec<String> {
+    let records = crate::util::io::read_jsonl::<crate::generate::dataset::Record>(dataset).unwrap_or_default();
+    let mut qs: Vec<String> =
+        records.into_iter().filter_map(|r| r.question_id).filter(|q| survey.question(q).is_ok()).collect();
+    qs.sort_by(|a, b| (crate::survey::question_sort_key(a), a).cmp(&(crate::survey::question_sort_key(b), b)));
+    qs.dedup();
+    qs
 }
 
 pub fn write(out: &Path, r: &TransferReport) -> Result<()> {

@@ -4,25 +4,53 @@
 //!   countries. It knows nothing about countries (cross-country r undefined, spread 0) and is an
 //!   oracle (it reads the held-out humans): the ceiling of question-level knowledge within
 //!   countries.
-//! - *lexical neighbour*: for each question, the training-split question most similar in words
-//!   (TF-IDF cosine over question text and option labels), and its human country profile as the
-//!   prediction: what analogy from the training data alone reaches across countries.
+//! - *lexical neighbour*, from two pools: the whole training split, and only the questions the
+//!   student's training data was made from (the distinct source questions of the dataset's
+//!   records). For each question, the pool question most similar in words (TF-IDF cosine over
+//!   question text and option labels) lends its human country profile as the prediction: what
+//!   analogy from that pool alone reaches across countries.
+//! - *k neighbours, z-scored*, from the same two pools: the k most similar pool questions' human
+//!   profiles, z-scored across countries and averaged (see `neighbour.rs`). It predicts the order
+//!   of countries only, so its question-level (within-country) r, and its persona spread, are
+//!   not meaningful and are left out: it is reported at the country level only.
 //! - the teacher, probed like the student.
 //!
 //! The student's own rows (before, after) are computed by the same rule, so the table compares like
-//! with like.
-use super::country::{profile, Profile};
-use super::pairs::{Pair, Samples};
-use crate::survey::{Question, Survey};
+//! with like. Every row's cross-country r carries a bootstrap CI over questions, and every
+//! reference row the student after minus it, with a paired bootstrap CI over the same questions.
+use super::country::{cross_by_question, profile, Profile};
+use super::neighbour::{lexical, questions_of, ranked_neighbours, z_scored, Ranked};
+use super::pairs::{delta_boot, seed_of, Delta, Pair, Samples};
+use super::Inputs;
+use crate::analysis::correlate::fisher_mean;
+use crate::survey::Survey;
 use crate::util::error::Result;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+/// The lexical neighbour over the whole training split.
+pub const LEXICAL_SPLIT: &str = "lexical neighbour (training split)";
+/// The lexical neighbour over the student's training questions only.
+pub const LEXICAL_TRAINED: &str = "lexical neighbour (student's questions)";
+
+/// The name of the k-neighbour row over a pool ("training split" or "student's questions").
+pub fn k_name(k: usize, pool: &str) -> String {
+    format!("{k} neighbours z-scored ({pool})")
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Reference {
     pub name: String,
     #[serde(flatten)]
     pub profile: Profile,
+    /// 95% CI of `cross_r`: bootstrap over questions of the Fisher mean of their cross-country r.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cross_r_ci95: Option<(f64, f64)>,
+    /// The student after training minus this row in cross-country r: Fisher means over the
+    /// questions both have an r for, with a paired bootstrap CI over those questions (each
+    /// resample draws the same questions for both). Absent on the student's own rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_minus_reference: Option<Delta>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -35,87 +63,13 @@ pub struct Neighbour {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct References {
     pub rows: Vec<Reference>,
-    /// The nearest training question of each question (its first choice; a country that did not
-    /// answer it takes the next nearest it answered).
+    /// The nearest training-split question of each question (its first choice; a country that
+    /// did not answer it takes the next nearest it answered).
     pub neighbours: Vec<Neighbour>,
-}
-
-/// Lower-case alphanumeric words.
-fn words(text: &str) -> Vec<String> {
-    text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(|w| w.to_lowercase()).collect()
-}
-
-fn document(q: &Question) -> Vec<String> {
-    let mut w = words(&q.text);
-    for o in &q.options {
-        w.extend(words(&o.label));
-    }
-    w
-}
-
-/// L2-normalised TF-IDF vectors (idf = ln((1 + N) / (1 + df)) + 1, as scikit-learn smooths it).
-/// Ordered maps: the norm's and the cosine's sums run in word order, so a similarity has the same
-/// bits in every run (a HashMap's per-process order moved them in the last digit).
-fn tfidf(docs: &[Vec<String>]) -> Vec<BTreeMap<String, f64>> {
-    let mut df: BTreeMap<&str, usize> = BTreeMap::new();
-    for d in docs {
-        let mut seen: Vec<&str> = d.iter().map(|s| s.as_str()).collect();
-        seen.sort_unstable();
-        seen.dedup();
-        for w in seen {
-            *df.entry(w).or_default() += 1;
-        }
-    }
-    let n = docs.len() as f64;
-    docs.iter()
-        .map(|d| {
-            let mut v: BTreeMap<String, f64> = BTreeMap::new();
-            for w in d {
-                *v.entry(w.clone()).or_default() += 1.0;
-            }
-            for (w, x) in v.iter_mut() {
-                *x *= ((1.0 + n) / (1.0 + df[w.as_str()] as f64)).ln() + 1.0;
-            }
-            let norm = v.values().map(|x| x * x).sum::<f64>().sqrt();
-            if norm > 0.0 {
-                v.values_mut().for_each(|x| *x /= norm);
-            }
-            v
-        })
-        .collect()
-}
-
-fn cosine(a: &BTreeMap<String, f64>, b: &BTreeMap<String, f64>) -> f64 {
-    a.iter().map(|(w, x)| x * b.get(w).copied().unwrap_or(0.0)).sum()
-}
-
-/// For each of `targets`, the `pool` questions ranked by TF-IDF cosine (ties in questionnaire order).
-pub fn ranked_neighbours(
-    survey: &Survey,
-    targets: &[String],
-    pool: &[String],
-) -> Result<BTreeMap<String, Vec<(String, f64)>>> {
-    let all: Vec<&String> = pool.iter().chain(targets).collect();
-    let docs: Vec<Vec<String>> = all.iter().map(|q| Ok(document(survey.question(q)?))).collect::<Result<_>>()?;
-    let vecs = tfidf(&docs);
-    let mut out = BTreeMap::new();
-    for (ti, t) in targets.iter().enumerate() {
-        let tv = &vecs[pool.len() + ti];
-        let mut ranked: Vec<(String, f64)> =
-            pool.iter().enumerate().filter(|(_, p)| *p != t).map(|(i, p)| (p.clone(), cosine(tv, &vecs[i]))).collect();
-        ranked.sort_by(|x, y| {
-            y.1.total_cmp(&x.1)
-                .then_with(|| crate::survey::question_sort_key(&x.0).cmp(&crate::survey::question_sort_key(&y.0)))
-        });
-        out.insert(t.clone(), ranked);
-    }
-    Ok(out)
-}
-
-/// A country's normalised human mean on a question, when it answered it.
-fn human_norm(survey: &Survey, q: &str, c: &str) -> Option<f64> {
-    let question = survey.question(q).ok()?;
-    question.normalise(survey.answers(q, c)?.mean?)
+    /// The same over the student's training questions only (empty when the dataset names no
+    /// source questions).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub neighbours_trained: Vec<Neighbour>,
 }
 
 /// Per pair, a predicted normalised score and the distribution it comes from.
@@ -144,41 +98,93 @@ fn typical(pairs: &[Pair], survey: &Survey) -> Result<Predictions> {
     Ok((preds, dists))
 }
 
-pub fn compute(
-    pairs: &[Pair],
-    survey: &Survey,
-    train_split: &[String],
-    teacher: Option<&Samples>,
-    min: usize,
-) -> Result<References> {
-    let (typ, typ_dist) = typical(pairs, survey)?;
-    let row = |name: &str, profile: Profile| Reference { name: name.into(), profile };
-    let mut rows = vec![
-        row("student before", profile(pairs, min, |i| Some(pairs[i].b), |i| Some(&pairs[i].probs_b))),
-        row("student after", profile(pairs, min, |i| Some(pairs[i].a), |i| Some(&pairs[i].probs_a))),
-        row("typical answer", profile(pairs, min, |i| typ[i], |i| Some(&typ_dist[i]))),
-    ];
-    let mut neighbours = Vec::new();
-    if !train_split.is_empty() {
-        let mut qs: Vec<String> = pairs.iter().map(|p| p.q.clone()).collect();
-        qs.sort_by_key(|q| crate::survey::question_sort_key(q));
-        qs.dedup();
-        let ranked = ranked_neighbours(survey, &qs, train_split)?;
-        let lex: Vec<Option<f64>> =
-            pairs.iter().map(|p| ranked[&p.q].iter().find_map(|(n, _)| human_norm(survey, n, &p.c))).collect();
-        rows.push(row("lexical neighbour", profile(pairs, min, |i| lex[i], |_| None)));
-        neighbours = qs
-            .iter()
-            .filter_map(|q| {
-                let (n, s) = ranked[q].first()?;
-                Some(Neighbour { question: q.clone(), neighbour: n.clone(), similarity: *s })
+fn first_choices(qs: &[String], ranked: &Ranked) -> Vec<Neighbour> {
+    qs.iter()
+        .filter_map(|q| {
+            let (n, s) = ranked[q].first()?;
+            Some(Neighbour { question: q.clone(), neighbour: n.clone(), similarity: *s })
+        })
+        .collect()
+}
+
+/// One predictor's row: its profile, the CI of its cross-country r and, unless it is the student
+/// itself, the student after minus it.
+struct Rows<'a> {
+    pairs: &'a [Pair],
+    inp: &'a Inputs<'a>,
+    tag: &'a str,
+    after: BTreeMap<&'a str, f64>,
+    rows: Vec<Reference>,
+}
+
+impl<'a> Rows<'a> {
+    fn push<'d>(
+        &mut self,
+        name: &str,
+        pred: impl Fn(usize) -> Option<f64>,
+        dist: impl Fn(usize) -> Option<&'d [f64]>,
+        country_only: bool,
+        student: bool,
+    ) {
+        let (pairs, min, reps, seed) = (self.pairs, self.inp.min_countries, self.inp.bootstrap, self.inp.seed);
+        let mut p = profile(pairs, min, &pred, dist);
+        if country_only {
+            p.within_r = None;
+            p.spread = None;
+        }
+        let cross = cross_by_question(pairs, min, &pred);
+        let rs: Vec<f64> = cross.values().copied().collect();
+        let ci_seed = seed_of(seed, &format!("{}-ref-{name}", self.tag));
+        let ci =
+            delta_boot(rs.len(), 0, reps, ci_seed, |idx| fisher_mean(&idx.iter().map(|&i| rs[i]).collect::<Vec<_>>()));
+        let diff = (!student).then(|| {
+            let both: Vec<(f64, f64)> = cross.iter().filter_map(|(q, r)| Some((*self.after.get(q)?, *r))).collect();
+            let diff_seed = seed_of(seed, &format!("{}-after-minus-{name}", self.tag));
+            delta_boot(both.len(), 0, reps, diff_seed, |idx| {
+                let a: Vec<f64> = idx.iter().map(|&i| both[i].0).collect();
+                let r: Vec<f64> = idx.iter().map(|&i| both[i].1).collect();
+                Some(fisher_mean(&a)? - fisher_mean(&r)?)
             })
-            .collect();
+        });
+        let diff = diff.filter(|d| d.value.is_some());
+        self.rows.push(Reference { name: name.into(), profile: p, cross_r_ci95: ci.ci95, after_minus_reference: diff });
+    }
+
+    /// The lexical neighbour and k-neighbour rows over one pool.
+    fn pool(&mut self, ranked: &Ranked, lexical_name: &str, pool: &str) {
+        let (pairs, survey) = (self.pairs, self.inp.survey);
+        let lex = lexical(pairs, survey, ranked);
+        self.push(lexical_name, |i| lex[i], |_| None, false, false);
+        let z = z_scored(pairs, survey, ranked, self.inp.neighbours);
+        self.push(&k_name(self.inp.neighbours, pool), |i| z[i], |_| None, true, false);
+    }
+}
+
+pub fn compute(pairs: &[Pair], inp: &Inputs, teacher: Option<&Samples>, tag: &str) -> Result<References> {
+    let survey = inp.survey;
+    let (typ, typ_dist) = typical(pairs, survey)?;
+    let after = cross_by_question(pairs, inp.min_countries, |i| Some(pairs[i].a));
+    let mut rows = Rows { pairs, inp, tag, after, rows: Vec::new() };
+    rows.push("student before", |i| Some(pairs[i].b), |i| Some(&pairs[i].probs_b), false, true);
+    rows.push("student after", |i| Some(pairs[i].a), |i| Some(&pairs[i].probs_a), false, true);
+    rows.push("typical answer", |i| typ[i], |i| Some(&typ_dist[i]), false, false);
+    let qs = questions_of(pairs);
+    let mut neighbours = Vec::new();
+    let mut neighbours_trained = Vec::new();
+    if !inp.train_split.is_empty() {
+        let ranked = ranked_neighbours(survey, &qs, inp.train_split)?;
+        rows.pool(&ranked, LEXICAL_SPLIT, "training split");
+        neighbours = first_choices(&qs, &ranked);
+    }
+    if !inp.trained.is_empty() {
+        let ranked = ranked_neighbours(survey, &qs, inp.trained)?;
+        rows.pool(&ranked, LEXICAL_TRAINED, "student's questions");
+        neighbours_trained = first_choices(&qs, &ranked);
     }
     if let Some(t) = teacher {
         let dist: Vec<Option<&[f64]>> =
             pairs.iter().map(|p| t.get(&(p.q.clone(), p.c.clone())).map(|s| s.probs.as_slice())).collect();
-        rows.push(row("teacher", profile(pairs, min, |i| pairs[i].t, |i| dist[i])));
+        rows.push("teacher", |i| pairs[i].t, |i| dist[i], false, false);
     }
-    Ok(References { rows, neighbours })
+    Ok(References { rows: rows.rows, neighbours, neighbours_trained })
 }

@@ -78,6 +78,35 @@ pub fn country_level(c: &CountryLevel, probed: usize) -> String {
     }
 }
 
+/// The question-level verdict in a word or two, for tables: "detected", "fell" or "not detected",
+/// by the same rule as `question_level`.
+pub fn question_level_short(q: &QuestionLevel) -> &'static str {
+    if up(&q.mean_delta) {
+        "detected"
+    } else if down(&q.mean_delta) {
+        "fell"
+    } else {
+        "not detected"
+    }
+}
+
+/// The country-level verdict in a word or two, for tables: "not measurable", "detected", "not
+/// confirmed" (cross-country r up without a swap gap), "fell" or "not detected", by the same rule
+/// as `country_level`.
+pub fn country_level_short(c: &CountryLevel) -> &'static str {
+    if c.delta.ci95.is_none() {
+        "not measurable"
+    } else if up(&c.delta) && up(&c.swap.gap_after) {
+        "detected"
+    } else if up(&c.delta) {
+        "not confirmed"
+    } else if down(&c.delta) {
+        "fell"
+    } else {
+        "not detected"
+    }
+}
+
 /// The sentence that names which level a held-out gain belongs to, when only one level moved.
 pub fn reading(q: &QuestionLevel, c: &CountryLevel) -> Option<String> {
     let country = up(&c.delta) && up(&c.swap.gap_after);
@@ -203,6 +232,10 @@ mod tests {
             let (qs, cs) = (question_level(&ql), country_level(&cl, 15));
             assert!(qs.contains(qwant), "{qs}");
             assert!(cs.contains(cwant), "{cs}");
+            // The short labels follow the sentences.
+            let (qshort, cshort) = (question_level_short(&ql), country_level_short(&cl));
+            assert!(qs.contains(&format!("transfer {qshort}")) || qshort == "fell" && qs.contains("fell"), "{qs}");
+            assert!(cs.contains(&format!("transfer {cshort}")) || cshort == "fell" && cs.contains("less like"), "{cs}");
             let r = reading(&ql, &cl);
             match read {
                 Some(w) => assert!(r.as_deref().is_some_and(|r| r.contains(w)), "{r:?}"),
@@ -214,6 +247,7 @@ mod tests {
         cl.n_questions = 3;
         let cs = country_level(&cl, 6);
         assert!(cs.starts_with("Country-level transfer not measurable: 3 held-out questions"), "{cs}");
+        assert_eq!(country_level_short(&cl), "not measurable");
         assert!(reading(&ql, &cl).unwrap().starts_with("Only the question level is measurable"));
     }
 }
