@@ -37,6 +37,8 @@ struct Item {
     /// Which paraphrase of the question (0: the first; ids and seeds of 0 are those of a
     /// one-paraphrase generation).
     variant: usize,
+    /// Options listed in reverse (`[generate] orders = "reversed"`).
+    reversed: bool,
 }
 
 /// One line of the status log: what happened to each work item.
@@ -133,6 +135,7 @@ fn work_items(g: &GenerateSection, survey: &Survey, split: &Split) -> Result<Vec
                             category: cat.clone(),
                             question_id: None,
                             variant: 0,
+                            reversed: false,
                         });
                     }
                 }
@@ -149,15 +152,20 @@ fn work_items(g: &GenerateSection, survey: &Survey, split: &Split) -> Result<Vec
                 let q = survey.question(qid)?;
                 for variant in 0..g.paraphrases {
                     let tag = if variant == 0 { String::new() } else { format!("p{variant}-") };
+                    let reversed: &[bool] =
+                        if g.orders == crate::recipe::OrderMode::Original { &[false] } else { &[false, true] };
                     for c in &countries {
                         if survey.answers(qid, &c.iso3).is_some() {
-                            items.push(Item {
-                                id: format!("{prefix}-{qid}-{tag}{}", c.iso3),
-                                country: c.iso3.clone(),
-                                category: q.category.clone(),
-                                question_id: Some(qid.clone()),
-                                variant,
-                            });
+                            for &rev in reversed {
+                                items.push(Item {
+                                    id: format!("{prefix}-{qid}-{tag}{}{}", c.iso3, if rev { "~rev" } else { "" }),
+                                    country: c.iso3.clone(),
+                                    category: q.category.clone(),
+                                    question_id: Some(qid.clone()),
+                                    variant,
+                                    reversed: rev,
+                                });
+                            }
                         }
                     }
                 }

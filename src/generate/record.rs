@@ -157,11 +157,19 @@ impl Ctx<'_> {
             return Ok((Some(Outcome::Leak(format!("{} ~ {h} ({c:.2})", item.id))), tokens));
         }
         let q = self.survey.question(qid)?;
-        let options: Vec<String> = q.options.iter().map(|o| o.label.clone()).collect();
+        let mut options: Vec<String> = q.options.iter().map(|o| o.label.clone()).collect();
+        if item.reversed {
+            options.reverse();
+        }
         let user = crate::prompt::user_text_raw(self.prompt, country, &para, &options);
         let labels: Vec<String> = (1..=options.len()).map(|i| i.to_string()).collect();
         let target = if self.g.mode == GenMode::SurveyGrounded {
-            self.human_target(qid, &item.country)
+            let mut t = self.human_target(qid, &item.country);
+            if item.reversed {
+                // Label k names the k-th option shown.
+                t.reverse();
+            }
+            t
         } else {
             let chat = crate::prompt::use_chat(self.prompt, self.teacher);
             let text = crate::prompt::render(self.teacher, &user, &self.prompt.answer_cue, chat)?;

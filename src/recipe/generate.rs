@@ -96,6 +96,13 @@ pub struct GenerateSection {
     /// augmentations), so no question is lost to a rejected paraphrase.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub original: bool,
+    /// soft-labels / survey-grounded: the option orders each record is written in. `original`
+    /// (the default): the questionnaire's. `reversed`: also a copy with the options listed in
+    /// reverse, labels renumbered and the target reversed with them (id suffix `~rev`, same
+    /// wording, so `[train] group = "wording"` puts both orders in one step): a student cannot
+    /// fit the targets by position and must read the options.
+    #[serde(default, skip_serializing_if = "super::OrderMode::is_original")]
+    pub orders: super::OrderMode,
 }
 
 fn is_one_usize(x: &usize) -> bool {
@@ -124,6 +131,15 @@ fn default_paraphrase() -> String {
 
 impl GenerateSection {
     pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.orders == super::OrderMode::Cyclic {
+            return Err("generate.orders = \"cyclic\" is not a training order: use \"original\" or \"reversed\"".into());
+        }
+        if self.orders != super::OrderMode::Original && self.mode == GenMode::Qa {
+            return Err(
+                "generate.orders applies to soft-labels and survey-grounded questions; qa writes its own options"
+                    .into(),
+            );
+        }
         if self.mode == GenMode::Qa && self.few_shot.is_empty() {
             return Err("generate.few_shot: qa mode needs at least one example".into());
         }

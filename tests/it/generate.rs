@@ -285,3 +285,49 @@ fn paraphrases_are_per_question_and_shared_by_every_country() {
     ]);
     assert_clean_error(&o, "original = true needs paraphrase = true");
 }
+
+/// `[generate] orders = "reversed"`: every record has a copy with the options listed in reverse,
+/// its labels renumbered and its target reversed with them, in the same wording; `cyclic` and
+/// qa mode are refused.
+#[test]
+fn reversed_order_records_list_the_options_backwards_with_their_targets() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.jsonl");
+    let r = dir.path().join("rev.toml");
+    let text = format!(
+        "include = \"{}\"\n[generate]\ncountries = [\"NGA\", \"DEU\"]\nmax_questions = 2\nparaphrase = false\norders = \"reversed\"\n",
+        root().join("recipes/distill/survey-grounded.toml").display()
+    );
+    std::fs::write(&r, text).unwrap();
+    run(&["generate", "--recipe", &s(&r), "--out", &s(&out)]);
+    let survey = Survey::load(root().join("data/wvs")).unwrap();
+    let records = mores::generate::dataset::read(&out).unwrap();
+    let by_id: std::collections::BTreeMap<&str, &mores::generate::dataset::Record> =
+        records.iter().map(|(r, _)| (r.id.as_str(), r)).collect();
+    let rev: Vec<_> = records.iter().filter(|(r, _)| r.id.ends_with("~rev")).collect();
+    assert!(!rev.is_empty() && rev.len() * 2 == records.len(), "{} of {}", rev.len(), records.len());
+    for (r, _) in rev {
+        let orig = by_id[r.id.trim_end_matches("~rev")];
+        let q = survey.question(r.question_id.as_deref().unwrap()).unwrap();
+        let human = &survey.answers(&q.id, r.country.as_deref().unwrap()).unwrap().distribution;
+        let target = |rec: &mores::generate::dataset::Record| match &rec.target {
+            Some(mores::generate::dataset::Target::Distribution(d)) => d.clone(),
+            t => panic!("{t:?}"),
+        };
+        assert_eq!(&target(orig), human);
+        assert_eq!(target(r), human.iter().rev().copied().collect::<Vec<_>>());
+        assert_eq!(r.question, orig.question, "one wording for both orders");
+        // The first option shown in the reversed record is the question's last.
+        let (first, last) = (&q.options[0].label, &q.options[q.options.len() - 1].label);
+        let p = r.prompt.as_deref().unwrap();
+        let listed = &p[p.find("Options:").unwrap()..];
+        assert!(listed.find(last.as_str()).unwrap() < listed.find(first.as_str()).unwrap(), "{p}");
+    }
+    for (mode, extra, want) in [
+        ("survey-grounded", "orders = \"cyclic\"\n", "not a training order"),
+        ("qa", "orders = \"reversed\"\n", "qa writes its own options"),
+    ] {
+        let r = recipe(dir.path(), mode, extra);
+        assert_clean_error(&mores(&["generate", "--recipe", &s(&r), "--out", &s(&dir.path().join("bad.jsonl"))]), want);
+    }
+}
