@@ -1,40 +1,32 @@
 //! Model runtime: load a GGUF file or a Hugging Face folder, with its tokenizer and chat template,
 //! into one of mores' own architecture files, and run batched forward passes that return logits
 //! at chosen positions.
-pub mod act;
-pub mod adapter;
-pub mod chat;
-pub mod config;
-pub mod exp;
-pub mod export;
-pub mod family;
+pub mod arch;
 pub mod frozen;
-pub mod gemm;
-pub mod gemma3;
-pub mod gguf;
-pub mod grad_ops;
 pub mod kernels;
-pub mod layers;
-pub mod linear;
-pub mod llama;
+pub mod loading;
 pub mod lora;
 pub mod mode;
 pub mod radix;
-pub mod tokenizer;
-pub mod weights;
+
+// The module paths the rest of the crate uses.
+pub use kernels::{exp, gemm, grad_ops};
+pub use loading::{chat, gguf, tokenizer};
+pub use lora::{adapter, export};
 
 use crate::util::error::{Error, Result};
 use crate::util::io::{read_json, sha256_file};
 pub use crate::util::manifest::{AdapterInfo, ModelInfo};
+use arch::layers::{Batch, Kv};
+use arch::{family, gemma3, linear, llama};
 use candle_core::{Device, Tensor};
 use chat::ChatTemplate;
 use gguf::GgufFile;
-use layers::{Batch, Kv};
+use loading::weights::{Source, Weights};
 use mode::Mode;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use tokenizer::Tok;
-use weights::{Source, Weights};
 
 pub const SUPPORTED: &str =
     "llama (SmolLM2, Llama, Mistral), gemma3, qwen2 (Qwen2, Qwen2.5, DeepSeek-R1-Distill-Qwen), qwen3 (GGUF or Hugging Face); mistral, phi3 (Hugging Face folders)";

@@ -1,10 +1,10 @@
 //! Linear layers over dense or quantized weights, with an optional LoRA adapter, and the slots
 //! through which an adapter reaches a model's projections.
-use super::act::Gated;
-use super::gemm::Packed;
-use super::kernels;
-use super::lora::{LoraLayer, Target};
-use super::mode::Mode;
+use crate::model::kernels;
+use crate::model::kernels::act::Gated;
+use crate::model::kernels::gemm::Packed;
+use crate::model::lora::{LoraLayer, Target};
+use crate::model::mode::Mode;
 use crate::util::error::Result;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Tensor, TensorId};
@@ -58,7 +58,7 @@ impl Linear {
         let p = Arc::new(match q8 {
             Some((id, q)) if id == w.id() && w.device().is_cpu() => {
                 let (n, k) = w.dims2()?;
-                Packed::from_q8_0(&q.data()?, n, k, super::gemm::Isa::best())
+                Packed::from_q8_0(&q.data()?, n, k, crate::model::kernels::gemm::Isa::best())
                     .map_err(|e| crate::util::error::Error::Invalid(format!("internal: {e}")))?
             }
             _ => kernels::pack(w)?,
@@ -157,7 +157,7 @@ impl Linear {
 
     /// [`Linear::forward`] of several layers on the same input (a layer's q, k, v; its gate and
     /// up). Without gradients on the CPU with f32 bases, their products run as one parallel loop
-    /// over all their weights' panels ([`super::gemm::matmul_packed_many`]: one fork-join instead
+    /// over all their weights' panels ([`crate::model::kernels::gemm::matmul_packed_many`]: one fork-join instead
     /// of one per layer); bias and adapter are added after, as `forward` does. The same bits.
     pub fn forward_many<const N: usize>(ls: [&Linear; N], x: &Tensor, mode: Mode) -> Result<[Tensor; N]> {
         let dense: Vec<&Tensor> = ls
@@ -179,7 +179,7 @@ impl Linear {
         kernels::with_f32s(&[&x2], |v| {
             let ws: Vec<&Packed> = packed.iter().map(|p| &**p).collect();
             let mut ys: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
-            super::gemm::matmul_packed_many(v[0], m, &ws, &mut ys);
+            crate::model::kernels::gemm::matmul_packed_many(v[0], m, &ws, &mut ys);
         })?;
         let mut ys = Vec::with_capacity(N);
         for ((l, p), o) in ls.iter().zip(&packed).zip(outs) {
@@ -190,7 +190,7 @@ impl Linear {
 
     /// act(gate(x), up(x)): a gated MLP's two projections and activation. At inference on the
     /// CPU with f32 bases and neither bias nor adapter, one parallel loop in which each thread
-    /// combines the gate and up panels it computed ([`super::gemm::matmul_gated`]: no [tokens,
+    /// combines the gate and up panels it computed ([`crate::model::kernels::gemm::matmul_gated`]: no [tokens,
     /// intermediate] gate and up tensors written and read back, no separate activation pass);
     /// otherwise [`Linear::forward_many`] and the activation over tensors (in training, candle's
     /// GELU or the SwiGLU node, whose backward it needs). The same bits either way.
@@ -206,7 +206,7 @@ impl Linear {
             let [g, u] = Linear::forward_many([gate, up], x, mode)?;
             return match (act, mode.grad) {
                 (Gated::Gelu, true) => Ok((g.gelu()? * u)?),
-                (Gated::Silu, true) => super::grad_ops::swiglu(&g, &u),
+                (Gated::Silu, true) => crate::model::kernels::grad_ops::swiglu(&g, &u),
                 (_, false) => act.tensors(&g, &u),
             };
         };
@@ -216,7 +216,9 @@ impl Linear {
         let (pg, pu) = (gate.packed_for(&gw, k)?, up.packed_for(&uw, k)?);
         let n = pg.n;
         let mut out = vec![0f32; m * n];
-        kernels::with_f32s(&[&x2], |v| super::gemm::matmul_gated(v[0], m, (&pg, &pu), act.slice_fn(), &mut out))?;
+        kernels::with_f32s(&[&x2], |v| {
+            crate::model::kernels::gemm::matmul_gated(v[0], m, (&pg, &pu), act.slice_fn(), &mut out)
+        })?;
         unrows(&Tensor::from_vec(out, (m, n), x.device())?, &lead)
     }
 
@@ -234,7 +236,9 @@ impl Linear {
         let x2 = x2.contiguous()?;
         // The composed path's mask, value for value (same seed, layer id and order).
         let mask = match mode.dropout_seed {
-            Some(seed) if l.dropout > 0.0 => Some(super::lora::dropout_values(seed, l.id, x2.elem_count(), l.dropout)),
+            Some(seed) if l.dropout > 0.0 => {
+                Some(crate::model::lora::dropout_values(seed, l.id, x2.elem_count(), l.dropout))
+            }
             _ => None,
         };
         let op = AdaptedLinear { w: w.clone(), packed: self.packed(w)?, scale: l.scale as f32, mask };
@@ -296,7 +300,7 @@ impl candle_core::CustomOp1 for FrozenLinear {
         }
         let x = kernels::cpu_f32(s, l)?;
         let mut y = vec![0f32; m * p.n];
-        super::gemm::matmul_packed(x, m, p, &mut y);
+        crate::model::kernels::gemm::matmul_packed(x, m, p, &mut y);
         Ok((candle_core::CpuStorage::F32(y), (m, p.n).into()))
     }
 
@@ -306,7 +310,7 @@ impl candle_core::CustomOp1 for FrozenLinear {
         let (g, w) = (grad.contiguous()?, self.w.contiguous()?);
         let dx = kernels::with_f32s(&[&g, &w], |v| {
             let mut dx = vec![0f32; m * k];
-            super::gemm::matmul_nn(v[0], m, n, v[1], k, &mut dx);
+            crate::model::kernels::gemm::matmul_nn(v[0], m, n, v[1], k, &mut dx);
             dx
         })
         .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
@@ -388,7 +392,7 @@ impl candle_core::CustomOp3 for AdaptedLinear {
         bs: &candle_core::CpuStorage,
         bl: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use super::gemm::{matmul_packed, Isa, Packed};
+        use crate::model::kernels::gemm::{matmul_packed, Isa, Packed};
         let ((m, k), (r, ka), (n, rb)) = (xl.shape().dims2()?, al.shape().dims2()?, bl.shape().dims2()?);
         self.check((m, k), (r, ka), (n, rb))?;
         let (x, a, b) = (kernels::cpu_f32(xs, xl)?, kernels::cpu_f32(as_, al)?, kernels::cpu_f32(bs, bl)?);
@@ -414,7 +418,7 @@ impl candle_core::CustomOp3 for AdaptedLinear {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        use super::gemm::matmul_nn;
+        use crate::model::kernels::gemm::matmul_nn;
         let ((m, k), (r, _), (n, _)) = (x.dims2()?, a.dims2()?, b.dims2()?);
         let (g, x_, a_, b_, w) =
             (grad.contiguous()?, x.contiguous()?, a.contiguous()?, b.contiguous()?, self.w.contiguous()?);

@@ -1,7 +1,7 @@
 //! Pieces shared by the architecture files: padded batches, rotary embeddings with per-row
 //! positions, causal (optionally sliding-window) masks, and grouped-query attention.
-use super::mode::Mode;
-use super::{grad_ops, kernels};
+use crate::model::kernels::{self, grad_ops};
+use crate::model::mode::Mode;
 use crate::util::error::Result;
 use candle_core::{DType, Device, Tensor};
 

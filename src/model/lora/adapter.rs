@@ -1,7 +1,7 @@
 //! LoRA adapters in PEFT's on-disk format: `adapter_config.json` plus `adapter_model.safetensors`
 //! with keys like `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight` (A [r, in],
 //! B [out, r]) and metadata format=pt, so Python PEFT loads what mores trains and the reverse.
-use crate::model::lora::{init_pair, rows_from_hf, rows_to_hf, LoraLayer, Target};
+use super::layer::{init_pair, rows_from_hf, rows_to_hf, LoraLayer, Target};
 use crate::model::Model;
 use crate::recipe::lora::Fused;
 pub use crate::recipe::lora::LoraSpec;
