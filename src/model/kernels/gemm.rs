@@ -4,7 +4,7 @@
 //! Why not candle's matmul (the `gemm` crate): it packs the weight afresh on every call (measured
 //! at 16% of a probe's CPU time with prefix reuse, since the radix tree runs several small passes
 //! per batch), runs its 8-lane AVX2 kernel even where the CPU has AVX-512, and sums each output
-//! in an order that depends on the product's shape (`kernels.rs` pads rows to keep one order).
+//! in an order that depends on the product's shape (`matmul.rs` pads rows to keep one order).
 //!
 //! Here every output element is one fused multiply-add chain over the depth, from zero, in depth
 //! order: `c = fma(x[i][p], w[j][p], c)` for p = 0, 1, .... The SIMD kernels only decide how many
