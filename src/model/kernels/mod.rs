@@ -1,8 +1,9 @@
 //! The hand-written CPU maths under the forward and backward passes: batch-invariant matrix
 //! products ([`matmul`]) and attention ([`attention`], with its fixed-order sums in `sums`),
-//! mores' own GEMM ([`gemm`]), e^x with the C library's bits ([`exp`]), the gated MLP activations
-//! ([`act`]), the training-mode fused ops with a hand-written backward ([`grad_ops`]) and the
-//! f32 views of candle tensors they all read ([`tensor`]).
+//! mores' own GEMM ([`gemm`], its inner loops in `microkernel`), e^x with the C library's bits
+//! ([`exp`]), the gated MLP activations ([`act`]), the training-mode fused ops with a
+//! hand-written backward ([`grad_ops`]) and the f32 views of candle tensors they all read
+//! ([`tensor`]).
 //!
 //! The architectures (`super::arch`) call these through candle tensors, by the names re-exported
 //! here. Every kernel gives each row the same bits whatever batch, padding or prefix it is
@@ -13,6 +14,7 @@ pub mod exp;
 pub mod gemm;
 pub mod grad_ops;
 pub mod matmul;
+mod microkernel;
 mod sums;
 pub mod tensor;
 
