@@ -17,7 +17,7 @@ pub use lora::{adapter, export};
 use crate::util::error::{Error, Result};
 use crate::util::io::{read_json, sha256_file};
 pub use crate::util::manifest::{AdapterInfo, ModelInfo};
-use arch::layers::{Batch, Kv};
+use arch::batch::{Batch, Kv};
 use arch::{family, gemma3, linear, llama};
 use candle_core::{Device, Tensor};
 use chat::ChatTemplate;

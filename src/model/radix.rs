@@ -15,7 +15,7 @@
 //! whether its prefix ran in this forward, an earlier one or an earlier batch (the kernels in
 //! [`super::kernels`] are row- and prefix-invariant), so probabilities equal those of whole rows
 //! bit for bit (`tests/it/batch.rs`).
-use super::arch::layers::{Batch, Kv};
+use super::arch::batch::{Batch, Kv};
 use super::kernels::{KeySource, TreeNode};
 use super::mode::Mode;
 use super::Model;

@@ -3,7 +3,8 @@
 //! perplexity), RMSNorm before and after both attention and MLP, per-head Q/K norms, embeddings
 //! scaled by sqrt(hidden), and local sliding-window layers with their own RoPE base.
 //! GGUF norm weights already include Gemma's "+1"; Hugging Face checkpoints store w and need 1 + w.
-use super::layers::{gather, norm_rope, residual, AttnCtx, Batch, Kv, RmsNorm, RopeStyle};
+use super::batch::{Batch, Kv};
+use super::layers::{gather, norm_rope, residual, AttnCtx, RmsNorm, RopeStyle};
 use super::linear::{layer_slots, Linear, Slot};
 use crate::model::loading::gguf::GgufFile;
 use crate::model::loading::weights::{key, Weights};

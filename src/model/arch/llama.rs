@@ -2,8 +2,9 @@
 //! Qwen3 and Phi-3: see [`super::family`] for what sets each apart): RMSNorm, rotary attention
 //! with grouped KV heads, SwiGLU MLP. Built from GGUF (`llama.*` metadata) or a Hugging Face
 //! folder (config.json).
+use super::batch::{Batch, Kv};
 use super::family::{Family, Traits};
-use super::layers::{gather, norm_rope, residual, AttnCtx, Batch, Kv, RmsNorm, RopeStyle};
+use super::layers::{gather, norm_rope, residual, AttnCtx, RmsNorm, RopeStyle};
 use super::linear::{layer_slots, Linear, Slot};
 use crate::model::loading::gguf::GgufFile;
 use crate::model::loading::weights::{key, Weights};

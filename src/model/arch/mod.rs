@@ -6,6 +6,7 @@
 //! [`Weights`](super::loading::weights::Weights) source; the architecture asks for its tensors by
 //! name and builds its layers. [`super::Model`] then runs its forward pass, and LoRA
 //! (`super::lora`) reaches its projections through [`linear::Slot`]s.
+pub mod batch;
 pub mod config;
 pub mod family;
 pub mod gemma3;

@@ -2,8 +2,8 @@
 //! products ([`matmul`]) and attention ([`attention`], with its fixed-order sums in `sums`),
 //! mores' own GEMM ([`gemm`], its inner loops in `microkernel`), e^x with the C library's bits
 //! ([`exp`]), the gated MLP activations ([`act`]), the training-mode fused ops with a
-//! hand-written backward ([`grad_ops`]) and the f32 views of candle tensors they all read
-//! ([`tensor`]).
+//! hand-written backward ([`grad_ops`]), a linear layer's training products ([`linear_ops`]) and
+//! the f32 views of candle tensors they all read ([`tensor`]).
 //!
 //! The architectures (`super::arch`) call these through candle tensors, by the names re-exported
 //! here. Every kernel gives each row the same bits whatever batch, padding or prefix it is
@@ -13,6 +13,7 @@ pub mod attention;
 pub mod exp;
 pub mod gemm;
 pub mod grad_ops;
+pub mod linear_ops;
 pub mod matmul;
 mod microkernel;
 mod sums;
