@@ -71,7 +71,7 @@ pub fn step_grads(
 }
 
 /// [`step_grads`] with the country-deviation term of weight `deviation` (see
-/// [`TrainSection::deviation`]); returns the loss (KL plus the weighted term), the term's value
+/// [`crate::recipe::TrainSection::deviation`]); returns the loss (KL plus the weighted term), the term's value
 /// and the gradients.
 ///
 /// The term couples a step's examples through each question's mean, so it is computed in two

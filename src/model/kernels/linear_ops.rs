@@ -1,7 +1,7 @@
 //! A linear layer's training-mode products as single candle nodes on the CPU, both on mores'
 //! GEMM: a frozen weight's product that passes back only the input's gradient
-//! ([`FrozenLinear`]), and a frozen weight with its LoRA factors and dropout in one node with
-//! gradients for the input and both factors ([`AdaptedLinear`]). The architectures' `Linear`
+//! (`FrozenLinear`), and a frozen weight with its LoRA factors and dropout in one node with
+//! gradients for the input and both factors (`AdaptedLinear`). The architectures' `Linear`
 //! builds them when a forward pass needs gradients.
 use super::gemm::Packed;
 use candle_core::Tensor;
