@@ -5,7 +5,7 @@
 //! Exact, not approximate: the layers below L hold no variable and run as inference, and the
 //! batch-invariant kernels give each row the same values whatever batch it is computed in, so a
 //! step with kept rows computes the same loss and gradients as one that reruns them (tested).
-use super::layers::Batch;
+use super::arch::batch::Batch;
 use crate::util::error::Result;
 use candle_core::Tensor;
 use std::collections::HashMap;

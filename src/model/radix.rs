@@ -15,8 +15,8 @@
 //! whether its prefix ran in this forward, an earlier one or an earlier batch (the kernels in
 //! [`super::kernels`] are row- and prefix-invariant), so probabilities equal those of whole rows
 //! bit for bit (`tests/it/batch.rs`).
+use super::arch::batch::{Batch, Kv};
 use super::kernels::{KeySource, TreeNode};
-use super::layers::{Batch, Kv};
 use super::mode::Mode;
 use super::Model;
 use crate::util::error::Result;

@@ -87,10 +87,10 @@ impl Validation {
 /// Loss and country-level fit over `exs` without gradients (the probe's numerics), in
 /// micro-batches of `micro`.
 pub fn validate(model: &Model, exs: &[&Example], micro: usize) -> Result<Validation> {
-    let denom = super::denominators(exs);
+    let denom = super::step::denominators(exs);
     let mut sums = examples::LossSums::default();
     let mut expected = Vec::new();
-    for chunk in super::by_length(exs).chunks(micro) {
+    for chunk in super::step::by_length(exs).chunks(micro) {
         let (_, e) = examples::batch_loss_parts(model, chunk, Mode::INFER, denom, &mut sums, true)?;
         let labelled = chunk.iter().filter(|x| matches!(x.kind, Kind::Labels(_)));
         for (ex, e) in labelled.zip(e) {

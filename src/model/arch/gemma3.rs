@@ -3,11 +3,12 @@
 //! perplexity), RMSNorm before and after both attention and MLP, per-head Q/K norms, embeddings
 //! scaled by sqrt(hidden), and local sliding-window layers with their own RoPE base.
 //! GGUF norm weights already include Gemma's "+1"; Hugging Face checkpoints store w and need 1 + w.
-use super::gguf::GgufFile;
-use super::layers::{gather, norm_rope, residual, AttnCtx, Batch, Kv, RmsNorm, RopeStyle};
+use super::batch::{Batch, Kv};
+use super::layers::{gather, norm_rope, residual, AttnCtx, RmsNorm, RopeStyle};
 use super::linear::{layer_slots, Linear, Slot};
-use super::mode::Mode;
-use super::weights::{key, Weights};
+use crate::model::loading::gguf::GgufFile;
+use crate::model::loading::weights::{key, Weights};
+use crate::model::mode::Mode;
 use crate::util::error::{Error, Result};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -309,7 +310,7 @@ impl Model {
             let a = ctx.attend(li, &q, &k, &v, win, scale)?;
             x = residual(&x, &l.post_attn_norm.forward(&l.o.forward(&a, mode)?, mode)?, mode)?;
             let h = l.pre_ffn_norm.forward(&x, mode)?;
-            let m = Linear::forward_gated(&l.gate, &l.up, &h, mode, super::act::Gated::Gelu)?;
+            let m = Linear::forward_gated(&l.gate, &l.up, &h, mode, crate::model::kernels::act::Gated::Gelu)?;
             x = residual(&x, &l.post_ffn_norm.forward(&l.down.forward(&m, mode)?, mode)?, mode)?;
         }
         let logits = match read {

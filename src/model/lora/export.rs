@@ -1,7 +1,7 @@
 //! Merge a LoRA adapter into its base model and write a Hugging Face model folder
 //! (config.json, model.safetensors, tokenizer.json, tokenizer_config.json) that mores,
 //! transformers or any converter can load without PEFT.
-use crate::model::adapter::{merge_into, save_safetensors, Adapter};
+use super::adapter::{merge_into, save_safetensors, Adapter};
 use crate::model::{Arch, LoadOptions, Model};
 use crate::util::error::{Error, Result};
 use std::collections::HashMap;

@@ -2,12 +2,13 @@
 //! Qwen3 and Phi-3: see [`super::family`] for what sets each apart): RMSNorm, rotary attention
 //! with grouped KV heads, SwiGLU MLP. Built from GGUF (`llama.*` metadata) or a Hugging Face
 //! folder (config.json).
+use super::batch::{Batch, Kv};
 use super::family::{Family, Traits};
-use super::gguf::GgufFile;
-use super::layers::{gather, norm_rope, residual, AttnCtx, Batch, Kv, RmsNorm, RopeStyle};
+use super::layers::{gather, norm_rope, residual, AttnCtx, RmsNorm, RopeStyle};
 use super::linear::{layer_slots, Linear, Slot};
-use super::mode::Mode;
-use super::weights::{key, Weights};
+use crate::model::loading::gguf::GgufFile;
+use crate::model::loading::weights::{key, Weights};
+use crate::model::mode::Mode;
 use crate::util::error::{Error, Result};
 use candle_core::quantized::QMatMul;
 use candle_core::Tensor;
@@ -381,7 +382,7 @@ impl Model {
             let a = ctx.attend(li, &q, &k, &v, window, scale)?;
             x = residual(&x, &l.o.forward(&a, mode)?, mode)?;
             let h = l.post_norm.forward(&x, mode)?;
-            let m = Linear::forward_gated(&l.gate, &l.up, &h, mode, super::act::Gated::Silu)?;
+            let m = Linear::forward_gated(&l.gate, &l.up, &h, mode, crate::model::kernels::act::Gated::Silu)?;
             x = residual(&x, &l.down.forward(&m, mode)?, mode)?;
         }
         Ok((x, kv))
@@ -409,8 +410,11 @@ impl Model {
         for (i, l) in self.layers.iter().enumerate() {
             let p = |s: &str| format!("model.layers.{i}.{s}.weight");
             let (q, k) = (l.q.dense_weight()?, l.k.dense_weight()?);
-            let (q, k) =
-                if permuted { (super::lora::rows_to_hf(&q, nh)?, super::lora::rows_to_hf(&k, nkv)?) } else { (q, k) };
+            let (q, k) = if permuted {
+                (crate::model::lora::rows_to_hf(&q, nh)?, crate::model::lora::rows_to_hf(&k, nkv)?)
+            } else {
+                (q, k)
+            };
             let (v, gate, up) = (l.v.dense_weight()?, l.gate.dense_weight()?, l.up.dense_weight()?);
             if self.cfg.traits.fused {
                 // Phi-3 checkpoints keep Q, K, V (and gate, up) as one weight: fuse them back.

@@ -1,5 +1,5 @@
 //! LoRA on a frozen linear layer: y = W x + scale * B (A dropout(x)), A [r, in], B [out, r].
-use super::mode::Mode;
+use crate::model::mode::Mode;
 use crate::util::error::Result;
 use candle_core::{Tensor, Var};
 use rand::{Rng, SeedableRng};
@@ -32,7 +32,7 @@ impl LoraLayer {
             (self.a.as_tensor().detach(), self.b.as_tensor().detach())
         };
         // The same row-count-independent products as the base weights (differentiable).
-        let y = (super::kernels::matmul_nt(&super::kernels::matmul_nt(&x2, &a)?, &b)? * self.scale)?;
+        let y = (crate::model::kernels::matmul_nt(&crate::model::kernels::matmul_nt(&x2, &a)?, &b)? * self.scale)?;
         let mut out = lead.to_vec();
         out.push(b.dim(0)?);
         Ok(y.reshape(out)?)

@@ -97,7 +97,7 @@ impl Gated {
 /// gelu_tanh(gate) * up for CPU f32 tensors without gradients (same shape); candle's composed
 /// ops elsewhere (other devices, training, which needs their backward).
 pub fn gelu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    if !super::kernels::plain_cpu_f32(&[gate, up]) || gate.shape() != up.shape() {
+    if !super::plain_cpu_f32(&[gate, up]) || gate.shape() != up.shape() {
         return Ok((gate.gelu()? * up)?);
     }
     gated(gate, up, gelu_mul_slice)
@@ -107,7 +107,7 @@ pub fn gelu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 /// element's value does not depend on the chunking.
 fn gated(gate: &Tensor, up: &Tensor, f: fn(&[f32], &[f32], &mut [f32])) -> Result<Tensor> {
     let (g, u) = (gate.contiguous()?, up.contiguous()?);
-    let out = super::kernels::with_f32s(&[&g, &u], |x| {
+    let out = super::with_f32s(&[&g, &u], |x| {
         use rayon::prelude::*;
         let mut out = vec![0f32; x[0].len()];
         // Chunks of whole cache lines.
@@ -139,7 +139,7 @@ pub fn silu_mul_slice(g: &[f32], u: &[f32], out: &mut [f32]) {
 /// silu(gate) * up for CPU f32 tensors without gradients (same shape), bit for bit candle's
 /// `silu(gate) * up`; candle's composed ops elsewhere.
 pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    if !super::kernels::plain_cpu_f32(&[gate, up]) || gate.shape() != up.shape() {
+    if !super::plain_cpu_f32(&[gate, up]) || gate.shape() != up.shape() {
         return Ok((candle_nn::ops::silu(gate)? * up)?);
     }
     gated(gate, up, silu_mul_slice)

@@ -1,10 +1,11 @@
 //! Linear layers over dense or quantized weights, with an optional LoRA adapter, and the slots
 //! through which an adapter reaches a model's projections.
-use super::act::Gated;
-use super::gemm::Packed;
-use super::kernels;
-use super::lora::{LoraLayer, Target};
-use super::mode::Mode;
+use crate::model::kernels;
+use crate::model::kernels::act::Gated;
+use crate::model::kernels::gemm::Packed;
+use crate::model::kernels::linear_ops::{AdaptedLinear, FrozenLinear};
+use crate::model::lora::{LoraLayer, Target};
+use crate::model::mode::Mode;
 use crate::util::error::Result;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Tensor, TensorId};
@@ -58,7 +59,7 @@ impl Linear {
         let p = Arc::new(match q8 {
             Some((id, q)) if id == w.id() && w.device().is_cpu() => {
                 let (n, k) = w.dims2()?;
-                Packed::from_q8_0(&q.data()?, n, k, super::gemm::Isa::best())
+                Packed::from_q8_0(&q.data()?, n, k, crate::model::kernels::gemm::Isa::best())
                     .map_err(|e| crate::util::error::Error::Invalid(format!("internal: {e}")))?
             }
             _ => kernels::pack(w)?,
@@ -157,7 +158,7 @@ impl Linear {
 
     /// [`Linear::forward`] of several layers on the same input (a layer's q, k, v; its gate and
     /// up). Without gradients on the CPU with f32 bases, their products run as one parallel loop
-    /// over all their weights' panels ([`super::gemm::matmul_packed_many`]: one fork-join instead
+    /// over all their weights' panels ([`crate::model::kernels::gemm::matmul_packed_many`]: one fork-join instead
     /// of one per layer); bias and adapter are added after, as `forward` does. The same bits.
     pub fn forward_many<const N: usize>(ls: [&Linear; N], x: &Tensor, mode: Mode) -> Result<[Tensor; N]> {
         let dense: Vec<&Tensor> = ls
@@ -179,7 +180,7 @@ impl Linear {
         kernels::with_f32s(&[&x2], |v| {
             let ws: Vec<&Packed> = packed.iter().map(|p| &**p).collect();
             let mut ys: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
-            super::gemm::matmul_packed_many(v[0], m, &ws, &mut ys);
+            crate::model::kernels::gemm::matmul_packed_many(v[0], m, &ws, &mut ys);
         })?;
         let mut ys = Vec::with_capacity(N);
         for ((l, p), o) in ls.iter().zip(&packed).zip(outs) {
@@ -190,7 +191,7 @@ impl Linear {
 
     /// act(gate(x), up(x)): a gated MLP's two projections and activation. At inference on the
     /// CPU with f32 bases and neither bias nor adapter, one parallel loop in which each thread
-    /// combines the gate and up panels it computed ([`super::gemm::matmul_gated`]: no [tokens,
+    /// combines the gate and up panels it computed ([`crate::model::kernels::gemm::matmul_gated`]: no [tokens,
     /// intermediate] gate and up tensors written and read back, no separate activation pass);
     /// otherwise [`Linear::forward_many`] and the activation over tensors (in training, candle's
     /// GELU or the SwiGLU node, whose backward it needs). The same bits either way.
@@ -206,7 +207,7 @@ impl Linear {
             let [g, u] = Linear::forward_many([gate, up], x, mode)?;
             return match (act, mode.grad) {
                 (Gated::Gelu, true) => Ok((g.gelu()? * u)?),
-                (Gated::Silu, true) => super::grad_ops::swiglu(&g, &u),
+                (Gated::Silu, true) => crate::model::kernels::grad_ops::swiglu(&g, &u),
                 (_, false) => act.tensors(&g, &u),
             };
         };
@@ -216,7 +217,9 @@ impl Linear {
         let (pg, pu) = (gate.packed_for(&gw, k)?, up.packed_for(&uw, k)?);
         let n = pg.n;
         let mut out = vec![0f32; m * n];
-        kernels::with_f32s(&[&x2], |v| super::gemm::matmul_gated(v[0], m, (&pg, &pu), act.slice_fn(), &mut out))?;
+        kernels::with_f32s(&[&x2], |v| {
+            crate::model::kernels::gemm::matmul_gated(v[0], m, (&pg, &pu), act.slice_fn(), &mut out)
+        })?;
         unrows(&Tensor::from_vec(out, (m, n), x.device())?, &lead)
     }
 
@@ -234,7 +237,9 @@ impl Linear {
         let x2 = x2.contiguous()?;
         // The composed path's mask, value for value (same seed, layer id and order).
         let mask = match mode.dropout_seed {
-            Some(seed) if l.dropout > 0.0 => Some(super::lora::dropout_values(seed, l.id, x2.elem_count(), l.dropout)),
+            Some(seed) if l.dropout > 0.0 => {
+                Some(crate::model::lora::dropout_values(seed, l.id, x2.elem_count(), l.dropout))
+            }
             _ => None,
         };
         let op = AdaptedLinear { w: w.clone(), packed: self.packed(w)?, scale: l.scale as f32, mask };
@@ -270,50 +275,6 @@ impl Linear {
     }
 }
 
-/// x [n, in] times a frozen w [out, in] transposed on the CPU, returning only the input's
-/// gradient: candle's matmul backward always computes the weight's too (a [out, in] product per
-/// layer per step, thrown away for a frozen base; measured in candle-notes: step time and peak
-/// memory roughly halved without it). Forward on the packed weight, backward g · w on w as stored.
-struct FrozenLinear {
-    w: Tensor,
-    packed: Arc<Packed>,
-}
-
-impl candle_core::CustomOp1 for FrozenLinear {
-    fn name(&self) -> &'static str {
-        "frozen-linear"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s: &candle_core::CpuStorage,
-        l: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let (m, k) = l.shape().dims2()?;
-        let p = &self.packed;
-        if k != p.k {
-            candle_core::bail!("frozen-linear: input width {k} vs weight {}x{}", p.n, p.k)
-        }
-        let x = kernels::cpu_f32(s, l)?;
-        let mut y = vec![0f32; m * p.n];
-        super::gemm::matmul_packed(x, m, p, &mut y);
-        Ok((candle_core::CpuStorage::F32(y), (m, p.n).into()))
-    }
-
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let (m, n) = grad.dims2()?;
-        let (_, k) = self.w.dims2()?;
-        let (g, w) = (grad.contiguous()?, self.w.contiguous()?);
-        let dx = kernels::with_f32s(&[&g, &w], |v| {
-            let mut dx = vec![0f32; m * k];
-            super::gemm::matmul_nn(v[0], m, n, v[1], k, &mut dx);
-            dx
-        })
-        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        Ok(Some(Tensor::from_vec(dx, (m, k), grad.device())?))
-    }
-}
-
 /// x [.., in] as [rows, in], and its leading dimensions.
 fn rows(x: &Tensor) -> Result<(Tensor, Vec<usize>)> {
     let dims = x.dims();
@@ -327,137 +288,6 @@ fn unrows(y: &Tensor, lead: &[usize]) -> Result<Tensor> {
     shape.push(y.dim(1)?);
     Ok(y.reshape(shape)?)
 }
-
-/// x [m, in] · wᵀ + scale · (d(x) · aᵀ) · bᵀ for a frozen w [out, in], LoRA factors a [r, in],
-/// b [out, r] and d the dropout mask (elementwise; identity without one), as one differentiable
-/// node with gradients for x, a and b (w gets none). Every product is mores' GEMM (one fma chain
-/// per element, so a row's result does not depend on the row count). With u = d(x) aᵀ and
-/// h = g b: dx = g w + scale · d(h a), da = scale · hᵀ d(x), db = scale · gᵀ u.
-struct AdaptedLinear {
-    w: Tensor,
-    packed: Arc<Packed>,
-    scale: f32,
-    /// Inverted-dropout factors for x's m * in values.
-    mask: Option<Vec<f32>>,
-}
-
-impl AdaptedLinear {
-    /// x with the dropout mask applied (borrowed as is without one).
-    fn dropped<'a>(&self, x: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
-        match &self.mask {
-            Some(m) => x.iter().zip(m).map(|(x, m)| x * m).collect::<Vec<f32>>().into(),
-            None => x.into(),
-        }
-    }
-
-    /// The operands' shapes agree with w and the mask: x [m, in], a [r, in], b [out, r].
-    fn check(&self, (m, k): (usize, usize), a: (usize, usize), b: (usize, usize)) -> candle_core::Result<()> {
-        let p = &self.packed;
-        if k != p.k || a.1 != k || b.0 != p.n || b.1 != a.0 {
-            candle_core::bail!("adapted-linear: x [_, {k}], w [{}, {}], a {:?}, b {:?}", p.n, p.k, a, b)
-        }
-        if self.mask.as_ref().is_some_and(|d| d.len() != m * k) {
-            candle_core::bail!("adapted-linear: dropout mask for another shape")
-        }
-        Ok(())
-    }
-}
-
-/// [rows, cols] row-major to [cols, rows].
-fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut t = vec![0f32; rows * cols];
-    for (i, row) in v.chunks_exact(cols).enumerate() {
-        for (j, &x) in row.iter().enumerate() {
-            t[j * rows + i] = x;
-        }
-    }
-    t
-}
-
-impl candle_core::CustomOp3 for AdaptedLinear {
-    fn name(&self) -> &'static str {
-        "adapted-linear"
-    }
-
-    fn cpu_fwd(
-        &self,
-        xs: &candle_core::CpuStorage,
-        xl: &candle_core::Layout,
-        as_: &candle_core::CpuStorage,
-        al: &candle_core::Layout,
-        bs: &candle_core::CpuStorage,
-        bl: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use super::gemm::{matmul_packed, Isa, Packed};
-        let ((m, k), (r, ka), (n, rb)) = (xl.shape().dims2()?, al.shape().dims2()?, bl.shape().dims2()?);
-        self.check((m, k), (r, ka), (n, rb))?;
-        let (x, a, b) = (kernels::cpu_f32(xs, xl)?, kernels::cpu_f32(as_, al)?, kernels::cpu_f32(bs, bl)?);
-        let isa = Isa::best();
-        let mut u = vec![0f32; m * r];
-        matmul_packed(&self.dropped(x), m, &Packed::new(a, r, k, isa), &mut u);
-        let mut d = vec![0f32; m * n];
-        matmul_packed(&u, m, &Packed::new(b, n, r, isa), &mut d);
-        let mut y = vec![0f32; m * n];
-        matmul_packed(x, m, &self.packed, &mut y);
-        // The composed path's order: base + (LoRA product * scale).
-        for (y, d) in y.iter_mut().zip(&d) {
-            *y += *d * self.scale;
-        }
-        Ok((candle_core::CpuStorage::F32(y), (m, n).into()))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        a: &Tensor,
-        b: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        use super::gemm::matmul_nn;
-        let ((m, k), (r, _), (n, _)) = (x.dims2()?, a.dims2()?, b.dims2()?);
-        let (g, x_, a_, b_, w) =
-            (grad.contiguous()?, x.contiguous()?, a.contiguous()?, b.contiguous()?, self.w.contiguous()?);
-        let want_x = x.track_op();
-        let s = self.scale;
-        let (dx, da, db) = kernels::with_f32s(&[&g, &x_, &a_, &b_, &w], |v| {
-            let (g, x, a, b, w) = (v[0], v[1], v[2], v[3], v[4]);
-            // h = g b [m, r]; u = x aᵀ [m, r].
-            let mut h = vec![0f32; m * r];
-            matmul_nn(g, m, n, b, r, &mut h);
-            let xd = self.dropped(x);
-            let mut u = vec![0f32; m * r];
-            matmul_nn(&xd, m, k, &transpose(a, r, k), r, &mut u);
-            let dx = want_x.then(|| {
-                let mut dx = vec![0f32; m * k];
-                matmul_nn(g, m, n, w, k, &mut dx);
-                let mut ha = vec![0f32; m * k];
-                matmul_nn(&h, m, r, a, k, &mut ha);
-                let ha = self.dropped(&ha);
-                for (d, e) in dx.iter_mut().zip(ha.iter()) {
-                    *d += *e * s;
-                }
-                dx
-            });
-            let mut da = vec![0f32; r * k];
-            matmul_nn(&transpose(&h, m, r), r, m, &xd, k, &mut da);
-            let mut db = vec![0f32; n * r];
-            matmul_nn(&transpose(g, m, n), n, m, &u, r, &mut db);
-            for v in da.iter_mut().chain(db.iter_mut()) {
-                *v *= s;
-            }
-            (dx, da, db)
-        })
-        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        let dev = grad.device();
-        Ok((
-            dx.map(|dx| Tensor::from_vec(dx, (m, k), dev)).transpose()?,
-            Some(Tensor::from_vec(da, (r, k), dev)?),
-            Some(Tensor::from_vec(db, (n, r), dev)?),
-        ))
-    }
-}
-
 /// One adaptable projection of a loaded model.
 pub struct Slot<'a> {
     pub layer: usize,

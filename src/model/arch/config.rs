@@ -1,7 +1,7 @@
 //! Checks on an architecture's hyperparameters before anything is allocated from them. GGUF
 //! metadata and config.json come from anywhere: a head count of 0 divided by zero, a block count
 //! of 2^32 - 1 asked for a 100 GB vector, a RoPE dimension of 2^32 - 1 built 8.7 GB of tables.
-use super::weights::{key, Weights};
+use crate::model::loading::weights::{key, Weights};
 use crate::util::error::{Error, Result};
 
 /// The numbers every decoder architecture here is built from.

@@ -149,7 +149,7 @@ impl candle_core::CustomOp2 for WithGrad {
             Backward::RmsNorm { w, eps } => {
                 let (x, g) = (x.contiguous()?, g.contiguous()?);
                 let d = w.elem_count();
-                let dx = super::kernels::with_f32s(&[&x, &g, w], |t| {
+                let dx = super::with_f32s(&[&x, &g, w], |t| {
                     let (x, g, w) = (t[0], t[1], t[2]);
                     let mut dx = vec![0f32; x.len()];
                     for ((dx, x), g) in dx.chunks_mut(d).zip(x.chunks(d)).zip(g.chunks(d)) {
@@ -200,7 +200,7 @@ impl candle_core::CustomOp2 for SwiGlu {
         u: &CpuStorage,
         lu: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (g, u) = (super::kernels::cpu_f32(g, lg)?, super::kernels::cpu_f32(u, lu)?);
+        let (g, u) = (super::cpu_f32(g, lg)?, super::cpu_f32(u, lu)?);
         // The same expression as candle's silu (x / (1 + e^-x)), so training reads what
         // inference computes.
         let mut y = vec![0f32; g.len()];
@@ -217,7 +217,7 @@ impl candle_core::CustomOp2 for SwiGlu {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
         // d/dg [g s(g)] = s (1 + g (1 - s)).
-        let (dg, du): (Vec<f32>, Vec<f32>) = super::kernels::with_f32s(&[g, u, &dy], |x| {
+        let (dg, du): (Vec<f32>, Vec<f32>) = super::with_f32s(&[g, u, &dy], |x| {
             x[0].iter()
                 .zip(x[1])
                 .zip(x[2])
