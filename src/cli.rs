@@ -106,7 +106,7 @@ pub enum Cmd {
     /// Side-by-side table of probe runs with CIs (--out: also compare.md, figures per continent and
     /// category group), or of `mores run` folders: the variants table (--out: variants.md, .csv).
     Compare {
-        /// Probe output folders to put side by side (the first is the reference).
+        /// Probe run folders (the first is the reference) or `mores run` folders, one kind at a time.
         runs: Vec<PathBuf>,
         /// Folder for compare.md and the figures.
         #[arg(long)]
