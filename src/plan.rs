@@ -129,13 +129,7 @@ pub fn generate(a: &GenerateArgs, threads: usize) -> Result<String> {
 }
 
 pub fn train(a: &TrainArgs) -> Result<String> {
-    let mut recipe = DistillRecipe::load_with(&a.recipe, &a.sets)?;
-    if let Some(m) = &a.model {
-        recipe.student.path = Some(m.clone());
-    }
-    if let Some(s) = a.max_steps {
-        recipe.train.max_steps = Some(s);
-    }
+    let recipe = crate::train::resolve_recipe(a)?;
     let data = crate::generate::dataset::read(&a.data)?;
     let t = &recipe.train;
     let exact_split = t.val_split == ValSplit::Record;

@@ -115,7 +115,8 @@ pub fn eval_loss(model: &Model, exs: &[&Example], micro: usize) -> Result<f64> {
     Ok(validate::validate(model, exs, micro)?.loss)
 }
 
-pub fn train(a: &TrainArgs) -> Result<Summary> {
+/// The recipe with `--set` and the command line's overrides (`--model`, `--max-steps`) applied.
+pub fn resolve_recipe(a: &TrainArgs) -> Result<DistillRecipe> {
     let mut recipe = DistillRecipe::load_with(&a.recipe, &a.sets)?;
     if let Some(m) = &a.model {
         recipe.student.path = Some(m.clone());
@@ -123,6 +124,11 @@ pub fn train(a: &TrainArgs) -> Result<Summary> {
     if let Some(s) = a.max_steps {
         recipe.train.max_steps = Some(s);
     }
+    Ok(recipe)
+}
+
+pub fn train(a: &TrainArgs) -> Result<Summary> {
+    let recipe = resolve_recipe(a)?;
     let t = recipe.train.clone();
     let model_path = recipe.student.path.clone().ok_or_else(|| Error::Recipe {
         path: a.recipe.clone(),
