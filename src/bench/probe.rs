@@ -4,7 +4,7 @@
 //! that peak memory belongs to it alone.
 use crate::model::Model;
 use crate::recipe::{ProbeRecipe, WeightMode};
-use crate::score::{ScoreRequest, Scorer};
+use crate::score::ScoreRequest;
 use crate::survey::Survey;
 use crate::util::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -98,25 +98,8 @@ pub fn measure_one(
     let mut model = Model::load(model_path, &crate::model::LoadOptions::for_weights(weights))?;
     model.prefix_reuse = !whole_rows;
     let load_s = t0.elapsed().as_secs_f64();
-    let requests = |chunk: &[PromptLine]| -> Vec<ScoreRequest> {
-        chunk.iter().map(|l| ScoreRequest { prompt: l.prompt.clone(), labels: l.options.clone() }).collect()
-    };
-    let new_cache = || crate::model::radix::PrefixCache::new(crate::recipe::DEFAULT_PREFIX_CACHE_MIB);
-    if let Some(first) = lines.chunks(batch.max(1)).next() {
-        let mut scratch = new_cache();
-        for _ in 0..warmup {
-            model.score_batch_cached(&requests(first), &mut scratch)?;
-        }
-    }
-    let t1 = std::time::Instant::now();
-    let mut probs = BTreeMap::new();
-    let mut cache = new_cache();
-    for chunk in lines.chunks(batch.max(1)) {
-        for (l, s) in chunk.iter().zip(model.score_batch_cached(&requests(chunk), &mut cache)?) {
-            probs.insert(l.id.clone(), s.probs);
-        }
-    }
-    let score_s = t1.elapsed().as_secs_f64();
+    let size = batch.max(1);
+    let (score_s, probs, cache) = time_scoring(&model, &lines, size, warmup, crate::recipe::DEFAULT_PREFIX_CACHE_MIB)?;
     let st = cache.stats;
     let form = format!("{weights:?}").to_lowercase();
     Ok(Measurement {
@@ -135,6 +118,36 @@ pub fn measure_one(
 /// The child side for a served model: the same prompts sent to the server at `endpoint` (which
 /// serves `model`, whose GGUF gives the tokenizer), `batch` prompts at a time with the server's
 /// requests in flight, after the same warm-up.
+/// Scores `lines` through `lm` in chunks of `size`, after `warmup` passes over the first chunk
+/// (with a cache of their own): the seconds taken, the probabilities by prompt id and the prefix
+/// cache the timed pass used.
+fn time_scoring(
+    lm: &dyn crate::lm::Lm,
+    lines: &[PromptLine],
+    size: usize,
+    warmup: usize,
+    cache_mib: usize,
+) -> Result<(f64, BTreeMap<String, Vec<f64>>, crate::model::radix::PrefixCache)> {
+    let requests = |chunk: &[PromptLine]| -> Vec<ScoreRequest> {
+        chunk.iter().map(|l| ScoreRequest { prompt: l.prompt.clone(), labels: l.options.clone() }).collect()
+    };
+    if let Some(first) = lines.chunks(size).next() {
+        let mut scratch = crate::model::radix::PrefixCache::new(cache_mib);
+        for _ in 0..warmup {
+            lm.score(&requests(first), &mut scratch)?;
+        }
+    }
+    let t = std::time::Instant::now();
+    let mut probs = BTreeMap::new();
+    let mut cache = crate::model::radix::PrefixCache::new(cache_mib);
+    for chunk in lines.chunks(size) {
+        for (l, s) in chunk.iter().zip(lm.score(&requests(chunk), &mut cache)?) {
+            probs.insert(l.id.clone(), s.probs);
+        }
+    }
+    Ok((t.elapsed().as_secs_f64(), probs, cache))
+}
+
 pub fn measure_served(
     endpoint: &str,
     model_path: &Path,
@@ -152,24 +165,8 @@ pub fn measure_served(
     let t0 = std::time::Instant::now();
     let served = crate::lm::served::Served::connect(&section)?;
     let load_s = t0.elapsed().as_secs_f64();
-    let requests = |chunk: &[PromptLine]| -> Vec<ScoreRequest> {
-        chunk.iter().map(|l| ScoreRequest { prompt: l.prompt.clone(), labels: l.options.clone() }).collect()
-    };
-    let mut none = crate::model::radix::PrefixCache::new(0);
     let size = batch.max(served.parallelism()).max(1);
-    if let Some(first) = lines.chunks(size).next() {
-        for _ in 0..warmup {
-            served.score(&requests(first), &mut none)?;
-        }
-    }
-    let t1 = std::time::Instant::now();
-    let mut probs = BTreeMap::new();
-    for chunk in lines.chunks(size) {
-        for (l, s) in chunk.iter().zip(served.score(&requests(chunk), &mut none)?) {
-            probs.insert(l.id.clone(), s.probs);
-        }
-    }
-    let score_s = t1.elapsed().as_secs_f64();
+    let (score_s, probs, _) = time_scoring(&served, &lines, size, warmup, 0)?;
     Ok(Measurement {
         backend: "mores via the server".into(),
         reuse: None,
