@@ -160,10 +160,6 @@ impl ScoreCache {
         sha256_hex(key.as_bytes())
     }
 
-    pub fn get(&self, key: &str) -> Option<&OptionScores> {
-        self.entries.get(key)
-    }
-
     /// The cached scores of `key` if they fit a prompt with `n_labels` labels: one finite
     /// probability per label. A damaged line that does not is scored again.
     pub fn get_valid(&self, key: &str, n_labels: usize) -> Option<&OptionScores> {
