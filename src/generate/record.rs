@@ -64,7 +64,7 @@ impl Ctx<'_> {
         s.stop = vec!["\n".into()];
         s.max_new_tokens = s.max_new_tokens.min(64);
         let key = if variant == 0 { format!("paraphrase-{qid}") } else { format!("paraphrase-{qid}-{variant}") };
-        let mut rng = sample::record_rng(self.g.seed, &key);
+        let mut rng = sample::record_rng(self.g.draw_seed(), &key);
         let prompt = self.g.paraphrase_prompt.replace("{question}", text);
         let out = self.teacher.complete(&prompt, &s, &mut rng)?;
         let mut p = parse::paraphrase(text, &out.text).map_err(String::from);
@@ -101,7 +101,7 @@ impl Ctx<'_> {
             options: None,
             rationale: None,
             teacher_sha256: Some(self.teacher.info().sha256.clone()),
-            seed: Some(self.g.seed),
+            seed: Some(self.g.draw_seed()),
         };
         let (outcome, tokens) = match self.g.mode {
             GenMode::Qa => self.qa(&mut rec, item, &country.name)?,
@@ -125,7 +125,7 @@ impl Ctx<'_> {
         prompt.push_str(&format!("Country: {country}\nTopic: {}\nQuestion:", item.category));
         let mut s = self.g.sampling.clone();
         s.stop.push("\nCountry:".into());
-        let mut rng = sample::record_rng(self.g.seed, &item.id);
+        let mut rng = sample::record_rng(self.g.draw_seed(), &item.id);
         let out = self.teacher.complete(&prompt, &s, &mut rng)?;
         let tokens = out.n_tokens;
         let qa = match parse::qa(&format!("Question:{}", out.text)) {

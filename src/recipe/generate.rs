@@ -37,8 +37,13 @@ pub struct FewShot {
 #[serde(deny_unknown_fields)]
 pub struct GenerateSection {
     pub mode: GenMode,
+    /// Seeds the split, the question sample and, unless `sample_seed` is set, the teacher's draws.
     #[serde(default)]
     pub seed: u64,
+    /// Seeds the teacher's draws (paraphrases, QA) alone, keeping the split and the questions:
+    /// the same experiment with other teacher samples. Default: `seed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_seed: Option<u64>,
     #[serde(default = "super::default_data")]
     pub data: PathBuf,
     /// ISO3 codes; empty: every country with at least `min_questions` scored questions.
@@ -130,6 +135,11 @@ fn default_paraphrase() -> String {
 }
 
 impl GenerateSection {
+    /// The seed of the teacher's draws.
+    pub fn draw_seed(&self) -> u64 {
+        self.sample_seed.unwrap_or(self.seed)
+    }
+
     pub fn validate(&self) -> std::result::Result<(), String> {
         if self.orders == super::OrderMode::Cyclic {
             return Err("generate.orders = \"cyclic\" is not a training order: use \"original\" or \"reversed\"".into());

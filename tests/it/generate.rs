@@ -331,3 +331,36 @@ fn reversed_order_records_list_the_options_backwards_with_their_targets() {
         assert_clean_error(&mores(&["generate", "--recipe", &s(&r), "--out", &s(&dir.path().join("bad.jsonl"))]), want);
     }
 }
+
+/// `[generate] sample_seed` draws other teacher samples for the same split and items: the split
+/// and the record ids stay, the paraphrases change; unset, it is `seed`.
+#[test]
+fn sample_seed_redraws_the_teacher_but_keeps_the_split() {
+    let dir = tempfile::tempdir().unwrap();
+    let gen = |name: &str, extra: &str| {
+        let r = dir.path().join(format!("{name}.toml"));
+        let text = format!(
+            "include = \"{}\"\n[generate]\nmax_questions = 6\ncountries = [\"NGA\", \"DEU\"]\n{extra}",
+            root().join("recipes/distill/survey-grounded.toml").display()
+        );
+        std::fs::write(&r, text).unwrap();
+        let out = dir.path().join(format!("{name}.jsonl"));
+        run(&["generate", "--recipe", &s(&r), "--out", &s(&out)]);
+        let recs: Vec<_> = mores::generate::dataset::read(&out).unwrap().into_iter().map(|r| r.0).collect();
+        // Every work item, kept or rejected, has a line in the status log.
+        let mut items: Vec<String> = std::fs::read_to_string(out.with_extension("log.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_str().unwrap().to_string())
+            .collect();
+        items.sort();
+        (std::fs::read(out.with_extension("split.json")).unwrap(), items, recs)
+    };
+    let (split0, items0, a) = gen("a", "");
+    let (split1, items1, b) = gen("b", "sample_seed = 1\n");
+    assert_eq!(split0, split1, "the split does not depend on the teacher's seed");
+    assert_eq!(items0, items1, "the same work items");
+    assert!(a.iter().all(|r| r.seed == Some(0)) && b.iter().all(|r| r.seed == Some(1)), "records name their draw seed");
+    let text = |r: &[mores::generate::dataset::Record]| r.iter().map(|x| x.question.clone()).collect::<Vec<_>>();
+    assert_ne!(text(&a), text(&b), "another seed, other paraphrases");
+}
