@@ -381,6 +381,10 @@ impl Model {
             }
             let a = ctx.attend(li, &q, &k, &v, window, scale)?;
             x = residual(&x, &l.o.forward(&a, mode)?, mode)?;
+            if let Some(y) = super::block::gated_mlp(&x, &l.post_norm, [&l.gate, &l.up, &l.down], mode)? {
+                x = y;
+                continue;
+            }
             let h = l.post_norm.forward(&x, mode)?;
             let m = Linear::forward_gated(&l.gate, &l.up, &h, mode, crate::model::kernels::act::Gated::Silu)?;
             x = residual(&x, &l.down.forward(&m, mode)?, mode)?;

@@ -8,6 +8,7 @@
 //! name and builds its layers. [`super::Model`] then runs its forward pass, and LoRA
 //! (`super::lora`) reaches its projections through [`linear::Slot`]s.
 pub mod batch;
+pub mod block;
 pub mod config;
 pub mod family;
 pub mod gemma3;
