@@ -1,9 +1,12 @@
-//! Training-mode blocks as single graph nodes ([`crate::model::kernels::block_ops`]): where a
-//! llama layer qualifies (CPU, f32 weights without bias), its gated MLP with the norm before it
-//! and the residual sum after it runs as one node. Otherwise, and on a thread that turned them
-//! off with [`set_fused_blocks`], the composed path applies.
-use super::layers::RmsNorm;
+//! Training-mode blocks as single graph nodes ([`crate::model::kernels::block_ops`],
+//! [`crate::model::kernels::attn_block`]): where a llama layer qualifies (CPU, f32 weights
+//! without bias, no Q/K norms, no prefix), its attention block and its gated MLP, each with the
+//! norm before it and the residual sum after it, run as one node each. Otherwise, and on a
+//! thread that turned them off with [`set_fused_blocks`], the composed path applies.
+use super::batch::Batch;
+use super::layers::{RmsNorm, RopeStyle};
 use super::linear::Linear;
+use crate::model::kernels::attn_block::AttnBlock;
 use crate::model::kernels::block_ops::{GatedMlp, Proj, ProjLora};
 use crate::model::kernels::{self};
 use crate::model::mode::Mode;
@@ -85,6 +88,69 @@ pub fn gated_mlp(x: &Tensor, norm: &RmsNorm, [gate, up, down]: [&Linear; 3], mod
     }
     let p = flat(params, x)?;
     let op = GatedMlp::new(norm_w, norm.eps, [g, u, d]);
+    Ok(Some(x.contiguous()?.apply_op2(&p, op)?))
+}
+
+/// What a llama layer's attention block reads besides its weights: the batch (its padding), the
+/// heads (query heads, KV heads, head dimension), the rotation tables [b, t, dim / 2], the pair
+/// style, the sliding window and the score scale.
+pub struct AttnParts<'a> {
+    pub batch: &'a Batch,
+    pub heads: (usize, usize, usize),
+    pub rope: (&'a Tensor, &'a Tensor),
+    pub style: RopeStyle,
+    pub window: Option<usize>,
+    pub scale: f64,
+}
+
+/// x + o(attention(rope(q(h)), rope(k(h)), v(h))), h = norm(x), as one training node for a
+/// layer without Q/K norms or biases on a batch without a prefix; None where the block does not
+/// qualify (then the caller composes it).
+pub fn attention(x: &Tensor, norm: &RmsNorm, lins: [&Linear; 4], at: &AttnParts, mode: Mode) -> Result<Option<Tensor>> {
+    let any_lora = lins.iter().any(|l| l.lora.is_some());
+    if !mode.grad || !fused_blocks() || !(x.track_op() || any_lora) || at.batch.tree.is_some() || at.batch.offset != 0 {
+        return Ok(None);
+    }
+    let (nh, nkv, hd) = at.heads;
+    let (b, t) = (at.batch.rows, at.batch.len);
+    let hidden = *x.dims().last().unwrap_or(&0);
+    let ok = x.device().is_cpu()
+        && x.dtype() == candle_core::DType::F32
+        && x.elem_count() == b * t * hidden
+        && norm.weight.dims() == [hidden]
+        && hd % 2 == 0
+        && nkv > 0
+        && nh % nkv == 0
+        && at.rope.0.dims() == [b, t, hd / 2]
+        && at.rope.1.dims() == [b, t, hd / 2];
+    if !ok {
+        return Ok(None);
+    }
+    let Ok(norm_w) = norm.weight.to_vec1::<f32>() else { return Ok(None) };
+    let (mut params, mut pos) = (Vec::new(), 0);
+    let mut proj_of = |l: &Linear, elems: usize| proj(l, elems, mode, &mut params, &mut pos);
+    let (Some(q), Some(k), Some(v), Some(o)) = (
+        proj_of(lins[0], b * t * hidden)?,
+        proj_of(lins[1], b * t * hidden)?,
+        proj_of(lins[2], b * t * hidden)?,
+        proj_of(lins[3], b * t * nh * hd)?,
+    ) else {
+        return Ok(None);
+    };
+    let tables = (at.rope.0.flatten_all()?.to_vec1::<f32>()?, at.rope.1.flatten_all()?.to_vec1::<f32>()?);
+    let shape = kernels::AttnShape {
+        rows: b,
+        heads: nh,
+        kv_heads: nkv,
+        len: t,
+        dim: hd,
+        prefix: vec![0; b],
+        pad: at.batch.pad.clone(),
+        window: at.window,
+        scale: at.scale as f32,
+    };
+    let p = flat(params, x)?;
+    let op = AttnBlock::new(norm_w, norm.eps, [q, k, v, o], shape, tables, at.style == RopeStyle::Interleaved);
     Ok(Some(x.contiguous()?.apply_op2(&p, op)?))
 }
 

@@ -10,6 +10,7 @@
 //! computed with, and the same bits on every instruction set.
 pub mod act;
 pub mod attention;
+pub mod attn_block;
 pub mod block_ops;
 pub mod exp;
 pub mod gemm;
