@@ -161,8 +161,8 @@ pub struct Model {
     pub cfg: Config,
     embed: Tensor,
     layers: Vec<Layer>,
-    norm: RmsNorm,
-    lm_head: Linear,
+    pub(super) norm: RmsNorm,
+    pub(super) lm_head: Linear,
     rope_style: RopeStyle,
     inv_freq: Vec<f32>,
 }
@@ -326,7 +326,7 @@ impl Model {
         Ok(self.head(&x, Some(read), mode)?.expect("read given"))
     }
 
-    fn embed_rows(&self, batch: &Batch) -> Result<Tensor> {
+    pub(super) fn embed_rows(&self, batch: &Batch) -> Result<Tensor> {
         let (b, t) = (batch.rows, batch.len);
         Ok(self.embed.index_select(&batch.ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?)
     }
@@ -340,7 +340,7 @@ impl Model {
 
     /// Decoder layers `range` on hidden states `x`; layers below the first adapted one run as
     /// inference even in training (nothing below them needs a gradient).
-    fn run_layers(
+    pub(super) fn run_layers(
         &self,
         batch: &Batch,
         prefix: &[&Kv],

@@ -12,6 +12,7 @@ pub mod block;
 pub mod config;
 pub mod family;
 pub mod gemma3;
+pub mod head;
 pub mod layers;
 pub mod linear;
 pub mod llama;

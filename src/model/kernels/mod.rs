@@ -15,6 +15,7 @@ pub mod block_ops;
 pub mod exp;
 pub mod gemm;
 pub mod grad_ops;
+pub mod head_ops;
 pub mod linear_ops;
 pub mod matmul;
 mod microkernel;
