@@ -16,6 +16,16 @@ pub fn logsumexp(row: &[f32]) -> f32 {
     m + row.iter().map(|x| (x - m).exp()).sum::<f32>().ln()
 }
 
+/// [`logsumexp`] with the exponentials vectorised in `buf` ([`super::exp`]: expf's bits, summed
+/// in the same order), so the same value.
+fn logsumexp_with(row: &[f32], buf: &mut Vec<f32>) -> f32 {
+    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    buf.clear();
+    buf.extend(row.iter().map(|x| x - m));
+    super::exp::exp_in_place(buf);
+    m + buf.iter().sum::<f32>().ln()
+}
+
 /// The op on x [n, hidden]: output [n], row i's NLL of `targets[i]`.
 pub(crate) struct HeadNll {
     pub(crate) w: Tensor,
@@ -43,7 +53,7 @@ impl candle_core::CustomOp1 for HeadNll {
             candle_core::bail!("head-nll: {n} x {k} rows, {} targets, head {v} x {}", self.targets.len(), p.k)
         }
         let logits = super::linear_ops::linear_fwd(super::cpu_f32(s, l)?, n, p, None);
-        let lse: Vec<f32> = logits.par_chunks(v).map(logsumexp).collect();
+        let lse: Vec<f32> = logits.par_chunks(v).map_init(Vec::new, |buf, row| logsumexp_with(row, buf)).collect();
         let out = logits.chunks(v).zip(&lse).zip(&self.targets).map(|((row, l), &t)| l - row[t as usize]).collect();
         *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some((logits, lse));
         Ok((CpuStorage::F32(out), Shape::from(n)))
@@ -58,7 +68,11 @@ impl candle_core::CustomOp1 for HeadNll {
         let v = self.packed.n;
         dl.par_chunks_mut(v).enumerate().for_each(|(i, o)| {
             for oj in o.iter_mut() {
-                *oj = g[i] * (*oj - lse[i]).exp();
+                *oj -= lse[i];
+            }
+            super::exp::exp_in_place(o);
+            for oj in o.iter_mut() {
+                *oj *= g[i];
             }
             o[self.targets[i] as usize] -= g[i];
         });
