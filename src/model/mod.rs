@@ -165,6 +165,35 @@ impl Model {
         Ok(self.forward(&batch, &[], Some(&idx), false, mode)?.0.expect("read positions given"))
     }
 
+    /// [`Model::logits_rows`] reduced to each read's NLL of its target (`targets`, one per read)
+    /// in training, with the head and the cross-entropy as one node where the architecture
+    /// allows it (llama-shaped, CPU); None where it does not (then use `logits_rows`).
+    pub fn token_nll_rows(
+        &self,
+        rows: &[Vec<u32>],
+        read: &[(usize, usize)],
+        targets: &[u32],
+        mode: Mode,
+    ) -> Result<Option<Tensor>> {
+        let Arch::Llama(m) = &self.arch else { return Ok(None) };
+        if !m.fused_head(mode) || !self.device.is_cpu() || targets.len() != read.len() {
+            return Ok(None);
+        }
+        self.check_len(rows.iter().map(|r| r.len()).max().unwrap_or(0))?;
+        let batch = Batch::new(rows, &self.device)?;
+        let idx: Vec<u32> = read.iter().map(|&(r, p)| batch.flat_index(r, p)).collect();
+        let idx = Tensor::from_vec(idx, read.len(), &self.device)?;
+        let layer = if self.frozen_rows.is_some() { m.first_adapted() } else { 0 };
+        let x = match &self.frozen_rows {
+            Some(store) if layer > 0 => {
+                let mut store = store.lock().expect("frozen rows lock");
+                store.assemble(rows, layer, &self.device, &|b| m.hidden_before(b, layer))?
+            }
+            _ => m.hidden_before(&batch, 0)?,
+        };
+        Ok(Some(m.token_nll(&batch, layer, x, &idx, targets, mode)?))
+    }
+
     /// Start a generation: run `ids` and return the last position's logits [vocab] and the cache.
     pub fn prefill(&self, ids: &[u32]) -> Result<(Tensor, Kv)> {
         if ids.is_empty() {

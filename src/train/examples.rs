@@ -183,18 +183,28 @@ pub fn batch_loss_parts(
     }
     let n_tok = tok_reads.len();
     let all: Vec<(usize, usize)> = tok_reads.into_iter().chain(lab_reads.iter().copied()).collect();
-    let logits = model.logits_rows(&rows, &all, mode)?;
-    let dev = logits.device();
+    // Token reads alone: the head and the cross-entropy as one node where the model allows it.
+    let fused =
+        if lab_reads.is_empty() && n_tok > 0 { model.token_nll_rows(&rows, &all, &targets, mode)? } else { None };
+    let logits = match fused {
+        Some(_) => None,
+        None => Some(model.logits_rows(&rows, &all, mode)?),
+    };
+    let dev = &model.device;
     let mut total = Tensor::zeros((), candle_core::DType::F32, dev)?;
     let mut expected = Vec::new();
     if n_tok > 0 {
-        let nll = super::loss::nll_rows(&logits.narrow(0, 0, n_tok)?, &targets)?;
+        let nll = match (fused, &logits) {
+            (Some(nll), _) => nll,
+            (None, Some(l)) => super::loss::nll_rows(&l.narrow(0, 0, n_tok)?, &targets)?,
+            (None, None) => unreachable!("logits computed without the fused loss"),
+        };
         for x in nll.to_vec1::<f32>()? {
             sums.lm += x as f64;
         }
         total = (total + (nll.sum_all()? / denom.0)?)?;
     }
-    if !lab_reads.is_empty() {
+    if let (false, Some(logits)) = (lab_reads.is_empty(), &logits) {
         let lab = logits.narrow(0, n_tok, lab_reads.len())?;
         let vocab = lab.dim(D::Minus1)?;
         let logp = candle_nn::ops::log_softmax(&lab, D::Minus1)?.flatten_all()?;

@@ -2,6 +2,7 @@
 //! (49,152 or 262,144 columns) materialises five or six full-size tensors forward and as many
 //! backward, single-threaded; this op makes one parallel pass per row each way and keeps only the
 //! gradient. Measured on SmolLM2 (batch 4 x 128 tokens): see the LoRA benchmark in docs/benchmarks.md.
+use crate::model::kernels::head_ops::logsumexp;
 use crate::util::error::Result;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
@@ -25,11 +26,6 @@ fn rows<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<(&'a [f32], us
     let CpuStorage::F32(data) = s else { candle_core::bail!("nll: logits must be f32") };
     let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("nll: logits must be contiguous") };
     Ok((&data[a..b], n, v))
-}
-
-fn logsumexp(row: &[f32]) -> f32 {
-    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    m + row.iter().map(|x| (x - m).exp()).sum::<f32>().ln()
 }
 
 impl CustomOp1 for Nll {

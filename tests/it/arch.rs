@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 const FAMILIES: [&str; 4] = ["qwen2", "qwen3", "mistral", "phi3"];
 
-fn fixture(name: &str) -> PathBuf {
+pub fn fixture(name: &str) -> PathBuf {
     root().join("tests/data/arch").join(name)
 }
 
@@ -75,7 +75,7 @@ fn families_lora_with_zero_b_equals_base_and_gradients_match_finite_differences(
     }
 }
 
-const PHI3_TARGETS: [&str; 4] = ["qkv_proj", "gate_up_proj", "o_proj", "down_proj"];
+pub const PHI3_TARGETS: [&str; 4] = ["qkv_proj", "gate_up_proj", "o_proj", "down_proj"];
 
 #[test]
 fn phi3_lora_uses_the_fused_peft_modules() {

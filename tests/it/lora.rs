@@ -38,7 +38,7 @@ fn rec(id: &str, json: serde_json::Value) -> Record {
     serde_json::from_value(v).unwrap()
 }
 
-fn examples(m: &Model) -> Vec<Example> {
+pub fn examples(m: &Model) -> Vec<Example> {
     let recs = [
         rec("t", serde_json::json!({"prompt": "How important is family?", "target": "Very important."})),
         rec(

@@ -17,6 +17,7 @@
 //! - `transfer_report`, `transfer_refs`, `transfer_compare`: the transfer report's numbers and references on
 //!   tiny hand-made surveys; `mores compare` over transfer runs (the variants table)
 //! - `train`: `mores train` resume equivalence, bad input, loss falls on SmolLM2
+//! - `fused`: the fused training blocks equal the composed graph over training steps
 //! - `fuzz`: seeded structure-aware mutation of every format mores reads; no panic, hang or huge allocation
 //! - `layout`: the source tree's imports point down the pipeline, with no cycles
 mod arch;
@@ -27,6 +28,7 @@ mod correlate;
 mod debias;
 mod dry_run;
 mod export;
+mod fused;
 mod fuzz;
 mod generate;
 mod hostile;

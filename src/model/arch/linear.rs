@@ -48,7 +48,7 @@ impl Linear {
     }
 
     /// The packed form of the f32 weight w (this layer's base).
-    fn packed(&self, w: &Tensor) -> Result<Arc<Packed>> {
+    pub(super) fn packed(&self, w: &Tensor) -> Result<Arc<Packed>> {
         let mut slot = self.packed.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((id, p)) = &*slot {
             if *id == w.id() {

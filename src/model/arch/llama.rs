@@ -161,8 +161,8 @@ pub struct Model {
     pub cfg: Config,
     embed: Tensor,
     layers: Vec<Layer>,
-    norm: RmsNorm,
-    lm_head: Linear,
+    pub(super) norm: RmsNorm,
+    pub(super) lm_head: Linear,
     rope_style: RopeStyle,
     inv_freq: Vec<f32>,
 }
@@ -326,7 +326,7 @@ impl Model {
         Ok(self.head(&x, Some(read), mode)?.expect("read given"))
     }
 
-    fn embed_rows(&self, batch: &Batch) -> Result<Tensor> {
+    pub(super) fn embed_rows(&self, batch: &Batch) -> Result<Tensor> {
         let (b, t) = (batch.rows, batch.len);
         Ok(self.embed.index_select(&batch.ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?)
     }
@@ -340,7 +340,7 @@ impl Model {
 
     /// Decoder layers `range` on hidden states `x`; layers below the first adapted one run as
     /// inference even in training (nothing below them needs a gradient).
-    fn run_layers(
+    pub(super) fn run_layers(
         &self,
         batch: &Batch,
         prefix: &[&Kv],
@@ -350,7 +350,7 @@ impl Model {
         mode: Mode,
     ) -> Result<(Tensor, Kv)> {
         let dev = batch.ids.device();
-        let (b, t) = (batch.rows, batch.len);
+        let t = batch.len;
         let (hd, nh, nkv) = (self.cfg.head_dim(), self.cfg.num_attention_heads, self.cfg.kv_heads());
         let window = self.cfg.traits.window;
         let frozen = if mode.grad { self.first_adapted() } else { 0 };
@@ -360,32 +360,61 @@ impl Model {
         let (cos, sin) = batch.rope_tables_from(&self.inv_freq, dev)?;
         let scale = 1.0 / (hd as f64).sqrt();
         let mut kv = Kv { len: t, ..Kv::new() };
+        let heads = (nh, nkv, hd);
+        let parts = super::block::AttnParts { batch, heads, rope: (&cos, &sin), style: self.rope_style, window, scale };
         for li in range {
             let l = &self.layers[li];
             let (mode, ctx) = match &ctx_frozen {
                 Some(c) if li < frozen => (Mode::INFER, c),
                 _ => (mode, &ctx),
             };
-            let h = l.input_norm.forward(&x, mode)?;
-            let [q, k, v] = Linear::forward_many([&l.q, &l.k, &l.v], &h, mode)?;
-            let (qn, kn) = match &l.qk_norm {
-                Some((qn, kn)) => (Some(qn), Some(kn)),
-                None => (None, None),
+            let plain = l.qk_norm.is_none() && prefix.is_empty() && !record;
+            let fused =
+                plain.then(|| super::block::attention(&x, &l.input_norm, [&l.q, &l.k, &l.v, &l.o], &parts, mode));
+            x = match fused.transpose()?.flatten() {
+                Some(y) => y,
+                None => self.attention_composed(l, li, &x, ctx, &parts, &mut kv, record, mode)?,
             };
-            let q = norm_rope(&q, (b, t, nh, hd), qn, &cos, &sin, self.rope_style, mode)?;
-            let k = norm_rope(&k, (b, t, nkv, hd), kn, &cos, &sin, self.rope_style, mode)?;
-            let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
-            if record {
-                kv.k.push(k.clone());
-                kv.v.push(v.clone());
+            if let Some(y) = super::block::gated_mlp(&x, &l.post_norm, [&l.gate, &l.up, &l.down], mode)? {
+                x = y;
+                continue;
             }
-            let a = ctx.attend(li, &q, &k, &v, window, scale)?;
-            x = residual(&x, &l.o.forward(&a, mode)?, mode)?;
             let h = l.post_norm.forward(&x, mode)?;
             let m = Linear::forward_gated(&l.gate, &l.up, &h, mode, crate::model::kernels::act::Gated::Silu)?;
             x = residual(&x, &l.down.forward(&m, mode)?, mode)?;
         }
         Ok((x, kv))
+    }
+
+    /// A layer's attention block from composed ops: x + o(attention(...)).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_composed(
+        &self,
+        l: &Layer,
+        li: usize,
+        x: &Tensor,
+        ctx: &AttnCtx,
+        at: &super::block::AttnParts,
+        kv: &mut Kv,
+        record: bool,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let ((nh, nkv, hd), (b, t), (cos, sin)) = (at.heads, (at.batch.rows, at.batch.len), at.rope);
+        let h = l.input_norm.forward(x, mode)?;
+        let [q, k, v] = Linear::forward_many([&l.q, &l.k, &l.v], &h, mode)?;
+        let (qn, kn) = match &l.qk_norm {
+            Some((qn, kn)) => (Some(qn), Some(kn)),
+            None => (None, None),
+        };
+        let q = norm_rope(&q, (b, t, nh, hd), qn, cos, sin, self.rope_style, mode)?;
+        let k = norm_rope(&k, (b, t, nkv, hd), kn, cos, sin, self.rope_style, mode)?;
+        let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+        if record {
+            kv.k.push(k.clone());
+            kv.v.push(v.clone());
+        }
+        let a = ctx.attend(li, &q, &k, &v, at.window, at.scale)?;
+        residual(x, &l.o.forward(&a, mode)?, mode)
     }
 
     /// The projections LoRA can adapt, in layer order.

@@ -8,9 +8,11 @@
 //! name and builds its layers. [`super::Model`] then runs its forward pass, and LoRA
 //! (`super::lora`) reaches its projections through [`linear::Slot`]s.
 pub mod batch;
+pub mod block;
 pub mod config;
 pub mod family;
 pub mod gemma3;
+pub mod head;
 pub mod layers;
 pub mod linear;
 pub mod llama;

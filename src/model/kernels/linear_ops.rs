@@ -31,9 +31,7 @@ impl candle_core::CustomOp1 for FrozenLinear {
         if k != p.k {
             candle_core::bail!("frozen-linear: input width {k} vs weight {}x{}", p.n, p.k)
         }
-        let x = super::cpu_f32(s, l)?;
-        let mut y = vec![0f32; m * p.n];
-        super::gemm::matmul_packed(x, m, p, &mut y);
+        let y = linear_fwd(super::cpu_f32(s, l)?, m, p, None);
         Ok((candle_core::CpuStorage::F32(y), (m, p.n).into()))
     }
 
@@ -41,12 +39,9 @@ impl candle_core::CustomOp1 for FrozenLinear {
         let (m, n) = grad.dims2()?;
         let (_, k) = self.w.dims2()?;
         let (g, w) = (grad.contiguous()?, self.w.contiguous()?);
-        let dx = super::with_f32s(&[&g, &w], |v| {
-            let mut dx = vec![0f32; m * k];
-            super::gemm::matmul_nn(v[0], m, n, v[1], k, &mut dx);
-            dx
-        })
-        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let dx = super::with_f32s(&[&g, &w], |v| linear_bwd(v[0], &[], (m, n, k), v[1], None, true).0)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?
+            .expect("asked for");
         Ok(Some(Tensor::from_vec(dx, (m, k), grad.device())?))
     }
 }
@@ -65,14 +60,6 @@ pub(crate) struct AdaptedLinear {
 }
 
 impl AdaptedLinear {
-    /// x with the dropout mask applied (borrowed as is without one).
-    fn dropped<'a>(&self, x: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
-        match &self.mask {
-            Some(m) => x.iter().zip(m).map(|(x, m)| x * m).collect::<Vec<f32>>().into(),
-            None => x.into(),
-        }
-    }
-
     /// The operands' shapes agree with w and the mask: x [m, in], a [r, in], b [out, r].
     fn check(&self, (m, k): (usize, usize), a: (usize, usize), b: (usize, usize)) -> candle_core::Result<()> {
         let p = &self.packed;
@@ -84,17 +71,11 @@ impl AdaptedLinear {
         }
         Ok(())
     }
-}
 
-/// [rows, cols] row-major to [cols, rows].
-fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut t = vec![0f32; rows * cols];
-    for (i, row) in v.chunks_exact(cols).enumerate() {
-        for (j, &x) in row.iter().enumerate() {
-            t[j * rows + i] = x;
-        }
+    /// The adapter's operands as slices.
+    fn part<'a>(&'a self, a: &'a [f32], b: &'a [f32], r: usize) -> LoraPart<'a> {
+        LoraPart { a, b, r, scale: self.scale, mask: self.mask.as_deref() }
     }
-    t
 }
 
 impl candle_core::CustomOp3 for AdaptedLinear {
@@ -111,21 +92,10 @@ impl candle_core::CustomOp3 for AdaptedLinear {
         bs: &candle_core::CpuStorage,
         bl: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use super::gemm::{matmul_packed, Isa, Packed};
         let ((m, k), (r, ka), (n, rb)) = (xl.shape().dims2()?, al.shape().dims2()?, bl.shape().dims2()?);
         self.check((m, k), (r, ka), (n, rb))?;
         let (x, a, b) = (super::cpu_f32(xs, xl)?, super::cpu_f32(as_, al)?, super::cpu_f32(bs, bl)?);
-        let isa = Isa::best();
-        let mut u = vec![0f32; m * r];
-        matmul_packed(&self.dropped(x), m, &Packed::new(a, r, k, isa), &mut u);
-        let mut d = vec![0f32; m * n];
-        matmul_packed(&u, m, &Packed::new(b, n, r, isa), &mut d);
-        let mut y = vec![0f32; m * n];
-        matmul_packed(x, m, &self.packed, &mut y);
-        // The composed path's order: base + (LoRA product * scale).
-        for (y, d) in y.iter_mut().zip(&d) {
-            *y += *d * self.scale;
-        }
+        let y = linear_fwd(x, m, &self.packed, Some(&self.part(a, b, r)));
         Ok((candle_core::CpuStorage::F32(y), (m, n).into()))
     }
 
@@ -137,41 +107,15 @@ impl candle_core::CustomOp3 for AdaptedLinear {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        use super::gemm::matmul_nn;
         let ((m, k), (r, _), (n, _)) = (x.dims2()?, a.dims2()?, b.dims2()?);
         let (g, x_, a_, b_, w) =
             (grad.contiguous()?, x.contiguous()?, a.contiguous()?, b.contiguous()?, self.w.contiguous()?);
         let want_x = x.track_op();
-        let s = self.scale;
-        let (dx, da, db) = super::with_f32s(&[&g, &x_, &a_, &b_, &w], |v| {
-            let (g, x, a, b, w) = (v[0], v[1], v[2], v[3], v[4]);
-            // h = g b [m, r]; u = x aᵀ [m, r].
-            let mut h = vec![0f32; m * r];
-            matmul_nn(g, m, n, b, r, &mut h);
-            let xd = self.dropped(x);
-            let mut u = vec![0f32; m * r];
-            matmul_nn(&xd, m, k, &transpose(a, r, k), r, &mut u);
-            let dx = want_x.then(|| {
-                let mut dx = vec![0f32; m * k];
-                matmul_nn(g, m, n, w, k, &mut dx);
-                let mut ha = vec![0f32; m * k];
-                matmul_nn(&h, m, r, a, k, &mut ha);
-                let ha = self.dropped(&ha);
-                for (d, e) in dx.iter_mut().zip(ha.iter()) {
-                    *d += *e * s;
-                }
-                dx
-            });
-            let mut da = vec![0f32; r * k];
-            matmul_nn(&transpose(&h, m, r), r, m, &xd, k, &mut da);
-            let mut db = vec![0f32; n * r];
-            matmul_nn(&transpose(g, m, n), n, m, &u, r, &mut db);
-            for v in da.iter_mut().chain(db.iter_mut()) {
-                *v *= s;
-            }
-            (dx, da, db)
+        let (dx, ab) = super::with_f32s(&[&g, &x_, &a_, &b_, &w], |v| {
+            linear_bwd(v[0], v[1], (m, n, k), v[4], Some(&self.part(v[2], v[3], r)), want_x)
         })
         .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let (da, db) = ab.expect("an adapter gives its gradients");
         let dev = grad.device();
         Ok((
             dx.map(|dx| Tensor::from_vec(dx, (m, k), dev)).transpose()?,
@@ -179,4 +123,105 @@ impl candle_core::CustomOp3 for AdaptedLinear {
             Some(Tensor::from_vec(db, (n, r), dev)?),
         ))
     }
+}
+
+/// A LoRA path's operands as f32 slices: a [r, in], b [out, r], the scale and the inverted-dropout
+/// factors for the input (none: no dropout).
+pub(crate) struct LoraPart<'a> {
+    pub(crate) a: &'a [f32],
+    pub(crate) b: &'a [f32],
+    pub(crate) r: usize,
+    pub(crate) scale: f32,
+    pub(crate) mask: Option<&'a [f32]>,
+}
+
+/// x with the dropout mask applied (borrowed as is without one).
+fn dropped<'a>(mask: Option<&[f32]>, x: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
+    match mask {
+        Some(m) => x.iter().zip(m).map(|(x, m)| x * m).collect::<Vec<f32>>().into(),
+        None => x.into(),
+    }
+}
+
+/// [rows, cols] row-major to [cols, rows].
+fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; rows * cols];
+    for (i, row) in v.chunks_exact(cols).enumerate() {
+        for (j, &x) in row.iter().enumerate() {
+            t[j * rows + i] = x;
+        }
+    }
+    t
+}
+
+/// y [m, n] = x [m, k] · wᵀ (w packed), plus scale · (d(x) · aᵀ) · bᵀ with an adapter: the
+/// forward of [`FrozenLinear`] and [`AdaptedLinear`].
+pub(crate) fn linear_fwd(x: &[f32], m: usize, w: &Packed, lora: Option<&LoraPart>) -> Vec<f32> {
+    use super::gemm::{matmul_packed, Isa};
+    let (n, k) = (w.n, w.k);
+    let mut y = vec![0f32; m * n];
+    matmul_packed(x, m, w, &mut y);
+    if let Some(l) = lora {
+        let isa = Isa::best();
+        let mut u = vec![0f32; m * l.r];
+        matmul_packed(&dropped(l.mask, x), m, &Packed::new(l.a, l.r, k, isa), &mut u);
+        let mut d = vec![0f32; m * n];
+        matmul_packed(&u, m, &Packed::new(l.b, n, l.r, isa), &mut d);
+        // The composed path's order: base + (LoRA product * scale).
+        for (y, d) in y.iter_mut().zip(&d) {
+            *y += *d * l.scale;
+        }
+    }
+    y
+}
+
+/// The gradients of [`linear_fwd`] given the output's g [m, n] and the input x [m, k], w [n, k]
+/// as stored: dx (when `want_x`) and, with an adapter, (da [r, k], db [n, r]). With u = d(x) aᵀ
+/// and h = g b: dx = g w + scale · d(h a), da = scale · hᵀ d(x), db = scale · gᵀ u.
+#[allow(clippy::type_complexity)]
+pub(crate) fn linear_bwd(
+    g: &[f32],
+    x: &[f32],
+    (m, n, k): (usize, usize, usize),
+    w: &[f32],
+    lora: Option<&LoraPart>,
+    want_x: bool,
+) -> (Option<Vec<f32>>, Option<(Vec<f32>, Vec<f32>)>) {
+    use super::gemm::matmul_nn;
+    let Some(l) = lora else {
+        return (
+            want_x.then(|| {
+                let mut dx = vec![0f32; m * k];
+                matmul_nn(g, m, n, w, k, &mut dx);
+                dx
+            }),
+            None,
+        );
+    };
+    let (r, s) = (l.r, l.scale);
+    // h = g b [m, r]; u = x aᵀ [m, r].
+    let mut h = vec![0f32; m * r];
+    matmul_nn(g, m, n, l.b, r, &mut h);
+    let xd = dropped(l.mask, x);
+    let mut u = vec![0f32; m * r];
+    matmul_nn(&xd, m, k, &transpose(l.a, r, k), r, &mut u);
+    let dx = want_x.then(|| {
+        let mut dx = vec![0f32; m * k];
+        matmul_nn(g, m, n, w, k, &mut dx);
+        let mut ha = vec![0f32; m * k];
+        matmul_nn(&h, m, r, l.a, k, &mut ha);
+        let ha = dropped(l.mask, &ha);
+        for (d, e) in dx.iter_mut().zip(ha.iter()) {
+            *d += *e * s;
+        }
+        dx
+    });
+    let mut da = vec![0f32; r * k];
+    matmul_nn(&transpose(&h, m, r), r, m, &xd, k, &mut da);
+    let mut db = vec![0f32; n * r];
+    matmul_nn(&transpose(g, m, n), n, m, &u, r, &mut db);
+    for v in da.iter_mut().chain(db.iter_mut()) {
+        *v *= s;
+    }
+    (dx, Some((da, db)))
 }

@@ -10,9 +10,12 @@
 //! computed with, and the same bits on every instruction set.
 pub mod act;
 pub mod attention;
+pub mod attn_block;
+pub mod block_ops;
 pub mod exp;
 pub mod gemm;
 pub mod grad_ops;
+pub mod head_ops;
 pub mod linear_ops;
 pub mod matmul;
 mod microkernel;

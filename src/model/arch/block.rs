@@ -1,0 +1,164 @@
+//! Training-mode blocks as single graph nodes ([`crate::model::kernels::block_ops`],
+//! [`crate::model::kernels::attn_block`]): where a llama layer qualifies (CPU, f32 weights
+//! without bias, no Q/K norms, no prefix), its attention block and its gated MLP, each with the
+//! norm before it and the residual sum after it, run as one node each. Otherwise, and on a
+//! thread that turned them off with [`set_fused_blocks`], the composed path applies.
+use super::batch::Batch;
+use super::layers::{RmsNorm, RopeStyle};
+use super::linear::Linear;
+use crate::model::kernels::attn_block::AttnBlock;
+use crate::model::kernels::block_ops::{GatedMlp, Proj, ProjLora};
+use crate::model::kernels::{self};
+use crate::model::mode::Mode;
+use crate::util::error::Result;
+use candle_core::quantized::QMatMul;
+use candle_core::Tensor;
+use std::cell::Cell;
+
+thread_local! {
+    static FUSED: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Whether training on this thread builds the fused block nodes (the default) or the composed
+/// graph they replace: the switch that lets tests compare the two.
+#[doc(hidden)]
+pub fn set_fused_blocks(on: bool) {
+    FUSED.with(|f| f.set(on));
+}
+
+pub(crate) fn fused_blocks() -> bool {
+    FUSED.with(|f| f.get())
+}
+
+/// A projection as a block part: None when its base is not a plain f32 CPU weight or it has a
+/// bias. Its adapter's factors are appended to `params` (flattened) at offset `at`.
+fn proj(l: &Linear, x_elems: usize, mode: Mode, params: &mut Vec<Tensor>, at: &mut usize) -> Result<Option<Proj>> {
+    let QMatMul::Tensor(w) = &l.base else { return Ok(None) };
+    if l.bias.is_some() || !kernels::plain_cpu_f32(&[w]) {
+        return Ok(None);
+    }
+    let lora = match &l.lora {
+        None => None,
+        Some(lo) => {
+            let (a, b) = (lo.a.as_tensor(), lo.b.as_tensor());
+            let (r, _) = a.dims2()?;
+            let a_at = *at;
+            let b_at = a_at + a.elem_count();
+            *at = b_at + b.elem_count();
+            params.push(a.flatten_all()?);
+            params.push(b.flatten_all()?);
+            // The composed path's mask, value for value (same seed, layer id and count).
+            let mask = match mode.dropout_seed {
+                Some(seed) if lo.dropout > 0.0 => {
+                    Some(crate::model::lora::dropout_values(seed, lo.id, x_elems, lo.dropout))
+                }
+                _ => None,
+            };
+            Some(ProjLora { a_at, b_at, r, scale: lo.scale as f32, mask })
+        }
+    };
+    Ok(Some(Proj { w: w.clone(), packed: l.packed(w)?, lora }))
+}
+
+/// x + down(silu(gate(norm(x))) * up(norm(x))) as one training node, or None where the block does
+/// not qualify (then the caller composes it).
+pub fn gated_mlp(x: &Tensor, norm: &RmsNorm, [gate, up, down]: [&Linear; 3], mode: Mode) -> Result<Option<Tensor>> {
+    let any_lora = [gate, up, down].iter().any(|l| l.lora.is_some());
+    if !mode.grad || !fused_blocks() || !(x.track_op() || any_lora) {
+        return Ok(None);
+    }
+    let hidden = *x.dims().last().unwrap_or(&0);
+    if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 || norm.weight.dims() != [hidden] {
+        return Ok(None);
+    }
+    let Ok(norm_w) = norm.weight.to_vec1::<f32>() else { return Ok(None) };
+    let rows = x.elem_count() / hidden.max(1);
+    let (mut params, mut at) = (Vec::new(), 0);
+    let Some(g) = proj(gate, x.elem_count(), mode, &mut params, &mut at)? else { return Ok(None) };
+    let Some(u) = proj(up, x.elem_count(), mode, &mut params, &mut at)? else { return Ok(None) };
+    let inter = g.packed.n;
+    let Some(d) = proj(down, rows * inter, mode, &mut params, &mut at)? else { return Ok(None) };
+    if g.packed.k != hidden
+        || u.packed.k != hidden
+        || u.packed.n != inter
+        || d.packed.k != inter
+        || d.packed.n != hidden
+    {
+        return Ok(None);
+    }
+    let p = flat(params, x)?;
+    let op = GatedMlp::new(norm_w, norm.eps, [g, u, d]);
+    Ok(Some(x.contiguous()?.apply_op2(&p, op)?))
+}
+
+/// What a llama layer's attention block reads besides its weights: the batch (its padding), the
+/// heads (query heads, KV heads, head dimension), the rotation tables [b, t, dim / 2], the pair
+/// style, the sliding window and the score scale.
+pub struct AttnParts<'a> {
+    pub batch: &'a Batch,
+    pub heads: (usize, usize, usize),
+    pub rope: (&'a Tensor, &'a Tensor),
+    pub style: RopeStyle,
+    pub window: Option<usize>,
+    pub scale: f64,
+}
+
+/// x + o(attention(rope(q(h)), rope(k(h)), v(h))), h = norm(x), as one training node for a
+/// layer without Q/K norms or biases on a batch without a prefix; None where the block does not
+/// qualify (then the caller composes it).
+pub fn attention(x: &Tensor, norm: &RmsNorm, lins: [&Linear; 4], at: &AttnParts, mode: Mode) -> Result<Option<Tensor>> {
+    let any_lora = lins.iter().any(|l| l.lora.is_some());
+    if !mode.grad || !fused_blocks() || !(x.track_op() || any_lora) || at.batch.tree.is_some() || at.batch.offset != 0 {
+        return Ok(None);
+    }
+    let (nh, nkv, hd) = at.heads;
+    let (b, t) = (at.batch.rows, at.batch.len);
+    let hidden = *x.dims().last().unwrap_or(&0);
+    let ok = x.device().is_cpu()
+        && x.dtype() == candle_core::DType::F32
+        && x.elem_count() == b * t * hidden
+        && norm.weight.dims() == [hidden]
+        && hd % 2 == 0
+        && nkv > 0
+        && nh % nkv == 0
+        && at.rope.0.dims() == [b, t, hd / 2]
+        && at.rope.1.dims() == [b, t, hd / 2];
+    if !ok {
+        return Ok(None);
+    }
+    let Ok(norm_w) = norm.weight.to_vec1::<f32>() else { return Ok(None) };
+    let (mut params, mut pos) = (Vec::new(), 0);
+    let mut proj_of = |l: &Linear, elems: usize| proj(l, elems, mode, &mut params, &mut pos);
+    let (Some(q), Some(k), Some(v), Some(o)) = (
+        proj_of(lins[0], b * t * hidden)?,
+        proj_of(lins[1], b * t * hidden)?,
+        proj_of(lins[2], b * t * hidden)?,
+        proj_of(lins[3], b * t * nh * hd)?,
+    ) else {
+        return Ok(None);
+    };
+    let tables = (at.rope.0.flatten_all()?.to_vec1::<f32>()?, at.rope.1.flatten_all()?.to_vec1::<f32>()?);
+    let shape = kernels::AttnShape {
+        rows: b,
+        heads: nh,
+        kv_heads: nkv,
+        len: t,
+        dim: hd,
+        prefix: vec![0; b],
+        pad: at.batch.pad.clone(),
+        window: at.window,
+        scale: at.scale as f32,
+    };
+    let p = flat(params, x)?;
+    let op = AttnBlock::new(norm_w, norm.eps, [q, k, v, o], shape, tables, at.style == RopeStyle::Interleaved);
+    Ok(Some(x.contiguous()?.apply_op2(&p, op)?))
+}
+
+/// The adapters' flattened factors as one tensor (one unused element when there are none).
+fn flat(params: Vec<Tensor>, like: &Tensor) -> Result<Tensor> {
+    Ok(if params.is_empty() {
+        Tensor::zeros(1, candle_core::DType::F32, like.device())?
+    } else {
+        Tensor::cat(&params, 0)?
+    })
+}

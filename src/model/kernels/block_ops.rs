@@ -1,0 +1,217 @@
+//! A gated MLP block in training as one candle node on the CPU: x + down(silu(gate(h)) * up(h))
+//! with h = RMSNorm(x), each projection frozen or with its LoRA factors and dropout. Composed,
+//! the block is about a dozen nodes (the norm, three products and their reshapes, the
+//! activation, the residual sum), and candle's backward adds every node's gradient into a fresh
+//! zero tensor over the activations; here one node keeps its intermediates and computes the
+//! block's gradients with the composed path's arithmetic, operation for operation: the same
+//! products ([`linear_fwd`], [`linear_bwd`]), the norm's and SwiGLU's expressions, and the
+//! two-term gradient sums that candle would form (an f32 sum of two terms does not depend on
+//! their order), so the results are the composed path's bits.
+use super::gemm::Packed;
+use super::linear_ops::{linear_bwd, linear_fwd, LoraPart};
+use candle_core::{CpuStorage, Layout, Shape, Tensor};
+use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
+
+/// One projection of the block: its frozen weight [out, in] as stored and packed, and its
+/// adapter if any.
+pub(crate) struct Proj {
+    pub(crate) w: Tensor,
+    pub(crate) packed: Arc<Packed>,
+    pub(crate) lora: Option<ProjLora>,
+}
+
+/// Where a projection's LoRA factors sit in the block's flat parameter input (a [r, in] at
+/// `a_at`, b [out, r] at `b_at`), their scale and the dropout factors for its input.
+pub(crate) struct ProjLora {
+    pub(crate) a_at: usize,
+    pub(crate) b_at: usize,
+    pub(crate) r: usize,
+    pub(crate) scale: f32,
+    pub(crate) mask: Option<Vec<f32>>,
+}
+
+impl Proj {
+    /// The adapter's operands in the flat parameters `p`.
+    pub(crate) fn part<'a>(&'a self, p: &'a [f32]) -> Option<LoraPart<'a>> {
+        self.lora.as_ref().map(|l| LoraPart {
+            a: &p[l.a_at..][..l.r * self.packed.k],
+            b: &p[l.b_at..][..self.packed.n * l.r],
+            r: l.r,
+            scale: l.scale,
+            mask: l.mask.as_deref(),
+        })
+    }
+
+    /// The adapter's gradients (da, db) written to their places in the flat gradient `dp`.
+    pub(crate) fn put(&self, dp: &mut [f32], grads: Option<(Vec<f32>, Vec<f32>)>) {
+        if let (Some(l), Some((da, db))) = (&self.lora, grads) {
+            dp[l.a_at..][..da.len()].copy_from_slice(&da);
+            dp[l.b_at..][..db.len()].copy_from_slice(&db);
+        }
+    }
+}
+
+/// The block's op on (x [.., hidden], p): p holds every adapter's a and b flattened (one unused
+/// element when none has one). Output: x's shape.
+pub(crate) struct GatedMlp {
+    pub(crate) norm: Vec<f32>,
+    pub(crate) eps: f32,
+    pub(crate) gate: Proj,
+    pub(crate) up: Proj,
+    pub(crate) down: Proj,
+    saved: Mutex<Option<Saved>>,
+}
+
+/// The forward's intermediates: the normed input, the gate and up products and the activation.
+struct Saved {
+    h: Vec<f32>,
+    g: Vec<f32>,
+    u: Vec<f32>,
+    act: Vec<f32>,
+}
+
+impl GatedMlp {
+    pub(crate) fn new(norm: Vec<f32>, eps: f32, [gate, up, down]: [Proj; 3]) -> Self {
+        Self { norm, eps, gate, up, down, saved: Mutex::new(None) }
+    }
+}
+
+/// Rows per parallel task of the elementwise passes (a multiple of the activation's chunk).
+const ROWS: usize = 4;
+
+/// candle's RMSNorm over rows of `x`: the squares summed in order, then / m * alpha.
+pub(crate) fn rms_norm(x: &[f32], alpha: &[f32], eps: f32) -> Vec<f32> {
+    let d = alpha.len();
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(o, src)| {
+        let sum2 = src.iter().map(|&v| v * v).sum::<f32>();
+        let m = (sum2 / d as f32 + eps).sqrt();
+        for ((o, &s), &a) in o.iter_mut().zip(src).zip(alpha) {
+            *o = s / m * a;
+        }
+    });
+    out
+}
+
+/// The norm's input gradient: y = x r w with r = (mean(x^2) + eps)^-1/2 gives
+/// dx = r g w - x r^3 mean(g w x).
+pub(crate) fn rms_norm_bwd(x: &[f32], g: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+    let d = w.len();
+    let mut dx = vec![0f32; x.len()];
+    dx.par_chunks_mut(d).zip(x.par_chunks(d)).zip(g.par_chunks(d)).for_each(|((dx, x), g)| {
+        let ms = x.iter().map(|v| v * v).sum::<f32>() / d as f32;
+        let r = 1.0 / (ms + eps).sqrt();
+        let m = x.iter().zip(g).zip(w).map(|((x, g), w)| g * w * x).sum::<f32>() / d as f32;
+        let c = m * r * r * r;
+        for (((o, x), g), w) in dx.iter_mut().zip(x).zip(g).zip(w) {
+            *o = r * g * w - x * c;
+        }
+    });
+    dx
+}
+
+/// silu(g) * u, in parallel runs of rows.
+fn swiglu(g: &[f32], u: &[f32], width: usize) -> Vec<f32> {
+    let mut y = vec![0f32; g.len()];
+    let n = ROWS * width;
+    y.par_chunks_mut(n)
+        .zip(g.par_chunks(n))
+        .zip(u.par_chunks(n))
+        .for_each(|((y, g), u)| super::act::silu_mul_slice(g, u, y));
+    y
+}
+
+/// SwiGLU's gradients (dg, du) for dy: with s = sigmoid(g), d/dg [g s(g)] = s (1 + g (1 - s)).
+fn swiglu_bwd(g: &[f32], u: &[f32], dy: &[f32], width: usize) -> (Vec<f32>, Vec<f32>) {
+    let (mut dg, mut du) = (vec![0f32; g.len()], vec![0f32; g.len()]);
+    let n = ROWS * width;
+    dg.par_chunks_mut(n)
+        .zip(du.par_chunks_mut(n))
+        .zip(g.par_chunks(n).zip(u.par_chunks(n)).zip(dy.par_chunks(n)))
+        .for_each(|((dg, du), ((g, u), dy))| {
+            // e^-g, vectorised with expf's bits.
+            for (o, &g) in du.iter_mut().zip(g) {
+                *o = -g;
+            }
+            super::exp::exp_in_place(du);
+            for ((((dg, du), &g), &u), &d) in dg.iter_mut().zip(du.iter_mut()).zip(g).zip(u).zip(dy) {
+                let s = 1.0 / (1.0 + *du);
+                *dg = d * u * s * (1.0 + g * (1.0 - s));
+                *du = d * g * s;
+            }
+        });
+    (dg, du)
+}
+
+impl candle_core::CustomOp2 for GatedMlp {
+    fn name(&self) -> &'static str {
+        "gated-mlp"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ps: &CpuStorage,
+        pl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, p) = (super::cpu_f32(xs, xl)?, super::cpu_f32(ps, pl)?);
+        let hidden = self.norm.len();
+        let inter = self.gate.packed.n;
+        if hidden == 0 || x.len() % hidden != 0 || self.gate.packed.k != hidden || self.down.packed.k != inter {
+            candle_core::bail!("gated-mlp: input width or projection shapes disagree")
+        }
+        let m = x.len() / hidden;
+        let h = rms_norm(x, &self.norm, self.eps);
+        let g = linear_fwd(&h, m, &self.gate.packed, self.gate.part(p).as_ref());
+        let u = linear_fwd(&h, m, &self.up.packed, self.up.part(p).as_ref());
+        let act = swiglu(&g, &u, inter);
+        let d = linear_fwd(&act, m, &self.down.packed, self.down.part(p).as_ref());
+        let y: Vec<f32> = x.iter().zip(&d).map(|(a, b)| a + b).collect();
+        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(Saved { h, g, u, act });
+        Ok((CpuStorage::F32(y), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        p: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let saved = self.saved.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(s) = saved.as_ref() else { candle_core::bail!("gated-mlp: backward before forward") };
+        let (hidden, inter) = (self.norm.len(), self.gate.packed.n);
+        let m = x.elem_count() / hidden;
+        let (dy, x_, p_) = (dy.contiguous()?, x.contiguous()?, p.contiguous()?);
+        let (wg, wu, wd) = (self.gate.w.contiguous()?, self.up.w.contiguous()?, self.down.w.contiguous()?);
+        let (want_x, want_p) = (x.track_op(), p.track_op());
+        let (dx, dp) = super::with_f32s(&[&dy, &x_, &p_, &wg, &wu, &wd], |v| {
+            let (dy, x, p) = (v[0], v[1], v[2]);
+            let (dact, ld) = linear_bwd(dy, &s.act, (m, hidden, inter), v[5], self.down.part(p).as_ref(), true);
+            let (dg, du) = swiglu_bwd(&s.g, &s.u, &dact.expect("asked for"), inter);
+            let (dh_g, lg) = linear_bwd(&dg, &s.h, (m, inter, hidden), v[3], self.gate.part(p).as_ref(), want_x);
+            let (dh_u, lu) = linear_bwd(&du, &s.h, (m, inter, hidden), v[4], self.up.part(p).as_ref(), want_x);
+            let dx = dh_g.zip(dh_u).map(|(a, b)| {
+                let dh: Vec<f32> = a.iter().zip(&b).map(|(a, b)| a + b).collect();
+                let dn = rms_norm_bwd(x, &dh, &self.norm, self.eps);
+                dy.iter().zip(&dn).map(|(a, b)| a + b).collect::<Vec<f32>>()
+            });
+            let dp = want_p.then(|| {
+                let mut dp = vec![0f32; p.len()];
+                for (proj, grads) in [(&self.gate, lg), (&self.up, lu), (&self.down, ld)] {
+                    proj.put(&mut dp, grads);
+                }
+                dp
+            });
+            (dx, dp)
+        })
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let dev = x.device();
+        Ok((
+            dx.map(|d| Tensor::from_vec(d, x.shape(), dev)).transpose()?,
+            dp.map(|d| Tensor::from_vec(d, p.shape(), dev)).transpose()?,
+        ))
+    }
+}
