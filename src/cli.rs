@@ -18,6 +18,11 @@ pub struct Cli {
     /// No progress bar.
     #[arg(long, global = true)]
     pub quiet: bool,
+    /// Where models run in process: cpu (mores' kernels), cpu-generic (candle's ops on the CPU:
+    /// the path a GPU takes), cuda or cuda:N (a build with --features cuda). Overrides the
+    /// recipes' [model], [student] and [teacher] device.
+    #[arg(long, global = true, env = "MORES_DEVICE", value_name = "DEVICE")]
+    pub device: Option<mores::model::DeviceSpec>,
     #[command(subcommand)]
     pub cmd: Cmd,
 }

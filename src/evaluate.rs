@@ -117,7 +117,7 @@ fn open_probed(recipe: &ProbeRecipe, a: &ProbeRun) -> Result<Box<dyn Lm>> {
     }
     let path =
         a.model.as_ref().or(recipe.model.path.as_ref()).ok_or_else(|| Error::Invalid("no model to probe".into()))?;
-    let mut model = Model::load(path, &LoadOptions::for_weights(recipe.model.weights))?;
+    let mut model = Model::load(path, &LoadOptions::for_section(&recipe.model)?)?;
     model.prefix_reuse = !a.whole_rows;
     if let Some(dir) = &a.adapter {
         let ad = crate::model::adapter::Adapter::load(&mut model, dir)?;

@@ -26,6 +26,9 @@ fn main() {
     // Before any candle or rayon pool exists: both read these once.
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     std::env::set_var("CANDLE_NUM_THREADS", candle_threads(&cli.cmd, threads).to_string());
+    if let Some(d) = cli.device {
+        mores::model::device::set_override(d);
+    }
     if let Err(e) = run(cli, threads) {
         // One line, whatever a lower layer put in its message.
         eprintln!("error: {}", format!("{e:#}").lines().map(str::trim).collect::<Vec<_>>().join(" "));

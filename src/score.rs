@@ -197,6 +197,7 @@ impl Scorer for Model {
     }
 
     fn score_batch_cached(&self, items: &[ScoreRequest], cache: &mut PrefixCache) -> Result<Vec<OptionScores>> {
+        let _kernels = self.kernel_scope();
         let plans: Vec<Plan> = items.iter().map(|r| Plan::new(self, r)).collect::<Result<_>>()?;
         let mut rows: Vec<Vec<u32>> = Vec::new();
         let mut reads: Vec<(usize, usize)> = Vec::new();
@@ -268,7 +269,7 @@ fn label_log_softmax(logits: &Tensor, want: &[(usize, u32)]) -> Result<(Vec<f32>
     use candle_core::cpu::kernels::VecOps;
     use rayon::prelude::*;
     let (rows, width) = logits.dims2()?;
-    if !logits.device().is_cpu() {
+    if !crate::model::kernels::cpu_kernels(logits.device()) {
         let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?.to_vec2::<f32>()?;
         let nan_row = logp.iter().position(|r| r.iter().any(|x| x.is_nan()));
         return Ok((want.iter().map(|&(r, t)| logp[r][t as usize]).collect(), nan_row));

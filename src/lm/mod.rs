@@ -64,7 +64,7 @@ pub fn open(section: &ModelSection, what: &str) -> Result<Box<dyn Lm>> {
     let path = section.path.as_deref().ok_or_else(|| {
         Error::Invalid(format!("no {what} model: set [{what}] path (a GGUF file or model folder) or endpoint"))
     })?;
-    let m = crate::model::Model::load(path, &crate::model::LoadOptions::for_weights(section.weights))?;
+    let m = crate::model::Model::load(path, &crate::model::LoadOptions::for_section(section)?)?;
     Ok(Box::new(m))
 }
 

@@ -7,6 +7,7 @@
 //! [`loading`] (files to a model), [`arch`] (the architectures and their layers), [`kernels`]
 //! (the CPU maths under them) and [`lora`] (adapters).
 pub mod arch;
+pub mod device;
 pub mod frozen;
 pub mod kernels;
 pub mod loading;
@@ -26,6 +27,7 @@ use arch::batch::{Batch, Kv};
 use arch::{gemma3, linear, llama};
 use candle_core::{Device, Tensor};
 use chat::ChatTemplate;
+pub use device::{DeviceSpec, FloatType};
 use mode::Mode;
 use std::path::Path;
 use tokenizer::Tok;
@@ -39,7 +41,11 @@ pub enum Arch {
 }
 
 pub struct LoadOptions {
-    pub device: Device,
+    /// Where the model runs ([`device`]); the command line's `--device` is applied by
+    /// [`LoadOptions::for_section`].
+    pub device: DeviceSpec,
+    /// The float type of dense weights and activations (f32 on the CPU).
+    pub dtype: FloatType,
     pub requantize_slow: bool,
     pub dequantize: bool,
 }
@@ -48,7 +54,23 @@ impl LoadOptions {
     /// CPU loading in the recipe's weight form.
     pub fn for_weights(w: crate::recipe::WeightMode) -> Self {
         use crate::recipe::WeightMode;
-        Self { requantize_slow: w == WeightMode::Q8, dequantize: w == WeightMode::F32, ..Default::default() }
+        Self {
+            requantize_slow: w == WeightMode::Q8,
+            dequantize: w == WeightMode::F32,
+            device: device::resolve(None),
+            ..Default::default()
+        }
+    }
+
+    /// A recipe's model section: its weight form, its device after `--device`, its dtype.
+    pub fn for_section(s: &crate::recipe::ModelSection) -> Result<Self> {
+        let opts = Self {
+            device: device::resolve(s.device),
+            dtype: s.dtype.unwrap_or_default(),
+            ..Self::for_weights(s.weights)
+        };
+        device::check(opts.device, opts.dtype, opts.dequantize).map_err(Error::Invalid)?;
+        Ok(opts)
     }
 
     pub fn form(&self) -> &'static str {
@@ -64,7 +86,7 @@ impl LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { device: Device::Cpu, requantize_slow: false, dequantize: false }
+        Self { device: DeviceSpec::Cpu, dtype: FloatType::F32, requantize_slow: false, dequantize: false }
     }
 }
 
@@ -83,6 +105,10 @@ pub struct Model {
     pub prefix_reuse: bool,
     /// Training with frozen lower layers: their output per row, kept across steps ([`frozen`]).
     pub frozen_rows: Option<std::sync::Mutex<frozen::FrozenRows>>,
+    /// The device as asked for: `cpu` runs mores' kernels, every other the generic path.
+    pub spec: DeviceSpec,
+    /// The float type of the dense weights and activations (logits come out f32).
+    pub dtype: FloatType,
 }
 
 impl Model {
@@ -92,11 +118,19 @@ impl Model {
         tok: Tok,
         chat: Option<ChatTemplate>,
         info: ModelInfo,
+        opts: &LoadOptions,
         device: Device,
-        dense: bool,
-        form: &'static str,
+        (dense, form): (bool, &'static str),
     ) -> Self {
-        Model { arch, tok, chat, info, device, dense, form, prefix_reuse: true, frozen_rows: None }
+        let (spec, dtype) = (opts.device, opts.dtype);
+        Model { arch, tok, chat, info, device, dense, form, prefix_reuse: true, frozen_rows: None, spec, dtype }
+    }
+
+    /// This model's kernel choice on the calling thread until the guard drops: the generic path
+    /// for every device but `cpu`. Every public pass enters it; so do the scoring and training
+    /// code that reads the logits.
+    pub fn kernel_scope(&self) -> kernels::GenericScope {
+        kernels::GenericScope::enter(self.spec.generic())
     }
 
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<Self> {
@@ -150,6 +184,7 @@ impl Model {
     /// Logits at `read` = (row, position) pairs, run as one padded batch with no shared-prefix
     /// reuse: the training path, where `mode` decides whether gradients can flow.
     pub fn logits_rows(&self, rows: &[Vec<u32>], read: &[(usize, usize)], mode: Mode) -> Result<Tensor> {
+        let _kernels = self.kernel_scope();
         self.check_len(rows.iter().map(|r| r.len()).max().unwrap_or(0))?;
         let batch = Batch::new(rows, &self.device)?;
         let idx: Vec<u32> = read.iter().map(|&(r, p)| batch.flat_index(r, p)).collect();
@@ -175,8 +210,9 @@ impl Model {
         targets: &[u32],
         mode: Mode,
     ) -> Result<Option<Tensor>> {
+        let _kernels = self.kernel_scope();
         let Arch::Llama(m) = &self.arch else { return Ok(None) };
-        if !m.fused_head(mode) || !self.device.is_cpu() || targets.len() != read.len() {
+        if !m.fused_head(mode) || !kernels::cpu_kernels(&self.device) || targets.len() != read.len() {
             return Ok(None);
         }
         self.check_len(rows.iter().map(|r| r.len()).max().unwrap_or(0))?;
@@ -196,6 +232,7 @@ impl Model {
 
     /// Start a generation: run `ids` and return the last position's logits [vocab] and the cache.
     pub fn prefill(&self, ids: &[u32]) -> Result<(Tensor, Kv)> {
+        let _kernels = self.kernel_scope();
         if ids.is_empty() {
             return Err(Error::Invalid("cannot generate from an empty prompt".into()));
         }
@@ -208,6 +245,7 @@ impl Model {
 
     /// One decoding step after the cached tokens: logits [vocab] for the token after `tok`.
     pub fn decode(&self, kv: &mut Kv, tok: u32) -> Result<Tensor> {
+        let _kernels = self.kernel_scope();
         self.check_len(kv.len + 1)?;
         let b = Batch::after_prefix(&[vec![tok]], kv.len, &self.device)?;
         let idx = Tensor::from_vec(vec![0u32], 1, &self.device)?;
@@ -231,7 +269,10 @@ impl Model {
     /// Identifies the numbers this model produces: file, weight form and adapter. Scoring caches
     /// are keyed by it, so f32 and quantized runs, or runs with different adapters, never mix.
     pub fn scoring_id(&self) -> String {
-        let form = self.form;
+        let form = match (self.spec, self.dtype) {
+            (DeviceSpec::Cpu, _) => self.form.to_string(),
+            (d, t) => format!("{}@{}-{}", self.form, d.kind(), t.name()),
+        };
         let adapter = self.info.adapter.as_ref().map(|a| a.sha256.as_str()).unwrap_or("-");
         crate::util::io::sha256_hex(format!("{}|{form}|{adapter}", self.info.sha256).as_bytes())
     }
@@ -269,8 +310,9 @@ impl Model {
         read: &[(usize, usize)],
         cache: &mut radix::PrefixCache,
     ) -> Result<Tensor> {
+        let _kernels = self.kernel_scope();
         self.check_len(rows.iter().map(|r| r.len()).max().unwrap_or(0))?;
-        if self.dense && self.device.is_cpu() {
+        if self.dense && kernels::cpu_kernels(&self.device) {
             if !self.prefix_reuse {
                 let tokens: u64 = rows.iter().map(|r| r.len() as u64).sum();
                 cache.stats.row_tokens += tokens;

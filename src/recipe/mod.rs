@@ -44,6 +44,15 @@ pub struct ModelSection {
     /// How to hold GGUF weights in memory; see [`WeightMode`].
     #[serde(default)]
     pub weights: WeightMode,
+    /// Where the model runs: "cpu" (mores' kernels, the default), "cpu-generic" (candle's ops on
+    /// the CPU: the path a GPU takes), "cuda" or "cuda:N" (a build with `--features cuda`). The
+    /// command line's `--device` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<crate::model::DeviceSpec>,
+    /// The float type of dense weights and activations: "f32" (default), "bf16" or "f16" (on a
+    /// generic device, with weights = "f32").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<crate::model::FloatType>,
     /// A served model instead of a file: the base URL of an OpenAI-compatible server
     /// (`http://HOST:PORT/v1`: vLLM, SGLang, TGI, llama.cpp's server, Ollama).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -105,6 +114,15 @@ impl ModelSection {
             || s.in_flight.is_some()
             || s.timeout_s.is_some()
             || s.retries.is_some();
+        if self.endpoint.is_some() && (self.device.is_some() || self.dtype.is_some()) {
+            return Err(format!(
+                "{section}: device and dtype are for a model run in process; a served model runs where its server does"
+            ));
+        }
+        if let Some(t) = self.dtype {
+            crate::model::device::check(self.device.unwrap_or_default(), t, self.weights == WeightMode::F32)
+                .map_err(|e| format!("{section}.{e}"))?;
+        }
         match &self.endpoint {
             None if any_served => {
                 return Err(format!("{section}: served_model, api_key_env, tokenizer, logprobs, top_k, in_flight, timeout_s and retries need an endpoint"))

@@ -163,6 +163,7 @@ pub fn batch_loss_parts(
     sums: &mut LossSums,
     with_expected: bool,
 ) -> Result<(Tensor, Vec<Tensor>)> {
+    let _kernels = model.kernel_scope();
     // Token reads first, label reads after, so each part is a contiguous block of logits.
     let (mut rows, mut tok_reads, mut targets, mut lab_reads) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut lab_r0 = Vec::new();

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 /// Per-row negative log-likelihood of `targets` under softmax(`logits` [n, vocab]).
 pub fn nll_rows(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
-    if !logits.device().is_cpu() {
+    if !crate::model::kernels::cpu_kernels(logits.device()) {
         let logp = candle_nn::ops::log_softmax(logits, candle_core::D::Minus1)?;
         let idx = Tensor::from_vec(targets.to_vec(), (targets.len(), 1), logits.device())?;
         return Ok(logp.gather(&idx, 1)?.squeeze(1)?.neg()?);

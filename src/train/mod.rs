@@ -143,7 +143,7 @@ pub fn train(a: &TrainArgs) -> Result<Summary> {
     let recipe_json = serde_json::to_value(&recipe)?;
     let recipe_sha256 = sha256_hex(serde_json::to_string(&recipe_json)?.as_bytes());
 
-    let mut model = Model::load(&model_path, &crate::model::LoadOptions::for_weights(recipe.student.weights))?;
+    let mut model = Model::load(&model_path, &crate::model::LoadOptions::for_section(&recipe.student)?)?;
     let (train_ex, val_ex, too_long) = build_examples(a, &recipe, &model, &data)?;
     let groups = match t.group {
         crate::recipe::Group::Question => Some(question_groups(&a.data, &train_ex, false)?),

@@ -18,6 +18,7 @@
 //!   tiny hand-made surveys; `mores compare` over transfer runs (the variants table)
 //! - `train`: `mores train` resume equivalence, bad input, loss falls on SmolLM2
 //! - `fused`: the fused training blocks equal the composed graph over training steps
+//! - `generic`: the device-generic path (candle's ops: what a GPU runs) on the CPU against mores' kernels
 //! - `fuzz`: seeded structure-aware mutation of every format mores reads; no panic, hang or huge allocation
 //! - `layout`: the source tree's imports point down the pipeline, with no cycles
 mod arch;
@@ -31,6 +32,7 @@ mod export;
 mod fused;
 mod fuzz;
 mod generate;
+mod generic;
 mod hostile;
 mod layout;
 mod lora;

@@ -68,7 +68,7 @@ pub fn gated_mlp(x: &Tensor, norm: &RmsNorm, [gate, up, down]: [&Linear; 3], mod
         return Ok(None);
     }
     let hidden = *x.dims().last().unwrap_or(&0);
-    if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 || norm.weight.dims() != [hidden] {
+    if !kernels::cpu_kernels(x.device()) || x.dtype() != candle_core::DType::F32 || norm.weight.dims() != [hidden] {
         return Ok(None);
     }
     let Ok(norm_w) = norm.weight.to_vec1::<f32>() else { return Ok(None) };
@@ -114,7 +114,7 @@ pub fn attention(x: &Tensor, norm: &RmsNorm, lins: [&Linear; 4], at: &AttnParts,
     let (nh, nkv, hd) = at.heads;
     let (b, t) = (at.batch.rows, at.batch.len);
     let hidden = *x.dims().last().unwrap_or(&0);
-    let ok = x.device().is_cpu()
+    let ok = kernels::cpu_kernels(x.device())
         && x.dtype() == candle_core::DType::F32
         && x.elem_count() == b * t * hidden
         && norm.weight.dims() == [hidden]

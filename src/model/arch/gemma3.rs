@@ -289,8 +289,11 @@ impl Model {
         let window = Some(c.sliding_window);
         let ctx = AttnCtx::new(batch, prefix, &[None, window], mode)?;
         let factor = c.rope_scaling.as_ref().and_then(|r| r.factor).unwrap_or(1.0);
-        let global_rope = batch.rope_tables(hd, c.rope_theta, factor, dev)?;
-        let local_rope = batch.rope_tables(hd, c.rope_local_base_freq, 1.0, dev)?;
+        // Half-precision activations (generic devices) take the tables in the weights' type.
+        let dt = self.embed.dtype();
+        let in_dt = |(c, s): (Tensor, Tensor)| -> Result<(Tensor, Tensor)> { Ok((c.to_dtype(dt)?, s.to_dtype(dt)?)) };
+        let global_rope = in_dt(batch.rope_tables(hd, c.rope_theta, factor, dev)?)?;
+        let local_rope = in_dt(batch.rope_tables(hd, c.rope_local_base_freq, 1.0, dev)?)?;
         let scale = 1.0 / c.query_pre_attn_scalar.unwrap_or(hd as f64).sqrt();
         let ids = batch.ids.flatten_all()?;
         let mut x =
@@ -314,7 +317,11 @@ impl Model {
             x = residual(&x, &l.post_ffn_norm.forward(&l.down.forward(&m, mode)?, mode)?, mode)?;
         }
         let logits = match read {
-            Some(read) => Some(self.lm_head.forward(&self.norm.forward(&gather(&x, read)?, mode)?, mode)?),
+            Some(read) => Some(
+                self.lm_head
+                    .forward(&self.norm.forward(&gather(&x, read)?, mode)?, mode)?
+                    .to_dtype(candle_core::DType::F32)?,
+            ),
             None => None,
         };
         Ok((logits, kv))

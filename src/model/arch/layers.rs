@@ -197,7 +197,7 @@ impl<'a> AttnCtx<'a> {
             ));
         }
         // Training batches have no prefix; the differentiable kernel assumes none.
-        let kernel = dev.is_cpu() && (!mode.grad || prefix.iter().all(|p| p.len == 0));
+        let kernel = kernels::cpu_kernels(dev) && (!mode.grad || prefix.iter().all(|p| p.len == 0));
         if batch.tree.is_some() && (!kernel || mode.grad) {
             return Err(crate::util::error::Error::Invalid(
                 "internal: a tree-shaped batch needs the CPU inference attention kernel".into(),
@@ -310,7 +310,8 @@ fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, mode
     let kv = k.dim(1)?;
     let k = candle_transformers::utils::repeat_kv(k.clone(), h / kv)?.contiguous()?;
     let v = candle_transformers::utils::repeat_kv(v.clone(), h / kv)?.contiguous()?;
-    let scores = (q.contiguous()?.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
+    let scores = (q.contiguous()?.matmul(&k.t()?)? * scale)?;
+    let scores = scores.broadcast_add(&mask.to_dtype(scores.dtype())?)?;
     let probs = if mode.grad && scores.track_op() {
         grad_ops::softmax_last_dim(&scores)?
     } else {

@@ -57,7 +57,7 @@ impl Linear {
         }
         let q8 = self.q8_0.lock().unwrap_or_else(|e| e.into_inner()).take();
         let p = Arc::new(match q8 {
-            Some((id, q)) if id == w.id() && w.device().is_cpu() => {
+            Some((id, q)) if id == w.id() && kernels::cpu_kernels(w.device()) => {
                 let (n, k) = w.dims2()?;
                 Packed::from_q8_0(&q.data()?, n, k, crate::model::kernels::gemm::Isa::best())
                     .map_err(|e| crate::util::error::Error::Invalid(format!("internal: {e}")))?
@@ -230,7 +230,7 @@ impl Linear {
     /// activations. None: the composed path applies.
     fn forward_adapted(&self, x: &Tensor, mode: Mode) -> Result<Option<Tensor>> {
         let (Some(l), QMatMul::Tensor(w)) = (&self.lora, &self.base) else { return Ok(None) };
-        if !mode.grad || !kernels::plain_cpu_f32(&[w]) || !x.device().is_cpu() {
+        if !mode.grad || !kernels::plain_cpu_f32(&[w]) || !kernels::cpu_kernels(x.device()) {
             return Ok(None);
         }
         let (x2, lead) = rows(x)?;
@@ -256,7 +256,7 @@ impl Linear {
             // matmul: a single large GEMM parallelises far better on CPU.
             QMatMul::Tensor(w) => {
                 let (x2, lead) = rows(x)?;
-                let y = if !kernels::plain_cpu_f32(&[w]) || !x2.device().is_cpu() {
+                let y = if !kernels::plain_cpu_f32(&[w]) || !kernels::cpu_kernels(x2.device()) {
                     // Off the CPU path: candle's matmul on a detached weight, so no weight
                     // gradient is computed for the frozen base.
                     kernels::matmul_nt(&x2, &w.detach())?

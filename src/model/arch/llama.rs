@@ -11,7 +11,7 @@ use crate::model::loading::weights::{key, Weights};
 use crate::model::mode::Mode;
 use crate::util::error::{Error, Result};
 use candle_core::quantized::QMatMul;
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 /// A fused weight [sum(parts), in] cut into its row blocks.
@@ -333,7 +333,9 @@ impl Model {
 
     fn head(&self, x: &Tensor, read: Option<&Tensor>, mode: Mode) -> Result<Option<Tensor>> {
         Ok(match read {
-            Some(read) => Some(self.lm_head.forward(&self.norm.forward(&gather(x, read)?, mode)?, mode)?),
+            Some(read) => {
+                Some(self.lm_head.forward(&self.norm.forward(&gather(x, read)?, mode)?, mode)?.to_dtype(DType::F32)?)
+            }
             None => None,
         })
     }
@@ -358,6 +360,8 @@ impl Model {
         let ctx_frozen =
             if range.start < frozen { Some(AttnCtx::new(batch, prefix, &[window], Mode::INFER)?) } else { None };
         let (cos, sin) = batch.rope_tables_from(&self.inv_freq, dev)?;
+        // Half-precision activations (generic devices) take the tables in their own type.
+        let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
         let scale = 1.0 / (hd as f64).sqrt();
         let mut kv = Kv { len: t, ..Kv::new() };
         let heads = (nh, nkv, hd);

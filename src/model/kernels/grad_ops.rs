@@ -10,7 +10,7 @@ use candle_core::{CpuStorage, Layout, Shape, Tensor, D};
 
 /// softmax over the last dimension, differentiable in x.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    if !x.device().is_cpu() {
+    if !super::cpu_kernels(x.device()) {
         return composed::softmax_last_dim(x);
     }
     let y = candle_nn::ops::softmax_last_dim(&x.detach().contiguous()?)?;
@@ -20,7 +20,7 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 /// x / sqrt(mean(x^2) + eps) * w over the last dimension, differentiable in x (and in w only on
 /// the composed path: LoRA never trains norms).
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
-    if !x.device().is_cpu() || w.track_op() {
+    if !super::cpu_kernels(x.device()) || w.track_op() {
         return composed::rms_norm(x, w, eps);
     }
     let y = candle_nn::ops::rms_norm(&x.detach().contiguous()?, w, eps)?;
@@ -30,7 +30,7 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
 /// Rotary embedding of x [b, h, t, d] with per-row tables cos/sin [b, t, d/2], differentiable
 /// in x. `interleaved`: pairs (2i, 2i+1), else (i, i + d/2).
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) -> Result<Tensor> {
-    if !x.device().is_cpu() {
+    if !super::cpu_kernels(x.device()) {
         return composed::rope(x, cos, sin, interleaved);
     }
     let xd = x.detach().contiguous()?;
@@ -46,7 +46,7 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) -> Result
 /// intermediate activations (the widest of a layer), where candle's silu and mul were two nodes
 /// with six elementwise passes and two zero-fill-and-add gradient sums behind them.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    if !gate.device().is_cpu() || gate.dtype() != candle_core::DType::F32 || gate.shape() != up.shape() {
+    if !super::cpu_kernels(gate.device()) || gate.dtype() != candle_core::DType::F32 || gate.shape() != up.shape() {
         return composed::swiglu(gate, up);
     }
     Ok(gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)?)

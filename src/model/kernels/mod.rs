@@ -24,4 +24,4 @@ pub mod tensor;
 
 pub use attention::{attend, attend_backward, attend_tree, AttnOp, AttnShape, KeySource, PrefixKv, TreeNode};
 pub use matmul::{invariant_rows, matmul_nt, matmul_packed, pack};
-pub use tensor::{cpu_f32, plain_cpu_f32, with_f32s};
+pub use tensor::{cpu_f32, cpu_kernels, generic, plain_cpu_f32, set_generic, with_f32s, GenericScope};

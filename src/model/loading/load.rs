@@ -51,6 +51,7 @@ fn unsupported(path: &Path, arch: &str) -> Error {
 }
 
 pub(crate) fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Model> {
+    let dev = opts.device.open()?;
     let g = GgufFile::open(path)?;
     let arch_name = g.architecture()?;
     let tok = Tok::from_gguf(&g)?;
@@ -61,7 +62,8 @@ pub(crate) fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Model> {
         let gemma_cfg = (arch_name == "gemma3").then(|| gemma3::Config::from_gguf(&g)).transpose()?;
         let mut w = Weights {
             source: Source::Gguf(g),
-            device: opts.device.clone(),
+            device: dev.clone(),
+            dtype: opts.dtype.dtype(),
             requantize_slow: opts.requantize_slow,
             dequantize: opts.dequantize,
         };
@@ -83,7 +85,7 @@ pub(crate) fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Model> {
         adapter: None,
         served: None,
     };
-    Ok(Model::assemble(arch, tok, chat, info, opts.device.clone(), opts.dequantize, opts.form()))
+    Ok(Model::assemble(arch, tok, chat, info, opts, dev, (opts.dequantize, opts.form())))
 }
 
 #[derive(Deserialize, Default)]
@@ -146,6 +148,7 @@ fn safetensor_files(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 pub(crate) fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Model> {
+    let dev = opts.device.open()?;
     let cfg_path = dir.join("config.json");
     let raw: serde_json::Value = read_json(&cfg_path)?;
     let arch_name = raw
@@ -180,7 +183,8 @@ pub(crate) fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Model> {
         .map_err(|e| Error::model(dir, format!("cannot read safetensors: {e}")))?;
     let mut w = Weights {
         source: Source::Safetensors { path: dir.to_path_buf(), st },
-        device: opts.device.clone(),
+        device: dev.clone(),
+        dtype: opts.dtype.dtype(),
         requantize_slow: false,
         dequantize: true,
     };
@@ -213,5 +217,5 @@ pub(crate) fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Model> {
         adapter: None,
         served: None,
     };
-    Ok(Model::assemble(arch, tok, chat, info, opts.device.clone(), true, "f32"))
+    Ok(Model::assemble(arch, tok, chat, info, opts, dev, (true, "f32")))
 }

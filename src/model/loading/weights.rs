@@ -27,6 +27,8 @@ pub enum Source {
 pub struct Weights {
     pub source: Source,
     pub device: Device,
+    /// The float type dense tensors are converted to (f32 unless the model runs in bf16/f16).
+    pub dtype: DType,
     /// Re-quantize Q4_1/Q5_x tensors to Q8_0 at load: candle 0.11 has no SIMD kernel for them.
     pub requantize_slow: bool,
     /// Dequantize every weight to f32 (the trainable form; also a reference for the quantized path).
@@ -75,7 +77,7 @@ impl Weights {
             Source::Gguf(g) => {
                 let q = g.content.tensor(&mut g.file, k.gguf, &self.device)?;
                 if dequantize {
-                    return Ok(QMatMul::Tensor(q.dequantize(&self.device)?));
+                    return Ok(QMatMul::Tensor(q.dequantize(&self.device)?.to_dtype(self.dtype)?));
                 }
                 let q = match q.dtype() {
                     GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 if requantize => {
@@ -87,7 +89,7 @@ impl Weights {
                 Ok(QMatMul::from_arc(Arc::new(q))?)
             }
             Source::Safetensors { st, .. } => {
-                let t = st.load(k.hf, &self.device)?.to_dtype(DType::F32)?;
+                let t = st.load(k.hf, &self.device)?.to_dtype(self.dtype)?;
                 Ok(QMatMul::Tensor(t))
             }
         }
@@ -104,10 +106,10 @@ impl Weights {
         match &mut self.source {
             Source::Gguf(g) => {
                 let q = g.content.tensor(&mut g.file, k.gguf, &self.device)?;
-                let t = q.dequantize(&self.device)?;
+                let t = q.dequantize(&self.device)?.to_dtype(self.dtype)?;
                 Ok((t, (dense && q.dtype() == GgmlDType::Q8_0).then(|| Arc::new(q))))
             }
-            Source::Safetensors { st, .. } => Ok((st.load(k.hf, &self.device)?.to_dtype(DType::F32)?, None)),
+            Source::Safetensors { st, .. } => Ok((st.load(k.hf, &self.device)?.to_dtype(self.dtype)?, None)),
         }
     }
 

@@ -31,8 +31,13 @@ impl LoraLayer {
         } else {
             (self.a.as_tensor().detach(), self.b.as_tensor().detach())
         };
-        // The same row-count-independent products as the base weights (differentiable).
+        // The same row-count-independent products as the base weights (differentiable). The
+        // factors stay f32 under half-precision activations: the product runs in f32 and comes
+        // back in the activations' type.
+        let dt = x2.dtype();
+        let x2 = x2.to_dtype(a.dtype())?;
         let y = (crate::model::kernels::matmul_nt(&crate::model::kernels::matmul_nt(&x2, &a)?, &b)? * self.scale)?;
+        let y = y.to_dtype(dt)?;
         let mut out = lead.to_vec();
         out.push(b.dim(0)?);
         Ok(y.reshape(out)?)
