@@ -7,7 +7,8 @@
 #   scripts/check-cuda-build.sh            # compute capability 8.0 (A100; runs on H100/H200 too)
 #   CUDA_COMPUTE_CAP=90 scripts/check-cuda-build.sh
 #
-# Writes the toolkit to .venv-cuda/ (about 0.5 GB) and the build to target/cuda/; prints the binary's path.
+# Writes the toolkit to .venv-cuda/ (about 0.5 GB) and the build to target/cuda/; prints the libraries
+# the binary needs at run time.
 # On a machine with a CUDA toolkit installed, `cargo build --release --features cuda` is enough.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,7 +41,43 @@ export LIBRARY_PATH="$HOME_DIR/lib64${LIBRARY_PATH:+:$LIBRARY_PATH}"
 "$HOME_DIR/bin/nvcc" --version | tail -2
 
 start=$(date +%s)
+cargo build --release --locked --features cuda --target-dir target/cuda --lib
+
+# Link-time stand-ins for the libraries a GPU machine supplies: the driver's libcuda.so.1 and
+# CUDA's nvrtc, cuBLAS, cuBLASLt and cuRAND (candle links them; the wheels of the last two are
+# 0.7 GB). Each stand-in defines the functions the build references under the real library's
+# soname, as the stubs/ folder of a CUDA toolkit does; at run time the real libraries load.
+STUBS="$PWD/target/cuda/stubs"
+rm -rf "$STUBS" && mkdir -p "$STUBS"
+undefined=$(for lib in target/cuda/release/deps/lib{cudarc,candle_core,candle_nn,candle_transformers,mores}-*.rlib; do
+    nm -u "$lib" 2>/dev/null || true
+done | awk '{print $NF}' | sort -u)
+stub() { # name soname pattern [exclude]
+    local syms
+    syms=$(printf '%s\n' "$undefined" | grep -E "$3" | { if [ -n "${4:-}" ]; then grep -vE "$4"; else cat; fi; } || true)
+    printf '%s\n' "$syms" | awk 'NF {print "void " $1 "(void) {}"}' > "$STUBS/$1.c"
+    cc -shared -fPIC -Wl,-soname,"$2" -o "$STUBS/lib$1.so" "$STUBS/$1.c"
+    ln -sfn "lib$1.so" "$STUBS/$2"
+    echo "check-cuda-build: stand-in lib$1.so ($2): $(printf '%s\n' "$syms" | grep -c . || true) functions"
+}
+stub cuda libcuda.so.1 '^cu[A-Z]'
+stub nvrtc libnvrtc.so.13 '^nvrtc'
+stub curand libcurand.so.10 '^curand'
+stub cublas libcublas.so.13 '^cublas' '^cublasLt'
+stub cublasLt libcublasLt.so.13 '^cublasLt'
+export LIBRARY_PATH="$STUBS:$LIBRARY_PATH"
+
 cargo build --release --locked --features cuda --target-dir target/cuda --bin mores
 echo "check-cuda-build: built target/cuda/release/mores with --features cuda for compute capability $CAP in $(( $(date +%s) - start )) s"
-# The binary starts without a driver; asking it for a CUDA device then fails with a message.
-LD_LIBRARY_PATH="$HOME_DIR/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" target/cuda/release/mores --version
+# Its dynamic dependencies, which a GPU machine's driver and CUDA 13 libraries supply:
+readelf -d target/cuda/release/mores | awk '/NEEDED/ {print "  needs " $NF}'
+# With the stand-ins it starts, and its CPU path gives the default build's numbers (no CUDA
+# function is called unless a CUDA device is asked for).
+if [ -f checkpoints/SmolLM2-135M-Instruct.Q4_1.gguf ]; then
+    args=(score --model checkpoints/SmolLM2-135M-Instruct.Q4_1.gguf --f32 --prompt "Is family important? Answer: " --labels Yes,No)
+    a=$(LD_LIBRARY_PATH="$STUBS:$HOME_DIR/lib" target/cuda/release/mores "${args[@]}")
+    cargo build --release --locked --bin mores
+    b=$(target/release/mores "${args[@]}")
+    [ "$a" = "$b" ] || { echo "check-cuda-build: the CUDA build's CPU probabilities differ from the default build's" >&2; exit 1; }
+    echo "check-cuda-build: the CUDA build's CPU path gives the default build's probabilities"
+fi

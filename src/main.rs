@@ -28,6 +28,8 @@ fn main() {
     std::env::set_var("CANDLE_NUM_THREADS", candle_threads(&cli.cmd, threads).to_string());
     if let Some(d) = cli.device {
         mores::model::device::set_override(d);
+        // Benchmarks time their sides in child processes: they inherit it.
+        std::env::set_var("MORES_DEVICE", d.to_string());
     }
     if let Err(e) = run(cli, threads) {
         // One line, whatever a lower layer put in its message.

@@ -52,7 +52,7 @@ fn synthetic_text(n_chars: usize) -> String {
 pub fn measure_one(model_path: &Path, steps: usize, batch: usize, seq: usize) -> Result<LoraMeasurement> {
     check_sizes(steps, batch, seq)?;
     let t0 = std::time::Instant::now();
-    let mut model = Model::load(model_path, &LoadOptions { dequantize: true, ..Default::default() })?;
+    let mut model = Model::load(model_path, &LoadOptions::for_weights(crate::recipe::WeightMode::F32))?;
     let spec = LoraSpec {
         rank: 8,
         alpha: 16.0,

@@ -123,6 +123,8 @@ impl Model {
         (dense, form): (bool, &'static str),
     ) -> Self {
         let (spec, dtype) = (opts.device, opts.dtype);
+        let mut info = info;
+        info.device = (spec != DeviceSpec::Cpu || dtype != FloatType::F32).then(|| format!("{spec} {}", dtype.name()));
         Model { arch, tok, chat, info, device, dense, form, prefix_reuse: true, frozen_rows: None, spec, dtype }
     }
 

@@ -78,6 +78,9 @@ pub struct ModelInfo {
     /// A served model: where and how it was reached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served: Option<ServedInfo>,
+    /// The device and float type when not mores' CPU kernels in f32 (e.g. "cuda:0 bf16").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 /// What a manifest records about a served model: never the API key, only the variable's name.

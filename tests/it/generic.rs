@@ -14,6 +14,12 @@ use mores::train::examples::Example;
 use mores::train::optim::AdamW;
 use std::path::{Path, PathBuf};
 
+/// The generic device under test: `cpu-generic` here; `MORES_GENERIC_DEVICE=cuda` runs the same
+/// comparisons against a GPU (scripts/gpu-check.sh, a build with `--features cuda`).
+fn generic() -> DeviceSpec {
+    std::env::var("MORES_GENERIC_DEVICE").map_or(DeviceSpec::CpuGeneric, |d| d.parse().expect("MORES_GENERIC_DEVICE"))
+}
+
 fn load(path: &Path, device: DeviceSpec, dtype: FloatType) -> Model {
     Model::load(path, &LoadOptions { device, dtype, dequantize: true, ..Default::default() }).unwrap()
 }
@@ -33,7 +39,7 @@ fn requests() -> Vec<ScoreRequest> {
 fn probability_gap(path: &Path, dtype: FloatType) -> f64 {
     let reqs = requests();
     let a = load(path, DeviceSpec::Cpu, FloatType::F32).score_batch(&reqs).unwrap();
-    let b = load(path, DeviceSpec::CpuGeneric, dtype).score_batch(&reqs).unwrap();
+    let b = load(path, generic(), dtype).score_batch(&reqs).unwrap();
     let mut worst = 0f64;
     for (x, y) in a.iter().zip(&b) {
         for (p, q) in x.raw.iter().zip(&y.raw) {
@@ -97,7 +103,7 @@ fn training_gap(path: &Path, targets: &[&str], dropout: f64, steps: usize, lr: f
             })
             .collect::<Vec<f64>>()
     };
-    let (a, b) = (run(DeviceSpec::Cpu), run(DeviceSpec::CpuGeneric));
+    let (a, b) = (run(DeviceSpec::Cpu), run(generic()));
     let gaps: Vec<f64> = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).collect();
     let worst = gaps.iter().copied().fold(0f64, f64::max);
     eprintln!("losses {a:?}; per step: {:?}", gaps.iter().map(|g| format!("{g:.1e}")).collect::<Vec<_>>());
@@ -141,7 +147,7 @@ fn generic_path_generates_the_same_greedy_text() {
             let g = m.complete("The most important thing in life is", &s, &mut rng).unwrap();
             (g.text, g.n_tokens)
         };
-        let (a, b) = (text(DeviceSpec::Cpu), text(DeviceSpec::CpuGeneric));
+        let (a, b) = (text(DeviceSpec::Cpu), text(generic()));
         assert!(a.1 > 0, "{}: nothing generated", path.display());
         assert_eq!(a, b, "{}: greedy generation differs", path.display());
     }

@@ -101,6 +101,7 @@ impl Served {
                 timeout_s: timeout.as_secs(),
                 retries: section.retries.unwrap_or(4),
             }),
+            device: None,
         };
         if mode == LogprobMode::TopK && tok.is_none() {
             return Err(Error::Invalid(

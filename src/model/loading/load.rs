@@ -84,6 +84,7 @@ pub(crate) fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Model> {
         vocab_size: vocab,
         adapter: None,
         served: None,
+        device: None,
     };
     Ok(Model::assemble(arch, tok, chat, info, opts, dev, (opts.dequantize, opts.form())))
 }
@@ -216,6 +217,7 @@ pub(crate) fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Model> {
         vocab_size: vocab,
         adapter: None,
         served: None,
+        device: None,
     };
     Ok(Model::assemble(arch, tok, chat, info, opts, dev, (true, "f32")))
 }
