@@ -209,3 +209,33 @@ fn device_settings_fail_as_one_line() {
         assert_clean_error(&o, want);
     }
 }
+
+#[test]
+fn the_transfer_pipeline_runs_on_the_generic_path() {
+    // `mores run` on tiny models, once per device: every stage runs on candle's ops, the
+    // manifests say so, and the probes' option probabilities agree with the kernels' run.
+    let dir = tempfile::tempdir().unwrap();
+    let r = crate::transfer::recipe(dir.path(), "");
+    let run = |device: &str| {
+        let out = dir.path().join(device);
+        let o = mores(&["--device", device, "run", r.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        assert!(o.status.success(), "{device}: {}", crate::common::stderr(&o));
+        assert!(out.join("transfer.json").exists(), "{device}: no transfer.json");
+        let samples = std::fs::read_to_string(out.join("probe-before/samples.jsonl")).unwrap();
+        let probs: Vec<Vec<f64>> = samples
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["probs"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+            })
+            .collect();
+        let manifest = std::fs::read_to_string(out.join("probe-before/manifest.json")).unwrap();
+        (probs, manifest)
+    };
+    let (a, ma) = run("cpu");
+    let (b, mb) = run("cpu-generic");
+    assert!(!ma.contains("cpu-generic") && mb.contains("\"cpu-generic f32\""), "the manifest does not name the device");
+    assert_eq!(a.len(), b.len());
+    let gap = a.iter().zip(&b).flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs())).fold(0f64, f64::max);
+    assert!(gap <= 1e-5, "probe-before probabilities differ by {gap}");
+}
