@@ -9,7 +9,8 @@
 #     generation; every figure is printed to OUT/equality.log.
 # (d) speeds on the GPU: the default probe's first eighth, `bench lora`, `bench generate`.
 # Needs the default models (scripts/fetch-models.sh) for the SmolLM2 and Gemma parts, and
-# either a CUDA toolkit (nvcc on PATH) or PyPI for the compiler wheels.
+# either a CUDA toolkit (nvcc on PATH) or PyPI for the compiler wheels (and, where the machine
+# has no CUDA 13 cuBLAS, for its wheel). Times mores only: the Python peers' scripts run on the CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-gpu-check}"
@@ -34,7 +35,9 @@ else
         .venv-cuda/bin/python -m pip install --quiet --disable-pip-version-check "nvidia-cublas==13.0.*" "nvidia-curand"
     fi
     export LD_LIBRARY_PATH="$TOOLKIT/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-    TEST_ENV=(CUDA_HOME="$TOOLKIT" CUDA_PATH="$TOOLKIT" PATH="$TOOLKIT/bin:$PATH" LIBRARY_PATH="$TOOLKIT/lib")
+    # The test binary links as the binary did (the stand-ins, for link time only); it runs on the
+    # driver's and the wheels' real libraries (LD_LIBRARY_PATH).
+    TEST_ENV=(CUDA_HOME="$TOOLKIT" CUDA_PATH="$TOOLKIT" PATH="$TOOLKIT/bin:$PATH" LIBRARY_PATH="$PWD/target/cuda/stubs:$TOOLKIT/lib")
 fi
 BIN=target/cuda/release/mores
 "$BIN" --device "$DEV" score --model tests/data/arch/qwen2 --prompt "x" --labels a,b >/dev/null
@@ -50,6 +53,6 @@ if [ -f checkpoints/SmolLM2-135M-Instruct.Q4_1.gguf ]; then
     "$BIN" --device "$DEV" --quiet probe --shard 0/8 --out "$OUT/probe-eighth"
     echo "probe, first eighth, $DEV: $(echo "$(date +%s.%N) - $start" | bc) s" | tee -a "$OUT/speeds.txt"
     "$BIN" --device "$DEV" bench lora 2>&1 | tee -a "$OUT/speeds.txt"
-    "$BIN" --device "$DEV" bench generate 2>&1 | tee -a "$OUT/speeds.txt"
+    "$BIN" --device "$DEV" bench generate --weights f32 2>&1 | tee -a "$OUT/speeds.txt"
 fi
 echo "gpu-check: done; figures in $OUT/"
