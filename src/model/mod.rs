@@ -51,7 +51,7 @@ pub struct LoadOptions {
 }
 
 impl LoadOptions {
-    /// CPU loading in the recipe's weight form.
+    /// Loading in the recipe's weight form, on the command line's device (`cpu` without one).
     pub fn for_weights(w: crate::recipe::WeightMode) -> Self {
         use crate::recipe::WeightMode;
         Self {
