@@ -7,7 +7,6 @@
 //! [`loading`] (files to a model), [`arch`] (the architectures and their layers), [`kernels`]
 //! (the CPU maths under them) and [`lora`] (adapters).
 pub mod arch;
-pub mod device;
 pub mod frozen;
 pub mod kernels;
 pub mod loading;
@@ -21,13 +20,14 @@ pub use loading::load::load_tokenizer;
 pub use loading::{chat, gguf, tokenizer};
 pub use lora::{adapter, export};
 
+/// Devices and float types live with the recipe keys that name them (`crate::util::device`).
+pub use crate::util::device::{self, DeviceSpec, FloatType};
 use crate::util::error::{Error, Result};
 pub use crate::util::manifest::{AdapterInfo, ModelInfo};
 use arch::batch::{Batch, Kv};
 use arch::{gemma3, linear, llama};
 use candle_core::{Device, Tensor};
 use chat::ChatTemplate;
-pub use device::{DeviceSpec, FloatType};
 use mode::Mode;
 use std::path::Path;
 use tokenizer::Tok;

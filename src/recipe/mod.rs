@@ -48,11 +48,11 @@ pub struct ModelSection {
     /// the CPU: the path a GPU takes), "cuda" or "cuda:N" (a build with `--features cuda`). The
     /// command line's `--device` overrides it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device: Option<crate::model::DeviceSpec>,
+    pub device: Option<crate::util::device::DeviceSpec>,
     /// The float type of dense weights and activations: "f32" (default), "bf16" or "f16" (on a
     /// generic device, with weights = "f32").
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dtype: Option<crate::model::FloatType>,
+    pub dtype: Option<crate::util::device::FloatType>,
     /// A served model instead of a file: the base URL of an OpenAI-compatible server
     /// (`http://HOST:PORT/v1`: vLLM, SGLang, TGI, llama.cpp's server, Ollama).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -120,7 +120,7 @@ impl ModelSection {
             ));
         }
         if let Some(t) = self.dtype {
-            crate::model::device::check(self.device.unwrap_or_default(), t, self.weights == WeightMode::F32)
+            crate::util::device::check(self.device.unwrap_or_default(), t, self.weights == WeightMode::F32)
                 .map_err(|e| format!("{section}.{e}"))?;
         }
         match &self.endpoint {
