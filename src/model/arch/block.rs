@@ -1,12 +1,14 @@
 //! Training-mode blocks as single graph nodes ([`crate::model::kernels::block_ops`],
-//! [`crate::model::kernels::attn_block`]): where a llama layer qualifies (CPU, f32 weights
-//! without bias, no Q/K norms, no prefix), its attention block and its gated MLP, each with the
-//! norm before it and the residual sum after it, run as one node each. Otherwise, and on a
-//! thread that turned them off with [`set_fused_blocks`], the composed path applies.
+//! [`crate::model::kernels::attn_block`]): where a llama or gemma3 layer qualifies (CPU, f32
+//! weights without bias, no prefix), its attention block and its gated MLP, each with the norm
+//! before it, the optional norms inside and after it (Q/K norms, Gemma's post norms) and the
+//! residual sum after it, run as one node each. Otherwise, and on a thread that turned them off
+//! with [`set_fused_blocks`], the composed path applies.
 use super::batch::Batch;
 use super::layers::{RmsNorm, RopeStyle};
 use super::linear::Linear;
-use crate::model::kernels::attn_block::AttnBlock;
+use crate::model::kernels::act::Gated;
+use crate::model::kernels::attn_block::{AttnBlock, ExtraNorms};
 use crate::model::kernels::block_ops::{GatedMlp, Proj, ProjLora};
 use crate::model::kernels::{self};
 use crate::model::mode::Mode;
@@ -60,9 +62,24 @@ fn proj(l: &Linear, x_elems: usize, mode: Mode, params: &mut Vec<Tensor>, at: &m
     Ok(Some(Proj { w: w.clone(), packed: l.packed(w)?, lora }))
 }
 
-/// x + down(silu(gate(norm(x))) * up(norm(x))) as one training node, or None where the block does
-/// not qualify (then the caller composes it).
-pub fn gated_mlp(x: &Tensor, norm: &RmsNorm, [gate, up, down]: [&Linear; 3], mode: Mode) -> Result<Option<Tensor>> {
+/// A norm's weight and epsilon where it is an f32 vector of `width`.
+fn norm_values(n: &RmsNorm, width: usize) -> Option<(Vec<f32>, f32)> {
+    if n.weight.dims() != [width] || n.weight.dtype() != candle_core::DType::F32 {
+        return None;
+    }
+    n.weight.to_vec1::<f32>().ok().map(|w| (w, n.eps))
+}
+
+/// x + post(down(act(gate(norm(x))) * up(norm(x)))) as one training node (`post` the identity
+/// when None), or None where the block does not qualify (then the caller composes it).
+pub fn gated_mlp(
+    x: &Tensor,
+    norm: &RmsNorm,
+    [gate, up, down]: [&Linear; 3],
+    act: Gated,
+    post: Option<&RmsNorm>,
+    mode: Mode,
+) -> Result<Option<Tensor>> {
     let any_lora = [gate, up, down].iter().any(|l| l.lora.is_some());
     if !mode.grad || !fused_blocks() || !(x.track_op() || any_lora) {
         return Ok(None);
@@ -72,6 +89,11 @@ pub fn gated_mlp(x: &Tensor, norm: &RmsNorm, [gate, up, down]: [&Linear; 3], mod
         return Ok(None);
     }
     let Ok(norm_w) = norm.weight.to_vec1::<f32>() else { return Ok(None) };
+    let post = match post.map(|n| norm_values(n, hidden)) {
+        Some(None) => return Ok(None),
+        Some(Some(p)) => Some(p),
+        None => None,
+    };
     let rows = x.elem_count() / hidden.max(1);
     let (mut params, mut at) = (Vec::new(), 0);
     let Some(g) = proj(gate, x.elem_count(), mode, &mut params, &mut at)? else { return Ok(None) };
@@ -87,13 +109,14 @@ pub fn gated_mlp(x: &Tensor, norm: &RmsNorm, [gate, up, down]: [&Linear; 3], mod
         return Ok(None);
     }
     let p = flat(params, x)?;
-    let op = GatedMlp::new(norm_w, norm.eps, [g, u, d]);
+    let op = GatedMlp::new(norm_w, norm.eps, [g, u, d], act, post);
     Ok(Some(x.contiguous()?.apply_op2(&p, op)?))
 }
 
-/// What a llama layer's attention block reads besides its weights: the batch (its padding), the
+/// What a layer's attention block reads besides its weights: the batch (its padding), the
 /// heads (query heads, KV heads, head dimension), the rotation tables [b, t, dim / 2], the pair
-/// style, the sliding window and the score scale.
+/// style, the sliding window, the score scale, and the optional norms: per-head Q and K norms
+/// before the rotation and a norm of the block's output before the residual sum.
 pub struct AttnParts<'a> {
     pub batch: &'a Batch,
     pub heads: (usize, usize, usize),
@@ -101,11 +124,13 @@ pub struct AttnParts<'a> {
     pub style: RopeStyle,
     pub window: Option<usize>,
     pub scale: f64,
+    pub qk_norm: Option<[&'a RmsNorm; 2]>,
+    pub post: Option<&'a RmsNorm>,
 }
 
-/// x + o(attention(rope(q(h)), rope(k(h)), v(h))), h = norm(x), as one training node for a
-/// layer without Q/K norms or biases on a batch without a prefix; None where the block does not
-/// qualify (then the caller composes it).
+/// x + post(o(attention(rope(qn(q(h))), rope(kn(k(h))), v(h)))), h = norm(x) (each optional
+/// norm the identity when absent), as one training node for a layer without biases on a batch
+/// without a prefix; None where the block does not qualify (then the caller composes it).
 pub fn attention(x: &Tensor, norm: &RmsNorm, lins: [&Linear; 4], at: &AttnParts, mode: Mode) -> Result<Option<Tensor>> {
     let any_lora = lins.iter().any(|l| l.lora.is_some());
     if !mode.grad || !fused_blocks() || !(x.track_op() || any_lora) || at.batch.tree.is_some() || at.batch.offset != 0 {
@@ -127,6 +152,16 @@ pub fn attention(x: &Tensor, norm: &RmsNorm, lins: [&Linear; 4], at: &AttnParts,
         return Ok(None);
     }
     let Ok(norm_w) = norm.weight.to_vec1::<f32>() else { return Ok(None) };
+    let qk = match at.qk_norm.map(|[q, k]| (norm_values(q, hd), norm_values(k, hd))) {
+        Some((Some(q), Some(k))) => Some([q, k]),
+        Some(_) => return Ok(None),
+        None => None,
+    };
+    let post = match at.post.map(|n| norm_values(n, hidden)) {
+        Some(None) => return Ok(None),
+        Some(Some(p)) => Some(p),
+        None => None,
+    };
     let (mut params, mut pos) = (Vec::new(), 0);
     let mut proj_of = |l: &Linear, elems: usize| proj(l, elems, mode, &mut params, &mut pos);
     let (Some(q), Some(k), Some(v), Some(o)) = (
@@ -150,7 +185,8 @@ pub fn attention(x: &Tensor, norm: &RmsNorm, lins: [&Linear; 4], at: &AttnParts,
         scale: at.scale as f32,
     };
     let p = flat(params, x)?;
-    let op = AttnBlock::new(norm_w, norm.eps, [q, k, v, o], shape, tables, at.style == RopeStyle::Interleaved);
+    let extra = ExtraNorms { qk, post };
+    let op = AttnBlock::new(norm_w, norm.eps, [q, k, v, o], shape, tables, at.style == RopeStyle::Interleaved, extra);
     Ok(Some(x.contiguous()?.apply_op2(&p, op)?))
 }
 

@@ -4,8 +4,10 @@
 //! scaled by sqrt(hidden), and local sliding-window layers with their own RoPE base.
 //! GGUF norm weights already include Gemma's "+1"; Hugging Face checkpoints store w and need 1 + w.
 use super::batch::{Batch, Kv};
+use super::block::{self, AttnParts};
 use super::layers::{gather, norm_rope, residual, AttnCtx, RmsNorm, RopeStyle};
 use super::linear::{layer_slots, Linear, Slot};
+use crate::model::kernels::act::Gated;
 use crate::model::loading::gguf::GgufFile;
 use crate::model::loading::weights::{key, Weights};
 use crate::model::mode::Mode;
@@ -301,20 +303,30 @@ impl Model {
         let mut kv = Kv { len: t, ..Kv::new() };
         for (li, l) in self.layers.iter().enumerate() {
             let (win, (cos, sin)) = if l.sliding { (window, &local_rope) } else { (None, &global_rope) };
-            let h = l.input_norm.forward(&x, mode)?;
-            let [q, k, v] = Linear::forward_many([&l.q, &l.k, &l.v], &h, mode)?;
-            let q = norm_rope(&q, (b, t, nh, hd), Some(&l.q_norm), cos, sin, RopeStyle::Halves, mode)?;
-            let k = norm_rope(&k, (b, t, nkv, hd), Some(&l.k_norm), cos, sin, RopeStyle::Halves, mode)?;
-            let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
-            if record {
-                kv.k.push(k.clone());
-                kv.v.push(v.clone());
-            }
-            let a = ctx.attend(li, &q, &k, &v, win, scale)?;
-            x = residual(&x, &l.post_attn_norm.forward(&l.o.forward(&a, mode)?, mode)?, mode)?;
-            let h = l.pre_ffn_norm.forward(&x, mode)?;
-            let m = Linear::forward_gated(&l.gate, &l.up, &h, mode, crate::model::kernels::act::Gated::Gelu)?;
-            x = residual(&x, &l.post_ffn_norm.forward(&l.down.forward(&m, mode)?, mode)?, mode)?;
+            let parts = AttnParts {
+                batch,
+                heads: (nh, nkv, hd),
+                rope: (cos, sin),
+                style: RopeStyle::Halves,
+                window: win,
+                scale,
+                qk_norm: Some([&l.q_norm, &l.k_norm]),
+                post: Some(&l.post_attn_norm),
+            };
+            // Training: each block as one node where it qualifies ([`block`]).
+            let fused = match prefix.is_empty() && !record {
+                true => block::attention(&x, &l.input_norm, [&l.q, &l.k, &l.v, &l.o], &parts, mode)?,
+                false => None,
+            };
+            x = match fused {
+                Some(y) => y,
+                None => self.attention_composed(l, li, &x, &ctx, &parts, (&mut kv, record), mode)?,
+            };
+            let mlp = [&l.gate, &l.up, &l.down];
+            x = match block::gated_mlp(&x, &l.pre_ffn_norm, mlp, Gated::Gelu, Some(&l.post_ffn_norm), mode)? {
+                Some(y) => y,
+                None => self.mlp_composed(l, &x, mode)?,
+            };
         }
         let logits = match read {
             Some(read) => Some(
@@ -325,6 +337,40 @@ impl Model {
             None => None,
         };
         Ok((logits, kv))
+    }
+
+    /// A layer's attention block from composed ops: x + post(o(attention(...))), recording its
+    /// keys and values when asked.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_composed(
+        &self,
+        l: &Layer,
+        li: usize,
+        x: &Tensor,
+        ctx: &AttnCtx,
+        at: &AttnParts,
+        (kv, record): (&mut Kv, bool),
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let ((nh, nkv, hd), (b, t), (cos, sin)) = (at.heads, (at.batch.rows, at.batch.len), at.rope);
+        let h = l.input_norm.forward(x, mode)?;
+        let [q, k, v] = Linear::forward_many([&l.q, &l.k, &l.v], &h, mode)?;
+        let q = norm_rope(&q, (b, t, nh, hd), Some(&l.q_norm), cos, sin, RopeStyle::Halves, mode)?;
+        let k = norm_rope(&k, (b, t, nkv, hd), Some(&l.k_norm), cos, sin, RopeStyle::Halves, mode)?;
+        let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+        if record {
+            kv.k.push(k.clone());
+            kv.v.push(v.clone());
+        }
+        let a = ctx.attend(li, &q, &k, &v, at.window, at.scale)?;
+        residual(x, &l.post_attn_norm.forward(&l.o.forward(&a, mode)?, mode)?, mode)
+    }
+
+    /// A layer's MLP block from composed ops: x + post(down(gelu(gate(h)) * up(h))), h = pre(x).
+    fn mlp_composed(&self, l: &Layer, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let h = l.pre_ffn_norm.forward(x, mode)?;
+        let m = Linear::forward_gated(&l.gate, &l.up, &h, mode, Gated::Gelu)?;
+        residual(x, &l.post_ffn_norm.forward(&l.down.forward(&m, mode)?, mode)?, mode)
     }
 
     /// The projections LoRA can adapt, in layer order.

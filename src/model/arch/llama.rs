@@ -6,6 +6,7 @@ use super::batch::{Batch, Kv};
 use super::family::{Family, Traits};
 use super::layers::{gather, norm_rope, residual, AttnCtx, RmsNorm, RopeStyle};
 use super::linear::{layer_slots, Linear, Slot};
+use crate::model::kernels::act::Gated;
 use crate::model::loading::gguf::GgufFile;
 use crate::model::loading::weights::{key, Weights};
 use crate::model::mode::Mode;
@@ -365,26 +366,36 @@ impl Model {
         let scale = 1.0 / (hd as f64).sqrt();
         let mut kv = Kv { len: t, ..Kv::new() };
         let heads = (nh, nkv, hd);
-        let parts = super::block::AttnParts { batch, heads, rope: (&cos, &sin), style: self.rope_style, window, scale };
         for li in range {
             let l = &self.layers[li];
             let (mode, ctx) = match &ctx_frozen {
                 Some(c) if li < frozen => (Mode::INFER, c),
                 _ => (mode, &ctx),
             };
-            let plain = l.qk_norm.is_none() && prefix.is_empty() && !record;
+            let parts = super::block::AttnParts {
+                batch,
+                heads,
+                rope: (&cos, &sin),
+                style: self.rope_style,
+                window,
+                scale,
+                qk_norm: l.qk_norm.as_ref().map(|(q, k)| [q, k]),
+                post: None,
+            };
+            let plain = prefix.is_empty() && !record;
             let fused =
                 plain.then(|| super::block::attention(&x, &l.input_norm, [&l.q, &l.k, &l.v, &l.o], &parts, mode));
             x = match fused.transpose()?.flatten() {
                 Some(y) => y,
                 None => self.attention_composed(l, li, &x, ctx, &parts, &mut kv, record, mode)?,
             };
-            if let Some(y) = super::block::gated_mlp(&x, &l.post_norm, [&l.gate, &l.up, &l.down], mode)? {
+            let mlp = [&l.gate, &l.up, &l.down];
+            if let Some(y) = super::block::gated_mlp(&x, &l.post_norm, mlp, Gated::Silu, None, mode)? {
                 x = y;
                 continue;
             }
             let h = l.post_norm.forward(&x, mode)?;
-            let m = Linear::forward_gated(&l.gate, &l.up, &h, mode, crate::model::kernels::act::Gated::Silu)?;
+            let m = Linear::forward_gated(&l.gate, &l.up, &h, mode, Gated::Silu)?;
             x = residual(&x, &l.down.forward(&m, mode)?, mode)?;
         }
         Ok((x, kv))

@@ -6,7 +6,9 @@
 //! gradient into a fresh zero tensor; here one node keeps its intermediates and computes the
 //! composed path's numbers operation for operation (the same products, candle's rotation
 //! arithmetic, the norm's expressions), summing h's three gradients in the order candle's
-//! backward reaches them (v, k, q).
+//! backward reaches them (v, k, q). Gemma's and Qwen3's per-head RMSNorm of the queries and keys
+//! before the rotation, and Gemma's norm of the block's output before the residual sum, are
+//! optional parts of the same node.
 use super::attention::{attend, attend_backward, AttnShape};
 use super::block_ops::{rms_norm, rms_norm_bwd, Proj};
 use super::linear_ops::{linear_bwd, linear_fwd};
@@ -27,17 +29,30 @@ pub(crate) struct AttnBlock {
     pub(crate) sin: Vec<f32>,
     /// Pairs (2i, 2i+1) when set, else (i, i + dim/2).
     pub(crate) interleaved: bool,
+    /// Per-head norms of the queries and of the keys (weight [dim], epsilon) before the rotation.
+    pub(crate) qk_norm: Option<[(Vec<f32>, f32); 2]>,
+    /// A norm on the output projection's result before the residual sum (weight [hidden], eps).
+    pub(crate) post: Option<(Vec<f32>, f32)>,
     saved: Mutex<Option<Saved>>,
 }
 
 /// The forward's intermediates: the normed input, rotated queries and keys and the values
-/// ([b, heads, t, dim]) and the attention's output [b, t, heads * dim].
+/// ([b, heads, t, dim]) and the attention's output [b, t, heads * dim]; with Q/K norms the
+/// projections they normed, with a post norm the output projection's result.
 struct Saved {
     h: Vec<f32>,
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
     a: Vec<f32>,
+    qk_raw: Option<(Vec<f32>, Vec<f32>)>,
+    d: Option<Vec<f32>>,
+}
+
+/// The optional norms of a block: per-head Q and K norms, and the norm after the block.
+pub(crate) struct ExtraNorms {
+    pub(crate) qk: Option<[(Vec<f32>, f32); 2]>,
+    pub(crate) post: Option<(Vec<f32>, f32)>,
 }
 
 impl AttnBlock {
@@ -48,8 +63,10 @@ impl AttnBlock {
         shape: AttnShape,
         (cos, sin): (Vec<f32>, Vec<f32>),
         interleaved: bool,
+        extra: ExtraNorms,
     ) -> Self {
-        Self { norm, eps, proj, shape, cos, sin, interleaved, saved: Mutex::new(None) }
+        let ExtraNorms { qk: qk_norm, post } = extra;
+        Self { norm, eps, proj, shape, cos, sin, interleaved, qk_norm, post, saved: Mutex::new(None) }
     }
 
     /// x [b, t, heads, dim] to [b, heads, t, dim], each head row rotated by (cos, sin) as candle's
@@ -147,13 +164,24 @@ impl candle_core::CustomOp2 for AttnBlock {
         let q = linear_fwd(&h, m, &pq.packed, pq.part(p).as_ref());
         let k = linear_fwd(&h, m, &pk.packed, pk.part(p).as_ref());
         let v = linear_fwd(&h, m, &pv.packed, pv.part(p).as_ref());
-        let q = self.to_heads(&q, s.heads, Some(&self.sin));
-        let k = self.to_heads(&k, s.kv_heads, Some(&self.sin));
+        let (qn, kn, qk_raw) = match &self.qk_norm {
+            Some([(wq, eq), (wk, ek)]) => (rms_norm(&q, wq, *eq), rms_norm(&k, wk, *ek), Some((q, k))),
+            None => (q, k, None),
+        };
+        let q = self.to_heads(&qn, s.heads, Some(&self.sin));
+        let k = self.to_heads(&kn, s.kv_heads, Some(&self.sin));
+        drop((qn, kn));
         let v = self.to_heads(&v, s.kv_heads, None);
         let a = attend(s, &q, &k, &v, &[]);
         let d = linear_fwd(&a, m, &po.packed, po.part(p).as_ref());
-        let y: Vec<f32> = x.iter().zip(&d).map(|(a, b)| a + b).collect();
-        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(Saved { h, q, k, v, a });
+        let (y, d): (Vec<f32>, _) = match &self.post {
+            Some((w, eps)) => {
+                let dn = rms_norm(&d, w, *eps);
+                (x.iter().zip(&dn).map(|(a, b)| a + b).collect(), Some(d))
+            }
+            None => (x.iter().zip(&d).map(|(a, b)| a + b).collect(), None),
+        };
+        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(Saved { h, q, k, v, a, qk_raw, d });
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 
@@ -175,12 +203,23 @@ impl candle_core::CustomOp2 for AttnBlock {
         let [pq, pk, pv, po] = &self.proj;
         let (dx, dp) = super::with_f32s(&[&dy, &x_, &p_, &ws[0], &ws[1], &ws[2], &ws[3]], |t| {
             let (dy, x, p) = (t[0], t[1], t[2]);
-            let (da, lo) = linear_bwd(dy, &sv.a, (m, hidden, qw), t[6], po.part(p).as_ref(), true);
+            let post_grad = match (&self.post, &sv.d) {
+                (Some((w, eps)), Some(d)) => Some(rms_norm_bwd(d, dy, w, *eps)),
+                _ => None,
+            };
+            let dd = post_grad.as_deref().unwrap_or(dy);
+            let (da, lo) = linear_bwd(dd, &sv.a, (m, hidden, qw), t[6], po.part(p).as_ref(), true);
             let [dq, dk, dv] = attend_backward(s, &sv.q, &sv.k, &sv.v, &da.expect("asked for"));
             // The transpose of a rotation is the rotation by the opposite angle.
             let neg: Vec<f32> = self.sin.iter().map(|v| -v).collect();
             let dq = self.heads_to_rows(&dq, s.heads, Some(&neg));
             let dk = self.heads_to_rows(&dk, s.kv_heads, Some(&neg));
+            let (dq, dk) = match (&self.qk_norm, &sv.qk_raw) {
+                (Some([(wq, eq), (wk, ek)]), Some((q, k))) => {
+                    (rms_norm_bwd(q, &dq, wq, *eq), rms_norm_bwd(k, &dk, wk, *ek))
+                }
+                _ => (dq, dk),
+            };
             let dv = self.heads_to_rows(&dv, s.kv_heads, None);
             let (dh_q, lq) = linear_bwd(&dq, &sv.h, (m, qw, hidden), t[3], pq.part(p).as_ref(), want_x);
             let (dh_k, lk) = linear_bwd(&dk, &sv.h, (m, kvw, hidden), t[4], pk.part(p).as_ref(), want_x);

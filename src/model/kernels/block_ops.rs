@@ -1,5 +1,6 @@
 //! A gated MLP block in training as one candle node on the CPU: x + down(silu(gate(h)) * up(h))
-//! with h = RMSNorm(x), each projection frozen or with its LoRA factors and dropout. Composed,
+//! with h = RMSNorm(x), each projection frozen or with its LoRA factors and dropout; Gemma's form
+//! x + RMSNorm'(down(gelu_tanh(gate(h)) * up(h))) with its norm after the block too. Composed,
 //! the block is about a dozen nodes (the norm, three products and their reshapes, the
 //! activation, the residual sum), and candle's backward adds every node's gradient into a fresh
 //! zero tensor over the activations; here one node keeps its intermediates and computes the
@@ -7,6 +8,7 @@
 //! products ([`linear_fwd`], [`linear_bwd`]), the norm's and SwiGLU's expressions, and the
 //! two-term gradient sums that candle would form (an f32 sum of two terms does not depend on
 //! their order), so the results are the composed path's bits.
+use super::act::Gated;
 use super::gemm::Packed;
 use super::linear_ops::{linear_bwd, linear_fwd, LoraPart};
 use candle_core::{CpuStorage, Layout, Shape, Tensor};
@@ -60,20 +62,32 @@ pub(crate) struct GatedMlp {
     pub(crate) gate: Proj,
     pub(crate) up: Proj,
     pub(crate) down: Proj,
+    pub(crate) act: Gated,
+    /// A norm on the block's output before the residual sum (Gemma's post-feedforward norm):
+    /// its weight and epsilon.
+    pub(crate) post: Option<(Vec<f32>, f32)>,
     saved: Mutex<Option<Saved>>,
 }
 
-/// The forward's intermediates: the normed input, the gate and up products and the activation.
+/// The forward's intermediates: the normed input, the gate and up products, the activation and,
+/// with a post norm, the down product it normed.
 struct Saved {
     h: Vec<f32>,
     g: Vec<f32>,
     u: Vec<f32>,
     act: Vec<f32>,
+    d: Option<Vec<f32>>,
 }
 
 impl GatedMlp {
-    pub(crate) fn new(norm: Vec<f32>, eps: f32, [gate, up, down]: [Proj; 3]) -> Self {
-        Self { norm, eps, gate, up, down, saved: Mutex::new(None) }
+    pub(crate) fn new(
+        norm: Vec<f32>,
+        eps: f32,
+        [gate, up, down]: [Proj; 3],
+        act: Gated,
+        post: Option<(Vec<f32>, f32)>,
+    ) -> Self {
+        Self { norm, eps, gate, up, down, act, post, saved: Mutex::new(None) }
     }
 }
 
@@ -144,6 +158,52 @@ fn swiglu_bwd(g: &[f32], u: &[f32], dy: &[f32], width: usize) -> (Vec<f32>, Vec<
     (dg, du)
 }
 
+/// candle's GELU (tanh form) of one f32, as its unary op computes it (its constant sqrt(2 / pi)
+/// rounded to f32).
+fn gelu(v: f32) -> f32 {
+    const SQRT_TWO_OVER_PI: f32 = 0.797_884_6;
+    0.5 * v * (1.0 + f32::tanh(SQRT_TWO_OVER_PI * v * (1.0 + 0.044715 * v * v)))
+}
+
+/// gelu(g) * u as candle's GELU and product compute it, in parallel runs of rows.
+fn geglu(g: &[f32], u: &[f32], width: usize) -> Vec<f32> {
+    let mut y = vec![0f32; g.len()];
+    let n = ROWS * width;
+    y.par_chunks_mut(n).zip(g.par_chunks(n)).zip(u.par_chunks(n)).for_each(|((y, g), u)| {
+        for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
+            *y = gelu(g) * u;
+        }
+    });
+    y
+}
+
+/// candle's backward of its GELU at v, its expressions as its tensor ops evaluate them (each
+/// constant factor an affine map `x * m + 0`, `1 - t` as `t * -1 + 1`, `+ 0.5` as `x * 1 + 0.5`).
+fn gelu_grad(v: f32) -> f32 {
+    let aff = |x: f32, m: f64, a: f64| x * m as f32 + a as f32;
+    let cube = v.powf(3.0);
+    let tanh = (aff(cube, 0.0356774, 0.0) + aff(v, 0.797885, 0.0)).tanh();
+    let poly = aff(cube, 0.0535161, 0.0) + aff(v, 0.398942, 0.0);
+    aff(aff(tanh, 0.5, 0.0) + poly * aff(tanh.powf(2.0), -1.0, 1.0), 1.0, 0.5)
+}
+
+/// GeGLU's gradients (dg, du) for dy, as candle's backward of gelu(g) * u forms them:
+/// dg = (dy * u) * gelu'(g), du = dy * gelu(g).
+fn geglu_bwd(g: &[f32], u: &[f32], dy: &[f32], width: usize) -> (Vec<f32>, Vec<f32>) {
+    let (mut dg, mut du) = (vec![0f32; g.len()], vec![0f32; g.len()]);
+    let n = ROWS * width;
+    dg.par_chunks_mut(n)
+        .zip(du.par_chunks_mut(n))
+        .zip(g.par_chunks(n).zip(u.par_chunks(n)).zip(dy.par_chunks(n)))
+        .for_each(|((dg, du), ((g, u), dy))| {
+            for ((((dg, du), &g), &u), &d) in dg.iter_mut().zip(du.iter_mut()).zip(g).zip(u).zip(dy) {
+                *dg = (d * u) * gelu_grad(g);
+                *du = d * gelu(g);
+            }
+        });
+    (dg, du)
+}
+
 impl candle_core::CustomOp2 for GatedMlp {
     fn name(&self) -> &'static str {
         "gated-mlp"
@@ -166,10 +226,19 @@ impl candle_core::CustomOp2 for GatedMlp {
         let h = rms_norm(x, &self.norm, self.eps);
         let g = linear_fwd(&h, m, &self.gate.packed, self.gate.part(p).as_ref());
         let u = linear_fwd(&h, m, &self.up.packed, self.up.part(p).as_ref());
-        let act = swiglu(&g, &u, inter);
+        let act = match self.act {
+            Gated::Silu => swiglu(&g, &u, inter),
+            Gated::Gelu => geglu(&g, &u, inter),
+        };
         let d = linear_fwd(&act, m, &self.down.packed, self.down.part(p).as_ref());
-        let y: Vec<f32> = x.iter().zip(&d).map(|(a, b)| a + b).collect();
-        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(Saved { h, g, u, act });
+        let (y, d): (Vec<f32>, _) = match &self.post {
+            Some((w, eps)) => {
+                let dn = rms_norm(&d, w, *eps);
+                (x.iter().zip(&dn).map(|(a, b)| a + b).collect(), Some(d))
+            }
+            None => (x.iter().zip(&d).map(|(a, b)| a + b).collect(), None),
+        };
+        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(Saved { h, g, u, act, d });
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 
@@ -189,8 +258,17 @@ impl candle_core::CustomOp2 for GatedMlp {
         let (want_x, want_p) = (x.track_op(), p.track_op());
         let (dx, dp) = super::with_f32s(&[&dy, &x_, &p_, &wg, &wu, &wd], |v| {
             let (dy, x, p) = (v[0], v[1], v[2]);
-            let (dact, ld) = linear_bwd(dy, &s.act, (m, hidden, inter), v[5], self.down.part(p).as_ref(), true);
-            let (dg, du) = swiglu_bwd(&s.g, &s.u, &dact.expect("asked for"), inter);
+            let post_grad = match (&self.post, &s.d) {
+                (Some((w, eps)), Some(d)) => Some(rms_norm_bwd(d, dy, w, *eps)),
+                _ => None,
+            };
+            let dd = post_grad.as_deref().unwrap_or(dy);
+            let (dact, ld) = linear_bwd(dd, &s.act, (m, hidden, inter), v[5], self.down.part(p).as_ref(), true);
+            let dact = dact.expect("asked for");
+            let (dg, du) = match self.act {
+                Gated::Silu => swiglu_bwd(&s.g, &s.u, &dact, inter),
+                Gated::Gelu => geglu_bwd(&s.g, &s.u, &dact, inter),
+            };
             let (dh_g, lg) = linear_bwd(&dg, &s.h, (m, inter, hidden), v[3], self.gate.part(p).as_ref(), want_x);
             let (dh_u, lu) = linear_bwd(&du, &s.h, (m, inter, hidden), v[4], self.up.part(p).as_ref(), want_x);
             let dx = dh_g.zip(dh_u).map(|(a, b)| {
