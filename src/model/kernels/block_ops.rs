@@ -136,26 +136,38 @@ fn swiglu(g: &[f32], u: &[f32], width: usize) -> Vec<f32> {
     y
 }
 
-/// SwiGLU's gradients (dg, du) for dy: with s = sigmoid(g), d/dg [g s(g)] = s (1 + g (1 - s)).
-fn swiglu_bwd(g: &[f32], u: &[f32], dy: &[f32], width: usize) -> (Vec<f32>, Vec<f32>) {
+/// A gated activation's gradients (dg, du) for dy, `one` applied to parallel runs of rows:
+/// one(g, u, dy, dg, du).
+fn gated_bwd(
+    g: &[f32],
+    u: &[f32],
+    dy: &[f32],
+    width: usize,
+    one: impl Fn(&[f32], &[f32], &[f32], &mut [f32], &mut [f32]) + Sync,
+) -> (Vec<f32>, Vec<f32>) {
     let (mut dg, mut du) = (vec![0f32; g.len()], vec![0f32; g.len()]);
     let n = ROWS * width;
     dg.par_chunks_mut(n)
         .zip(du.par_chunks_mut(n))
         .zip(g.par_chunks(n).zip(u.par_chunks(n)).zip(dy.par_chunks(n)))
-        .for_each(|((dg, du), ((g, u), dy))| {
-            // e^-g, vectorised with expf's bits.
-            for (o, &g) in du.iter_mut().zip(g) {
-                *o = -g;
-            }
-            super::exp::exp_in_place(du);
-            for ((((dg, du), &g), &u), &d) in dg.iter_mut().zip(du.iter_mut()).zip(g).zip(u).zip(dy) {
-                let s = 1.0 / (1.0 + *du);
-                *dg = d * u * s * (1.0 + g * (1.0 - s));
-                *du = d * g * s;
-            }
-        });
+        .for_each(|((dg, du), ((g, u), dy))| one(g, u, dy, dg, du));
     (dg, du)
+}
+
+/// SwiGLU's gradients (dg, du) for dy: with s = sigmoid(g), d/dg [g s(g)] = s (1 + g (1 - s)).
+fn swiglu_bwd(g: &[f32], u: &[f32], dy: &[f32], width: usize) -> (Vec<f32>, Vec<f32>) {
+    gated_bwd(g, u, dy, width, |g, u, dy, dg, du| {
+        // e^-g, vectorised with expf's bits.
+        for (o, &g) in du.iter_mut().zip(g) {
+            *o = -g;
+        }
+        super::exp::exp_in_place(du);
+        for ((((dg, du), &g), &u), &d) in dg.iter_mut().zip(du.iter_mut()).zip(g).zip(u).zip(dy) {
+            let s = 1.0 / (1.0 + *du);
+            *dg = d * u * s * (1.0 + g * (1.0 - s));
+            *du = d * g * s;
+        }
+    })
 }
 
 /// candle's GELU (tanh form) of one f32, as its unary op computes it (its constant sqrt(2 / pi)
@@ -190,18 +202,12 @@ fn gelu_grad(v: f32) -> f32 {
 /// GeGLU's gradients (dg, du) for dy, as candle's backward of gelu(g) * u forms them:
 /// dg = (dy * u) * gelu'(g), du = dy * gelu(g).
 fn geglu_bwd(g: &[f32], u: &[f32], dy: &[f32], width: usize) -> (Vec<f32>, Vec<f32>) {
-    let (mut dg, mut du) = (vec![0f32; g.len()], vec![0f32; g.len()]);
-    let n = ROWS * width;
-    dg.par_chunks_mut(n)
-        .zip(du.par_chunks_mut(n))
-        .zip(g.par_chunks(n).zip(u.par_chunks(n)).zip(dy.par_chunks(n)))
-        .for_each(|((dg, du), ((g, u), dy))| {
-            for ((((dg, du), &g), &u), &d) in dg.iter_mut().zip(du.iter_mut()).zip(g).zip(u).zip(dy) {
-                *dg = (d * u) * gelu_grad(g);
-                *du = d * gelu(g);
-            }
-        });
-    (dg, du)
+    gated_bwd(g, u, dy, width, |g, u, dy, dg, du| {
+        for ((((dg, du), &g), &u), &d) in dg.iter_mut().zip(du.iter_mut()).zip(g).zip(u).zip(dy) {
+            *dg = (d * u) * gelu_grad(g);
+            *du = d * gelu(g);
+        }
+    })
 }
 
 impl candle_core::CustomOp2 for GatedMlp {
