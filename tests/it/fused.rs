@@ -67,8 +67,7 @@ fn fused_blocks_equal_the_composed_graph_on_tiny_models() {
             assert!(d <= 1e-5, "{arch} {targets:?} dropout {dropout}: fused and composed differ by {d}");
         }
     }
-    // Qwen2's Q/K/V biases and Qwen3's Q/K norms keep the composed attention beside the fused MLP;
-    // Mistral's window goes through the fused attention.
+    // Qwen2's Q/K/V biases, Qwen3's Q/K norms and Mistral's window go through the fused attention.
     for (name, targets) in
         [("phi3", &PHI3_TARGETS[..]), ("qwen2", &ALL[..]), ("qwen3", &ALL[..]), ("mistral", &ALL[..])]
     {

@@ -1,6 +1,6 @@
 //! Training-mode blocks as single graph nodes ([`crate::model::kernels::block_ops`],
 //! [`crate::model::kernels::attn_block`]): where a llama or gemma3 layer qualifies (CPU, f32
-//! weights without bias, no prefix), its attention block and its gated MLP, each with the norm
+//! weights and biases, no prefix), its attention block and its gated MLP, each with the norm
 //! before it, the optional norms inside and after it (Q/K norms, Gemma's post norms) and the
 //! residual sum after it, run as one node each. Otherwise, and on a thread that turned them off
 //! with [`set_fused_blocks`], the composed path applies.
@@ -32,13 +32,22 @@ pub(crate) fn fused_blocks() -> bool {
     FUSED.with(|f| f.get())
 }
 
-/// A projection as a block part: None when its base is not a plain f32 CPU weight or it has a
-/// bias. Its adapter's factors are appended to `params` (flattened) at offset `at`.
+/// A projection as a block part: None when its base is not a plain f32 CPU weight or its bias
+/// not an f32 vector of its width. Its adapter's factors are appended to `params` (flattened) at
+/// offset `at`.
 fn proj(l: &Linear, x_elems: usize, mode: Mode, params: &mut Vec<Tensor>, at: &mut usize) -> Result<Option<Proj>> {
     let QMatMul::Tensor(w) = &l.base else { return Ok(None) };
-    if l.bias.is_some() || !kernels::plain_cpu_f32(&[w]) {
+    if !kernels::plain_cpu_f32(&[w]) {
         return Ok(None);
     }
+    let out = w.dims2()?.0;
+    let bias = match &l.bias {
+        None => None,
+        Some(b) if b.dims() == [out] && b.dtype() == candle_core::DType::F32 && !b.track_op() => {
+            Some(b.to_vec1::<f32>()?)
+        }
+        Some(_) => return Ok(None),
+    };
     let lora = match &l.lora {
         None => None,
         Some(lo) => {
@@ -59,7 +68,7 @@ fn proj(l: &Linear, x_elems: usize, mode: Mode, params: &mut Vec<Tensor>, at: &m
             Some(ProjLora { a_at, b_at, r, scale: lo.scale as f32, mask })
         }
     };
-    Ok(Some(Proj { w: w.clone(), packed: l.packed(w)?, lora }))
+    Ok(Some(Proj { w: w.clone(), packed: l.packed(w)?, bias, lora }))
 }
 
 /// A norm's weight and epsilon where it is an f32 vector of `width`.
@@ -129,8 +138,9 @@ pub struct AttnParts<'a> {
 }
 
 /// x + post(o(attention(rope(qn(q(h))), rope(kn(k(h))), v(h)))), h = norm(x) (each optional
-/// norm the identity when absent), as one training node for a layer without biases on a batch
-/// without a prefix; None where the block does not qualify (then the caller composes it).
+/// norm the identity when absent, each projection with its bias if it has one), as one training
+/// node on a batch without a prefix; None where the block does not qualify (then the caller
+/// composes it).
 pub fn attention(x: &Tensor, norm: &RmsNorm, lins: [&Linear; 4], at: &AttnParts, mode: Mode) -> Result<Option<Tensor>> {
     let any_lora = lins.iter().any(|l| l.lora.is_some());
     if !mode.grad || !fused_blocks() || !(x.track_op() || any_lora) || at.batch.tree.is_some() || at.batch.offset != 0 {

@@ -11,7 +11,7 @@
 //! optional parts of the same node.
 use super::attention::{attend, attend_backward, AttnShape};
 use super::block_ops::{rms_norm, rms_norm_bwd, Proj};
-use super::linear_ops::{linear_bwd, linear_fwd};
+use super::linear_ops::linear_bwd;
 use candle_core::{CpuStorage, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -161,9 +161,7 @@ impl candle_core::CustomOp2 for AttnBlock {
             candle_core::bail!("attention-block: input, projections and heads disagree")
         }
         let h = rms_norm(x, &self.norm, self.eps);
-        let q = linear_fwd(&h, m, &pq.packed, pq.part(p).as_ref());
-        let k = linear_fwd(&h, m, &pk.packed, pk.part(p).as_ref());
-        let v = linear_fwd(&h, m, &pv.packed, pv.part(p).as_ref());
+        let (q, k, v) = (pq.fwd(&h, m, p), pk.fwd(&h, m, p), pv.fwd(&h, m, p));
         let (qn, kn, qk_raw) = match &self.qk_norm {
             Some([(wq, eq), (wk, ek)]) => (rms_norm(&q, wq, *eq), rms_norm(&k, wk, *ek), Some((q, k))),
             None => (q, k, None),
@@ -173,7 +171,7 @@ impl candle_core::CustomOp2 for AttnBlock {
         drop((qn, kn));
         let v = self.to_heads(&v, s.kv_heads, None);
         let a = attend(s, &q, &k, &v, &[]);
-        let d = linear_fwd(&a, m, &po.packed, po.part(p).as_ref());
+        let d = po.fwd(&a, m, p);
         let (y, d): (Vec<f32>, _) = match &self.post {
             Some((w, eps)) => {
                 let dn = rms_norm(&d, w, *eps);

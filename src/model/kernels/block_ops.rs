@@ -15,11 +15,12 @@ use candle_core::{CpuStorage, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
-/// One projection of the block: its frozen weight [out, in] as stored and packed, and its
-/// adapter if any.
+/// One projection of the block: its frozen weight [out, in] as stored and packed, its frozen
+/// bias [out] (Qwen2's Q/K/V) and its adapter if any.
 pub(crate) struct Proj {
     pub(crate) w: Tensor,
     pub(crate) packed: Arc<Packed>,
+    pub(crate) bias: Option<Vec<f32>>,
     pub(crate) lora: Option<ProjLora>,
 }
 
@@ -34,6 +35,20 @@ pub(crate) struct ProjLora {
 }
 
 impl Proj {
+    /// The projection of x [m, in]: the product with its adapter's path ([`linear_fwd`]), then
+    /// the bias added, as the composed `Linear::forward` orders them.
+    pub(crate) fn fwd(&self, x: &[f32], m: usize, p: &[f32]) -> Vec<f32> {
+        let mut y = linear_fwd(x, m, &self.packed, self.part(p).as_ref());
+        if let Some(b) = &self.bias {
+            for row in y.chunks_exact_mut(b.len()) {
+                for (v, b) in row.iter_mut().zip(b) {
+                    *v += b;
+                }
+            }
+        }
+        y
+    }
+
     /// The adapter's operands in the flat parameters `p`.
     pub(crate) fn part<'a>(&'a self, p: &'a [f32]) -> Option<LoraPart<'a>> {
         self.lora.as_ref().map(|l| LoraPart {
@@ -230,13 +245,13 @@ impl candle_core::CustomOp2 for GatedMlp {
         }
         let m = x.len() / hidden;
         let h = rms_norm(x, &self.norm, self.eps);
-        let g = linear_fwd(&h, m, &self.gate.packed, self.gate.part(p).as_ref());
-        let u = linear_fwd(&h, m, &self.up.packed, self.up.part(p).as_ref());
+        let g = self.gate.fwd(&h, m, p);
+        let u = self.up.fwd(&h, m, p);
         let act = match self.act {
             Gated::Silu => swiglu(&g, &u, inter),
             Gated::Gelu => geglu(&g, &u, inter),
         };
-        let d = linear_fwd(&act, m, &self.down.packed, self.down.part(p).as_ref());
+        let d = self.down.fwd(&act, m, p);
         let (y, d): (Vec<f32>, _) = match &self.post {
             Some((w, eps)) => {
                 let dn = rms_norm(&d, w, *eps);
