@@ -51,14 +51,14 @@ pub fn default_shapes() -> Vec<Shape> {
     ]
 }
 
-fn values(seed: u64, n: usize) -> Vec<f32> {
+pub(super) fn values(seed: u64, n: usize) -> Vec<f32> {
     use rand::{Rng, SeedableRng};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
 
 /// Seconds per call of `f`, over enough calls to last about `budget` seconds (at least 3).
-fn time(budget: f64, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+pub(super) fn time(budget: f64, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     f()?; // warm caches and the thread pool
     let t0 = Instant::now();
     f()?;

@@ -61,38 +61,29 @@ fn product_shapes(model: &mut Model) -> Result<Vec<((usize, usize), usize)>> {
 }
 
 /// Time `shapes` at `rows` rows: each forward (x [rows, in] times the packed weight) and input
-/// gradient (g [rows, out] times the weight [out, in]), about `budget` seconds per product.
-fn time_products(shapes: &[((usize, usize), usize)], rows: usize, budget: f64) -> Products {
+/// gradient (g [rows, out] times the weight [out, in]), about `budget` seconds per product, with
+/// `mores bench gemm`'s values and timer.
+fn time_products(shapes: &[((usize, usize), usize)], rows: usize, budget: f64) -> Result<Products> {
+    use super::gemm::{time, values};
     use crate::model::gemm::{matmul_nn, matmul_packed, Isa, Packed};
-    let values = |seed: u64, n: usize| -> Vec<f32> {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
-    };
-    let time = |f: &mut dyn FnMut()| {
-        f(); // warm caches and the thread pool
-        let t0 = std::time::Instant::now();
-        f();
-        let once = t0.elapsed().as_secs_f64().max(1e-6);
-        let reps = ((budget / once) as usize).clamp(2, 1000);
-        let t0 = std::time::Instant::now();
-        for _ in 0..reps {
-            f();
-        }
-        t0.elapsed().as_secs_f64() / reps as f64
-    };
     let (mut gflop, mut s) = (0.0, 0.0);
     for &((inp, out), count) in shapes {
         let w = values(2, out * inp);
         let packed = Packed::new(&w, out, inp, Isa::best());
         let (x, g) = (values(1, rows * inp), values(3, rows * out));
         let (mut y, mut dx) = (vec![0f32; rows * out], vec![0f32; rows * inp]);
-        let forward = time(&mut || matmul_packed(&x, rows, &packed, &mut y));
-        let input_grad = time(&mut || matmul_nn(&g, rows, out, &w, inp, &mut dx));
+        let forward = time(budget, || {
+            matmul_packed(&x, rows, &packed, &mut y);
+            Ok(())
+        })?;
+        let input_grad = time(budget, || {
+            matmul_nn(&g, rows, out, &w, inp, &mut dx);
+            Ok(())
+        })?;
         gflop += count as f64 * 4.0 * (rows * inp * out) as f64 / 1e9;
         s += count as f64 * (forward + input_grad);
     }
-    Products { gflop, s }
+    Ok(Products { gflop, s })
 }
 
 /// Deterministic survey-flavoured text, like the peer script's (not byte-identical: only the
@@ -168,7 +159,8 @@ pub fn measure_one(model_path: &Path, steps: usize, batch: usize, seq: usize) ->
     let med = steady[steady.len() / 2];
     // Peak memory is the training's: read before the products' buffers are made.
     let peak = peak_rss_mib();
-    let products = (model.spec == crate::model::DeviceSpec::Cpu).then(|| time_products(&shapes, batch * seq, 0.3));
+    let products =
+        (model.spec == crate::model::DeviceSpec::Cpu).then(|| time_products(&shapes, batch * seq, 0.3)).transpose()?;
     Ok(LoraMeasurement {
         backend: "mores (candle, f32)".into(),
         steps,
@@ -312,7 +304,7 @@ mod tests {
     #[test]
     fn products_count_forward_and_input_gradient_of_every_copy() {
         let shapes = [((3, 5), 2), ((4, 4), 1)];
-        let p = time_products(&shapes, 7, 0.001);
+        let p = time_products(&shapes, 7, 0.001).unwrap();
         let want = (2.0 * 4.0 * 7.0 * 15.0 + 4.0 * 7.0 * 16.0) / 1e9;
         assert!((p.gflop - want).abs() < 1e-15, "{} vs {want}", p.gflop);
         assert!(p.s > 0.0 && p.s.is_finite());

@@ -4,8 +4,8 @@
 //! before it, the optional norms inside and after it (Q/K norms, Gemma's post norms) and the
 //! residual sum after it, run as one node each. Otherwise, and on a thread that turned them off
 //! with [`set_fused_blocks`], the composed path applies.
-use super::batch::Batch;
-use super::layers::{RmsNorm, RopeStyle};
+use super::batch::{Batch, Kv};
+use super::layers::{norm_rope, residual, AttnCtx, RmsNorm, RopeStyle};
 use super::linear::Linear;
 use crate::model::kernels::act::Gated;
 use crate::model::kernels::attn_block::{AttnBlock, ExtraNorms};
@@ -79,6 +79,11 @@ fn norm_values(n: &RmsNorm, width: usize) -> Option<(Vec<f32>, f32)> {
     n.weight.to_vec1::<f32>().ok().map(|w| (w, n.eps))
 }
 
+/// An optional norm's values: Ok(None) without one, Err where it does not qualify.
+fn optional_norm(n: Option<&RmsNorm>, width: usize) -> std::result::Result<Option<(Vec<f32>, f32)>, ()> {
+    n.map(|n| norm_values(n, width).ok_or(())).transpose()
+}
+
 /// x + post(down(act(gate(norm(x))) * up(norm(x)))) as one training node (`post` the identity
 /// when None), or None where the block does not qualify (then the caller composes it).
 pub fn gated_mlp(
@@ -94,14 +99,11 @@ pub fn gated_mlp(
         return Ok(None);
     }
     let hidden = *x.dims().last().unwrap_or(&0);
-    if !kernels::cpu_kernels(x.device()) || x.dtype() != candle_core::DType::F32 || norm.weight.dims() != [hidden] {
+    if !kernels::cpu_kernels(x.device()) || x.dtype() != candle_core::DType::F32 {
         return Ok(None);
     }
-    let Ok(norm_w) = norm.weight.to_vec1::<f32>() else { return Ok(None) };
-    let post = match post.map(|n| norm_values(n, hidden)) {
-        Some(None) => return Ok(None),
-        Some(Some(p)) => Some(p),
-        None => None,
+    let (Some((norm_w, eps)), Ok(post)) = (norm_values(norm, hidden), optional_norm(post, hidden)) else {
+        return Ok(None);
     };
     let rows = x.elem_count() / hidden.max(1);
     let (mut params, mut at) = (Vec::new(), 0);
@@ -118,7 +120,7 @@ pub fn gated_mlp(
         return Ok(None);
     }
     let p = flat(params, x)?;
-    let op = GatedMlp::new(norm_w, norm.eps, [g, u, d], act, post);
+    let op = GatedMlp::new(norm_w, eps, [g, u, d], act, post);
     Ok(Some(x.contiguous()?.apply_op2(&p, op)?))
 }
 
@@ -152,7 +154,6 @@ pub fn attention(x: &Tensor, norm: &RmsNorm, lins: [&Linear; 4], at: &AttnParts,
     let ok = kernels::cpu_kernels(x.device())
         && x.dtype() == candle_core::DType::F32
         && x.elem_count() == b * t * hidden
-        && norm.weight.dims() == [hidden]
         && hd % 2 == 0
         && nkv > 0
         && nh % nkv == 0
@@ -161,17 +162,15 @@ pub fn attention(x: &Tensor, norm: &RmsNorm, lins: [&Linear; 4], at: &AttnParts,
     if !ok {
         return Ok(None);
     }
-    let Ok(norm_w) = norm.weight.to_vec1::<f32>() else { return Ok(None) };
-    let qk = match at.qk_norm.map(|[q, k]| (norm_values(q, hd), norm_values(k, hd))) {
-        Some((Some(q), Some(k))) => Some([q, k]),
-        Some(_) => return Ok(None),
-        None => None,
+    let (Some((norm_w, eps)), Ok(q_norm), Ok(k_norm), Ok(post)) = (
+        norm_values(norm, hidden),
+        optional_norm(at.qk_norm.map(|[q, _]| q), hd),
+        optional_norm(at.qk_norm.map(|[_, k]| k), hd),
+        optional_norm(at.post, hidden),
+    ) else {
+        return Ok(None);
     };
-    let post = match at.post.map(|n| norm_values(n, hidden)) {
-        Some(None) => return Ok(None),
-        Some(Some(p)) => Some(p),
-        None => None,
-    };
+    let qk = q_norm.zip(k_norm).map(|(q, k)| [q, k]);
     let (mut params, mut pos) = (Vec::new(), 0);
     let mut proj_of = |l: &Linear, elems: usize| proj(l, elems, mode, &mut params, &mut pos);
     let (Some(q), Some(k), Some(v), Some(o)) = (
@@ -196,8 +195,41 @@ pub fn attention(x: &Tensor, norm: &RmsNorm, lins: [&Linear; 4], at: &AttnParts,
     };
     let p = flat(params, x)?;
     let extra = ExtraNorms { qk, post };
-    let op = AttnBlock::new(norm_w, norm.eps, [q, k, v, o], shape, tables, at.style == RopeStyle::Interleaved, extra);
+    let op = AttnBlock::new(norm_w, eps, [q, k, v, o], shape, tables, at.style == RopeStyle::Interleaved, extra);
     Ok(Some(x.contiguous()?.apply_op2(&p, op)?))
+}
+
+/// The block [`attention`] computes, from composed ops: for what the node does not take (a
+/// prefix, keys and values to record, other devices, inference) and as the reference it is
+/// tested against. `(ctx, layer)`: the batch's attention context and the layer's index in it;
+/// `(kv, record)`: where the layer's keys and values go when recorded.
+pub fn attention_composed(
+    x: &Tensor,
+    norm: &RmsNorm,
+    [q, k, v, o]: [&Linear; 4],
+    at: &AttnParts,
+    (ctx, layer): (&AttnCtx, usize),
+    (kv, record): (&mut Kv, bool),
+    mode: Mode,
+) -> Result<Tensor> {
+    let ((nh, nkv, hd), (b, t), (cos, sin)) = (at.heads, (at.batch.rows, at.batch.len), at.rope);
+    let h = norm.forward(x, mode)?;
+    let [q, k, v] = Linear::forward_many([q, k, v], &h, mode)?;
+    let [qn, kn] = at.qk_norm.map_or([None, None], |[q, k]| [Some(q), Some(k)]);
+    let q = norm_rope(&q, (b, t, nh, hd), qn, cos, sin, at.style, mode)?;
+    let k = norm_rope(&k, (b, t, nkv, hd), kn, cos, sin, at.style, mode)?;
+    let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+    if record {
+        kv.k.push(k.clone());
+        kv.v.push(v.clone());
+    }
+    let a = ctx.attend(layer, &q, &k, &v, at.window, at.scale)?;
+    let out = o.forward(&a, mode)?;
+    let out = match at.post {
+        Some(n) => n.forward(&out, mode)?,
+        None => out,
+    };
+    residual(x, &out, mode)
 }
 
 /// The adapters' flattened factors as one tensor (one unused element when there are none).

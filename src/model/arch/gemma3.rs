@@ -5,7 +5,7 @@
 //! GGUF norm weights already include Gemma's "+1"; Hugging Face checkpoints store w and need 1 + w.
 use super::batch::{Batch, Kv};
 use super::block::{self, AttnParts};
-use super::layers::{gather, norm_rope, residual, AttnCtx, RmsNorm, RopeStyle};
+use super::layers::{gather, residual, AttnCtx, RmsNorm, RopeStyle};
 use super::linear::{layer_slots, Linear, Slot};
 use crate::model::kernels::act::Gated;
 use crate::model::loading::gguf::GgufFile;
@@ -314,13 +314,17 @@ impl Model {
                 post: Some(&l.post_attn_norm),
             };
             // Training: each block as one node where it qualifies ([`block`]).
-            let fused = match prefix.is_empty() && !record {
-                true => block::attention(&x, &l.input_norm, [&l.q, &l.k, &l.v, &l.o], &parts, mode)?,
-                false => None,
+            let lins = [&l.q, &l.k, &l.v, &l.o];
+            let fused = if prefix.is_empty() && !record {
+                block::attention(&x, &l.input_norm, lins, &parts, mode)?
+            } else {
+                None
             };
             x = match fused {
                 Some(y) => y,
-                None => self.attention_composed(l, li, &x, &ctx, &parts, (&mut kv, record), mode)?,
+                None => {
+                    block::attention_composed(&x, &l.input_norm, lins, &parts, (&ctx, li), (&mut kv, record), mode)?
+                }
             };
             let mlp = [&l.gate, &l.up, &l.down];
             x = match block::gated_mlp(&x, &l.pre_ffn_norm, mlp, Gated::Gelu, Some(&l.post_ffn_norm), mode)? {
@@ -337,33 +341,6 @@ impl Model {
             None => None,
         };
         Ok((logits, kv))
-    }
-
-    /// A layer's attention block from composed ops: x + post(o(attention(...))), recording its
-    /// keys and values when asked.
-    #[allow(clippy::too_many_arguments)]
-    fn attention_composed(
-        &self,
-        l: &Layer,
-        li: usize,
-        x: &Tensor,
-        ctx: &AttnCtx,
-        at: &AttnParts,
-        (kv, record): (&mut Kv, bool),
-        mode: Mode,
-    ) -> Result<Tensor> {
-        let ((nh, nkv, hd), (b, t), (cos, sin)) = (at.heads, (at.batch.rows, at.batch.len), at.rope);
-        let h = l.input_norm.forward(x, mode)?;
-        let [q, k, v] = Linear::forward_many([&l.q, &l.k, &l.v], &h, mode)?;
-        let q = norm_rope(&q, (b, t, nh, hd), Some(&l.q_norm), cos, sin, RopeStyle::Halves, mode)?;
-        let k = norm_rope(&k, (b, t, nkv, hd), Some(&l.k_norm), cos, sin, RopeStyle::Halves, mode)?;
-        let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
-        if record {
-            kv.k.push(k.clone());
-            kv.v.push(v.clone());
-        }
-        let a = ctx.attend(li, &q, &k, &v, at.window, at.scale)?;
-        residual(x, &l.post_attn_norm.forward(&l.o.forward(&a, mode)?, mode)?, mode)
     }
 
     /// A layer's MLP block from composed ops: x + post(down(gelu(gate(h)) * up(h))), h = pre(x).

@@ -4,7 +4,7 @@
 //! folder (config.json).
 use super::batch::{Batch, Kv};
 use super::family::{Family, Traits};
-use super::layers::{gather, norm_rope, residual, AttnCtx, RmsNorm, RopeStyle};
+use super::layers::{gather, residual, AttnCtx, RmsNorm, RopeStyle};
 use super::linear::{layer_slots, Linear, Slot};
 use crate::model::kernels::act::Gated;
 use crate::model::loading::gguf::GgufFile;
@@ -383,11 +383,19 @@ impl Model {
                 post: None,
             };
             let plain = prefix.is_empty() && !record;
-            let fused =
-                plain.then(|| super::block::attention(&x, &l.input_norm, [&l.q, &l.k, &l.v, &l.o], &parts, mode));
+            let lins = [&l.q, &l.k, &l.v, &l.o];
+            let fused = plain.then(|| super::block::attention(&x, &l.input_norm, lins, &parts, mode));
             x = match fused.transpose()?.flatten() {
                 Some(y) => y,
-                None => self.attention_composed(l, li, &x, ctx, &parts, &mut kv, record, mode)?,
+                None => super::block::attention_composed(
+                    &x,
+                    &l.input_norm,
+                    lins,
+                    &parts,
+                    (ctx, li),
+                    (&mut kv, record),
+                    mode,
+                )?,
             };
             let mlp = [&l.gate, &l.up, &l.down];
             if let Some(y) = super::block::gated_mlp(&x, &l.post_norm, mlp, Gated::Silu, None, mode)? {
@@ -399,37 +407,6 @@ impl Model {
             x = residual(&x, &l.down.forward(&m, mode)?, mode)?;
         }
         Ok((x, kv))
-    }
-
-    /// A layer's attention block from composed ops: x + o(attention(...)).
-    #[allow(clippy::too_many_arguments)]
-    fn attention_composed(
-        &self,
-        l: &Layer,
-        li: usize,
-        x: &Tensor,
-        ctx: &AttnCtx,
-        at: &super::block::AttnParts,
-        kv: &mut Kv,
-        record: bool,
-        mode: Mode,
-    ) -> Result<Tensor> {
-        let ((nh, nkv, hd), (b, t), (cos, sin)) = (at.heads, (at.batch.rows, at.batch.len), at.rope);
-        let h = l.input_norm.forward(x, mode)?;
-        let [q, k, v] = Linear::forward_many([&l.q, &l.k, &l.v], &h, mode)?;
-        let (qn, kn) = match &l.qk_norm {
-            Some((qn, kn)) => (Some(qn), Some(kn)),
-            None => (None, None),
-        };
-        let q = norm_rope(&q, (b, t, nh, hd), qn, cos, sin, self.rope_style, mode)?;
-        let k = norm_rope(&k, (b, t, nkv, hd), kn, cos, sin, self.rope_style, mode)?;
-        let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
-        if record {
-            kv.k.push(k.clone());
-            kv.v.push(v.clone());
-        }
-        let a = ctx.attend(li, &q, &k, &v, at.window, at.scale)?;
-        residual(x, &l.o.forward(&a, mode)?, mode)
     }
 
     /// The projections LoRA can adapt, in layer order.

@@ -10,7 +10,7 @@
 //! before the rotation, and Gemma's norm of the block's output before the residual sum, are
 //! optional parts of the same node.
 use super::attention::{attend, attend_backward, AttnShape};
-use super::block_ops::{rms_norm, rms_norm_bwd, Proj};
+use super::block_ops::{post_norm_grad, post_residual, rms_norm, rms_norm_bwd, Proj};
 use super::linear_ops::linear_bwd;
 use candle_core::{CpuStorage, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -171,14 +171,7 @@ impl candle_core::CustomOp2 for AttnBlock {
         drop((qn, kn));
         let v = self.to_heads(&v, s.kv_heads, None);
         let a = attend(s, &q, &k, &v, &[]);
-        let d = po.fwd(&a, m, p);
-        let (y, d): (Vec<f32>, _) = match &self.post {
-            Some((w, eps)) => {
-                let dn = rms_norm(&d, w, *eps);
-                (x.iter().zip(&dn).map(|(a, b)| a + b).collect(), Some(d))
-            }
-            None => (x.iter().zip(&d).map(|(a, b)| a + b).collect(), None),
-        };
+        let (y, d) = post_residual(x, po.fwd(&a, m, p), &self.post);
         *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(Saved { h, q, k, v, a, qk_raw, d });
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
@@ -201,10 +194,7 @@ impl candle_core::CustomOp2 for AttnBlock {
         let [pq, pk, pv, po] = &self.proj;
         let (dx, dp) = super::with_f32s(&[&dy, &x_, &p_, &ws[0], &ws[1], &ws[2], &ws[3]], |t| {
             let (dy, x, p) = (t[0], t[1], t[2]);
-            let post_grad = match (&self.post, &sv.d) {
-                (Some((w, eps)), Some(d)) => Some(rms_norm_bwd(d, dy, w, *eps)),
-                _ => None,
-            };
+            let post_grad = post_norm_grad(&self.post, &sv.d, dy);
             let dd = post_grad.as_deref().unwrap_or(dy);
             let (da, lo) = linear_bwd(dd, &sv.a, (m, hidden, qw), t[6], po.part(p).as_ref(), true);
             let [dq, dk, dv] = attend_backward(s, &sv.q, &sv.k, &sv.v, &da.expect("asked for"));

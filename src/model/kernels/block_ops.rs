@@ -140,6 +140,27 @@ pub(crate) fn rms_norm_bwd(x: &[f32], g: &[f32], w: &[f32], eps: f32) -> Vec<f32
     dx
 }
 
+/// The block's output x + post(d) (post the identity when None), and d itself where the post
+/// norm's backward will need it ([`post_norm_grad`]).
+pub(crate) fn post_residual(x: &[f32], d: Vec<f32>, post: &Option<(Vec<f32>, f32)>) -> (Vec<f32>, Option<Vec<f32>>) {
+    match post {
+        Some((w, eps)) => {
+            let dn = rms_norm(&d, w, *eps);
+            (x.iter().zip(&dn).map(|(a, b)| a + b).collect(), Some(d))
+        }
+        None => (x.iter().zip(&d).map(|(a, b)| a + b).collect(), None),
+    }
+}
+
+/// The gradient reaching d for the block's output gradient dy: through the post norm where
+/// there is one (d as [`post_residual`] kept it), else dy itself (None).
+pub(crate) fn post_norm_grad(post: &Option<(Vec<f32>, f32)>, d: &Option<Vec<f32>>, dy: &[f32]) -> Option<Vec<f32>> {
+    match (post, d) {
+        (Some((w, eps)), Some(d)) => Some(rms_norm_bwd(d, dy, w, *eps)),
+        _ => None,
+    }
+}
+
 /// silu(g) * u, in parallel runs of rows.
 fn swiglu(g: &[f32], u: &[f32], width: usize) -> Vec<f32> {
     let mut y = vec![0f32; g.len()];
@@ -251,14 +272,7 @@ impl candle_core::CustomOp2 for GatedMlp {
             Gated::Silu => swiglu(&g, &u, inter),
             Gated::Gelu => geglu(&g, &u, inter),
         };
-        let d = self.down.fwd(&act, m, p);
-        let (y, d): (Vec<f32>, _) = match &self.post {
-            Some((w, eps)) => {
-                let dn = rms_norm(&d, w, *eps);
-                (x.iter().zip(&dn).map(|(a, b)| a + b).collect(), Some(d))
-            }
-            None => (x.iter().zip(&d).map(|(a, b)| a + b).collect(), None),
-        };
+        let (y, d) = post_residual(x, self.down.fwd(&act, m, p), &self.post);
         *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(Saved { h, g, u, act, d });
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
@@ -279,10 +293,7 @@ impl candle_core::CustomOp2 for GatedMlp {
         let (want_x, want_p) = (x.track_op(), p.track_op());
         let (dx, dp) = super::with_f32s(&[&dy, &x_, &p_, &wg, &wu, &wd], |v| {
             let (dy, x, p) = (v[0], v[1], v[2]);
-            let post_grad = match (&self.post, &s.d) {
-                (Some((w, eps)), Some(d)) => Some(rms_norm_bwd(d, dy, w, *eps)),
-                _ => None,
-            };
+            let post_grad = post_norm_grad(&self.post, &s.d, dy);
             let dd = post_grad.as_deref().unwrap_or(dy);
             let (dact, ld) = linear_bwd(dd, &s.act, (m, hidden, inter), v[5], self.down.part(p).as_ref(), true);
             let dact = dact.expect("asked for");
