@@ -9,7 +9,8 @@
 //! with the same arithmetic ([`attend_tree`]).
 //!
 //! The tests in this file pin that bit for bit; `tests/it/batch.rs` pins the model.
-use super::sums::{axpy, dot, softmax_weights, softmax_weights_heads, weighted_sum_heads, HEADS_TOGETHER};
+pub use super::attn_backward::attend_backward;
+use super::sums::{softmax_weights_heads, weighted_sum_heads, HEADS_TOGETHER};
 use super::tensor::{cpu_f32, with_f32s};
 use candle_core::Tensor;
 use rayon::prelude::*;
@@ -84,7 +85,7 @@ pub type PrefixKv<'a> = (&'a [f32], &'a [f32]);
 /// Causal softmax attention, returned as [rows, len, heads * dim]. Each real query attends to
 /// absolute positions max(0, q - window + 1)..=q in that order; padding queries give zeros. One
 /// task per row and run of heads sharing a KV head ([`attend_heads`]); each head's numbers are
-/// those of [`softmax_weights`] and `weighted_sum` run for it alone (tested).
+/// those of `softmax_weights` and `weighted_sum` run for it alone (tested).
 /// `pre[row]`: the row's prefix keys and values (may be empty when no row has a prefix).
 pub fn attend(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32], pre: &[PrefixKv]) -> Vec<f32> {
     let (t, d, h) = (s.len, s.dim, s.heads);
@@ -208,62 +209,6 @@ pub fn attend_tree(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32], ext: &[Prefix
     out
 }
 
-/// Gradients of [`attend`] (no prefix: training batches have none) with respect to q, k and v,
-/// given the output gradient `go` [rows, len, heads * dim]. The probabilities are recomputed
-/// with the forward's exact arithmetic; one task per (row, KV head) owns that group's key and
-/// value gradients and its query heads' query gradients, so nothing is summed across tasks.
-pub fn attend_backward(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32], go: &[f32]) -> [Vec<f32>; 3] {
-    let (t, d, h, kvh) = (s.len, s.dim, s.heads, s.kv_heads);
-    let group = h / kvh;
-    let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..s.rows * kvh)
-        .into_par_iter()
-        .map(|rg| {
-            let (r, g) = (rg / kvh, rg % kvh);
-            let pad = s.pad[r];
-            let ks = &k[rg * t * d..][..t * d];
-            let vs = &v[rg * t * d..][..t * d];
-            let (mut dq, mut dk, mut dv) = (vec![0f32; group * t * d], vec![0f32; t * d], vec![0f32; t * d]);
-            let (mut p, mut dp) = (Vec::with_capacity(t), Vec::with_capacity(t));
-            for j in 0..group {
-                let hh = g * group + j;
-                let qs = &q[(r * h + hh) * t * d..][..t * d];
-                for i in pad..t {
-                    let qa = i - pad;
-                    let lo = s.window.map_or(0, |win| (qa + 1).saturating_sub(win));
-                    let qi = &qs[i * d..(i + 1) * d];
-                    let gi = &go[((r * t + i) * h + hh) * d..][..d];
-                    softmax_weights(qi, lo, qa, s.scale, |a| &ks[(pad + a) * d..][..d], &mut p);
-                    dp.clear();
-                    let mut dsum = 0f32;
-                    for (n, a) in (lo..=qa).enumerate() {
-                        let g = dot(gi, &vs[(pad + a) * d..][..d]);
-                        dp.push(g);
-                        dsum += p[n] * g;
-                    }
-                    let dqi = &mut dq[(j * t + i) * d..][..d];
-                    for (n, a) in (lo..=qa).enumerate() {
-                        let ds = p[n] * (dp[n] - dsum) * s.scale;
-                        let row = (pad + a) * d;
-                        // Three vectorised updates; each element sees the same operations.
-                        axpy(dqi, ds, &ks[row..row + d]);
-                        axpy(&mut dk[row..row + d], ds, qi);
-                        axpy(&mut dv[row..row + d], p[n], gi);
-                    }
-                }
-            }
-            (dq, dk, dv)
-        })
-        .collect();
-    let (mut dq, mut dk, mut dv) = (vec![0f32; s.rows * h * t * d], Vec::new(), Vec::new());
-    for (rg, (q_part, k_part, v_part)) in parts.into_iter().enumerate() {
-        let (r, g) = (rg / kvh, rg % kvh);
-        dq[(r * h + g * group) * t * d..][..group * t * d].copy_from_slice(&q_part);
-        dk.extend(k_part);
-        dv.extend(v_part);
-    }
-    [dq, dk, dv]
-}
-
 /// [`attend`] as a differentiable candle op on (q, k, v) with no shared prefix (`prefix` must be
 /// 0): the training path, so that a training example's loss does not depend on the micro-batch it
 /// is in either.
@@ -312,7 +257,7 @@ impl candle_core::CustomOp3 for AttnOp {
 
 #[cfg(test)]
 mod tests {
-    use super::super::sums::weighted_sum;
+    use super::super::sums::{softmax_weights, weighted_sum};
     use super::*;
     use rand::{Rng, SeedableRng};
 

@@ -123,16 +123,29 @@ pub fn matmul_packed(x: &[f32], m: usize, w: &Packed, y: &mut [f32]) {
 /// y [m, n] = x [m, k] · b, b [k, n] row-major (no packing: panels are column ranges of b).
 /// Used for the input gradient of a frozen weight: g [m, out] · w [out, in].
 pub fn matmul_nn(x: &[f32], m: usize, k: usize, b: &[f32], n: usize, y: &mut [f32]) {
-    matmul_nn_on(Isa::best(), x, m, k, b, n, y)
+    matmul_nn_on(Isa::best(), x, m, k, b, n, y, true)
 }
 
-fn matmul_nn_on(isa: Isa, x: &[f32], m: usize, k: usize, b: &[f32], n: usize, y: &mut [f32]) {
+/// [`matmul_nn`] on the calling thread only, with the same bits: for many small products that
+/// the caller already spreads over the threads (attention's backward, one task per row and KV
+/// head), where a fork-join per product would cost more than the product.
+pub fn matmul_nn_serial(x: &[f32], m: usize, k: usize, b: &[f32], n: usize, y: &mut [f32]) {
+    matmul_nn_on(Isa::best(), x, m, k, b, n, y, false)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn matmul_nn_on(isa: Isa, x: &[f32], m: usize, k: usize, b: &[f32], n: usize, y: &mut [f32], parallel: bool) {
     assert!(x.len() >= m * k && b.len() >= k * n && y.len() >= m * n, "matmul: buffers too small");
     // SAFETY: each panel j writes only columns j*nr..min(n, j*nr+nr) of y's m rows; its loads
     // stay inside b (masked to the columns that exist) and x (m * k values).
     let one = unsafe { panel_job(isa, x.as_ptr(), m, k, n, Src::Rows(b.as_ptr() as usize)) };
     let y = Out(y.as_mut_ptr());
-    run_jobs(n.div_ceil(isa.nr()), m * n * k, |j| one(j, Out(y.at(j * isa.nr())), n));
+    let job = |j: usize| one(j, Out(y.at(j * isa.nr())), n);
+    if parallel {
+        run_jobs(n.div_ceil(isa.nr()), m * n * k, job);
+    } else {
+        (0..n.div_ceil(isa.nr())).for_each(job);
+    }
 }
 
 /// ys[i] [m, ws[i].n] = x [m, k] · ws[i]ᵀ: several packed weights over the same input (a
@@ -273,7 +286,7 @@ mod tests {
             }
             for isa in Isa::available() {
                 let mut y = vec![f32::NAN; m * n];
-                matmul_nn_on(isa, &x, m, k, &wt, n, &mut y);
+                matmul_nn_on(isa, &x, m, k, &wt, n, &mut y, true);
                 assert_eq!(bits(&y), want, "{isa:?} unpacked, m {m} n {n} k {k}");
             }
         }

@@ -1,6 +1,6 @@
 //! The hand-written CPU maths under the forward and backward passes: batch-invariant matrix
-//! products ([`matmul`]) and attention ([`attention`], with its fixed-order sums in `sums`),
-//! mores' own GEMM ([`gemm`], its inner loops in `microkernel`), e^x with the C library's bits
+//! products ([`matmul`]) and attention ([`attention`], with its fixed-order sums in `sums` and
+//! its backward as products in `attn_backward`), mores' own GEMM ([`gemm`], its inner loops in `microkernel`), e^x with the C library's bits
 //! ([`exp`]), the gated MLP activations ([`act`]), the training-mode fused ops with a
 //! hand-written backward ([`grad_ops`]), a linear layer's training products ([`linear_ops`]) and
 //! the f32 views of candle tensors they all read ([`tensor`]).
@@ -10,6 +10,7 @@
 //! computed with, and the same bits on every instruction set.
 pub mod act;
 pub mod attention;
+mod attn_backward;
 pub mod attn_block;
 pub mod block_ops;
 pub mod exp;
