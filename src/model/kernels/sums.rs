@@ -18,7 +18,7 @@ pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// The end of a [`dot`]: eight lane sums folded in a fixed tree, plus the tail's products summed
-/// in order. [`dot4`] ends the same way, so its sums are [`dot`]'s bit for bit.
+/// in order. `dot4` ends the same way, so its sums are [`dot`]'s bit for bit.
 #[inline]
 fn fold8<'a>(acc: &[f32; 8], tail: impl Iterator<Item = (&'a f32, &'a f32)>) -> f32 {
     let mut t = 0f32;
@@ -48,6 +48,8 @@ pub(super) fn axpy(o: &mut [f32], a: f32, x: &[f32]) {
 /// [`dot`] of one query with four keys at once: each key's sum is exactly [`dot`]'s (the same
 /// lanes, the same fold), but the four dependency chains run side by side instead of one after
 /// the other, which hides the adds' latency (a 256-wide head is a chain of 32 adds per lane).
+/// Kept for [`softmax_weights`], the single-head reference of the tests.
+#[cfg(test)]
 #[inline]
 fn dot4(a: &[f32], k: [&[f32]; 4]) -> [f32; 4] {
     let n = a.len();
@@ -68,7 +70,9 @@ fn dot4(a: &[f32], k: [&[f32]; 4]) -> [f32; 4] {
 
 /// Softmax weights of query `qi` over the keys at absolute positions `lo..=qa` (`key(a)` gives
 /// each key), written to `w`: scores, max, exponentials and their sum in one fixed order. The
-/// forward and the backward both call this, so the backward sees exactly the forward's weights.
+/// single-head reference that the grouped kernels ([`softmax_weights_heads`]) are tested to equal
+/// bit for bit.
+#[cfg(test)]
 #[inline]
 pub(super) fn softmax_weights<'k>(
     qi: &[f32],
@@ -114,7 +118,7 @@ pub(super) fn normalise(w: &mut [f32]) {
 /// heads' 4 x 4 score sums, or 4 x 32 output sums, fill 16 of the AVX registers).
 pub(super) const HEADS_TOGETHER: usize = 4;
 
-/// [`dot4`] for `H` queries (heads of one KV group) against the same four keys: each of the
+/// `dot4` for `H` queries (heads of one KV group) against the same four keys: each of the
 /// H x 4 sums is exactly [`dot`]'s (same lanes, same fold), with each key chunk loaded once for
 /// all H queries. The eight lanes are one 256-bit vector where the CPU has AVX (a multiply, then
 /// an add: no fused multiply-add, as in [`dot`]), plain arrays elsewhere: the same bits.
@@ -179,8 +183,8 @@ unsafe fn lanes_heads4_avx<const H: usize>(qs: [&[f32]; H], k: [&[f32]; 4], n8: 
     out
 }
 
-/// [`softmax_weights`] for `H` query heads at the same position (so the same keys `lo..=qa`):
-/// each head's weights are exactly what [`softmax_weights`] gives it alone.
+/// `softmax_weights` for `H` query heads at the same position (so the same keys `lo..=qa`):
+/// each head's weights are exactly what `softmax_weights` gives it alone.
 #[inline]
 pub(super) fn softmax_weights_heads<'k, const H: usize>(
     qs: [&[f32]; H],
