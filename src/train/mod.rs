@@ -14,6 +14,7 @@ pub mod validate;
 
 pub use checkpoint::BEST;
 pub use run::plot_loss;
+pub use setup::trained_questions;
 pub use step::{deviation_term, group_step_indices, step_grads, step_grads_with, step_indices};
 
 use crate::generate::dataset;

@@ -38,6 +38,24 @@ fn val_keys(recipe: &DistillRecipe) -> Result<validate::ValKeys> {
     }
 }
 
+/// The source questions the trainer takes gradients on: every question of `records` with at
+/// least one record outside the validation split. A question or family split holds whole
+/// questions out, so its validation questions are not among them; a record split holds out
+/// single records and leaves every question in. Errors as the split itself would.
+pub fn trained_questions(recipe: &DistillRecipe, records: &[Record]) -> Result<BTreeSet<String>> {
+    let keys = val_keys(recipe)?;
+    let t = &recipe.train;
+    let mut out = BTreeSet::new();
+    for r in records {
+        if let Some(q) = &r.question_id {
+            if !out.contains(q) && !keys.held_out(t.seed, r, t.val_fraction)? {
+                out.insert(q.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Training and validation examples (a seeded split by record id) and how many were too long.
 pub(super) fn build_examples(
     a: &TrainArgs,

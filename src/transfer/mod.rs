@@ -66,7 +66,7 @@ fn path_sha256(p: &Path) -> Result<String> {
 /// 3: question-level and country-level verdicts apart, swap control, references, persona spread.
 /// 4: references over the student's own training questions, k-neighbour references, each
 ///    reference's CI and difference from the student; transfer.json's schema field.
-const REPORT_SCHEMA: &str = "report/4";
+const REPORT_SCHEMA: &str = "report/5";
 
 fn key(parts: &[&str]) -> String {
     sha256_hex(parts.join("\u{1f}").as_bytes())
@@ -345,7 +345,7 @@ pub fn run(a: &RunArgs) -> Result<report::TransferReport> {
             heldout: &p.heldout,
             train: &p.train_probe,
             train_split: &p.split.train,
-            trained: &report::trained_questions(&dataset, &p.survey),
+            trained: &report::trained_questions(&dataset, &p.survey, &p.recipe)?,
             neighbours: t.neighbours,
             min_countries: t.min_countries,
             bootstrap: t.bootstrap,

@@ -352,3 +352,48 @@ fn family_validation_never_splits_a_battery() {
     let err = keys.held_out(7, &record("x".into(), "Q99999"), 0.2).unwrap_err().to_string();
     assert!(err.contains("Q99999") && err.contains("val_split"), "{err}");
 }
+
+/// The student's-questions pool of the transfer report's references leaves out the questions a
+/// family (or question) split holds out whole for validation: the student never took a gradient
+/// on them. A record split leaves every question in.
+#[test]
+fn trained_questions_leave_out_the_validation_batteries() {
+    use mores::generate::dataset::Record;
+    use mores::recipe::DistillRecipe;
+    let root = crate::common::root();
+    let survey = mores::survey::Survey::load(root.join("data/wvs")).unwrap();
+    // Two records for every scored question (those the batteries are drawn over).
+    let scored = mores::generate::leak::families(&survey, 3, 0.5);
+    let records: Vec<Record> = scored
+        .keys()
+        .flat_map(|q| (0..2).map(move |c| (q.clone(), c)))
+        .map(|(q, c)| {
+            serde_json::from_value(serde_json::json!({"id": format!("{q}-{c}"), "question_id": q, "prompt": "p"}))
+                .unwrap()
+        })
+        .collect();
+    let recipe_path = root.join("recipes/transfer/country-sg-full-long.toml");
+    let recipe = DistillRecipe::load(&recipe_path).unwrap();
+    let trained = mores::train::trained_questions(&recipe, &records).unwrap();
+    let g = recipe.generate.as_ref().unwrap();
+    let keys = mores::train::validate::ValKeys::families(&g.data, g.leak_ngram, g.leak_threshold).unwrap();
+    let (seed, fraction) = (recipe.train.seed, recipe.train.val_fraction);
+    let mut held = 0;
+    for r in &records {
+        let q = r.question_id.as_deref().unwrap();
+        let out = keys.held_out(seed, r, fraction).unwrap();
+        assert_eq!(trained.contains(q), !out, "{q}: trained unless validation holds it out");
+        held += usize::from(out);
+    }
+    assert!(held > 0 && trained.len() < scored.len(), "validation held out nothing");
+    // A record split: a question is out only if each of its records fell into validation.
+    let by_record = DistillRecipe::load_with(&recipe_path, &["train.val_split=\"record\"".into()]).unwrap();
+    let trained = mores::train::trained_questions(&by_record, &records).unwrap();
+    let keys = mores::train::validate::ValKeys::new(mores::recipe::ValSplit::Record);
+    for pair in records.chunks(2) {
+        let q = pair[0].question_id.as_deref().unwrap();
+        let out = pair.iter().all(|r| keys.held_out(seed, r, fraction).unwrap());
+        assert_eq!(trained.contains(q), !out, "{q} under a record split");
+    }
+    assert!(trained.len() > scored.len() * 9 / 10, "a record split keeps most questions");
+}

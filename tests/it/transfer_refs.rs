@@ -67,7 +67,13 @@ fn run(dir: &Path, s: &Survey, heldout: &[String], k: usize, after: impl Fn(&str
         })
         .collect::<String>();
     std::fs::write(&dataset, lines).unwrap();
-    let trained = mores::transfer::report::trained_questions(&dataset, s);
+    // A recipe that holds out no validation records: every source question is trained.
+    let recipe = mores::recipe::DistillRecipe::load_with(
+        &crate::common::root().join("recipes/distill/default.toml"),
+        &["train.val_fraction=0.0".into()],
+    )
+    .unwrap();
+    let trained = mores::transfer::report::trained_questions(&dataset, s, &recipe).unwrap();
     assert_eq!(trained, ["Q2", "Q5"], "the dataset's distinct known source questions, in questionnaire order");
     let train_split = ["Q1", "Q2", "Q5"].map(String::from);
     build(&Inputs {

@@ -161,16 +161,20 @@ pub fn build(inp: &Inputs) -> Result<TransferReport> {
     })
 }
 
-/// The distinct source questions of a dataset's records (`question_id`) that the survey knows, in
-/// questionnaire order: what the student was trained on. Empty when the file cannot be read or
-/// its records name no question (qa mode).
-pub fn trained_questions(dataset: &Path, survey: &Survey) -> Vec<String> {
+/// The distinct source questions of a dataset's records (`question_id`) that the survey knows and
+/// that the recipe's training takes gradients on (its validation questions left out:
+/// [`crate::train::trained_questions`]), in questionnaire order: what the student was trained on.
+/// Empty when the file cannot be read or its records name no question (qa mode).
+pub fn trained_questions(
+    dataset: &Path,
+    survey: &Survey,
+    recipe: &crate::recipe::DistillRecipe,
+) -> Result<Vec<String>> {
     let records = crate::util::io::read_jsonl::<crate::generate::dataset::Record>(dataset).unwrap_or_default();
-    let mut qs: Vec<String> =
-        records.into_iter().filter_map(|r| r.question_id).filter(|q| survey.question(q).is_ok()).collect();
+    let trained = crate::train::trained_questions(recipe, &records)?;
+    let mut qs: Vec<String> = trained.into_iter().filter(|q| survey.question(q).is_ok()).collect();
     qs.sort_by(|a, b| (crate::survey::question_sort_key(a), a).cmp(&(crate::survey::question_sort_key(b), b)));
-    qs.dedup();
-    qs
+    Ok(qs)
 }
 
 pub fn write(out: &Path, r: &TransferReport) -> Result<()> {
