@@ -1,4 +1,5 @@
-//! Batch-invariant attention for the forward pass (inference, and training through [`AttnOp`]).
+//! Batch-invariant attention for the forward pass (inference, and training through
+//! `attn_backward::AttnOp`).
 //!
 //! A prompt's probabilities must not depend on what else is in its batch, how the batch is padded
 //! or whether a shared prefix was run as a separate forward. Scores and softmax once ran over each
@@ -9,10 +10,7 @@
 //! with the same arithmetic ([`attend_tree`]).
 //!
 //! The tests in this file pin that bit for bit; `tests/it/batch.rs` pins the model.
-pub use super::attn_backward::attend_backward;
 use super::sums::{softmax_weights_heads, weighted_sum_heads, HEADS_TOGETHER};
-use super::tensor::{cpu_f32, with_f32s};
-use candle_core::Tensor;
 use rayon::prelude::*;
 
 /// Shape of one attention call. Queries q [rows, heads, len, dim]; the batch's own keys and
@@ -207,52 +205,6 @@ pub fn attend_tree(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32], ext: &[Prefix
         }
     }
     out
-}
-
-/// [`attend`] as a differentiable candle op on (q, k, v) with no shared prefix (`prefix` must be
-/// 0): the training path, so that a training example's loss does not depend on the micro-batch it
-/// is in either.
-pub struct AttnOp(pub AttnShape);
-impl candle_core::CustomOp3 for AttnOp {
-    fn name(&self) -> &'static str {
-        "batch-invariant-attention"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &candle_core::CpuStorage,
-        l1: &candle_core::Layout,
-        s2: &candle_core::CpuStorage,
-        l2: &candle_core::Layout,
-        s3: &candle_core::CpuStorage,
-        l3: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let s = &self.0;
-        if s.prefix.iter().any(|&p| p != 0) {
-            candle_core::bail!("attention: the differentiable kernel takes no shared prefix")
-        }
-        let out = attend(s, cpu_f32(s1, l1)?, cpu_f32(s2, l2)?, cpu_f32(s3, l3)?, &[]);
-        Ok((candle_core::CpuStorage::F32(out), (s.rows, s.len, s.heads * s.dim).into()))
-    }
-
-    fn bwd(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
-        let [dq, dk, dv] = with_f32s(&[q, k, v, &grad], |x| attend_backward(&self.0, x[0], x[1], x[2], x[3]))
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        let dev = q.device();
-        Ok((
-            Some(Tensor::from_vec(dq, q.shape(), dev)?),
-            Some(Tensor::from_vec(dk, k.shape(), dev)?),
-            Some(Tensor::from_vec(dv, v.shape(), dev)?),
-        ))
-    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! The backward pass of [`super::attention::attend`] for training (no shared prefix), as matrix
-//! products on mores' GEMM.
+//! Attention in training: the differentiable op ([`AttnOp`]) and its backward pass (no shared
+//! prefix), as matrix products on mores' GEMM.
 //!
 //! Per row and query head, over the row's L real positions only (its padding never enters):
 //! scores S = Q Kᵀ, probabilities P = softmax(scale S) under the causal mask and window, then
@@ -11,9 +11,11 @@
 //! so a row's gradients depend on its own tokens only: not on the other rows of the batch, its
 //! padding, or the instruction set. The products run 64-wide rows at the GEMM's rate where the
 //! dot and axpy loops this replaces ran one key at a time (tested equal within rounding).
-use super::attention::AttnShape;
+use super::attention::{attend, AttnShape};
 use super::gemm::matmul_nn_serial;
 use super::sums::normalise;
+use super::tensor::{cpu_f32, with_f32s};
+use candle_core::Tensor;
 use rayon::prelude::*;
 
 /// x [rows, cols] row-major, transposed into [cols, rows].
@@ -114,6 +116,52 @@ fn group_backward(
     matmul_nn_serial(&dst, l, wide, &qs, d, &mut dk[pad * d..]);
     matmul_nn_serial(&pt, l, wide, &gs, d, &mut dv[pad * d..]);
     (dq, dk, dv)
+}
+
+/// [`attend`] as a differentiable candle op on (q, k, v) with no shared prefix (`prefix` must be
+/// 0): the training path, so that a training example's loss does not depend on the micro-batch it
+/// is in either.
+pub struct AttnOp(pub AttnShape);
+impl candle_core::CustomOp3 for AttnOp {
+    fn name(&self) -> &'static str {
+        "batch-invariant-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+        s3: &candle_core::CpuStorage,
+        l3: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let s = &self.0;
+        if s.prefix.iter().any(|&p| p != 0) {
+            candle_core::bail!("attention: the differentiable kernel takes no shared prefix")
+        }
+        let out = attend(s, cpu_f32(s1, l1)?, cpu_f32(s2, l2)?, cpu_f32(s3, l3)?, &[]);
+        Ok((candle_core::CpuStorage::F32(out), (s.rows, s.len, s.heads * s.dim).into()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let [dq, dk, dv] = with_f32s(&[q, k, v, &grad], |x| attend_backward(&self.0, x[0], x[1], x[2], x[3]))
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let dev = q.device();
+        Ok((
+            Some(Tensor::from_vec(dq, q.shape(), dev)?),
+            Some(Tensor::from_vec(dk, k.shape(), dev)?),
+            Some(Tensor::from_vec(dv, v.shape(), dev)?),
+        ))
+    }
 }
 
 #[cfg(test)]

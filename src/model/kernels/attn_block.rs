@@ -9,7 +9,8 @@
 //! backward reaches them (v, k, q). Gemma's and Qwen3's per-head RMSNorm of the queries and keys
 //! before the rotation, and Gemma's norm of the block's output before the residual sum, are
 //! optional parts of the same node.
-use super::attention::{attend, attend_backward, AttnShape};
+use super::attention::{attend, AttnShape};
+use super::attn_backward::attend_backward;
 use super::block_ops::{post_norm_grad, post_residual, rms_norm, rms_norm_bwd, Proj};
 use super::linear_ops::linear_bwd;
 use candle_core::{CpuStorage, Layout, Shape, Tensor};

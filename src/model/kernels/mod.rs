@@ -23,6 +23,7 @@ mod microkernel;
 mod sums;
 pub mod tensor;
 
-pub use attention::{attend, attend_backward, attend_tree, AttnOp, AttnShape, KeySource, PrefixKv, TreeNode};
+pub use attention::{attend, attend_tree, AttnShape, KeySource, PrefixKv, TreeNode};
+pub use attn_backward::{attend_backward, AttnOp};
 pub use matmul::{invariant_rows, matmul_nt, matmul_packed, pack};
 pub use tensor::{cpu_f32, cpu_kernels, generic, plain_cpu_f32, set_generic, with_f32s, GenericScope};
