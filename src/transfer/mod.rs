@@ -66,6 +66,7 @@ fn path_sha256(p: &Path) -> Result<String> {
 /// 3: question-level and country-level verdicts apart, swap control, references, persona spread.
 /// 4: references over the student's own training questions, k-neighbour references, each
 ///    reference's CI and difference from the student; transfer.json's schema field.
+/// 5: the student's-questions pool leaves out questions training held out for validation.
 const REPORT_SCHEMA: &str = "report/5";
 
 fn key(parts: &[&str]) -> String {

@@ -13,21 +13,11 @@
 //! dot and axpy loops this replaces ran one key at a time (tested equal within rounding).
 use super::attention::{attend, AttnShape};
 use super::gemm::matmul_nn_serial;
+use super::linear_ops::transpose;
 use super::sums::normalise;
 use super::tensor::{cpu_f32, with_f32s};
 use candle_core::Tensor;
 use rayon::prelude::*;
-
-/// x [rows, cols] row-major, transposed into [cols, rows].
-fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut t = vec![0f32; rows * cols];
-    for (r, row) in x.chunks_exact(cols).enumerate() {
-        for (c, &v) in row.iter().enumerate() {
-            t[c * rows + r] = v;
-        }
-    }
-    t
-}
 
 /// Gradients of [`super::attention::attend`] (no prefix: training batches have none) with
 /// respect to q [rows, heads, len, dim], k and v [rows, kv_heads, len, dim], given the output
@@ -106,8 +96,7 @@ fn group_backward(
                 pt[a * wide + j * l + i] = pi[a];
                 dst[a * wide + j * l + i] = di[a];
             }
-            pi[..lo].fill(0.0);
-            pi[i + 1..].fill(0.0);
+            // dS's masked entries enter dQ's product below; P's are read only through `pt`.
             di[..lo].fill(0.0);
             di[i + 1..].fill(0.0);
         }

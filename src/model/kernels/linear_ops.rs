@@ -144,7 +144,7 @@ fn dropped<'a>(mask: Option<&[f32]>, x: &'a [f32]) -> std::borrow::Cow<'a, [f32]
 }
 
 /// [rows, cols] row-major to [cols, rows].
-fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+pub(super) fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut t = vec![0f32; rows * cols];
     for (i, row) in v.chunks_exact(cols).enumerate() {
         for (j, &x) in row.iter().enumerate() {

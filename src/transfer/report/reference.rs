@@ -6,9 +6,10 @@
 //!   countries.
 //! - *lexical neighbour*, from two pools: the whole training split, and only the questions the
 //!   student's training data was made from (the distinct source questions of the dataset's
-//!   records, less any question the training holds out whole for validation). For each question, the pool question most similar in words (TF-IDF cosine over
-//!   question text and option labels) lends its human country profile as the prediction: what
-//!   analogy from that pool alone reaches across countries.
+//!   records, less any question the training holds out whole for validation). For each
+//!   question, the pool question most similar in words (TF-IDF cosine over question text and
+//!   option labels) lends its human country profile as the prediction: what analogy from that
+//!   pool alone reaches across countries.
 //! - *k neighbours, z-scored*, from the same two pools: the k most similar pool questions' human
 //!   profiles, z-scored across countries and averaged (see `neighbour.rs`). It predicts the order
 //!   of countries only, so its question-level (within-country) r, and its persona spread, are
