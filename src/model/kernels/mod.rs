@@ -1,9 +1,11 @@
 //! The hand-written CPU maths under the forward and backward passes: batch-invariant matrix
 //! products ([`matmul`]) and attention ([`attention`], with its fixed-order sums in `sums` and
-//! its backward as products in `attn_backward`), mores' own GEMM ([`gemm`], its inner loops in `microkernel`), e^x with the C library's bits
-//! ([`exp`]), the gated MLP activations ([`act`]), the training-mode fused ops with a
-//! hand-written backward ([`grad_ops`]), a linear layer's training products ([`linear_ops`]) and
-//! the f32 views of candle tensors they all read ([`tensor`]).
+//! its backward as products in `attn_backward`), mores' own GEMM ([`gemm`], its inner loops in
+//! `microkernel`), e^x with the C library's bits ([`exp`]), the gated MLP activations ([`act`]),
+//! the training-mode fused ops with a hand-written backward ([`grad_ops`]), a linear layer's
+//! training products ([`linear_ops`]), a decoder layer's attention and MLP blocks as single
+//! training nodes ([`attn_block`], [`block_ops`]), the output head with the token loss
+//! ([`head_ops`]) and the f32 views of candle tensors they all read ([`tensor`]).
 //!
 //! The architectures (`super::arch`) call these through candle tensors, by the names re-exported
 //! here. Every kernel gives each row the same bits whatever batch, padding or prefix it is
